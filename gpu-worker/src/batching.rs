@@ -1,0 +1,488 @@
+//! Dynamic batching, built from simple parts:
+//! - one queue per model, owned behind a short-held mutex;
+//! - a bounded admission semaphore: when `max_waiting` inputs are already queued, a new
+//!   call fails at once (RESOURCE_EXHAUSTED) instead of growing an unbounded queue;
+//! - a scheduler task, woken by a `Notify`, that starts a batch when it is full or when
+//!   its oldest input has waited `max_wait`, skipping inputs whose caller went away or
+//!   whose deadline passed;
+//! - a model thread that owns the [`Classifier`] and runs one forward pass at a time, so
+//!   the async runtime never blocks on compute. While it computes, the next batch fills.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter, IntGauge};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::backend::{Classifier, ModelInput};
+use crate::metrics::Metrics;
+
+/// Batching knobs of one model.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most inputs in one forward pass.
+    pub max_batch_size: usize,
+    /// Longest time the oldest queued input waits for a batch to fill.
+    pub max_wait: Duration,
+    /// Most inputs waiting for a forward pass; beyond it calls are refused at once.
+    pub max_waiting: usize,
+}
+
+/// The answer for one input.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Probability of every label, in label order.
+    pub probabilities: Vec<f32>,
+    /// Time from admission to the start of its forward pass.
+    pub queue: Duration,
+    /// Duration of its forward pass.
+    pub compute: Duration,
+    /// Inputs in its forward pass.
+    pub batch_size: usize,
+}
+
+/// Why an input got no prediction.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// The queue already holds `max_waiting` inputs.
+    #[error("the model's queue is full ({waiting} inputs waiting); retry shortly")]
+    QueueFull {
+        /// Inputs waiting when the call was refused.
+        waiting: usize,
+    },
+    /// One call carried more inputs than the queue can ever hold.
+    #[error("at most {max} inputs per call, got {got}")]
+    TooManyInputs {
+        /// Inputs in the call.
+        got: usize,
+        /// The queue's capacity.
+        max: usize,
+    },
+    /// The caller's deadline passed while the input waited.
+    #[error("the deadline passed before the input was computed")]
+    DeadlineExceeded,
+    /// The forward pass failed.
+    #[error("forward pass failed: {0}")]
+    Model(String),
+    /// The model thread is gone.
+    #[error("the model is shutting down")]
+    Closed,
+}
+
+type Reply = oneshot::Sender<Result<Prediction, BatchError>>;
+
+/// Decrements the in-flight gauge when an input is answered or dropped.
+struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+struct Entry {
+    input: ModelInput,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+    _in_flight: InFlight,
+}
+
+struct ModelMetrics {
+    queue_wait: Histogram,
+    compute: Histogram,
+    batch_size: Histogram,
+    depth: IntGauge,
+    in_flight: IntGauge,
+    dropped_cancelled: IntCounter,
+    dropped_deadline: IntCounter,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Entry>>,
+    notify: Notify,
+    admission: Arc<Semaphore>,
+    config: BatchConfig,
+    metrics: ModelMetrics,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Entry>> {
+        // A panic while holding this lock cannot leave the deque half-updated.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Job {
+    inputs: Vec<ModelInput>,
+    reply: oneshot::Sender<(anyhow::Result<Vec<Vec<f32>>>, Duration)>,
+}
+
+/// Cloneable async handle to one model's queue, scheduler and thread.
+#[derive(Clone)]
+pub struct Batcher {
+    shared: Arc<Shared>,
+}
+
+impl Batcher {
+    /// Starts the model thread and the scheduler task (call inside a Tokio runtime).
+    pub fn start(
+        model: &str,
+        classifier: Box<dyn Classifier>,
+        config: BatchConfig,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
+        let config = BatchConfig {
+            max_batch_size: config.max_batch_size.max(1),
+            max_waiting: config.max_waiting.max(1),
+            ..config
+        };
+        let (jobs_tx, jobs_rx) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name(format!("model-{model}"))
+            .spawn(move || model_thread(classifier, jobs_rx))?;
+        let labels = [model];
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::with_capacity(config.max_waiting)),
+            notify: Notify::new(),
+            admission: Arc::new(Semaphore::new(config.max_waiting)),
+            config,
+            metrics: ModelMetrics {
+                queue_wait: metrics.queue_wait.with_label_values(&labels),
+                compute: metrics.compute.with_label_values(&labels),
+                batch_size: metrics.batch_size.with_label_values(&labels),
+                depth: metrics.queue_depth.with_label_values(&labels),
+                in_flight: metrics.in_flight.clone(),
+                dropped_cancelled: metrics.dropped.with_label_values(&[model, "cancelled"]),
+                dropped_deadline: metrics.dropped.with_label_values(&[model, "deadline"]),
+            },
+        });
+        tokio::spawn(schedule(shared.clone(), jobs_tx));
+        Ok(Self { shared })
+    }
+
+    /// Queues `inputs` (all or none) and returns one receiver per input, in order.
+    /// Fails at once when they do not fit in the queue.
+    pub fn submit(
+        &self,
+        inputs: Vec<ModelInput>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<oneshot::Receiver<Result<Prediction, BatchError>>>, BatchError> {
+        let shared = &self.shared;
+        let max = shared.config.max_waiting;
+        let n = inputs.len();
+        if n > max {
+            return Err(BatchError::TooManyInputs { got: n, max });
+        }
+        let Ok(mut permit) = shared.admission.clone().try_acquire_many_owned(n as u32) else {
+            return Err(BatchError::QueueFull {
+                waiting: shared.queue().len(),
+            });
+        };
+        let mut permits = Vec::with_capacity(n);
+        for _ in 1..n {
+            permits.extend(permit.split(1));
+        }
+        permits.push(permit);
+
+        let now = Instant::now();
+        let mut receivers = Vec::with_capacity(n);
+        let mut queue = shared.queue();
+        for (input, permit) in inputs.into_iter().zip(permits) {
+            let (reply, rx) = oneshot::channel();
+            shared.metrics.in_flight.inc();
+            queue.push_back(Entry {
+                input,
+                enqueued: now,
+                deadline,
+                reply,
+                _permit: permit,
+                _in_flight: InFlight(shared.metrics.in_flight.clone()),
+            });
+            receivers.push(rx);
+        }
+        shared.metrics.depth.set(queue.len() as i64);
+        drop(queue);
+        shared.notify.notify_one();
+        Ok(receivers)
+    }
+
+    /// Inputs waiting for a forward pass.
+    pub fn waiting(&self) -> usize {
+        self.shared.queue().len()
+    }
+}
+
+/// Waits until a batch is due, then takes up to `max_batch_size` live entries.
+async fn next_batch(shared: &Shared) -> Vec<Entry> {
+    let config = shared.config;
+    loop {
+        let due = {
+            let mut queue = shared.queue();
+            match queue.front().map(|e| e.enqueued + config.max_wait) {
+                Some(due) if queue.len() >= config.max_batch_size || Instant::now() >= due => {
+                    let batch = take_live(shared, &mut queue, config.max_batch_size);
+                    shared.metrics.depth.set(queue.len() as i64);
+                    if !batch.is_empty() {
+                        return batch;
+                    }
+                    continue;
+                }
+                other => other,
+            }
+        };
+        match due {
+            None => shared.notify.notified().await,
+            Some(due) => {
+                let _ = tokio::time::timeout_at(due.into(), shared.notify.notified()).await;
+            }
+        }
+    }
+}
+
+/// Pops entries from the front, dropping those whose caller went away or whose deadline
+/// passed, until `max` live ones are taken or the queue is empty.
+fn take_live(shared: &Shared, queue: &mut VecDeque<Entry>, max: usize) -> Vec<Entry> {
+    let now = Instant::now();
+    let mut batch = Vec::with_capacity(max.min(queue.len()));
+    while batch.len() < max {
+        let Some(entry) = queue.pop_front() else {
+            break;
+        };
+        if entry.reply.is_closed() {
+            shared.metrics.dropped_cancelled.inc();
+        } else if entry.deadline.is_some_and(|d| d <= now) {
+            shared.metrics.dropped_deadline.inc();
+            let _ = entry.reply.send(Err(BatchError::DeadlineExceeded));
+        } else {
+            batch.push(entry);
+        }
+    }
+    batch
+}
+
+async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
+    loop {
+        let batch = next_batch(&shared).await;
+        let started = Instant::now();
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for entry in batch {
+            // Dropping the permit here frees a queue slot: the input is no longer waiting.
+            let Entry {
+                input,
+                enqueued,
+                reply,
+                _in_flight,
+                ..
+            } = entry;
+            let queued = started.duration_since(enqueued);
+            shared.metrics.queue_wait.observe(queued.as_secs_f64());
+            inputs.push(input);
+            waiting.push((reply, queued, _in_flight));
+        }
+        let size = inputs.len();
+        shared.metrics.batch_size.observe(size as f64);
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let outcome = match jobs
+            .send(Job {
+                inputs,
+                reply: done_tx,
+            })
+            .await
+        {
+            Ok(()) => done_rx.await.map_err(|_| BatchError::Closed),
+            Err(_) => Err(BatchError::Closed),
+        };
+        let (probabilities, compute) = match outcome {
+            Ok((Ok(out), compute)) if out.len() == size => (Ok(out), compute),
+            Ok((Ok(out), compute)) => (
+                Err(BatchError::Model(format!(
+                    "{} outputs for {size} inputs",
+                    out.len()
+                ))),
+                compute,
+            ),
+            Ok((Err(e), compute)) => (Err(BatchError::Model(format!("{e:#}"))), compute),
+            Err(e) => (Err(e), Duration::ZERO),
+        };
+        shared.metrics.compute.observe(compute.as_secs_f64());
+        match probabilities {
+            Ok(out) => {
+                for ((reply, queue, _in_flight), probabilities) in waiting.into_iter().zip(out) {
+                    let _ = reply.send(Ok(Prediction {
+                        probabilities,
+                        queue,
+                        compute,
+                        batch_size: size,
+                    }));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = size, "batch failed");
+                for (reply, _, _in_flight) in waiting {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn model_thread(mut classifier: Box<dyn Classifier>, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs.blocking_recv() {
+        let started = Instant::now();
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| classifier.classify(&job.inputs)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the forward pass panicked")));
+        let _ = job.reply.send((result, started.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns each input's first feature as the probability of label 0, and records
+    /// batch sizes; optionally sleeps to keep a batch busy.
+    struct Echo {
+        sizes: Arc<Mutex<Vec<usize>>>,
+        delay: Duration,
+    }
+
+    impl Classifier for Echo {
+        fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+            self.sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(inputs.len());
+            std::thread::sleep(self.delay);
+            Ok(inputs
+                .iter()
+                .map(|i| match i {
+                    ModelInput::Features(f) => vec![f[0], 1.0 - f[0]],
+                    ModelInput::Tokens(_) => vec![0.5, 0.5],
+                })
+                .collect())
+        }
+    }
+
+    fn batcher(config: BatchConfig, delay: Duration) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Metrics::new().expect("metrics");
+        let echo = Echo {
+            sizes: sizes.clone(),
+            delay,
+        };
+        let b = Batcher::start("echo", Box::new(echo), config, &metrics).expect("start");
+        (b, sizes)
+    }
+
+    fn input(x: f32) -> ModelInput {
+        ModelInput::Features(vec![x])
+    }
+
+    #[tokio::test]
+    async fn full_batch_runs_without_waiting_and_keeps_order() {
+        let (b, sizes) = batcher(
+            BatchConfig {
+                max_batch_size: 4,
+                max_wait: Duration::from_secs(30),
+                max_waiting: 16,
+            },
+            Duration::ZERO,
+        );
+        let rxs = b
+            .submit((0..4).map(|i| input(i as f32 / 10.0)).collect(), None)
+            .expect("admitted");
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let p = rx.await.expect("answered").expect("ok");
+            assert_eq!(p.probabilities[0], i as f32 / 10.0);
+            assert_eq!(p.batch_size, 4);
+        }
+        assert_eq!(*sizes.lock().expect("lock"), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn partial_batch_runs_after_max_wait() {
+        let (b, _) = batcher(
+            BatchConfig {
+                max_batch_size: 8,
+                max_wait: Duration::from_millis(20),
+                max_waiting: 16,
+            },
+            Duration::ZERO,
+        );
+        let rx = b.submit(vec![input(0.3)], None).expect("admitted");
+        let p = tokio::time::timeout(Duration::from_secs(5), rx.into_iter().next().expect("rx"))
+            .await
+            .expect("not stuck")
+            .expect("answered")
+            .expect("ok");
+        assert_eq!(p.batch_size, 1);
+        assert!(p.queue >= Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses_at_once_and_frees_slots() {
+        let (b, _) = batcher(
+            BatchConfig {
+                max_batch_size: 8,
+                max_wait: Duration::from_millis(200),
+                max_waiting: 3,
+            },
+            Duration::ZERO,
+        );
+        let first = b.submit(vec![input(0.1), input(0.2)], None).expect("fits");
+        assert!(matches!(
+            b.submit(vec![input(0.3), input(0.4)], None),
+            Err(BatchError::QueueFull { waiting: 2 })
+        ));
+        assert!(matches!(
+            b.submit(vec![input(0.0); 4], None),
+            Err(BatchError::TooManyInputs { got: 4, max: 3 })
+        ));
+        for rx in first {
+            rx.await.expect("answered").expect("ok");
+        }
+        assert!(b.submit(vec![input(0.5); 3], None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn cancelled_and_expired_inputs_are_not_computed() {
+        let (b, sizes) = batcher(
+            BatchConfig {
+                max_batch_size: 8,
+                max_wait: Duration::from_millis(50),
+                max_waiting: 16,
+            },
+            Duration::ZERO,
+        );
+        let cancelled = b.submit(vec![input(0.1)], None).expect("admitted");
+        drop(cancelled);
+        let expired = b
+            .submit(vec![input(0.2)], Some(Instant::now()))
+            .expect("admitted");
+        let live = b.submit(vec![input(0.3)], None).expect("admitted");
+        let p = live
+            .into_iter()
+            .next()
+            .expect("rx")
+            .await
+            .expect("answered")
+            .expect("ok");
+        assert_eq!(p.batch_size, 1);
+        let e = expired
+            .into_iter()
+            .next()
+            .expect("rx")
+            .await
+            .expect("answered");
+        assert!(matches!(e, Err(BatchError::DeadlineExceeded)));
+        assert_eq!(*sizes.lock().expect("lock"), vec![1]);
+        assert_eq!(b.waiting(), 0);
+    }
+}

@@ -1,0 +1,99 @@
+//! A small mutual-TLS client for the worker, behind the `predict`, `models` and `health`
+//! subcommands: smoke tests by hand, and the container health check (no extra probe binary).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_proto::pb::{ListModelsRequest, PredictRequest};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::config::{ClientArgs, PredictArgs};
+
+async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&args.tls_ca)?))
+        .identity(Identity::from_pem(
+            read(&args.tls_cert)?,
+            read(&args.tls_key)?,
+        ))
+        .domain_name(args.tls_server_name.clone());
+    let endpoint = Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("bad address {}", args.addr))?
+        .connect_timeout(Duration::from_secs(args.timeout_secs))
+        .timeout(Duration::from_secs(args.timeout_secs))
+        .tls_config(tls)?;
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))
+}
+
+/// `health`: exits 0 when the worker answers SERVING, 1 otherwise.
+pub async fn health(args: &ClientArgs) -> anyhow::Result<bool> {
+    let mut client = HealthClient::new(channel(args).await?);
+    let status = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status();
+    println!("{}", status.as_str_name());
+    Ok(status == ServingStatus::Serving)
+}
+
+/// `models`: prints the catalogue as JSON lines.
+pub async fn models(args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = ModelInferenceClient::new(channel(args).await?);
+    for m in client
+        .list_models(ListModelsRequest {})
+        .await?
+        .into_inner()
+        .models
+    {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": m.name, "version": m.version, "kind": m.kind().as_str_name(),
+                "labels": m.labels, "feature_count": m.feature_count,
+                "max_tokens": m.max_tokens, "architecture": m.architecture,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// `predict`: one prediction, printed as JSON.
+pub async fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let mut client = ModelInferenceClient::new(channel(&args.client).await?);
+    let r = client
+        .predict(PredictRequest {
+            model_name: args.model.clone(),
+            prompt: args.prompt.clone().unwrap_or_default(),
+            features: args.features.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let scores: serde_json::Map<String, serde_json::Value> = r
+        .scores
+        .iter()
+        .map(|s| (s.label.clone(), serde_json::json!(s.probability)))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "model_name": r.model_name, "model_version": r.model_version, "label": r.label,
+            "probability": r.probability, "scores": scores, "latency_ms": r.latency_ms,
+            "queue_ms": r.queue_ms, "compute_ms": r.compute_ms, "batch_size": r.batch_size,
+            "request_id": r.request_id,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Command line and environment, read once at start. Every flag of `serve` can also be
+//! set through an `IHUB_WORKER_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::batching::BatchConfig;
+
+/// InferenceHub model worker: serves Candle models over mutual-TLS gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "inferencehub-worker", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load every model under --model-dir and serve them over gRPC with mutual TLS.
+    Serve(ServeArgs),
+    /// Write a development CA plus server and client certificates and keys.
+    GenCerts(GenCertsArgs),
+    /// Ask a worker for one prediction (prints JSON).
+    Predict(PredictArgs),
+    /// List a worker's models (prints JSON lines).
+    Models(ClientArgs),
+    /// Check a worker's grpc.health.v1 status: exit 0 when SERVING (container health checks).
+    Health(ClientArgs),
+}
+
+/// How a client reaches a worker.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Worker URL.
+    #[arg(
+        long,
+        env = "IHUB_WORKER_ADDR",
+        default_value = "https://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// CA that signed the worker's certificate.
+    #[arg(long, env = "IHUB_WORKER_CLIENT_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Client certificate.
+    #[arg(long, env = "IHUB_WORKER_CLIENT_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Client private key.
+    #[arg(long, env = "IHUB_WORKER_CLIENT_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Name the worker's certificate must be valid for.
+    #[arg(long, env = "IHUB_WORKER_TLS_SERVER_NAME", default_value = "localhost")]
+    pub tls_server_name: String,
+    /// Connect and call timeout, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+}
+
+/// Flags of `predict`.
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+    /// Text input (text models).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Comma-separated features (tabular models).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub features: Vec<f32>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (for CloudWatch and other collectors).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC server (port 0 picks a free port; the chosen one is printed).
+    #[arg(long, env = "IHUB_WORKER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Folder with one subfolder per model; the subfolder name is the model name.
+    #[arg(long, env = "IHUB_WORKER_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+
+    /// PEM certificate chain the server presents.
+    #[arg(long, env = "IHUB_WORKER_TLS_CERT")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "IHUB_WORKER_TLS_KEY")]
+    pub tls_key: PathBuf,
+
+    /// PEM CA that client certificates must chain to. Clients without one get no answer.
+    #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_CA")]
+    pub tls_client_ca: PathBuf,
+
+    /// Address of the plain-HTTP Prometheus endpoint (GET /metrics).
+    #[arg(
+        long,
+        env = "IHUB_WORKER_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Where models run: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, env = "IHUB_WORKER_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Most inputs in one forward pass.
+    #[arg(long, env = "IHUB_WORKER_MAX_BATCH_SIZE", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch_size: u32,
+
+    /// Longest wait, in milliseconds, before a partial batch runs.
+    #[arg(long, env = "IHUB_WORKER_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+
+    /// Most inputs waiting per model; beyond it calls fail at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IHUB_WORKER_MAX_WAITING", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_waiting: u32,
+
+    /// Largest prompt accepted by text models, in bytes.
+    #[arg(long, env = "IHUB_WORKER_MAX_PROMPT_BYTES", default_value_t = 65_536)]
+    pub max_prompt_bytes: usize,
+
+    /// On SIGTERM, longest wait in seconds for in-flight calls (and open health watches)
+    /// to finish before the worker exits anyway.
+    #[arg(long, env = "IHUB_WORKER_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "IHUB_WORKER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The batching knobs.
+    pub fn batch_config(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch_size: self.max_batch_size as usize,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_waiting: self.max_waiting as usize,
+        }
+    }
+}
+
+/// Flags of `gen-certs`.
+#[derive(Debug, Clone, Args)]
+pub struct GenCertsArgs {
+    /// Folder to write ca.pem, server.pem, server.key, client.pem and client.key into.
+    #[arg(long, env = "IHUB_WORKER_CERTS_OUT")]
+    pub out: PathBuf,
+}

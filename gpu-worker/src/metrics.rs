@@ -1,0 +1,137 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All worker metrics, registered in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `inferencehub_worker_requests_total{model,code}`: answered calls by gRPC code.
+    pub requests: IntCounterVec,
+    /// `inferencehub_worker_queue_wait_seconds{model}`: time from admission to batch start.
+    pub queue_wait: HistogramVec,
+    /// `inferencehub_worker_compute_seconds{model}`: forward-pass time per batch.
+    pub compute: HistogramVec,
+    /// `inferencehub_worker_batch_size{model}`: inputs per forward pass.
+    pub batch_size: HistogramVec,
+    /// `inferencehub_worker_queue_depth{model}`: inputs waiting for a forward pass.
+    pub queue_depth: IntGaugeVec,
+    /// `inferencehub_worker_in_flight`: inputs admitted and not yet answered (the
+    /// autoscaling signal).
+    pub in_flight: IntGauge,
+    /// `inferencehub_worker_dropped_total{model,reason}`: inputs dropped before compute.
+    pub dropped: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "inferencehub_worker_requests_total",
+                "Predict calls answered, by model and gRPC code",
+            ),
+            &["model", "code"],
+        )?;
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &["model"],
+            )
+        };
+        let queue_wait = histogram(
+            "inferencehub_worker_queue_wait_seconds",
+            "Time an input waited before its forward pass started",
+            LATENCY_BUCKETS,
+        )?;
+        let compute = histogram(
+            "inferencehub_worker_compute_seconds",
+            "Duration of one batched forward pass",
+            LATENCY_BUCKETS,
+        )?;
+        let batch_size = histogram(
+            "inferencehub_worker_batch_size",
+            "Inputs per forward pass",
+            BATCH_BUCKETS,
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "inferencehub_worker_queue_depth",
+                "Inputs waiting for a forward pass",
+            ),
+            &["model"],
+        )?;
+        let in_flight = IntGauge::new(
+            "inferencehub_worker_in_flight",
+            "Inputs admitted and not yet answered, all models",
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "inferencehub_worker_dropped_total",
+                "Inputs dropped before compute because the caller left or the deadline passed",
+            ),
+            &["model", "reason"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(queue_wait.clone()))?;
+        registry.register(Box::new(compute.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            queue_wait,
+            compute,
+            batch_size,
+            queue_depth,
+            in_flight,
+            dropped,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,232 @@
+//! Starting and stopping a worker: bind, serve health and gRPC over mutual TLS at once,
+//! load and warm up the models in the background, flip health to SERVING, and on stop
+//! flip it back, finish what is in flight and return.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use inferencehub_proto::pb::model_inference_server::ModelInferenceServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::backend::{LoadOptions, device::parse_device, load_model_dir};
+use crate::batching::Batcher;
+use crate::config::ServeArgs;
+use crate::metrics::Metrics;
+use crate::service::{InferenceService, ModelSet, ServedModel};
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Models are loading; health says NOT_SERVING.
+    Loading,
+    /// Every model loaded and warmed up; health says SERVING.
+    Serving,
+    /// Loading failed; the worker stops.
+    Failed(String),
+}
+
+/// A worker that is accepting connections.
+pub struct RunningWorker {
+    /// Bound gRPC address (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// Bound metrics address.
+    pub metrics_addr: SocketAddr,
+    state: watch::Receiver<WorkerState>,
+    stop: watch::Sender<bool>,
+    health: HealthReporter,
+    server: JoinHandle<anyhow::Result<()>>,
+    drain_timeout: std::time::Duration,
+}
+
+type Service = ModelInferenceServer<InferenceService>;
+
+impl RunningWorker {
+    /// Waits until the models are served, or loading failed.
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        let state = self
+            .state
+            .wait_for(|s| *s != WorkerState::Loading)
+            .await
+            .context("worker stopped while loading")?
+            .clone();
+        match state {
+            WorkerState::Failed(e) => anyhow::bail!(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves when loading has failed (never, if it succeeds).
+    pub async fn failed(&mut self) -> String {
+        match self
+            .state
+            .wait_for(|s| matches!(s, WorkerState::Failed(_)))
+            .await
+        {
+            Ok(state) => match &*state {
+                WorkerState::Failed(e) => e.clone(),
+                _ => String::new(),
+            },
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Turns health to NOT_SERVING, stops accepting, finishes in-flight calls, returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        set_health(&self.health, ServingStatus::NotServing).await;
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(self.drain_timeout, self.server).await {
+            Ok(finished) => finished.context("server task")??,
+            Err(_) => tracing::warn!(
+                timeout_secs = self.drain_timeout.as_secs(),
+                "drain timeout: closing the connections still open"
+            ),
+        }
+        match &*self.state.borrow() {
+            WorkerState::Failed(e) => anyhow::bail!("model loading failed: {e}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(<Service as tonic::server::NamedService>::NAME, status)
+        .await;
+}
+
+/// Binds both listeners and starts serving; models load in the background.
+pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&args.tls_cert)?,
+            read(&args.tls_key)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read(&args.tls_client_ca)?));
+    let device = parse_device(&args.device)?;
+    let drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
+    let metrics = Arc::new(Metrics::new()?);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding gRPC on {}", args.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let models: Arc<OnceLock<ModelSet>> = Arc::new(OnceLock::new());
+    let service = InferenceService::new(models.clone(), metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (state_tx, state_rx) = watch::channel(WorkerState::Loading);
+
+    let until_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(ModelInferenceServer::new(service))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            until_stop(stop_rx.clone()),
+        );
+    let metrics_server =
+        crate::metrics::serve(metrics_listener, metrics.clone(), until_stop(stop_rx));
+    let server = tokio::spawn(async move {
+        let (grpc, metrics) = tokio::join!(grpc, metrics_server);
+        grpc.context("gRPC server")?;
+        metrics.context("metrics server")?;
+        Ok(())
+    });
+
+    let loader_health = health.clone();
+    let loader_stop = stop_tx.clone();
+    tokio::spawn(async move {
+        match load(&args, device, &metrics).await {
+            Ok(set) => {
+                let names: Vec<_> = set.keys().cloned().collect();
+                let _ = models.set(set);
+                set_health(&loader_health, ServingStatus::Serving).await;
+                tracing::info!(models = ?names, "all models loaded and warmed up; SERVING");
+                let _ = state_tx.send(WorkerState::Serving);
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "model loading failed");
+                let _ = state_tx.send(WorkerState::Failed(format!("{e:#}")));
+                let _ = loader_stop.send(true);
+            }
+        }
+    });
+
+    Ok(RunningWorker {
+        grpc_addr,
+        metrics_addr,
+        state: state_rx,
+        stop: stop_tx,
+        health,
+        server,
+        drain_timeout,
+    })
+}
+
+/// Loads and warms up every model on the blocking pool, then starts their batchers.
+async fn load(
+    args: &ServeArgs,
+    device: candle_core::Device,
+    metrics: &Metrics,
+) -> anyhow::Result<ModelSet> {
+    let opts = LoadOptions {
+        device,
+        max_prompt_bytes: args.max_prompt_bytes,
+    };
+    let dir = args.model_dir.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let mut models = load_model_dir(&dir, &opts)?;
+        for model in &mut models {
+            let started = std::time::Instant::now();
+            model.warm_up()?;
+            tracing::info!(
+                model = %model.spec.name,
+                version = %model.spec.version,
+                architecture = %model.spec.architecture,
+                warm_up_ms = started.elapsed().as_millis() as u64,
+                "model loaded"
+            );
+        }
+        anyhow::Ok(models)
+    })
+    .await??;
+    let mut set = ModelSet::new();
+    for model in loaded {
+        let batcher = Batcher::start(
+            &model.spec.name,
+            model.classifier,
+            args.batch_config(),
+            metrics,
+        )?;
+        set.insert(
+            model.spec.name.clone(),
+            Arc::new(ServedModel {
+                spec: model.spec,
+                tokenizer: model.tokenizer,
+                batcher,
+            }),
+        );
+    }
+    Ok(set)
+}

@@ -1,0 +1,403 @@
+//! The `ModelInference` gRPC service: validate, prepare (tokenise off the runtime), queue
+//! into the model's batcher, and turn predictions into answers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use inferencehub_proto::pb::model_inference_server::ModelInference;
+use inferencehub_proto::pb::{
+    LabelScore, ListModelsRequest, ListModelsResponse, PredictBatchRequest, PredictBatchResponse,
+    PredictRequest, PredictResponse,
+};
+use inferencehub_proto::signature::{check_features, check_prompt};
+use inferencehub_proto::{FieldError, InputSignature, REQUEST_ID_METADATA};
+use tokenizers::Tokenizer;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status};
+
+use crate::backend::{ModelInput, ModelSpec, argmax, prepare_input};
+use crate::batching::{BatchError, Batcher, Prediction};
+use crate::metrics::Metrics;
+
+/// One model being served.
+pub struct ServedModel {
+    /// What it is.
+    pub spec: ModelSpec,
+    /// Text models: its tokenizer.
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    /// Its queue.
+    pub batcher: Batcher,
+}
+
+/// Every model being served, by name.
+pub type ModelSet = BTreeMap<String, Arc<ServedModel>>;
+
+/// The gRPC service. Models are filled in once loading finishes; until then calls get
+/// UNAVAILABLE (and the health service says NOT_SERVING).
+#[derive(Clone)]
+pub struct InferenceService {
+    models: Arc<OnceLock<ModelSet>>,
+    metrics: Arc<Metrics>,
+}
+
+impl InferenceService {
+    /// A service that answers once `models` is set.
+    pub fn new(models: Arc<OnceLock<ModelSet>>, metrics: Arc<Metrics>) -> Self {
+        Self { models, metrics }
+    }
+
+    fn model(&self, name: &str) -> Result<Arc<ServedModel>, Status> {
+        let models = self
+            .models
+            .get()
+            .ok_or_else(|| Status::unavailable("models are still loading"))?;
+        if name.is_empty() {
+            return Err(FieldError::new("model_name", "is required").to_status());
+        }
+        models.get(name).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "model_name: no model named {:?} (see ListModels)",
+                truncate(name, 64)
+            ))
+        })
+    }
+
+    /// Tokenises (on the blocking pool) or copies the validated inputs, queues them, and
+    /// waits for every prediction.
+    async fn run(
+        &self,
+        model: &ServedModel,
+        prompts: Vec<String>,
+        rows: Vec<Vec<f32>>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Prediction>, Status> {
+        let inputs = match &model.tokenizer {
+            Some(tokenizer) => {
+                let tokenizer = tokenizer.clone();
+                tokio::task::spawn_blocking(move || {
+                    prompts
+                        .iter()
+                        .map(|p| prepare_input(Some(&tokenizer), p, &[]))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+                .await
+                .map_err(|e| internal("tokenizer task", &e))?
+                .map_err(|e| internal("tokenizing", &e))?
+            }
+            None => rows.into_iter().map(ModelInput::Features).collect(),
+        };
+        let receivers = model
+            .batcher
+            .submit(inputs, deadline)
+            .map_err(batch_status)?;
+        let mut predictions = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            let prediction = rx
+                .await
+                .map_err(|_| Status::unavailable("the model is shutting down"))?
+                .map_err(batch_status)?;
+            predictions.push(prediction);
+        }
+        Ok(predictions)
+    }
+
+    fn record<T>(&self, model: &str, result: &Result<T, Status>) {
+        let known = self.models.get().is_some_and(|m| m.contains_key(model));
+        let model = if known { model } else { "_unknown" };
+        let code = match result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[model, code_name(code)])
+            .inc();
+    }
+
+    async fn predict_one(
+        &self,
+        req: PredictRequest,
+        request_id: String,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<PredictResponse, Status> {
+        let model = self.model(&req.model_name)?;
+        model
+            .spec
+            .signature()
+            .check(&req.features, &req.prompt)
+            .map_err(|e| e.to_status())?;
+        let mut predictions = self
+            .run(&model, vec![req.prompt], vec![req.features], deadline)
+            .await?;
+        let prediction = predictions
+            .pop()
+            .ok_or_else(|| Status::internal("no prediction"))?;
+        let mut answer = to_response(&model.spec, &prediction, request_id);
+        answer.latency_ms = millis(started.elapsed());
+        Ok(answer)
+    }
+
+    async fn predict_many(
+        &self,
+        req: PredictBatchRequest,
+        request_id: String,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<PredictBatchResponse, Status> {
+        let model = self.model(&req.model_name)?;
+        let (prompts, rows) = match model.spec.signature() {
+            InputSignature::Text { max_prompt_bytes } => {
+                if !req.rows.is_empty() {
+                    return Err(FieldError::new(
+                        "rows",
+                        "this is a text model: send `prompts`, not `rows`",
+                    )
+                    .to_status());
+                }
+                if req.prompts.is_empty() {
+                    return Err(FieldError::new("prompts", "needs at least one prompt").to_status());
+                }
+                for (i, prompt) in req.prompts.iter().enumerate() {
+                    check_prompt(&format!("prompts[{i}]"), prompt, max_prompt_bytes)
+                        .map_err(|e| e.to_status())?;
+                }
+                (req.prompts, Vec::new())
+            }
+            InputSignature::Tabular { feature_count } => {
+                if !req.prompts.is_empty() {
+                    return Err(FieldError::new(
+                        "prompts",
+                        "this is a tabular model: send `rows`, not `prompts`",
+                    )
+                    .to_status());
+                }
+                if req.rows.is_empty() {
+                    return Err(FieldError::new("rows", "needs at least one row").to_status());
+                }
+                for (i, row) in req.rows.iter().enumerate() {
+                    check_features(&format!("rows[{i}].features"), &row.features, feature_count)
+                        .map_err(|e| e.to_status())?;
+                }
+                (
+                    Vec::new(),
+                    req.rows.into_iter().map(|r| r.features).collect(),
+                )
+            }
+        };
+        let predictions = self.run(&model, prompts, rows, deadline).await?;
+        let results = predictions
+            .iter()
+            .map(|p| to_response(&model.spec, p, request_id.clone()))
+            .collect();
+        Ok(PredictBatchResponse {
+            results,
+            request_id,
+            model_name: model.spec.name.clone(),
+            model_version: model.spec.version.clone(),
+            latency_ms: millis(started.elapsed()),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ModelInference for InferenceService {
+    async fn predict(
+        &self,
+        request: Request<PredictRequest>,
+    ) -> Result<Response<PredictResponse>, Status> {
+        let started = Instant::now();
+        let deadline = grpc_deadline(request.metadata(), started);
+        let request_id = request_id(request.metadata(), &request.get_ref().request_id);
+        let req = request.into_inner();
+        let model = req.model_name.clone();
+        let result = self
+            .predict_one(req, request_id.clone(), deadline, started)
+            .await;
+        self.record(&model, &result);
+        respond(result, &request_id)
+    }
+
+    async fn predict_batch(
+        &self,
+        request: Request<PredictBatchRequest>,
+    ) -> Result<Response<PredictBatchResponse>, Status> {
+        let started = Instant::now();
+        let deadline = grpc_deadline(request.metadata(), started);
+        let request_id = request_id(request.metadata(), &request.get_ref().request_id);
+        let req = request.into_inner();
+        let model = req.model_name.clone();
+        let result = self
+            .predict_many(req, request_id.clone(), deadline, started)
+            .await;
+        self.record(&model, &result);
+        respond(result, &request_id)
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let models = self
+            .models
+            .get()
+            .ok_or_else(|| Status::unavailable("models are still loading"))?;
+        Ok(Response::new(ListModelsResponse {
+            models: models.values().map(|m| m.spec.info()).collect(),
+        }))
+    }
+}
+
+fn to_response(spec: &ModelSpec, prediction: &Prediction, request_id: String) -> PredictResponse {
+    let (best, probability) = argmax(&prediction.probabilities);
+    PredictResponse {
+        probability,
+        label: spec.labels.get(best).cloned().unwrap_or_default(),
+        latency_ms: millis(prediction.queue + prediction.compute),
+        request_id,
+        model_version: spec.version.clone(),
+        scores: spec
+            .labels
+            .iter()
+            .zip(&prediction.probabilities)
+            .map(|(label, &probability)| LabelScore {
+                label: label.clone(),
+                probability,
+            })
+            .collect(),
+        queue_ms: millis(prediction.queue),
+        compute_ms: millis(prediction.compute),
+        batch_size: prediction.batch_size as u32,
+        model_name: spec.name.clone(),
+    }
+}
+
+fn respond<T>(result: Result<T, Status>, request_id: &str) -> Result<Response<T>, Status> {
+    let value = MetadataValue::try_from(request_id).ok();
+    match result {
+        Ok(body) => {
+            let mut response = Response::new(body);
+            if let Some(v) = value {
+                response.metadata_mut().insert(REQUEST_ID_METADATA, v);
+            }
+            Ok(response)
+        }
+        Err(mut status) => {
+            if let Some(v) = value {
+                status.metadata_mut().insert(REQUEST_ID_METADATA, v);
+            }
+            Err(status)
+        }
+    }
+}
+
+fn batch_status(e: BatchError) -> Status {
+    match e {
+        BatchError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+        BatchError::TooManyInputs { .. } => Status::invalid_argument(format!("inputs: {e}")),
+        BatchError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+        BatchError::Closed => Status::unavailable(e.to_string()),
+        BatchError::Model(_) => internal("forward pass", &e),
+    }
+}
+
+/// Logs the detail and answers INTERNAL without it.
+fn internal(what: &str, e: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "{what} failed");
+    Status::internal(format!("{what} failed"))
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// The caller's request id if it is a sane token, else a new UUID.
+fn request_id(metadata: &MetadataMap, field: &str) -> String {
+    let from_metadata = metadata
+        .get(REQUEST_ID_METADATA)
+        .and_then(|v| v.to_str().ok());
+    let candidate = if field.is_empty() {
+        from_metadata.unwrap_or("")
+    } else {
+        field
+    };
+    let sane = !candidate.is_empty()
+        && candidate.len() <= 128
+        && candidate
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if sane {
+        candidate.to_string()
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+/// The deadline the client set with the `grpc-timeout` header, if any.
+fn grpc_deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    now.checked_add(timeout)
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::Internal => "INTERNAL",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let now = Instant::now();
+        let mut md = MetadataMap::new();
+        md.insert("grpc-timeout", MetadataValue::from_static("250m"));
+        assert_eq!(
+            grpc_deadline(&md, now),
+            Some(now + Duration::from_millis(250))
+        );
+        md.insert("grpc-timeout", MetadataValue::from_static("2S"));
+        assert_eq!(grpc_deadline(&md, now), Some(now + Duration::from_secs(2)));
+        md.insert("grpc-timeout", MetadataValue::from_static("x"));
+        assert_eq!(grpc_deadline(&md, now), None);
+        assert_eq!(grpc_deadline(&MetadataMap::new(), now), None);
+    }
+
+    #[test]
+    fn keeps_sane_request_ids_and_replaces_others() {
+        let md = MetadataMap::new();
+        assert_eq!(request_id(&md, "abc-123"), "abc-123");
+        let replaced = request_id(&md, "bad id\n");
+        assert_ne!(replaced, "bad id\n");
+        assert_eq!(replaced.len(), 36);
+        let mut md = MetadataMap::new();
+        md.insert(REQUEST_ID_METADATA, MetadataValue::from_static("from-meta"));
+        assert_eq!(request_id(&md, ""), "from-meta");
+    }
+}

@@ -1,0 +1,199 @@
+//! Helpers for tests that run the real worker binary over mutual TLS.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_worker::certs::{self, CertPaths};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The demo models built by `make models`.
+pub fn demo_models() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    assert!(
+        dir.join("sentiment/head.safetensors").is_file() && dir.join("iris/tabular.json").is_file(),
+        "demo models missing in {}: run `make models` first",
+        dir.display()
+    );
+    dir
+}
+
+/// A model dir holding only the named demo models (symlinked).
+pub fn model_subset(names: &[&str]) -> tempfile::TempDir {
+    let src = demo_models();
+    let dir = tempfile::tempdir().unwrap();
+    for name in names {
+        std::os::unix::fs::symlink(
+            src.join(name).canonicalize().unwrap(),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// A worker process on free ports, killed on drop.
+pub struct Worker {
+    pub child: Child,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub certs: CertPaths,
+    pub dir: tempfile::TempDir,
+}
+
+impl Worker {
+    /// Starts `inferencehub-worker serve` with fresh certificates and `extra` flags, and
+    /// waits until it prints its addresses (models may still be loading).
+    pub async fn spawn(model_dir: &Path, extra: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(&dir.path().join("certs")).unwrap();
+        let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--model-dir")
+            .arg(model_dir)
+            .arg("--tls-cert")
+            .arg(&certs.server_cert)
+            .arg("--tls-key")
+            .arg(&certs.server_key)
+            .arg("--tls-client-ca")
+            .arg(&certs.ca)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("worker binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.starts_with("inferencehub-worker listening") {
+                    return line;
+                }
+            }
+            panic!("worker exited before listening");
+        })
+        .await
+        .expect("worker prints its addresses");
+        let port = |key: &str| -> u16 {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap();
+            addr.rsplit(':').next().unwrap().parse().unwrap()
+        };
+        Worker {
+            grpc_port: port("grpc="),
+            metrics_port: port("metrics="),
+            child,
+            certs,
+            dir,
+        }
+    }
+
+    /// Starts a worker and waits until health says SERVING.
+    pub async fn serving(model_dir: &Path, extra: &[&str]) -> Worker {
+        let worker = Self::spawn(model_dir, extra).await;
+        worker.wait_serving().await;
+        worker
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("https://127.0.0.1:{}", self.grpc_port))
+            .unwrap()
+            .timeout(Duration::from_secs(60))
+    }
+
+    /// A channel with the worker's CA and a client certificate from `client`.
+    pub async fn channel_with(&self, ca: &Path, client: Option<(&Path, &Path)>) -> Channel {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+            .domain_name("localhost");
+        if let Some((cert, key)) = client {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert).unwrap(),
+                std::fs::read(key).unwrap(),
+            ));
+        }
+        self.endpoint().tls_config(tls).unwrap().connect_lazy()
+    }
+
+    /// A properly authenticated channel.
+    pub async fn channel(&self) -> Channel {
+        self.channel_with(
+            &self.certs.ca,
+            Some((&self.certs.client_cert, &self.certs.client_key)),
+        )
+        .await
+    }
+
+    pub async fn client(&self) -> ModelInferenceClient<Channel> {
+        ModelInferenceClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel().await);
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).unwrap()
+    }
+
+    pub async fn wait_serving(&self) {
+        let wait = async {
+            loop {
+                if self.health().await == ServingStatus::Serving {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(120), wait)
+            .await
+            .is_err()
+        {
+            panic!("worker never became SERVING; log:\n{}", self.log());
+        }
+    }
+
+    /// The Prometheus text from `/metrics`, over a plain HTTP/1.1 request.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+
+    /// The value of one metric line, e.g. `inferencehub_worker_queue_depth{model="iris"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+}

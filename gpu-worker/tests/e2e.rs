@@ -1,0 +1,529 @@
+//! End to end: the real worker binary, the demo models, mutual TLS with certificates made
+//! by the test, real gRPC clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Worker, demo_models, model_subset};
+use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_proto::pb::{
+    FeatureRow, ListModelsRequest, ModelKind, PredictBatchRequest, PredictRequest, PredictResponse,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn text(model: &str, prompt: &str) -> PredictRequest {
+    PredictRequest {
+        model_name: model.into(),
+        prompt: prompt.into(),
+        ..Default::default()
+    }
+}
+
+fn tabular(model: &str, features: &[f32]) -> PredictRequest {
+    PredictRequest {
+        model_name: model.into(),
+        features: features.to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn predict(
+    client: &mut ModelInferenceClient<Channel>,
+    req: PredictRequest,
+) -> PredictResponse {
+    client.predict(req).await.expect("prediction").into_inner()
+}
+
+fn assert_distribution(r: &PredictResponse, labels: &[&str]) {
+    let names: Vec<&str> = r.scores.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(names, labels);
+    let sum: f32 = r.scores.iter().map(|s| s.probability).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "scores sum to {sum}");
+    let best = r.scores.iter().find(|s| s.label == r.label).unwrap();
+    assert_eq!(best.probability, r.probability);
+    assert!(r.scores.iter().all(|s| s.probability <= r.probability));
+}
+
+#[tokio::test]
+async fn predicts_sentiment_and_iris_over_mutual_tls() {
+    let worker = Worker::serving(&demo_models(), &["--max-wait-ms", "1"]).await;
+    let mut client = worker.client().await;
+
+    for prompt in [
+        "I absolutely loved it, this is wonderful and works perfectly!",
+        "Thank you, the support team was fantastic and fixed everything.",
+        "What a great day, I'm so happy.",
+    ] {
+        let r = predict(&mut client, text("sentiment", prompt)).await;
+        assert_eq!(r.label, "positive", "{prompt}: {r:?}");
+        assert!(r.probability > 0.5);
+        assert_distribution(&r, &["negative", "positive"]);
+    }
+    for prompt in [
+        "This is terrible, it broke after one day and I want a refund.",
+        "The service was awful and the staff were rude.",
+        "I hate this, worst experience ever.",
+    ] {
+        let r = predict(&mut client, text("sentiment", prompt)).await;
+        assert_eq!(r.label, "negative", "{prompt}: {r:?}");
+        assert_distribution(&r, &["negative", "positive"]);
+    }
+
+    for (row, species) in [
+        ([5.1, 3.5, 1.4, 0.2], "setosa"),
+        ([7.0, 3.2, 4.7, 1.4], "versicolor"),
+        ([6.3, 3.3, 6.0, 2.5], "virginica"),
+        ([4.9, 3.0, 1.4, 0.2], "setosa"),
+        ([6.4, 3.2, 4.5, 1.5], "versicolor"),
+        ([7.7, 3.8, 6.7, 2.2], "virginica"),
+    ] {
+        let r = predict(&mut client, tabular("iris", &row)).await;
+        assert_eq!(r.label, species, "{row:?}: {r:?}");
+        assert_distribution(&r, &["setosa", "versicolor", "virginica"]);
+    }
+
+    let mut req = text("sentiment", "fine");
+    req.request_id = "req-42".into();
+    let response = client.predict(req).await.unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "req-42"
+    );
+    let r = response.into_inner();
+    assert_eq!(r.request_id, "req-42");
+    assert_eq!(r.model_name, "sentiment");
+    assert_eq!(r.model_version.len(), 12);
+    assert!(r.latency_ms > 0.0 && r.latency_ms >= r.compute_ms);
+    assert!(r.batch_size >= 1);
+
+    // The metrics endpoint counts what just happened.
+    let ok = worker
+        .metric("inferencehub_worker_requests_total{code=\"OK\",model=\"iris\"}")
+        .await;
+    assert_eq!(ok, Some(6.0));
+}
+
+#[tokio::test]
+async fn lists_both_models_with_their_signatures() {
+    let worker = Worker::serving(&demo_models(), &[]).await;
+    let models = worker
+        .client()
+        .await
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["iris", "sentiment"]);
+    let iris = &models[0];
+    assert_eq!(iris.kind(), ModelKind::Tabular);
+    assert_eq!(iris.feature_count, 4);
+    assert_eq!(iris.labels, ["setosa", "versicolor", "virginica"]);
+    let sentiment = &models[1];
+    assert_eq!(sentiment.kind(), ModelKind::Text);
+    assert_eq!(sentiment.labels, ["negative", "positive"]);
+    assert_eq!(sentiment.max_tokens, 256);
+    assert!(sentiment.max_prompt_bytes > 0);
+    assert_ne!(iris.version, sentiment.version);
+}
+
+#[tokio::test]
+async fn refuses_clients_without_a_trusted_certificate() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(dir.path(), &[]).await;
+    let request = || tabular("iris", &[5.1, 3.5, 1.4, 0.2]);
+
+    // No client certificate at all.
+    let anonymous = worker.channel_with(&worker.certs.ca, None).await;
+    let refused = ModelInferenceClient::new(anonymous)
+        .predict(request())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got {refused:?}"
+    );
+
+    // A certificate from a CA the worker does not trust.
+    let other = tempfile::tempdir().unwrap();
+    let other = inferencehub_worker::certs::generate(other.path()).unwrap();
+    let stranger = worker
+        .channel_with(
+            &worker.certs.ca,
+            Some((&other.client_cert, &other.client_key)),
+        )
+        .await;
+    let refused = ModelInferenceClient::new(stranger).predict(request()).await;
+    assert!(refused.is_err(), "a client of another CA got {refused:?}");
+
+    // The proper client still gets answers.
+    let mut client = worker.client().await;
+    assert_eq!(predict(&mut client, request()).await.label, "setosa");
+}
+
+#[tokio::test]
+async fn hostile_inputs_get_invalid_argument_naming_the_field() {
+    let worker = Worker::serving(&demo_models(), &["--max-prompt-bytes", "4000"]).await;
+    let mut client = worker.client().await;
+    let cases = [
+        (tabular("iris", &[1.0, 2.0, 3.0]), "features"),
+        (tabular("iris", &[1.0, 2.0, 3.0, 4.0, 5.0]), "features"),
+        (tabular("iris", &[]), "features"),
+        (tabular("iris", &[1.0, f32::NAN, 3.0, 4.0]), "features[1]"),
+        (
+            tabular("iris", &[1.0, 2.0, f32::INFINITY, 4.0]),
+            "features[2]",
+        ),
+        (
+            tabular("iris", &[f32::NEG_INFINITY, 2.0, 3.0, 4.0]),
+            "features[0]",
+        ),
+        (text("sentiment", ""), "prompt"),
+        (text("sentiment", "   "), "prompt"),
+        (text("sentiment", &"long ".repeat(1000)), "prompt"),
+        (tabular("sentiment", &[1.0, 2.0]), "features"),
+        (text("iris", "what species is this?"), "prompt"),
+        (text("", "hello"), "model_name"),
+    ];
+    for (req, field) in cases {
+        let status = client
+            .predict(req.clone())
+            .await
+            .expect_err("must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{req:?}: {status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{req:?}: message {:?} should name {field}",
+            status.message()
+        );
+    }
+
+    let status = client.predict(text("nope", "hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("model_name"));
+
+    // Batch form: the offending element is named.
+    let status = client
+        .predict_batch(PredictBatchRequest {
+            model_name: "iris".into(),
+            rows: vec![
+                FeatureRow {
+                    features: vec![1.0, 2.0, 3.0, 4.0],
+                },
+                FeatureRow {
+                    features: vec![1.0, 2.0, f32::NAN, 4.0],
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("rows[1].features[2]:"),
+        "{status:?}"
+    );
+    let status = client
+        .predict_batch(PredictBatchRequest {
+            model_name: "sentiment".into(),
+            prompts: vec!["good".into(), String::new()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().starts_with("prompts[1]:"), "{status:?}");
+
+    // A prompt far beyond the token limit is truncated, not refused: whatever follows the
+    // 256th token cannot change the answer.
+    let long = "The staff were kind and the room was lovely. ".repeat(40);
+    let a = predict(&mut client, text("sentiment", &long)).await;
+    let b = predict(
+        &mut client,
+        text("sentiment", &format!("{long} awful, terrible, broken")),
+    )
+    .await;
+    assert_eq!(a.scores, b.scores);
+    assert_eq!(
+        worker.health().await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_forward_passes_with_identical_results() {
+    let worker = Worker::serving(
+        &demo_models(),
+        &["--max-batch-size", "8", "--max-wait-ms", "2000"],
+    )
+    .await;
+    let prompts = [
+        "Great product, I love it.",
+        "Terrible, it broke immediately.",
+        "The delivery was fast and the packaging was neat.",
+        "Not what I expected, quite disappointing overall.",
+        "ok",
+        "The staff were friendly but the room was cold, and honestly I would not come back again.",
+        "Superb!",
+        "I'm not sure how I feel about this one.",
+    ];
+    let client = worker.client().await;
+
+    // All eight at once: the batch fills and runs as one forward pass.
+    let together = futures::future::join_all(prompts.iter().map(|p| {
+        let mut c = client.clone();
+        let req = text("sentiment", p);
+        async move { c.predict(req).await.unwrap().into_inner() }
+    }))
+    .await;
+    assert!(together.iter().all(|r| r.batch_size == 8), "{together:?}");
+
+    // The same inputs one at a time, on a worker that never batches.
+    let single = Worker::serving(&demo_models(), &["--max-batch-size", "1"]).await;
+    let mut alone = single.client().await;
+    for (prompt, batched) in prompts.iter().zip(&together) {
+        let r = predict(&mut alone, text("sentiment", prompt)).await;
+        assert_eq!(r.batch_size, 1);
+        assert_eq!(r.label, batched.label, "{prompt}");
+        for (a, b) in r.scores.iter().zip(&batched.scores) {
+            assert!(
+                (a.probability - b.probability).abs() <= 1e-5,
+                "{prompt}: alone {} vs batched {}",
+                a.probability,
+                b.probability
+            );
+        }
+    }
+
+    // The batch RPC goes through the same batcher: 8 inputs, one forward pass, same answers.
+    let mut client = worker.client().await;
+    let batch = client
+        .predict_batch(PredictBatchRequest {
+            model_name: "sentiment".into(),
+            prompts: prompts.iter().map(|p| p.to_string()).collect(),
+            request_id: "batch-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.request_id, "batch-1");
+    assert_eq!(batch.results.len(), prompts.len());
+    for (r, batched) in batch.results.iter().zip(&together) {
+        assert_eq!(r.batch_size, 8);
+        assert!((r.probability - batched.probability).abs() <= 1e-5);
+    }
+    let histogram = worker
+        .metric("inferencehub_worker_batch_size_count{model=\"sentiment\"}")
+        .await
+        .unwrap();
+    // Warm-up runs outside the batcher: 8 + 8 inputs took exactly two forward passes.
+    assert_eq!(histogram, 2.0);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_resource_exhausted_at_once() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(
+        dir.path(),
+        &[
+            "--max-batch-size",
+            "64",
+            "--max-wait-ms",
+            "3000",
+            "--max-waiting",
+            "4",
+        ],
+    )
+    .await;
+    let client = worker.client().await;
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = client.clone();
+            tokio::spawn(async move { c.predict(tabular("iris", &[5.1, 3.5, 1.4, 0.2])).await })
+        })
+        .collect();
+    let depth = "inferencehub_worker_queue_depth{model=\"iris\"}";
+    while worker.metric(depth).await != Some(4.0) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = client.clone();
+    let started = std::time::Instant::now();
+    let status = c
+        .predict(tabular("iris", &[5.1, 3.5, 1.4, 0.2]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after the wait"
+    );
+    let status = c
+        .predict_batch(PredictBatchRequest {
+            model_name: "iris".into(),
+            rows: vec![
+                FeatureRow {
+                    features: vec![5.1, 3.5, 1.4, 0.2]
+                };
+                5
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "more inputs than the queue holds"
+    );
+
+    // The queued ones are still answered once their batch runs.
+    for handle in waiting {
+        let r = handle.await.unwrap().unwrap().into_inner();
+        assert_eq!(r.label, "setosa");
+        assert_eq!(r.batch_size, 4);
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_request_is_dropped_before_compute() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(
+        dir.path(),
+        &["--max-batch-size", "64", "--max-wait-ms", "1500"],
+    )
+    .await;
+    let mut client = worker.client().await;
+    let mut req = tonic::Request::new(tabular("iris", &[5.1, 3.5, 1.4, 0.2]));
+    req.set_timeout(Duration::from_millis(200));
+    let status = client.predict(req).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // After the partial batch would have run, nothing was computed for it.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let dropped = worker
+        .metric("inferencehub_worker_dropped_total{model=\"iris\",reason=\"cancelled\"}")
+        .await
+        .unwrap_or(0.0)
+        + worker
+            .metric("inferencehub_worker_dropped_total{model=\"iris\",reason=\"deadline\"}")
+            .await
+            .unwrap_or(0.0);
+    assert_eq!(dropped, 1.0);
+    let batches = worker
+        .metric("inferencehub_worker_batch_size_count{model=\"iris\"}")
+        .await;
+    assert_eq!(batches, Some(0.0));
+}
+
+#[tokio::test]
+async fn health_turns_serving_after_load_and_sigterm_drains_in_flight_requests() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut worker = Worker::spawn(&demo_models(), &["--max-wait-ms", "1500"]).await;
+    // Watch from the first moment: NOT_SERVING while the models load, then SERVING.
+    let mut health = HealthClient::new(worker.channel().await);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: "inferencehub.v1.ModelInference".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap().status();
+    assert_eq!(
+        first,
+        ServingStatus::NotServing,
+        "models cannot be loaded yet"
+    );
+    let mut seen = first;
+    while seen != ServingStatus::Serving {
+        seen = stream.message().await.unwrap().unwrap().status();
+    }
+
+    // Two requests wait in a partial batch when SIGTERM arrives; both are answered.
+    let client = worker.client().await;
+    let in_flight: Vec<_> = ["lovely", "dreadful"]
+        .into_iter()
+        .map(|p| {
+            let mut c = client.clone();
+            tokio::spawn(async move { c.predict(text("sentiment", p)).await })
+        })
+        .collect();
+    let depth = "inferencehub_worker_queue_depth{model=\"sentiment\"}";
+    while worker.metric(depth).await != Some(2.0) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = worker.child.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let after = stream.message().await;
+    assert!(
+        !matches!(after, Ok(Some(ref m)) if m.status() == ServingStatus::Serving),
+        "health must leave SERVING on SIGTERM: {after:?}"
+    );
+    drop(stream);
+    drop(health);
+    for handle in in_flight {
+        let r = handle.await.unwrap().expect("in-flight request finishes");
+        assert_eq!(r.into_inner().batch_size, 2);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.child.wait())
+        .await
+        .expect("worker exits after draining")
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        worker.log()
+    );
+}
+
+#[tokio::test]
+async fn the_cli_client_predicts_lists_and_checks_health() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(dir.path(), &[]).await;
+    let addr = format!("https://127.0.0.1:{}", worker.grpc_port);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+            .args(args)
+            .args(["--addr", &addr])
+            .arg("--tls-ca")
+            .arg(&worker.certs.ca)
+            .arg("--tls-cert")
+            .arg(&worker.certs.client_cert)
+            .arg("--tls-key")
+            .arg(&worker.certs.client_key)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["predict", "--model", "iris", "--features", "6.3,3.3,6.0,2.5"]);
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["label"], "virginica");
+
+    let out = run(&["predict", "--model", "iris", "--features", "1,2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("features"));
+
+    let out = run(&["models"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"name\":\"iris\""));
+
+    let out = run(&["health"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+}

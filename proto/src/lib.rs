@@ -1,0 +1,18 @@
+//! The InferenceHub contract: generated gRPC code for `inferencehub.v1`, the input
+//! signature checks both sides run, and the one error taxonomy that maps every failure to
+//! an HTTP status and a gRPC code.
+
+pub mod error;
+pub mod signature;
+
+/// Generated prost messages and tonic client/server for `proto/inference.proto`.
+#[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+pub mod pb {
+    tonic::include_proto!("inferencehub.v1");
+}
+
+pub use error::{ErrorKind, FieldError};
+pub use signature::InputSignature;
+
+/// Metadata key that carries the request id between gateway and worker.
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
