@@ -25,7 +25,7 @@ const PROMPTS: &[&str] = &[
     "The update broke the login page again, please fix it as soon as possible.",
 ];
 
-fn args(models: &Path, certs: &CertPaths, max_batch_size: u32) -> ServeArgs {
+fn args(models: &Path, certs: &CertPaths, max_batch_size: u32, max_wait_ms: u64) -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_dir: models.to_path_buf(),
@@ -35,7 +35,7 @@ fn args(models: &Path, certs: &CertPaths, max_batch_size: u32) -> ServeArgs {
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         device: std::env::var("IHUB_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()),
         max_batch_size,
-        max_wait_ms: 5,
+        max_wait_ms,
         max_waiting: 4096,
         max_prompt_bytes: 65_536,
         drain_timeout_secs: 5,
@@ -130,8 +130,13 @@ async fn main() {
         .unwrap_or(1);
 
     let mut rows = Vec::new();
-    for (max_batch, label_suffix) in [(32u32, "batching on (max 32, 5 ms)"), (1, "batching off")] {
-        let mut worker = server::start(args(only.path(), &certs, max_batch))
+    let configs: [(u32, u64, &str); 3] = [
+        (32, 5, "batch <= 32, wait 5 ms"),
+        (32, 0, "batch <= 32, wait 0 ms"),
+        (1, 0, "no batching"),
+    ];
+    for (max_batch, max_wait, label_suffix) in configs {
+        let mut worker = server::start(args(only.path(), &certs, max_batch, max_wait))
             .await
             .unwrap();
         worker.ready().await.unwrap();
@@ -148,7 +153,7 @@ async fn main() {
             let (elapsed, mut latencies, mean_batch) = run(&channels, callers, per_caller).await;
             latencies.sort();
             rows.push(Row {
-                label: format!("{callers:>2} callers, {label_suffix}"),
+                label: format!("{callers:>2} caller(s), {label_suffix}"),
                 requests: latencies.len(),
                 elapsed,
                 latencies,

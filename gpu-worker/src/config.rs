@@ -126,8 +126,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch_size: u32,
 
-    /// Longest wait, in milliseconds, before a partial batch runs.
-    #[arg(long, env = "IHUB_WORKER_MAX_WAIT_MS", default_value_t = 5)]
+    /// Longest wait, in milliseconds, before a partial batch runs. 0 runs whatever is
+    /// queued as soon as the model is free (batches still form while it computes).
+    #[arg(long, env = "IHUB_WORKER_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
 
     /// Most inputs waiting per model; beyond it calls fail at once with RESOURCE_EXHAUSTED.

@@ -511,7 +511,13 @@ async fn the_cli_client_predicts_lists_and_checks_health() {
             .output()
             .unwrap()
     };
-    let out = run(&["predict", "--model", "iris", "--features", "6.3,3.3,6.0,2.5"]);
+    let out = run(&[
+        "predict",
+        "--model",
+        "iris",
+        "--features",
+        "6.3,3.3,6.0,2.5",
+    ]);
     assert!(out.status.success(), "{out:?}");
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["label"], "virginica");

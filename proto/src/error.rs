@@ -14,6 +14,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The named model (or route) does not exist.
     NotFound,
+    /// The route exists but not with this HTTP method.
+    MethodNotAllowed,
     /// Missing, malformed or unverifiable credentials.
     Unauthenticated,
     /// Valid credentials without the needed scope.
@@ -42,6 +44,7 @@ impl ErrorKind {
             Self::Unauthenticated => 401,
             Self::PermissionDenied => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::Cancelled => 499,
@@ -57,6 +60,7 @@ impl ErrorKind {
         match self {
             Self::InvalidArgument | Self::PayloadTooLarge => Code::InvalidArgument,
             Self::NotFound => Code::NotFound,
+            Self::MethodNotAllowed => Code::Unimplemented,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::PermissionDenied => Code::PermissionDenied,
             Self::RateLimited | Self::Overloaded => Code::ResourceExhausted,
@@ -85,6 +89,7 @@ impl ErrorKind {
             Self::InvalidArgument => "Invalid request",
             Self::PayloadTooLarge => "Payload too large",
             Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
             Self::Unauthenticated => "Unauthorized",
             Self::PermissionDenied => "Forbidden",
             Self::RateLimited => "Too many requests",
@@ -103,6 +108,7 @@ impl ErrorKind {
             Self::InvalidArgument => "invalid-argument",
             Self::PayloadTooLarge => "payload-too-large",
             Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission-denied",
             Self::RateLimited => "rate-limited",

@@ -1,0 +1,321 @@
+//! Bearer-token authentication: JWTs verified against a JWKS (RS256, ES256, EdDSA), with
+//! exact `iss`/`aud`, required `exp`, honoured `nbf` and a small leeway. The algorithm
+//! comes from the key, never from the token, so `alg: none` and HMAC-with-a-public-key
+//! tokens cannot pass.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::errors::ErrorKind as JwtError;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use crate::config::{AuthConfig, JwksSource};
+
+/// Least time between two JWKS fetches triggered by unknown `kid`s.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The `sub` claim: whom rate limits count against.
+    pub sub: String,
+    /// Scopes from `scope` (space-separated) or `scp`.
+    pub scopes: Vec<String>,
+    /// Rate-limit tier from the configured claim.
+    pub tier: Option<String>,
+}
+
+impl Caller {
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// `model:<name>` scopes restrict a token to those models; without any, all are allowed.
+    pub fn may_use_model(&self, model: &str) -> bool {
+        let mut restricted = self
+            .scopes
+            .iter()
+            .filter_map(|s| s.strip_prefix("model:"))
+            .peekable();
+        restricted.peek().is_none() || restricted.any(|m| m == model)
+    }
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// A token was sent but is not acceptable; the text says why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct VerifyKey {
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+/// Verifies bearer tokens. Built once per cold start.
+pub struct Authenticator {
+    config: AuthConfig,
+    keys: RwLock<HashMap<String, Arc<VerifyKey>>>,
+    last_fetch: Mutex<Option<Instant>>,
+    http: Option<reqwest::Client>,
+}
+
+impl Authenticator {
+    /// Loads the key set: a file must parse; a URL that cannot be fetched now is logged
+    /// and fetched again on the first token (at most once a minute).
+    pub async fn new(config: AuthConfig) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        let http = match &config.jwks {
+            JwksSource::Url(_) => Some(
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(3))
+                    .build()?,
+            ),
+            JwksSource::File(_) => None,
+        };
+        let auth = Self {
+            config,
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            http,
+        };
+        match &auth.config.jwks {
+            JwksSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                let set: JwkSet = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+                auth.install(&set);
+            }
+            JwksSource::Url(_) => {
+                if let Err(e) = auth.fetch().await {
+                    tracing::warn!(error = %e, "JWKS fetch at cold start failed; will retry");
+                }
+            }
+        }
+        Ok(auth)
+    }
+
+    /// An authenticator over a fixed key set (tests, benchmarks).
+    pub fn with_jwks(config: AuthConfig, set: &JwkSet) -> Self {
+        let auth = Self {
+            config,
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            http: None,
+        };
+        auth.install(set);
+        auth
+    }
+
+    /// Number of usable keys loaded.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().map(|k| k.len()).unwrap_or(0)
+    }
+
+    fn install(&self, set: &JwkSet) {
+        let keys = usable_keys(set);
+        tracing::info!(keys = keys.len(), "JWKS loaded");
+        if let Ok(mut current) = self.keys.write() {
+            *current = keys;
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<()> {
+        let (Some(http), JwksSource::Url(url)) = (&self.http, &self.config.jwks) else {
+            return Ok(());
+        };
+        if let Ok(mut last) = self.last_fetch.lock() {
+            *last = Some(Instant::now());
+        }
+        let set: JwkSet = http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        self.install(&set);
+        Ok(())
+    }
+
+    fn key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        self.keys.read().ok()?.get(kid).cloned()
+    }
+
+    async fn key_refetching(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        if let Some(key) = self.key(kid) {
+            return Some(key);
+        }
+        let due = self
+            .last_fetch
+            .lock()
+            .map(|last| last.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL))
+            .unwrap_or(false);
+        if due && self.http.is_some() {
+            if let Err(e) = self.fetch().await {
+                tracing::warn!(error = %e, "JWKS refetch failed");
+            }
+            return self.key(kid);
+        }
+        None
+    }
+
+    /// Checks an `Authorization` header value and returns the caller.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        let value = authorization.map(str::trim).unwrap_or_default();
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ if value.is_empty() => return Err(AuthError::Missing),
+            _ => return Err(invalid("the Authorization header must be `Bearer <token>`")),
+        };
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| invalid("token has no kid"))?;
+        let key = self
+            .key_refetching(kid)
+            .await
+            .ok_or_else(|| invalid("unknown signing key (kid)"))?;
+        if header.alg != key.alg {
+            return Err(invalid("algorithm not allowed for this key"));
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = self.config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let claims =
+            jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &validation)
+                .map_err(|e| invalid(describe(e.kind())))?
+                .claims;
+        caller_from(&claims, &self.config.tier_claim)
+    }
+}
+
+fn invalid(message: &str) -> AuthError {
+    AuthError::Invalid(message.to_string())
+}
+
+fn describe(kind: &JwtError) -> &'static str {
+    match kind {
+        JwtError::ExpiredSignature => "token expired",
+        JwtError::ImmatureSignature => "token not yet valid (nbf)",
+        JwtError::InvalidIssuer => "wrong issuer",
+        JwtError::InvalidAudience => "wrong audience",
+        JwtError::InvalidSignature => "invalid signature",
+        JwtError::InvalidAlgorithm | JwtError::MissingAlgorithm => "algorithm not allowed",
+        JwtError::MissingRequiredClaim(_) => "a required claim (exp, iss, aud, sub) is missing",
+        _ => "malformed token",
+    }
+}
+
+fn caller_from(
+    claims: &serde_json::Map<String, Value>,
+    tier_claim: &str,
+) -> Result<Caller, AuthError> {
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| invalid("sub must be a non-empty string"))?;
+    let scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tier = claims
+        .get(tier_claim)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Caller {
+        sub: sub.to_string(),
+        scopes,
+        tier,
+    })
+}
+
+/// The keys of a JWKS this gateway accepts, by `kid`: RSA (RS256), EC P-256 (ES256) and
+/// Ed25519 (EdDSA) signing keys. Others are skipped.
+fn usable_keys(set: &JwkSet) -> HashMap<String, Arc<VerifyKey>> {
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        let (alg, declared) = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => (Algorithm::RS256, KeyAlgorithm::RS256),
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                (Algorithm::ES256, KeyAlgorithm::ES256)
+            }
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                (Algorithm::EdDSA, KeyAlgorithm::EdDSA)
+            }
+            _ => continue,
+        };
+        if jwk.common.key_algorithm.is_some_and(|a| a != declared) {
+            continue;
+        }
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                keys.insert(kid, Arc::new(VerifyKey { key, alg }));
+            }
+            Err(e) => tracing::warn!(kid, error = %e, "skipping unusable JWK"),
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(scopes: &[&str]) -> Caller {
+        Caller {
+            sub: "alice".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            tier: None,
+        }
+    }
+
+    #[test]
+    fn model_scopes_restrict_only_when_present() {
+        assert!(caller(&["predict"]).may_use_model("iris"));
+        let restricted = caller(&["predict", "model:iris"]);
+        assert!(restricted.may_use_model("iris"));
+        assert!(!restricted.may_use_model("sentiment"));
+    }
+
+    #[test]
+    fn scopes_come_from_a_string_or_an_array() {
+        let claims = serde_json::json!({"sub": "a", "scope": "predict model:x", "tier": "pro"});
+        let c = caller_from(claims.as_object().unwrap(), "tier").unwrap();
+        assert_eq!(c.scopes, ["predict", "model:x"]);
+        assert_eq!(c.tier.as_deref(), Some("pro"));
+        let claims = serde_json::json!({"sub": "a", "scp": ["predict"]});
+        let c = caller_from(claims.as_object().unwrap(), "tier").unwrap();
+        assert!(c.has_scope("predict"));
+        let claims = serde_json::json!({"sub": ""});
+        assert!(caller_from(claims.as_object().unwrap(), "tier").is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Serves the handlers over plain HTTP/1.1 in-process: the same code the Lambda binaries
+//! run, reachable with real HTTP requests for tests, benchmarks and local development.
+//! (Under AWS, API Gateway and `lambda_http` play this part.)
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes_util::to_body;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use lambda_http::{Body, Response};
+
+mod bytes_util {
+    use super::*;
+
+    /// A lambda_http body as bytes.
+    pub fn to_body(body: Body) -> Full<Bytes> {
+        match body {
+            Body::Empty => Full::new(Bytes::new()),
+            Body::Text(t) => Full::new(Bytes::from(t)),
+            Body::Binary(b) => Full::new(Bytes::from(b)),
+            _ => Full::new(Bytes::new()),
+        }
+    }
+}
+
+/// Largest request body the adapter reads (API Gateway + Lambda cap payloads near 6 MB).
+const MAX_TRANSPORT_BODY: usize = 6 * 1024 * 1024;
+
+/// Something that answers a `lambda_http` request.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn call(&self, req: lambda_http::Request) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl<L, W> Handler for crate::gateway::Gateway<L, W>
+where
+    L: crate::ratelimit::RateLimiter + 'static,
+    W: crate::worker::Worker + 'static,
+{
+    fn call(&self, req: lambda_http::Request) -> impl Future<Output = Response<Body>> + Send {
+        self.route(req)
+    }
+}
+
+async fn answer<H: Handler>(
+    handler: Arc<H>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, MAX_TRANSPORT_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let mut too_large = hyper::Response::new(Full::new(Bytes::from_static(
+                br#"{"type":"urn:inferencehub:problem:payload-too-large","title":"Payload too large","status":413}"#,
+            )));
+            *too_large.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+            return Ok(too_large);
+        }
+    };
+    let body = if bytes.is_empty() {
+        Body::Empty
+    } else {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => Body::Text(text),
+            Err(e) => Body::Binary(e.into_bytes()),
+        }
+    };
+    let response = handler.call(http::Request::from_parts(parts, body)).await;
+    let (parts, body) = response.into_parts();
+    Ok(hyper::Response::from_parts(parts, to_body(body)))
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves.
+pub async fn serve<H: Handler>(
+    listener: tokio::net::TcpListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(handler.clone(), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,358 @@
+//! Per-caller rate limits.
+//!
+//! Algorithm: a fixed-window counter. The item for (window, caller) is incremented with
+//! one atomic conditional `UpdateItem` — `ADD hits :one` only if `hits < :limit` — so
+//! under any concurrency exactly `limit` requests per window are admitted. Items carry an
+//! `expires_at` TTL attribute and disappear after their window. A fixed window may admit
+//! up to 2x the limit across a window boundary; in exchange it costs exactly one write per
+//! request and no read.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+
+/// The limit applied to one caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Tier name, shown in `RateLimit-Policy`.
+    pub name: String,
+    /// Requests per window.
+    pub limit: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Requests left in this window after this one.
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+}
+
+/// The limiter's store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rate-limit store unavailable: {0}")]
+pub struct StoreUnavailable(pub String);
+
+/// Counts requests per caller.
+pub trait RateLimiter: Send + Sync {
+    /// Counts one request by `caller` against `policy`.
+    fn check(
+        &self,
+        caller: &str,
+        policy: &Policy,
+    ) -> impl Future<Output = Result<Decision, StoreUnavailable>> + Send;
+}
+
+/// Current window's index and the seconds left in it.
+fn window(now: SystemTime, window: Duration) -> (u64, u64) {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let len = window.as_secs().max(1);
+    (secs / len, len - secs % len)
+}
+
+/// The DynamoDB limiter (table key: `pk` string; TTL attribute: `expires_at`).
+#[derive(Clone)]
+pub struct DynamoLimiter {
+    client: Client,
+    table: String,
+}
+
+impl DynamoLimiter {
+    /// A limiter on `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A client from the standard AWS environment (`AWS_REGION`,
+    /// `AWS_ENDPOINT_URL_DYNAMODB`, credentials), with a total budget of `timeout` per call
+    /// and at most one retry, so an unreachable table fails fast.
+    pub async fn client_from_env(timeout: Duration) -> Client {
+        let sdk = aws_config::from_env()
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(timeout)
+                    .connect_timeout(timeout.min(Duration::from_millis(500)))
+                    .build(),
+            )
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .load()
+            .await;
+        Client::new(&sdk)
+    }
+}
+
+/// A client for a local DynamoDB-compatible server (dynalite, LocalStack) at `endpoint`,
+/// with dummy credentials and the same fail-fast budget as [`DynamoLimiter::client_from_env`].
+pub fn local_client(endpoint: &str, timeout: Duration) -> Client {
+    use aws_sdk_dynamodb::config::{
+        Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig,
+    };
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version_latest()
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_millis(500)))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .build();
+    Client::from_conf(config)
+}
+
+impl RateLimiter for DynamoLimiter {
+    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+        let (index, reset_secs) = window(SystemTime::now(), policy.window);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        // The window index comes first: it holds no '#', so keys never collide.
+        let key = format!("{index}#{caller}");
+        let expires_at = now + reset_secs + 60;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(key))
+            .update_expression("ADD hits :one SET expires_at = if_not_exists(expires_at, :exp)")
+            .condition_expression("attribute_not_exists(hits) OR hits < :limit")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":limit", AttributeValue::N(policy.limit.to_string()))
+            .expression_attribute_values(":exp", AttributeValue::N(expires_at.to_string()))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let hits = out
+                    .attributes()
+                    .and_then(|a| a.get("hits"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(policy.limit);
+                Ok(Decision {
+                    allowed: true,
+                    remaining: policy.limit.saturating_sub(hits),
+                    reset_secs,
+                })
+            }
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_secs,
+                })
+            }
+            Err(e) => Err(StoreUnavailable(
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+            )),
+        }
+    }
+}
+
+/// Creates the rate-limit table when it is missing (key `pk` string, on-demand billing,
+/// TTL on `expires_at`: the same schema as `template.yaml`) and waits until it is ACTIVE.
+/// For local stacks and tests; in AWS the template owns the table.
+pub async fn ensure_table(client: &Client, table: &str) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TableStatus, TimeToLiveSpecification,
+    };
+    let exists = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .is_ok();
+    if !exists {
+        client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .send()
+            .await?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await?
+            .table()
+            .and_then(|t| t.table_status().cloned());
+        if status == Some(TableStatus::Active) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("table {table} did not become ACTIVE");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ttl = client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()?,
+        )
+        .send()
+        .await;
+    if let Err(e) = ttl {
+        // Already enabled, or a local server without TTL support: counters still expire
+        // logically because every window has its own key.
+        tracing::info!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "TTL not (re)enabled");
+    }
+    Ok(())
+}
+
+/// Per-process counters, for local development only: every Lambda instance counts on its
+/// own, so the effective limit grows with concurrency. Never use it in production.
+#[derive(Default)]
+pub struct MemoryLimiter {
+    counts: Mutex<HashMap<(u64, String), u32>>,
+}
+
+impl RateLimiter for MemoryLimiter {
+    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+        let (index, reset_secs) = window(SystemTime::now(), policy.window);
+        let mut counts = self
+            .counts
+            .lock()
+            .map_err(|_| StoreUnavailable("poisoned".into()))?;
+        counts.retain(|(i, _), _| *i >= index);
+        let hits = counts.entry((index, caller.to_string())).or_insert(0);
+        if *hits >= policy.limit {
+            return Ok(Decision {
+                allowed: false,
+                remaining: 0,
+                reset_secs,
+            });
+        }
+        *hits += 1;
+        Ok(Decision {
+            allowed: true,
+            remaining: policy.limit - *hits,
+            reset_secs,
+        })
+    }
+}
+
+/// Either limiter, chosen by configuration at cold start.
+pub enum AnyLimiter {
+    /// Production.
+    Dynamo(DynamoLimiter),
+    /// Local development.
+    Memory(MemoryLimiter),
+}
+
+impl RateLimiter for AnyLimiter {
+    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+        match self {
+            Self::Dynamo(l) => l.check(caller, policy).await,
+            Self::Memory(l) => l.check(caller, policy).await,
+        }
+    }
+}
+
+/// `RateLimit-Policy` header value (draft-ietf-httpapi-ratelimit-headers).
+pub fn policy_header(policy: &Policy) -> String {
+    format!(
+        "\"{}\";q={};w={}",
+        policy.name,
+        policy.limit,
+        policy.window.as_secs()
+    )
+}
+
+/// `RateLimit` header value.
+pub fn state_header(policy: &Policy, decision: &Decision) -> String {
+    format!(
+        "\"{}\";r={};t={}",
+        policy.name, decision.remaining, decision.reset_secs
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(limit: u32) -> Policy {
+        Policy {
+            name: "default".into(),
+            limit,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn windows_reset_on_their_boundary() {
+        let t = UNIX_EPOCH + Duration::from_secs(125);
+        assert_eq!(window(t, Duration::from_secs(60)), (2, 55));
+        let t = UNIX_EPOCH + Duration::from_secs(120);
+        assert_eq!(window(t, Duration::from_secs(60)), (2, 60));
+    }
+
+    #[tokio::test]
+    async fn memory_limiter_admits_exactly_the_limit_per_caller() {
+        let limiter = MemoryLimiter::default();
+        let p = policy(3);
+        let mut allowed = 0;
+        for _ in 0..5 {
+            if limiter.check("alice", &p).await.unwrap().allowed {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 3);
+        assert!(limiter.check("bob", &p).await.unwrap().allowed);
+        let d = limiter.check("alice", &p).await.unwrap();
+        assert_eq!(d.remaining, 0);
+        assert!(d.reset_secs >= 1 && d.reset_secs <= 60);
+    }
+
+    #[test]
+    fn headers_follow_the_draft_syntax() {
+        let p = policy(10);
+        let d = Decision {
+            allowed: true,
+            remaining: 7,
+            reset_secs: 42,
+        };
+        assert_eq!(policy_header(&p), "\"default\";q=10;w=60");
+        assert_eq!(state_header(&p, &d), "\"default\";r=7;t=42");
+    }
+}

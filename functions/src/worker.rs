@@ -1,0 +1,275 @@
+//! The gRPC client to the model workers: mutual TLS, built once per cold start with the
+//! TLS handshake done during init, a deadline on every call, one retry on UNAVAILABLE
+//! (on the next address), round robin over several workers, and connections rebuilt when
+//! they sat idle longer than a configured time (a frozen Lambda's connections are often
+//! dropped by load balancers in between).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_proto::pb::{
+    ListModelsRequest, ModelInfo, PredictBatchRequest, PredictBatchResponse, PredictRequest,
+    PredictResponse,
+};
+use inferencehub_proto::{ErrorKind, REQUEST_ID_METADATA};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::config::WorkerConfig;
+
+/// A failed worker call.
+#[derive(Debug, Clone)]
+pub struct WorkerError {
+    /// The gRPC code (transport failures are UNAVAILABLE, timeouts DEADLINE_EXCEEDED).
+    pub code: Code,
+    /// The worker's message: shown to clients only for INVALID_ARGUMENT / NOT_FOUND.
+    pub message: String,
+}
+
+impl WorkerError {
+    /// How the gateway classifies it.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::from_grpc(self.code)
+    }
+
+    fn from_status(status: &Status) -> Self {
+        Self {
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+/// What the handlers need from the workers.
+pub trait Worker: Send + Sync {
+    /// One prediction.
+    fn predict(
+        &self,
+        request: PredictRequest,
+        request_id: &str,
+    ) -> impl Future<Output = Result<PredictResponse, WorkerError>> + Send;
+    /// Many inputs for one model.
+    fn predict_batch(
+        &self,
+        request: PredictBatchRequest,
+        request_id: &str,
+    ) -> impl Future<Output = Result<PredictBatchResponse, WorkerError>> + Send;
+    /// The model catalogue.
+    fn list_models(&self) -> impl Future<Output = Result<Vec<ModelInfo>, WorkerError>> + Send;
+    /// Whether a worker answers SERVING.
+    fn serving(&self) -> impl Future<Output = Result<bool, WorkerError>> + Send;
+}
+
+struct Slot {
+    channel: Channel,
+    last_used: Instant,
+}
+
+struct Inner {
+    config: WorkerConfig,
+    endpoints: Vec<Endpoint>,
+    slots: Vec<Mutex<Slot>>,
+    next: AtomicUsize,
+}
+
+/// The tonic client. Cheap to clone.
+#[derive(Clone)]
+pub struct GrpcWorker {
+    inner: Arc<Inner>,
+}
+
+impl GrpcWorker {
+    /// Builds one channel per address and connects them now (TLS handshake included), so
+    /// the first request of a cold start does not pay for it. An address that cannot be
+    /// reached now is logged and connected lazily later.
+    pub async fn connect(config: WorkerConfig) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        if config.addrs.is_empty() {
+            anyhow::bail!("no worker address configured");
+        }
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&config.ca_pem))
+            .identity(Identity::from_pem(&config.cert_pem, &config.key_pem))
+            .domain_name(config.server_name.clone());
+        let mut endpoints = Vec::new();
+        for addr in &config.addrs {
+            endpoints.push(
+                Endpoint::from_shared(addr.clone())?
+                    .connect_timeout(config.connect_timeout)
+                    .timeout(config.timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(false)
+                    .tls_config(tls.clone())?,
+            );
+        }
+        let mut slots = Vec::new();
+        for (endpoint, addr) in endpoints.iter().zip(&config.addrs) {
+            let channel = match endpoint.connect().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::warn!(worker = %addr, error = %e, "worker not reachable at init");
+                    endpoint.connect_lazy()
+                }
+            };
+            slots.push(Mutex::new(Slot {
+                channel,
+                last_used: Instant::now(),
+            }));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                endpoints,
+                slots,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The channel of slot `i`, rebuilt first when it idled too long or `fresh` is set.
+    fn channel(&self, i: usize, fresh: bool) -> Channel {
+        let inner = &self.inner;
+        let mut slot = inner.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        if fresh || slot.last_used.elapsed() > inner.config.idle_rebuild {
+            slot.channel = inner.endpoints[i].connect_lazy();
+        }
+        slot.last_used = Instant::now();
+        slot.channel.clone()
+    }
+
+    /// Runs `call` against the next worker; on UNAVAILABLE, once more against the one after
+    /// on a fresh connection, within the same overall deadline.
+    async fn call<T, F, Fut>(&self, request_id: &str, call: F) -> Result<T, WorkerError>
+    where
+        F: Fn(Channel, tonic::metadata::MetadataMap, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let n = self.inner.slots.len();
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        let deadline = Instant::now() + self.inner.config.timeout;
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Ok(v) = request_id.parse() {
+            metadata.insert(REQUEST_ID_METADATA, v);
+        }
+        let mut last = None;
+        for attempt in 0..2 {
+            let slot = (first + attempt) % n;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let channel = self.channel(slot, attempt > 0);
+            match tokio::time::timeout(left, call(channel, metadata.clone(), left)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) if status.code() == Code::Unavailable => {
+                    tracing::warn!(worker = %self.inner.config.addrs[slot], error = %status.message(), "worker unavailable");
+                    last = Some(WorkerError::from_status(&status));
+                }
+                Ok(Err(status)) => return Err(WorkerError::from_status(&status)),
+                Err(_) => {
+                    return Err(WorkerError {
+                        code: Code::DeadlineExceeded,
+                        message: "worker deadline passed".into(),
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or(WorkerError {
+            code: Code::DeadlineExceeded,
+            message: "worker deadline passed".into(),
+        }))
+    }
+}
+
+fn request<T>(
+    message: T,
+    metadata: tonic::metadata::MetadataMap,
+    timeout: Duration,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    *request.metadata_mut() = metadata;
+    request.set_timeout(timeout);
+    request
+}
+
+impl Worker for GrpcWorker {
+    async fn predict(
+        &self,
+        message: PredictRequest,
+        request_id: &str,
+    ) -> Result<PredictResponse, WorkerError> {
+        self.call(request_id, |channel, metadata, timeout| {
+            let message = message.clone();
+            async move {
+                let mut client = ModelInferenceClient::new(channel);
+                Ok(client
+                    .predict(request(message, metadata, timeout))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    async fn predict_batch(
+        &self,
+        message: PredictBatchRequest,
+        request_id: &str,
+    ) -> Result<PredictBatchResponse, WorkerError> {
+        self.call(request_id, |channel, metadata, timeout| {
+            let message = message.clone();
+            async move {
+                let mut client = ModelInferenceClient::new(channel);
+                Ok(client
+                    .predict_batch(request(message, metadata, timeout))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, WorkerError> {
+        self.call("", |channel, metadata, timeout| async move {
+            let mut client = ModelInferenceClient::new(channel);
+            Ok(client
+                .list_models(request(ListModelsRequest {}, metadata, timeout))
+                .await?
+                .into_inner()
+                .models)
+        })
+        .await
+    }
+
+    async fn serving(&self) -> Result<bool, WorkerError> {
+        self.call("", |channel, metadata, timeout| async move {
+            let mut client = HealthClient::new(channel);
+            let status = client
+                .check(request(
+                    HealthCheckRequest {
+                        service: String::new(),
+                    },
+                    metadata,
+                    timeout,
+                ))
+                .await?
+                .into_inner()
+                .status();
+            Ok(status == ServingStatus::Serving)
+        })
+        .await
+    }
+}

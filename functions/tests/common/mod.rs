@@ -1,0 +1,309 @@
+//! A real local stack for the gateway tests: dynalite (a DynamoDB-compatible server), the
+//! worker with the demo models over mTLS (certificates generated here), signing keys
+//! generated here, and the gateway's handlers served over real HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use inferencehub_functions::auth::Authenticator;
+use inferencehub_functions::catalog::Catalog;
+use inferencehub_functions::config::{
+    ApiConfig, AuthConfig, JwksSource, LimiterBackend, RateLimitConfig, WorkerConfig,
+};
+use inferencehub_functions::devkeys::{SigningKey, claims, jwks};
+use inferencehub_functions::gateway::{Gateway, HealthHandler, ModelsHandler, PredictHandler};
+use inferencehub_functions::ratelimit::{DynamoLimiter, ensure_table, local_client};
+use inferencehub_functions::worker::GrpcWorker;
+use inferencehub_worker::certs::{self, CertPaths};
+use inferencehub_worker::config::{LogFormat, ServeArgs};
+use inferencehub_worker::server::{self, RunningWorker};
+use jsonwebtoken::Algorithm;
+use tokio::process::{Child, Command};
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "inferencehub-test";
+pub const TABLE: &str = "rate-limits-test";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A dynalite process on a free port, killed on drop.
+pub struct Dynalite {
+    pub endpoint: String,
+    _child: Child,
+}
+
+impl Dynalite {
+    pub async fn start() -> Dynalite {
+        let bin = root().join("localstack/node_modules/.bin/dynalite");
+        assert!(
+            bin.exists(),
+            "{} missing: run `npm ci --prefix localstack` (make test does)",
+            bin.display()
+        );
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let endpoint = format!("http://127.0.0.1:{port}");
+        ensure_table(&local_client(&endpoint, Duration::from_secs(5)), TABLE)
+            .await
+            .unwrap();
+        Dynalite {
+            endpoint,
+            _child: child,
+        }
+    }
+}
+
+/// Keys: three in the JWKS (one per algorithm) and one that is not.
+pub struct Keys {
+    pub es: SigningKey,
+    pub rs: SigningKey,
+    pub ed: SigningKey,
+    pub stranger: SigningKey,
+    pub jwks_file: PathBuf,
+}
+
+impl Keys {
+    pub fn new(dir: &Path) -> Keys {
+        let es = SigningKey::generate(Algorithm::ES256, "es-1").unwrap();
+        let rs = SigningKey::generate(Algorithm::RS256, "rs-1").unwrap();
+        let ed = SigningKey::generate(Algorithm::EdDSA, "ed-1").unwrap();
+        let stranger = SigningKey::generate(Algorithm::ES256, "es-1").unwrap();
+        let jwks_file = dir.join("jwks.json");
+        std::fs::write(&jwks_file, jwks(&[&es, &rs, &ed]).to_string()).unwrap();
+        Keys {
+            es,
+            rs,
+            ed,
+            stranger,
+            jwks_file,
+        }
+    }
+
+    /// A valid ES256 token for `sub` with `scope`.
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        self.es
+            .sign(&claims(ISSUER, AUDIENCE, sub, scope, 300, None))
+            .unwrap()
+    }
+}
+
+/// How a test wants its stack.
+#[derive(Clone)]
+pub struct Options {
+    pub limit: u32,
+    pub fail_open: bool,
+    /// Point the limiter at a port where nothing listens.
+    pub dynamo_down: bool,
+    /// Point the gateway at a port where nothing listens.
+    pub worker_down: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limit: 1000,
+            fail_open: false,
+            dynamo_down: false,
+            worker_down: false,
+        }
+    }
+}
+
+pub struct Stack {
+    pub url: String,
+    pub keys: Keys,
+    pub worker: Option<RunningWorker>,
+    pub http: reqwest::Client,
+    _dynalite: Option<Dynalite>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start_worker(certs: &CertPaths) -> RunningWorker {
+    let models = root().join("models");
+    assert!(models.join("sentiment").is_dir(), "run `make models` first");
+    let mut worker = server::start(ServeArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_dir: models,
+        tls_cert: certs.server_cert.clone(),
+        tls_key: certs.server_key.clone(),
+        tls_client_ca: certs.ca.clone(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        device: "cpu".into(),
+        max_batch_size: 32,
+        max_wait_ms: 0,
+        max_waiting: 512,
+        max_prompt_bytes: 65_536,
+        drain_timeout_secs: 5,
+        log_format: LogFormat::Text,
+    })
+    .await
+    .unwrap();
+    worker.ready().await.unwrap();
+    worker
+}
+
+pub fn worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
+    WorkerConfig {
+        addrs: vec![addr.to_string()],
+        ca_pem: std::fs::read(&certs.ca).unwrap(),
+        cert_pem: std::fs::read(&certs.client_cert).unwrap(),
+        key_pem: std::fs::read(&certs.client_key).unwrap(),
+        server_name: "localhost".into(),
+        timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_millis(500),
+        idle_rebuild: Duration::from_secs(60),
+    }
+}
+
+impl Stack {
+    pub async fn start(options: Options) -> Stack {
+        inferencehub_functions::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(&dir.path().join("certs")).unwrap();
+        let keys = Keys::new(dir.path());
+
+        let (worker, worker_addr) = if options.worker_down {
+            (None, format!("https://127.0.0.1:{}", free_port()))
+        } else {
+            let w = start_worker(&certs).await;
+            let addr = format!("https://127.0.0.1:{}", w.grpc_addr.port());
+            (Some(w), addr)
+        };
+        let (dynalite, endpoint) = if options.dynamo_down {
+            (None, format!("http://127.0.0.1:{}", free_port()))
+        } else {
+            let d = Dynalite::start().await;
+            let e = d.endpoint.clone();
+            (Some(d), e)
+        };
+
+        let auth = Arc::new(
+            Authenticator::new(AuthConfig {
+                issuer: ISSUER.into(),
+                audience: AUDIENCE.into(),
+                jwks: JwksSource::File(keys.jwks_file.clone()),
+                leeway_secs: 5,
+                tier_claim: "tier".into(),
+            })
+            .await
+            .unwrap(),
+        );
+        let worker_client = GrpcWorker::connect(worker_config(&worker_addr, &certs))
+            .await
+            .unwrap();
+        let limits = RateLimitConfig {
+            backend: LimiterBackend::DynamoDb,
+            table: TABLE.into(),
+            default_limit: options.limit,
+            tiers: [("pro".to_string(), options.limit * 2)].into(),
+            window: Duration::from_secs(3600),
+            fail_open: options.fail_open,
+            timeout: Duration::from_millis(800),
+        };
+        let api = ApiConfig::default();
+        let gateway = Gateway {
+            predict: PredictHandler {
+                auth: auth.clone(),
+                limiter: DynamoLimiter::new(local_client(&endpoint, limits.timeout), TABLE),
+                worker: worker_client.clone(),
+                catalog: Catalog::new(api.catalog_ttl),
+                limits,
+                api: api.clone(),
+            },
+            models: ModelsHandler {
+                auth,
+                worker: worker_client.clone(),
+                catalog: Catalog::new(api.catalog_ttl),
+            },
+            health: HealthHandler {
+                worker: worker_client,
+            },
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(inferencehub_functions::local::serve(
+            listener,
+            Arc::new(gateway),
+            std::future::pending(),
+        ));
+        Stack {
+            url: format!("http://{addr}"),
+            keys,
+            worker,
+            http: reqwest::Client::new(),
+            _dynalite: dynalite,
+            _dir: dir,
+        }
+    }
+
+    pub async fn post(&self, token: Option<&str>, body: &str) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/predict", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Predict calls the worker has answered (any code), from its metrics endpoint.
+    pub async fn worker_calls(&self) -> f64 {
+        let worker = self.worker.as_ref().unwrap();
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", worker.metrics_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("inferencehub_worker_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A response's JSON body.
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    response.json().await.unwrap()
+}

@@ -1,0 +1,428 @@
+//! The gateway end to end: real HTTP into the same handlers the Lambda binaries run, a
+//! real DynamoDB-compatible server (dynalite), a real worker with the demo models over
+//! mutual TLS, and real signed tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{AUDIENCE, ISSUER, Options, Stack, json};
+use inferencehub_functions::devkeys::claims;
+use serde_json::json;
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+async fn assert_problem(r: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(r.status().as_u16(), status, "{r:?}");
+    assert_eq!(header(&r, "content-type"), "application/problem+json");
+    let body = json(r).await;
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:inferencehub:problem:")
+    );
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn predicts_both_demo_models_through_the_gateway() {
+    let stack = Stack::start(Options::default()).await;
+    let token = stack.keys.token("alice", "predict");
+
+    let r = stack
+        .http
+        .post(format!("{}/v1/predict", stack.url))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-123")
+        .body(r#"{"model_name":"sentiment","prompt":"I love this, it works perfectly!"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-request-id"), "trace-123");
+    let timing = header(&r, "server-timing");
+    for part in ["auth;dur=", "ratelimit;dur=", "worker;dur=", "total;dur="] {
+        assert!(timing.contains(part), "{timing}");
+    }
+    assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=1000;w=3600");
+    assert!(
+        header(&r, "ratelimit").starts_with("\"default\";r=999;t="),
+        "{}",
+        header(&r, "ratelimit")
+    );
+    let body = json(r).await;
+    assert_eq!(body["label"], "positive");
+    assert_eq!(body["model_name"], "sentiment");
+    assert_eq!(body["request_id"], "trace-123");
+    assert_eq!(body["model_version"].as_str().unwrap().len(), 12);
+    assert!(body["latency_ms"].as_f64().unwrap() > 0.0);
+    let p = body["probability"].as_f64().unwrap();
+    assert_eq!(body["scores"]["positive"].as_f64().unwrap(), p);
+
+    let r = stack
+        .post(Some(&token), r#"{"model_name":"sentiment","prompt":"Terrible. It broke on day one and support ignored me."}"#)
+        .await;
+    assert_eq!(json(r).await["label"], "negative");
+
+    let r = stack
+        .post(
+            Some(&token),
+            r#"{"model_name":"iris","features":[6.3,3.3,6.0,2.5]}"#,
+        )
+        .await;
+    let body = json(r).await;
+    assert_eq!(body["label"], "virginica");
+    assert_eq!(body["scores"].as_object().unwrap().len(), 3);
+
+    // Batch form.
+    let r = stack
+        .post(
+            Some(&token),
+            r#"{"model_name":"iris","inputs":[{"features":[5.1,3.5,1.4,0.2]},{"features":[7.0,3.2,4.7,1.4]}]}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    let labels: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["setosa", "versicolor"]);
+
+    // Catalogue and health.
+    let r = stack.get("/v1/models", Some(&token)).await;
+    let names: Vec<String> = json(r).await["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["iris", "sentiment"]);
+    let iris = json(stack.get("/v1/models/iris", Some(&token)).await).await;
+    assert_eq!(iris["kind"], "tabular");
+    assert_eq!(iris["input"]["features"], 4);
+    assert_eq!(iris["labels"], json!(["setosa", "versicolor", "virginica"]));
+    assert_problem(stack.get("/v1/models/nope", Some(&token)).await, 404).await;
+    assert_problem(stack.get("/v1/models", None).await, 401).await;
+    let r = stack.get("/healthz", None).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_401() {
+    let stack = Stack::start(Options::default()).await;
+    let body = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let keys = &stack.keys;
+    let good = claims(ISSUER, AUDIENCE, "mallory", "predict", 300, None);
+
+    // Each supported algorithm works.
+    for key in [&keys.es, &keys.rs, &keys.ed] {
+        let r = stack.post(Some(&key.sign(&good).unwrap()), body).await;
+        assert_eq!(r.status(), 200, "{:?}", key.alg);
+    }
+
+    // No token: a challenge without an error code.
+    let r = stack.post(None, body).await;
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        "Bearer realm=\"inferencehub\""
+    );
+    assert_problem(r, 401).await;
+
+    let segment = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let alg_none = format!(
+        "{}.{}.",
+        segment(&json!({"alg": "none", "typ": "JWT", "kid": "es-1"})),
+        segment(&good)
+    );
+    // HS256 with the RSA public key as the HMAC secret (the classic confusion attack).
+    let rsa_public = keys.rs.jwk.to_string();
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some("rs-1".into());
+    let hmac = jsonwebtoken::encode(
+        &hs_header,
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(rsa_public.as_bytes()),
+    )
+    .unwrap();
+    let forged = keys.stranger.sign(&good).unwrap(); // right kid, wrong key
+    let valid = keys.es.sign(&good).unwrap();
+    let mut parts: Vec<&str> = valid.split('.').collect();
+    let tampered_payload = segment(&claims(ISSUER, AUDIENCE, "root", "predict", 300, None));
+    parts[1] = &tampered_payload;
+    let tampered = parts.join(".");
+    let unknown_kid = inferencehub_functions::devkeys::SigningKey::generate(
+        jsonwebtoken::Algorithm::ES256,
+        "who-is-this",
+    )
+    .unwrap()
+    .sign(&good)
+    .unwrap();
+    let mut expired = good.clone();
+    expired["exp"] = json!(good["iat"].as_i64().unwrap() - 120);
+    let mut future = good.clone();
+    future["nbf"] = json!(good["iat"].as_i64().unwrap() + 600);
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let wrong_iss = claims("https://evil.test", AUDIENCE, "m", "predict", 300, None);
+    let wrong_aud = claims(ISSUER, "someone-else", "m", "predict", 300, None);
+
+    let cases = [
+        ("alg none", alg_none),
+        ("HS256 with public key", hmac),
+        ("forged signature", forged),
+        ("tampered payload", tampered),
+        ("unknown kid", unknown_kid),
+        ("expired", keys.es.sign(&expired).unwrap()),
+        ("not yet valid", keys.es.sign(&future).unwrap()),
+        ("no exp", keys.es.sign(&no_exp).unwrap()),
+        ("wrong issuer", keys.es.sign(&wrong_iss).unwrap()),
+        ("wrong audience", keys.es.sign(&wrong_aud).unwrap()),
+        ("garbage", "not-a-jwt".to_string()),
+    ];
+    let calls_before = stack.worker_calls().await;
+    for (case, token) in cases {
+        let r = stack.post(Some(&token), body).await;
+        let challenge = header(&r, "www-authenticate");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{case}: {challenge}"
+        );
+        let problem = assert_problem(r, 401).await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{case}");
+    }
+    assert_eq!(
+        stack.worker_calls().await,
+        calls_before,
+        "refused requests reached the worker"
+    );
+}
+
+#[tokio::test]
+async fn scopes_gate_predict_and_restrict_models() {
+    let stack = Stack::start(Options::default()).await;
+    let iris = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let sentiment = r#"{"model_name":"sentiment","prompt":"nice"}"#;
+
+    let no_predict = stack.keys.token("bob", "read");
+    let r = stack.post(Some(&no_predict), iris).await;
+    assert!(header(&r, "www-authenticate").contains("insufficient_scope"));
+    assert_problem(r, 403).await;
+
+    let iris_only = stack.keys.token("bob", "predict model:iris");
+    assert_eq!(stack.post(Some(&iris_only), iris).await.status(), 200);
+    assert_problem(stack.post(Some(&iris_only), sentiment).await, 403).await;
+    let listed = json(stack.get("/v1/models", Some(&iris_only)).await).await;
+    assert_eq!(listed["models"].as_array().unwrap().len(), 1);
+    assert_problem(
+        stack.get("/v1/models/sentiment", Some(&iris_only)).await,
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_requests_get_400_404_413_and_never_reach_the_worker() {
+    let stack = Stack::start(Options::default()).await;
+    let token = stack.keys.token("carol", "predict");
+    let cases = [
+        ("{", "body"),
+        ("[]", "body"),
+        (
+            r#"{"model_name":"iris","features":[1,2,3,4],"extra":1}"#,
+            "extra",
+        ),
+        (r#"{"model_name":"iris","features":"1,2,3,4"}"#, "features"),
+        (
+            r#"{"model_name":"iris","features":[1,2,"x",4]}"#,
+            "features[2]",
+        ),
+        (r#"{"model_name":"iris","features":[1,2,3]}"#, "features"),
+        (
+            r#"{"model_name":"iris","features":[1,2,3,1e300]}"#,
+            "features[3]",
+        ),
+        (r#"{"model_name":"iris","prompt":"hello"}"#, "prompt"),
+        (r#"{"model_name":"sentiment","prompt":""}"#, "prompt"),
+        (r#"{"model_name":"sentiment","prompt":"  "}"#, "prompt"),
+        (r#"{"model_name":"sentiment","features":[1]}"#, "features"),
+        (r#"{"features":[1,2,3,4]}"#, "model_name"),
+        (
+            r#"{"model_name":"sentiment","inputs":[{"prompt":"ok"},{"prompt":""}]}"#,
+            "inputs[1].prompt",
+        ),
+    ];
+    let calls_before = stack.worker_calls().await;
+    for (body, field) in cases {
+        let r = stack.post(Some(&token), body).await;
+        assert!(
+            header(&r, "ratelimit").is_empty(),
+            "{body}: invalid requests do not use quota"
+        );
+        let problem = assert_problem(r, 400).await;
+        let fields: Vec<&str> = problem["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}: {problem}"))
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&field), "{body}: {problem}");
+    }
+    let long_prompt = json!({"model_name": "sentiment", "prompt": "x".repeat(20_000)}).to_string();
+    let problem = assert_problem(stack.post(Some(&token), &long_prompt).await, 400).await;
+    assert_eq!(problem["errors"][0]["field"], "prompt");
+
+    let problem = assert_problem(
+        stack
+            .post(Some(&token), r#"{"model_name":"nope","prompt":"x"}"#)
+            .await,
+        404,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "model_name");
+
+    let huge = json!({"model_name": "sentiment", "prompt": "y".repeat(70 * 1024)}).to_string();
+    assert_problem(stack.post(Some(&token), &huge).await, 413).await;
+
+    let r = stack.get("/v1/predict", Some(&token)).await;
+    assert_eq!(header(&r, "allow"), "POST");
+    assert_problem(r, 405).await;
+
+    assert_eq!(
+        stack.worker_calls().await,
+        calls_before,
+        "invalid requests reached the worker"
+    );
+}
+
+#[tokio::test]
+async fn the_limit_is_exact_under_concurrency() {
+    let stack = Stack::start(Options {
+        limit: 10,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("dave", "predict");
+    let body = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let responses =
+        futures::future::join_all((0..40).map(|_| stack.post(Some(&token), body))).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for r in responses {
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let retry: u64 = header(&r, "retry-after").parse().unwrap();
+                assert!((1..=3600).contains(&retry));
+                assert!(header(&r, "ratelimit").contains(";r=0;"), "{r:?}");
+                assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=10;w=3600");
+                assert_problem(r, 429).await;
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, limited), (10, 30));
+
+    // Another caller has a budget of its own; a tier claim raises the limit.
+    assert_eq!(
+        stack
+            .post(Some(&stack.keys.token("erin", "predict")), body)
+            .await
+            .status(),
+        200
+    );
+    let pro = stack
+        .keys
+        .es
+        .sign(&claims(
+            ISSUER,
+            AUDIENCE,
+            "dave",
+            "predict",
+            300,
+            Some("pro"),
+        ))
+        .unwrap();
+    let r = stack.post(Some(&pro), body).await;
+    assert_eq!(header(&r, "ratelimit-policy"), "\"pro\";q=20;w=3600");
+}
+
+#[tokio::test]
+async fn an_unreachable_dynamodb_fails_closed_by_default() {
+    let stack = Stack::start(Options {
+        dynamo_down: true,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("frank", "predict");
+    let body = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let r = tokio::time::timeout(Duration::from_secs(10), stack.post(Some(&token), body))
+        .await
+        .expect("answered, not hung");
+    assert!(!header(&r, "retry-after").is_empty());
+    assert_problem(r, 503).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_dynamodb_lets_requests_through_when_failing_open() {
+    let stack = Stack::start(Options {
+        dynamo_down: true,
+        fail_open: true,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("grace", "predict");
+    let r = stack
+        .post(
+            Some(&token),
+            r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["label"], "setosa");
+}
+
+#[tokio::test]
+async fn a_worker_that_is_down_gives_503_within_the_deadline() {
+    let stack = Stack::start(Options {
+        worker_down: true,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("heidi", "predict");
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        stack.post(
+            Some(&token),
+            r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#,
+        ),
+    )
+    .await
+    .expect("answered, not hung");
+    let problem = assert_problem(r, 503).await;
+    assert!(
+        !problem["detail"].as_str().unwrap().contains("tcp"),
+        "no internals leak: {problem}"
+    );
+    let r = stack.get("/healthz", None).await;
+    assert_problem(r, 503).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
