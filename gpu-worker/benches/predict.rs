@@ -39,6 +39,7 @@ fn args(models: &Path, certs: &CertPaths, max_batch_size: u32, max_wait_ms: u64)
         max_waiting: 4096,
         max_prompt_bytes: 65_536,
         drain_timeout_secs: 5,
+        emf_interval_secs: 0,
         log_format: LogFormat::Text,
     }
 }

@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::config::{ClientArgs, PredictArgs};
+use crate::config::{ClientArgs, PredictArgs, ProbeArgs};
 
 async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
     let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
@@ -96,4 +96,21 @@ pub async fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// `probe`: GET /healthz on the metrics port; true on 200.
+pub async fn probe(args: &ProbeArgs) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(&args.addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response.starts_with(b"HTTP/1.1 200"))
+    };
+    let up = tokio::time::timeout(Duration::from_secs(5), check).await??;
+    println!("{}", if up { "SERVING" } else { "NOT_SERVING" });
+    Ok(up)
 }

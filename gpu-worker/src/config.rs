@@ -29,8 +29,19 @@ pub enum Command {
     Predict(PredictArgs),
     /// List a worker's models (prints JSON lines).
     Models(ClientArgs),
-    /// Check a worker's grpc.health.v1 status: exit 0 when SERVING (container health checks).
+    /// Check a worker's grpc.health.v1 status over mutual TLS: exit 0 when SERVING.
     Health(ClientArgs),
+    /// Check the plain-HTTP health mirror on the metrics port (container health checks,
+    /// which hold no client certificate): exit 0 when it answers 200.
+    Probe(ProbeArgs),
+}
+
+/// Flags of `probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// host:port of the metrics listener.
+    #[arg(long, env = "IHUB_WORKER_PROBE_ADDR", default_value = "127.0.0.1:9464")]
+    pub addr: String,
 }
 
 /// How a client reaches a worker.
@@ -97,16 +108,18 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
 
-    /// PEM certificate chain the server presents.
-    #[arg(long, env = "IHUB_WORKER_TLS_CERT")]
+    /// PEM certificate chain the server presents: a file path, or the PEM text itself
+    /// (so a container can receive it from Secrets Manager as an environment variable).
+    #[arg(long, env = "IHUB_WORKER_TLS_CERT", hide_env_values = true)]
     pub tls_cert: PathBuf,
 
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "IHUB_WORKER_TLS_KEY")]
+    /// PEM private key of --tls-cert: a file path or the PEM text. Never logged or shown.
+    #[arg(long, env = "IHUB_WORKER_TLS_KEY", hide_env_values = true)]
     pub tls_key: PathBuf,
 
-    /// PEM CA that client certificates must chain to. Clients without one get no answer.
-    #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_CA")]
+    /// PEM CA that client certificates must chain to (path or PEM text). Clients without
+    /// a certificate from it get no answer.
+    #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_CA", hide_env_values = true)]
     pub tls_client_ca: PathBuf,
 
     /// Address of the plain-HTTP Prometheus endpoint (GET /metrics).
@@ -144,6 +157,11 @@ pub struct ServeArgs {
     /// to finish before the worker exits anyway.
     #[arg(long, env = "IHUB_WORKER_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+
+    /// Every N seconds, print a CloudWatch Embedded Metric Format line with the in-flight
+    /// and queued inputs (the autoscaling signal on ECS); 0 turns it off.
+    #[arg(long, env = "IHUB_WORKER_EMF_INTERVAL_SECS", default_value_t = 0)]
+    pub emf_interval_secs: u64,
 
     /// Log format.
     #[arg(

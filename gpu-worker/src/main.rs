@@ -62,6 +62,13 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+        Command::Probe(args) => {
+            if client::probe(&args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Serve(args) => {
             init_tracing(args.log_format);
             let mut worker = server::start(args).await?;

@@ -109,14 +109,28 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown` resolves.
+/// `/healthz` mirrors the grpc.health.v1 status (200 SERVING, 503 otherwise) for load
+/// balancers that cannot speak gRPC health checks over mutual TLS (NLB target groups).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
+    serving: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::http::StatusCode;
     use axum::routing::get;
-    let app = axum::Router::new().route(
+    let health = get(move || {
+        let up = serving.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if up {
+                (StatusCode::OK, "SERVING\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+            }
+        }
+    });
+    let app = axum::Router::new().route("/healthz", health).route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
@@ -134,4 +148,44 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Prints one CloudWatch Embedded Metric Format line every `every`: inputs in flight and
+/// queued, which CloudWatch turns into the metrics the ECS service scales on.
+pub async fn emit_emf(metrics: std::sync::Arc<Metrics>, every: std::time::Duration) {
+    let service = std::env::var("IHUB_WORKER_SERVICE_NAME")
+        .unwrap_or_else(|_| "inferencehub-worker".to_string());
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        use prometheus::core::Collector;
+        let queued: i64 = metrics
+            .queue_depth
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum();
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let line = serde_json::json!({
+            "_aws": {
+                "Timestamp": timestamp,
+                "CloudWatchMetrics": [{
+                    "Namespace": "InferenceHub/Worker",
+                    "Dimensions": [["ServiceName"]],
+                    "Metrics": [
+                        {"Name": "InFlight", "Unit": "Count"},
+                        {"Name": "QueueDepth", "Unit": "Count"}
+                    ]
+                }]
+            },
+            "ServiceName": service,
+            "InFlight": metrics.in_flight.get(),
+            "QueueDepth": queued,
+        });
+        println!("{line}");
+    }
 }

@@ -3,6 +3,7 @@
 //! flip it back, finish what is in flight and return.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
@@ -39,6 +40,7 @@ pub struct RunningWorker {
     pub metrics_addr: SocketAddr,
     state: watch::Receiver<WorkerState>,
     stop: watch::Sender<bool>,
+    serving: Arc<AtomicBool>,
     health: HealthReporter,
     server: JoinHandle<anyhow::Result<()>>,
     drain_timeout: std::time::Duration,
@@ -79,6 +81,7 @@ impl RunningWorker {
     /// Turns health to NOT_SERVING, stops accepting, finishes in-flight calls, returns.
     pub async fn stop(self) -> anyhow::Result<()> {
         set_health(&self.health, ServingStatus::NotServing).await;
+        self.serving.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
         match tokio::time::timeout(self.drain_timeout, self.server).await {
             Ok(finished) => finished.context("server task")??,
@@ -103,7 +106,11 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Binds both listeners and starts serving; models load in the background.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
-    let read = |path: &std::path::Path| {
+    let read = |path: &std::path::Path| -> anyhow::Result<Vec<u8>> {
+        let text = path.to_string_lossy();
+        if text.trim_start().starts_with("-----BEGIN") {
+            return Ok(text.into_owned().into_bytes());
+        }
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))
     };
     let tls = ServerTlsConfig::new()
@@ -145,8 +152,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             until_stop(stop_rx.clone()),
         );
-    let metrics_server =
-        crate::metrics::serve(metrics_listener, metrics.clone(), until_stop(stop_rx));
+    let serving = Arc::new(AtomicBool::new(false));
+    let metrics_server = crate::metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        serving.clone(),
+        until_stop(stop_rx),
+    );
     let server = tokio::spawn(async move {
         let (grpc, metrics) = tokio::join!(grpc, metrics_server);
         grpc.context("gRPC server")?;
@@ -154,7 +166,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         Ok(())
     });
 
+    if args.emf_interval_secs > 0 {
+        tokio::spawn(crate::metrics::emit_emf(
+            metrics.clone(),
+            std::time::Duration::from_secs(args.emf_interval_secs),
+        ));
+    }
     let loader_health = health.clone();
+    let loader_serving = serving.clone();
     let loader_stop = stop_tx.clone();
     tokio::spawn(async move {
         match load(&args, device, &metrics).await {
@@ -162,6 +181,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
                 let names: Vec<_> = set.keys().cloned().collect();
                 let _ = models.set(set);
                 set_health(&loader_health, ServingStatus::Serving).await;
+                loader_serving.store(true, Ordering::SeqCst);
                 tracing::info!(models = ?names, "all models loaded and warmed up; SERVING");
                 let _ = state_tx.send(WorkerState::Serving);
             }
@@ -178,6 +198,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         metrics_addr,
         state: state_rx,
         stop: stop_tx,
+        serving,
         health,
         server,
         drain_timeout,

@@ -451,6 +451,13 @@ async fn health_turns_serving_after_load_and_sigterm_drains_in_flight_requests()
     while seen != ServingStatus::Serving {
         seen = stream.message().await.unwrap().unwrap().status();
     }
+    // The plain-HTTP mirror for load balancers says the same.
+    assert!(
+        worker
+            .http_get("/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
 
     // Two requests wait in a partial batch when SIGTERM arrives; both are answered.
     let client = worker.client().await;
@@ -532,4 +539,33 @@ async fn the_cli_client_predicts_lists_and_checks_health() {
     let out = run(&["health"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+
+    let probe = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+            .args(["probe", "--addr", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap()
+    };
+    assert!(probe(worker.metrics_port).status.success());
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = nobody.local_addr().unwrap().port();
+    drop(nobody);
+    assert!(!probe(closed).status.success());
+}
+
+#[tokio::test]
+async fn tls_material_can_come_inline_from_the_environment() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::spawn_with(dir.path(), &[], true).await;
+    worker.wait_serving().await;
+    let mut client = worker.client().await;
+    let r = predict(&mut client, tabular("iris", &[5.1, 3.5, 1.4, 0.2])).await;
+    assert_eq!(r.label, "setosa");
+    // --help never shows secret values taken from the environment.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+        .args(["serve", "--help"])
+        .env("IHUB_WORKER_TLS_KEY", "-----BEGIN PRIVATE KEY----- secret")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("secret"));
 }

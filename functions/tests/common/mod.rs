@@ -166,6 +166,7 @@ pub async fn start_worker(certs: &CertPaths) -> RunningWorker {
         max_waiting: 512,
         max_prompt_bytes: 65_536,
         drain_timeout_secs: 5,
+        emf_interval_secs: 0,
         log_format: LogFormat::Text,
     })
     .await

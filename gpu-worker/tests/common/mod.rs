@@ -52,20 +52,33 @@ impl Worker {
     /// Starts `inferencehub-worker serve` with fresh certificates and `extra` flags, and
     /// waits until it prints its addresses (models may still be loading).
     pub async fn spawn(model_dir: &Path, extra: &[&str]) -> Worker {
+        Self::spawn_with(model_dir, extra, false).await
+    }
+
+    /// Like [`Worker::spawn`]; with `inline_tls` the PEM texts themselves go through the
+    /// `IHUB_WORKER_TLS_*` environment variables (as ECS injects secrets) instead of paths.
+    pub async fn spawn_with(model_dir: &Path, extra: &[&str], inline_tls: bool) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(&dir.path().join("certs")).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"));
+        command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--model-dir")
-            .arg(model_dir)
-            .arg("--tls-cert")
-            .arg(&certs.server_cert)
-            .arg("--tls-key")
-            .arg(&certs.server_key)
-            .arg("--tls-client-ca")
-            .arg(&certs.ca)
+            .arg(model_dir);
+        for (flag, env, path) in [
+            ("--tls-cert", "IHUB_WORKER_TLS_CERT", &certs.server_cert),
+            ("--tls-key", "IHUB_WORKER_TLS_KEY", &certs.server_key),
+            ("--tls-client-ca", "IHUB_WORKER_TLS_CLIENT_CA", &certs.ca),
+        ] {
+            if inline_tls {
+                command.env(env, std::fs::read_to_string(path).unwrap());
+            } else {
+                command.arg(flag).arg(path);
+            }
+        }
+        let mut child = command
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -174,18 +187,23 @@ impl Worker {
         }
     }
 
-    /// The Prometheus text from `/metrics`, over a plain HTTP/1.1 request.
-    pub async fn metrics(&self) -> String {
+    /// A plain HTTP/1.1 GET on the metrics port: the whole response, status line first.
+    pub async fn http_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
             .await
             .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let body = self.http_get("/metrics").await;
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         body
     }
