@@ -30,7 +30,6 @@ use inferencehub_proto::pb::{
 };
 use jsonwebtoken::Algorithm;
 use lambda_http::Body;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Answers at once: isolates the gateway's own work.
 struct InstantWorker;
@@ -187,29 +186,25 @@ async fn main() {
     .await;
     let worker = stack.worker.as_ref().unwrap();
     let certs = &stack.certs;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&certs.ca).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(&certs.client_cert).unwrap(),
-            std::fs::read(&certs.client_key).unwrap(),
-        ))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://{}", worker.grpc_addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = inferencehub_worker::client::connect(
+        &format!("https://{}", worker.grpc_addr),
+        &certs.ca,
+        &certs.client_cert,
+        &certs.client_key,
+        "localhost",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let mut direct = ModelInferenceClient::new(channel);
     let token = stack.keys.token("bench", "predict");
     let e2e_n = (n / 10).max(100);
     println!("\n2. End to end on loopback, sequential, {e2e_n} requests each");
     println!(
-        "| {:<46} | {:>8} | {:>8} | {:>8} |",
+        "| {:<54} | {:>8} | {:>8} | {:>8} |",
         "path", "p50 ms", "p99 ms", "mean ms"
     );
-    println!("|{:-<48}|{:->10}|{:->10}|{:->10}|", "", "", "", "");
+    println!("|{:-<56}|{:->10}|{:->10}|{:->10}|", "", "", "", "");
     for (model, body, message) in [
         (
             "iris",
@@ -258,7 +253,7 @@ async fn main() {
         ] {
             let (p50, p99, mean) = percentiles(samples);
             println!(
-                "| {label:<46} | {:>8.2} | {:>8.2} | {:>8.2} |",
+                "| {label:<54} | {:>8.2} | {:>8.2} | {:>8.2} |",
                 p50 * 1e3,
                 p99 * 1e3,
                 mean * 1e3

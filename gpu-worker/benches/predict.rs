@@ -12,7 +12,7 @@ use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_worker::certs::{self, CertPaths};
 use inferencehub_worker::config::{LogFormat, ServeArgs};
 use inferencehub_worker::server;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 const PROMPTS: &[&str] = &[
     "I absolutely love this product, it works perfectly.",
@@ -45,20 +45,16 @@ fn args(models: &Path, certs: &CertPaths, max_batch_size: u32, max_wait_ms: u64)
 }
 
 async fn channel(addr: SocketAddr, certs: &CertPaths) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&certs.ca).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(&certs.client_cert).unwrap(),
-            std::fs::read(&certs.client_key).unwrap(),
-        ))
-        .domain_name("localhost");
-    Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    inferencehub_worker::client::connect(
+        &format!("https://{addr}"),
+        &certs.ca,
+        &certs.client_cert,
+        &certs.client_key,
+        "localhost",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
 }
 
 struct Row {

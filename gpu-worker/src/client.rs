@@ -1,6 +1,7 @@
 //! A small mutual-TLS client for the worker, behind the `predict`, `models` and `health`
 //! subcommands: smoke tests by hand, and the container health check (no extra probe binary).
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,24 +14,41 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::{ClientArgs, PredictArgs, ProbeArgs};
 
-async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
+/// Connects to `addr` (an `https://` URL) over mutual TLS: `ca` signed the worker's
+/// certificate, `cert`/`key` are the client's (PEM files).
+pub async fn connect(
+    addr: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    server_name: &str,
+    timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&args.tls_ca)?))
-        .identity(Identity::from_pem(
-            read(&args.tls_cert)?,
-            read(&args.tls_key)?,
-        ))
-        .domain_name(args.tls_server_name.clone());
-    let endpoint = Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("bad address {}", args.addr))?
-        .connect_timeout(Duration::from_secs(args.timeout_secs))
-        .timeout(Duration::from_secs(args.timeout_secs))
-        .tls_config(tls)?;
-    endpoint
+        .ca_certificate(Certificate::from_pem(read(ca)?))
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .domain_name(server_name.to_string());
+    Endpoint::from_shared(addr.to_string())
+        .with_context(|| format!("bad address {addr}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tls_config(tls)?
         .connect()
         .await
-        .with_context(|| format!("connecting to {}", args.addr))
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
+    connect(
+        &args.addr,
+        &args.tls_ca,
+        &args.tls_cert,
+        &args.tls_key,
+        &args.tls_server_name,
+        Duration::from_secs(args.timeout_secs),
+    )
+    .await
 }
 
 /// `health`: exits 0 when the worker answers SERVING, 1 otherwise.
