@@ -156,10 +156,18 @@ impl Authenticator {
         if let Some(key) = self.key(kid) {
             return Some(key);
         }
+        // Check and claim the refetch slot in one step, so a burst of tokens with an
+        // unknown kid triggers one fetch, not one each.
         let due = self
             .last_fetch
             .lock()
-            .map(|last| last.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL))
+            .map(|mut last| {
+                let due = last.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            })
             .unwrap_or(false);
         if due && self.http.is_some() {
             if let Err(e) = self.fetch().await {

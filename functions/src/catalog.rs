@@ -9,10 +9,15 @@ use tokio::sync::Mutex;
 
 use crate::worker::{Worker, WorkerError};
 
+/// After a failed refresh with nothing cached, callers get the same error at once for this
+/// long instead of each waiting on an unreachable worker in turn.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
+
 /// Cached `ListModels` answer.
 pub struct Catalog {
     ttl: Duration,
     cache: Mutex<Option<(Instant, Arc<Vec<ModelInfo>>)>>,
+    last_failure: Mutex<Option<(Instant, WorkerError)>>,
 }
 
 impl Catalog {
@@ -21,6 +26,7 @@ impl Catalog {
         Self {
             ttl,
             cache: Mutex::new(None),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -33,6 +39,12 @@ impl Catalog {
         {
             return Ok(models.clone());
         }
+        if cache.is_none()
+            && let Some((at, e)) = self.last_failure.lock().await.as_ref()
+            && at.elapsed() < FAILURE_HOLD
+        {
+            return Err(e.clone());
+        }
         match worker.list_models().await {
             Ok(models) => {
                 let models = Arc::new(models);
@@ -44,7 +56,10 @@ impl Catalog {
                     tracing::warn!(error = %e, "catalogue refresh failed; serving the cached one");
                     Ok(stale.clone())
                 }
-                None => Err(e),
+                None => {
+                    *self.last_failure.lock().await = Some((Instant::now(), e.clone()));
+                    Err(e)
+                }
             },
         }
     }

@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes_util::to_body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -14,17 +13,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::{Body, Response};
 
-mod bytes_util {
-    use super::*;
-
-    /// A lambda_http body as bytes.
-    pub fn to_body(body: Body) -> Full<Bytes> {
-        match body {
-            Body::Empty => Full::new(Bytes::new()),
-            Body::Text(t) => Full::new(Bytes::from(t)),
-            Body::Binary(b) => Full::new(Bytes::from(b)),
-            _ => Full::new(Bytes::new()),
-        }
+/// A lambda_http body as bytes.
+fn to_body(body: Body) -> Full<Bytes> {
+    match body {
+        Body::Text(t) => Full::new(Bytes::from(t)),
+        Body::Binary(b) => Full::new(Bytes::from(b)),
+        _ => Full::new(Bytes::new()),
     }
 }
 

@@ -424,5 +424,14 @@ async fn a_worker_that_is_down_gives_503_within_the_deadline() {
     );
     let r = stack.get("/healthz", None).await;
     assert_problem(r, 503).await;
+    // Many callers at once are all answered too, not queued behind each other.
+    let body = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let all = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join_all((0..10).map(|_| stack.post(Some(&token), body))),
+    )
+    .await
+    .expect("answered, not hung");
+    assert!(all.iter().all(|r| r.status() == 503));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
