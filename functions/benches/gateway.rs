@@ -102,6 +102,7 @@ async fn own_cost(alg: Algorithm, body: &str, n: usize) -> Vec<Duration> {
                 jwks: JwksSource::File(jwks_file),
                 leeway_secs: 5,
                 tier_claim: "tier".into(),
+                refetch_interval: Duration::from_secs(60),
             })
             .await
             .unwrap(),

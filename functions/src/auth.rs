@@ -14,9 +14,6 @@ use serde_json::Value;
 
 use crate::config::{AuthConfig, JwksSource};
 
-/// Least time between two JWKS fetches triggered by unknown `kid`s.
-const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
-
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -162,7 +159,7 @@ impl Authenticator {
             .last_fetch
             .lock()
             .map(|mut last| {
-                let due = last.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL);
+                let due = last.is_none_or(|t| t.elapsed() >= self.config.refetch_interval);
                 if due {
                     *last = Some(Instant::now());
                 }

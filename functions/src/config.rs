@@ -71,11 +71,14 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Claim that selects the rate-limit tier.
     pub tier_claim: String,
+    /// Least time between two JWKS fetches triggered by unknown `kid`s.
+    pub refetch_interval: Duration,
 }
 
 impl AuthConfig {
     /// `IHUB_JWT_ISSUER`, `IHUB_JWT_AUDIENCE`, `IHUB_JWKS_URL` | `IHUB_JWKS_FILE`,
-    /// `IHUB_JWT_LEEWAY_SECS` (30), `IHUB_RATE_LIMIT_TIER_CLAIM` (`tier`).
+    /// `IHUB_JWT_LEEWAY_SECS` (30), `IHUB_RATE_LIMIT_TIER_CLAIM` (`tier`),
+    /// `IHUB_JWKS_REFETCH_SECS` (60).
     pub fn from_env() -> anyhow::Result<Self> {
         let jwks = match (var("IHUB_JWKS_URL"), var("IHUB_JWKS_FILE")) {
             (Some(url), _) => JwksSource::Url(url),
@@ -88,6 +91,7 @@ impl AuthConfig {
             jwks,
             leeway_secs: parsed("IHUB_JWT_LEEWAY_SECS", 30)?,
             tier_claim: var("IHUB_RATE_LIMIT_TIER_CLAIM").unwrap_or_else(|| "tier".into()),
+            refetch_interval: Duration::from_secs(parsed("IHUB_JWKS_REFETCH_SECS", 60)?),
         })
     }
 }

@@ -15,6 +15,7 @@ use inferencehub_proto::pb::{ModelInfo, ModelKind, PredictResponse};
 use inferencehub_proto::{ErrorKind, FieldError, REQUEST_ID_METADATA};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::auth::{AuthError, Authenticator, Caller};
 use crate::catalog::Catalog;
@@ -210,10 +211,15 @@ impl PredictHandler<AnyLimiter, GrpcWorker> {
 }
 
 impl<L: RateLimiter, W: Worker> PredictHandler<L, W> {
-    /// Answers one request.
+    /// Answers one request; every log line it writes carries the request id.
     pub async fn handle(&self, req: Request) -> Response<Body> {
-        let started = Instant::now();
         let request_id = request_id(&req);
+        let span = tracing::info_span!("request", function = "predict", request_id = %request_id);
+        self.handle_in_span(req, request_id).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, req: Request, request_id: String) -> Response<Body> {
+        let started = Instant::now();
         let mut metrics = RequestMetrics {
             function: "predict",
             request_id: request_id.clone(),
@@ -432,7 +438,8 @@ impl<W: Worker> ModelsHandler<W> {
     pub async fn handle(&self, req: Request) -> Response<Body> {
         let started = Instant::now();
         let request_id = request_id(&req);
-        let response = match self.run(&req).await {
+        let span = tracing::info_span!("request", function = "models", request_id = %request_id);
+        let response = match self.run(&req).instrument(span).await {
             Ok(r) => r,
             Err(p) => p.into_response(&request_id),
         };

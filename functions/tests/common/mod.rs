@@ -217,6 +217,7 @@ impl Stack {
                 jwks: JwksSource::File(keys.jwks_file.clone()),
                 leeway_secs: 5,
                 tier_claim: "tier".into(),
+                refetch_interval: Duration::from_secs(60),
             })
             .await
             .unwrap(),

@@ -1,0 +1,108 @@
+//! A JWKS served over real HTTP: fetched at cold start, refetched when a token names an
+//! unknown `kid` — at most once per interval — so key rotation is picked up without a
+//! redeploy and a flood of bad tokens cannot turn into a flood of fetches.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use inferencehub_functions::auth::{AuthError, Authenticator};
+use inferencehub_functions::config::{AuthConfig, JwksSource};
+use inferencehub_functions::devkeys::{SigningKey, claims, jwks};
+use jsonwebtoken::Algorithm;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serves whatever JWKS `body` holds and counts the requests.
+async fn jwks_server(body: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf[read..]).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    read += n;
+                }
+                hits.fetch_add(1, Ordering::SeqCst);
+                let json = body.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                stream.write_all(response.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
+    let old = SigningKey::generate(Algorithm::ES256, "2026-01").unwrap();
+    let new = SigningKey::generate(Algorithm::RS256, "2026-02").unwrap();
+    let stranger = SigningKey::generate(Algorithm::EdDSA, "nobody").unwrap();
+    let body = Arc::new(Mutex::new(jwks(&[&old]).to_string()));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = jwks_server(body.clone(), hits.clone()).await;
+
+    let auth = Authenticator::new(AuthConfig {
+        issuer: "iss".into(),
+        audience: "aud".into(),
+        jwks: JwksSource::Url(format!("http://127.0.0.1:{port}/.well-known/jwks.json")),
+        leeway_secs: 0,
+        tier_claim: "tier".into(),
+        refetch_interval: Duration::from_millis(500),
+    })
+    .await
+    .unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched at cold start");
+    let bearer = |key: &SigningKey| {
+        format!(
+            "Bearer {}",
+            key.sign(&claims("iss", "aud", "u", "predict", 60, None))
+                .unwrap()
+        )
+    };
+    assert_eq!(
+        auth.authenticate(Some(&bearer(&old))).await.unwrap().sub,
+        "u"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "known kids never fetch");
+
+    // The provider rotates in a new key; within the interval it is not fetched yet.
+    *body.lock().unwrap() = jwks(&[&old, &new]).to_string();
+    assert!(matches!(
+        auth.authenticate(Some(&bearer(&new))).await,
+        Err(AuthError::Invalid(_))
+    ));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // After the interval, the first unknown kid refetches and the new key works.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(auth.authenticate(Some(&bearer(&new))).await.is_ok());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // A burst of tokens with a kid nobody published costs at most one more fetch.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let attempts = futures::future::join_all((0..20).map(|_| {
+        let token = bearer(&stranger);
+        let auth = &auth;
+        async move { auth.authenticate(Some(&token)).await }
+    }))
+    .await;
+    assert!(
+        attempts
+            .iter()
+            .all(|a| matches!(a, Err(AuthError::Invalid(_))))
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
