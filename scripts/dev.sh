@@ -38,7 +38,7 @@ cleanup() {
   echo "stopped."
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {
@@ -60,7 +60,10 @@ fi
 make --no-print-directory -s models dynalite
 
 echo "== build"
-cargo build --quiet -p inferencehub-worker -p inferencehub-functions --bins
+# One package at a time: `cargo lambda watch` runs `cargo run -p inferencehub-functions`,
+# whose feature set is the functions package's own, so this build is the one it reuses.
+cargo build --quiet -p inferencehub-worker --bins
+cargo build --quiet -p inferencehub-functions --bins
 
 echo "== certificates and signing keys (.local/)"
 [ -f "$LOCAL/certs/ca.pem" ] || "$BIN/inferencehub-worker" gen-certs --out "$LOCAL/certs" >/dev/null
