@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
 use inferencehub_proto::pb::{ModelInfo, ModelKind, PredictResponse};
-use inferencehub_proto::{ErrorKind, FieldError, REQUEST_ID_METADATA};
+use inferencehub_proto::{ErrorKind, FieldError, REQUEST_ID_METADATA, is_sane_request_id};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
@@ -31,22 +31,16 @@ use crate::worker::{GrpcWorker, Worker, WorkerError};
 /// The request id: the caller's `x-request-id` if sane, else the Lambda request id, else
 /// a new UUID.
 pub fn request_id(req: &Request) -> String {
-    let sane = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    };
     if let Some(id) = req
         .headers()
         .get(REQUEST_ID_METADATA)
         .and_then(|v| v.to_str().ok())
-        .filter(|s| sane(s))
+        .filter(|s| is_sane_request_id(s))
     {
         return id.to_string();
     }
     if let Some(ctx) = req.lambda_context_ref()
-        && sane(&ctx.request_id)
+        && is_sane_request_id(&ctx.request_id)
     {
         return ctx.request_id.clone();
     }

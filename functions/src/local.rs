@@ -49,11 +49,13 @@ async fn answer<H: Handler>(
     let bytes = match Limited::new(body, MAX_TRANSPORT_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let mut too_large = hyper::Response::new(Full::new(Bytes::from_static(
-                br#"{"type":"urn:inferencehub:problem:payload-too-large","title":"Payload too large","status":413}"#,
-            )));
-            *too_large.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
-            return Ok(too_large);
+            let problem = crate::problem::Problem::new(
+                inferencehub_proto::ErrorKind::PayloadTooLarge,
+                format!("the body is larger than {MAX_TRANSPORT_BODY} bytes"),
+            )
+            .into_response("");
+            let (parts, body) = problem.into_parts();
+            return Ok(hyper::Response::from_parts(parts, to_body(body)));
         }
     };
     let body = if bytes.is_empty() {

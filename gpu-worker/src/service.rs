@@ -11,7 +11,7 @@ use inferencehub_proto::pb::{
     PredictRequest, PredictResponse,
 };
 use inferencehub_proto::signature::{check_features, check_prompt};
-use inferencehub_proto::{FieldError, InputSignature, REQUEST_ID_METADATA};
+use inferencehub_proto::{FieldError, InputSignature, REQUEST_ID_METADATA, is_sane_request_id};
 use tokenizers::Tokenizer;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -326,12 +326,7 @@ fn request_id(metadata: &MetadataMap, field: &str) -> String {
     } else {
         field
     };
-    let sane = !candidate.is_empty()
-        && candidate.len() <= 128
-        && candidate
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    if sane {
+    if is_sane_request_id(candidate) {
         candidate.to_string()
     } else {
         uuid::Uuid::new_v4().to_string()

@@ -16,3 +16,13 @@ pub use signature::InputSignature;
 
 /// Metadata key that carries the request id between gateway and worker.
 pub const REQUEST_ID_METADATA: &str = "x-request-id";
+
+/// Whether a caller-supplied request id is safe to echo in headers and logs: 1 to 128
+/// characters of `A-Z a-z 0-9 - _ . :`. Others are replaced by a generated id.
+pub fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
