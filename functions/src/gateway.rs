@@ -226,12 +226,7 @@ impl<L: RateLimiter, W: Worker> PredictHandler<L, W> {
             .await
         {
             Ok(response) => response,
-            Err(problem) => {
-                headers.extend(problem.headers.clone());
-                let mut problem = problem;
-                problem.headers.clear();
-                problem.into_response(&request_id)
-            }
+            Err(problem) => problem.into_response(&request_id),
         };
         timing.add("total", started);
         headers.push((HeaderName::from_static("server-timing"), timing.header()));
