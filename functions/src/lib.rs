@@ -1,19 +1,29 @@
-//! InferenceHub's light half: the logic behind the Lambda functions `predict`, `models`
-//! and `health`. Each binary in `src/bin` is a thin `main` over [`gateway::Gateway`].
+//! InferenceHub's light half: the Lambda functions `predict`, `models` and `health`.
 //!
-//! Request path: auth -> validation -> rate limit -> worker client, one module each.
+//! A request flows one way, one module per step: [`layers`] (request id, span, method
+//! check, problem rendering, timing and metrics, around every handler) -> a handler in
+//! [`routes`] (one file each; [`routes::ROUTES`] is the one route table) -> [`auth`] (JWT)
+//! -> [`request`] (parsing, validation against the model's signature from [`catalog`]) ->
+//! [`ratelimit`] (DynamoDB) -> [`worker`] (mTLS gRPC). Errors answer as RFC 9457 problems
+//! ([`problem`]) from the shared error table. Each binary in `src/bin` reads its
+//! [`config`], connects once per cold start and hands its handler to [`run`].
 
 pub mod auth;
 pub mod catalog;
 pub mod config;
-pub mod devkeys;
 pub mod emf;
-pub mod gateway;
-pub mod local;
+pub mod layers;
 pub mod problem;
 pub mod ratelimit;
 pub mod request;
+pub mod routes;
 pub mod worker;
+
+#[cfg(test)]
+mod fakes;
+
+use std::convert::Infallible;
+use std::sync::Arc;
 
 /// Installs aws-lc-rs as the process-wide rustls crypto provider (the one provider this
 /// workspace compiles in). Safe to call more than once.
@@ -33,4 +43,15 @@ pub fn init_tracing() {
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// Serves `handler` as a Lambda function, inside the shared layers, until the runtime
+/// stops. Clients and connections built before this call serve every warm invocation.
+pub async fn run<H: layers::Handler + 'static>(handler: H) -> Result<(), lambda_http::Error> {
+    let handler = Arc::new(handler);
+    lambda_http::run(lambda_http::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(layers::serve(&*handler, req).await) }
+    }))
+    .await
 }

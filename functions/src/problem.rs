@@ -6,6 +6,9 @@ use inferencehub_proto::{ErrorKind, FieldError};
 use lambda_http::{Body, Response};
 use serde::Serialize;
 
+use crate::request::api_field;
+use crate::worker::WorkerError;
+
 /// One problem answer.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -44,10 +47,7 @@ impl Problem {
 
     /// A 400 naming the fields at fault.
     pub fn invalid(errors: Vec<FieldError>) -> Self {
-        let detail = match errors.as_slice() {
-            [one] => one.to_string(),
-            many => format!("{} fields are invalid", many.len()),
-        };
+        let detail = FieldError::summary(&errors);
         Self {
             errors,
             ..Self::new(ErrorKind::InvalidArgument, detail)
@@ -88,6 +88,51 @@ impl Problem {
     /// Adds `Retry-After` in seconds.
     pub fn retry_after(self, seconds: u64) -> Self {
         self.with_header(http::header::RETRY_AFTER, seconds.max(1).to_string())
+    }
+
+    /// A worker failure as a client sees it: invalid inputs name the fields the worker
+    /// reported in its status details (in the API's terms), an unknown model names
+    /// `model_name`; anything else is generic, with the worker's message in the log only.
+    pub fn from_worker(e: &WorkerError) -> Self {
+        let kind = e.kind();
+        match kind {
+            ErrorKind::InvalidArgument => {
+                let errors: Vec<FieldError> = e
+                    .fields
+                    .iter()
+                    .map(|f| FieldError::new(api_field(&f.field), f.message.clone()))
+                    .collect();
+                if errors.is_empty() {
+                    tracing::warn!(error = %e.message, "worker refused the input without naming a field");
+                    Self::new(kind, "the model refused the input")
+                } else {
+                    Self::invalid(errors)
+                }
+            }
+            ErrorKind::NotFound => {
+                let mut p = Self::new(kind, "the model worker does not serve this model");
+                p.errors = vec![FieldError::new(
+                    "model_name",
+                    "no such model (see GET /v1/models)",
+                )];
+                p
+            }
+            _ => {
+                tracing::error!(code = ?e.code, error = %e.message, "worker call failed");
+                let detail = match kind {
+                    ErrorKind::Overloaded => "the model is busy; retry shortly",
+                    ErrorKind::Unavailable => "no model worker is available right now",
+                    ErrorKind::DeadlineExceeded => "the model worker did not answer in time",
+                    _ => "the model worker failed to answer",
+                };
+                let p = Self::new(kind, detail);
+                if kind.http_status() == 503 {
+                    p.retry_after(1)
+                } else {
+                    p
+                }
+            }
+        }
     }
 
     /// The HTTP status.

@@ -95,28 +95,6 @@ impl DynamoLimiter {
     }
 }
 
-/// A client for a local DynamoDB-compatible server (dynalite, LocalStack) at `endpoint`,
-/// with dummy credentials and the same fail-fast budget as [`DynamoLimiter::client_from_env`].
-pub fn local_client(endpoint: &str, timeout: Duration) -> Client {
-    use aws_sdk_dynamodb::config::{
-        Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig,
-    };
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version_latest()
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("local", "local", None, None, "local"))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(timeout)
-                .connect_timeout(timeout.min(Duration::from_millis(500)))
-                .build(),
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .build();
-    Client::from_conf(config)
-}
-
 impl RateLimiter for DynamoLimiter {
     async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
         let (index, reset_secs) = window(SystemTime::now(), policy.window);
@@ -168,76 +146,6 @@ impl RateLimiter for DynamoLimiter {
             )),
         }
     }
-}
-
-/// Creates the rate-limit table when it is missing (key `pk` string, on-demand billing,
-/// TTL on `expires_at`: the same schema as `template.yaml`) and waits until it is ACTIVE.
-/// For local stacks and tests; in AWS the template owns the table.
-pub async fn ensure_table(client: &Client, table: &str) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TableStatus, TimeToLiveSpecification,
-    };
-    let exists = client
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .is_ok();
-    if !exists {
-        client
-            .create_table()
-            .table_name(table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()?,
-            )
-            .send()
-            .await?;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await?
-            .table()
-            .and_then(|t| t.table_status().cloned());
-        if status == Some(TableStatus::Active) {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("table {table} did not become ACTIVE");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ttl = client
-        .update_time_to_live()
-        .table_name(table)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
-                .enabled(true)
-                .build()?,
-        )
-        .send()
-        .await;
-    if let Err(e) = ttl {
-        // Already enabled, or a local server without TTL support: counters still expire
-        // logically because every window has its own key.
-        tracing::info!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "TTL not (re)enabled");
-    }
-    Ok(())
 }
 
 /// Per-process counters, for local development only: every Lambda instance counts on its

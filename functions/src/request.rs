@@ -3,38 +3,38 @@
 //!
 //! Single: `{"model_name": "...", "prompt": "..."}` or `{"model_name": "...", "features": [..]}`.
 //! Batch:  `{"model_name": "...", "inputs": [{"prompt": "..."}, ...]}` (or `features` items).
+//!
+//! Parsing classifies failures by structure, never by a parser's wording: serde_json's
+//! error category tells malformed JSON from the rest, and each object's members are read
+//! one by one (kept as raw JSON until their field is known), so an unknown, repeated,
+//! missing or mistyped field is named by the code that found it.
+
+use std::collections::HashSet;
 
 use inferencehub_proto::pb::{FeatureRow, ModelInfo, PredictBatchRequest, PredictRequest};
-use inferencehub_proto::signature::{check_features, check_prompt};
-use inferencehub_proto::{FieldError, InputSignature};
+use inferencehub_proto::{FieldError, Input, InputSignature};
 use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 /// A predict body as sent.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct PredictBody {
     /// Model to call.
     pub model_name: String,
-    /// Text input.
-    #[serde(default)]
-    pub prompt: Option<String>,
-    /// Tabular input.
-    #[serde(default)]
-    pub features: Option<Vec<f64>>,
-    /// Batch form.
-    #[serde(default)]
+    /// The single form's input.
+    pub input: InputBody,
+    /// The batch form's inputs.
     pub inputs: Option<Vec<InputBody>>,
 }
 
-/// One element of `inputs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One input: what was sent of `prompt` and `features` (`null` counts as absent).
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct InputBody {
     /// Text input.
-    #[serde(default)]
     pub prompt: Option<String>,
-    /// Tabular input.
-    #[serde(default)]
+    /// Tabular input, as JSON numbers.
     pub features: Option<Vec<f64>>,
 }
 
@@ -47,52 +47,152 @@ pub enum Validated {
     Batch(PredictBatchRequest),
 }
 
+/// A JSON object's members in the order sent, repeats kept so they can be refused.
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        de.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// `field.name`, or `name` at the top level.
+fn join(field: &str, name: &str) -> String {
+    if field.is_empty() {
+        name.to_string()
+    } else {
+        format!("{field}.{name}")
+    }
+}
+
+/// A JSON error by category: malformed JSON is the body's fault, a wrong shape the field's.
+fn json_error(field: &str, expected: &str, e: &serde_json::Error) -> FieldError {
+    match e.classify() {
+        Category::Data => FieldError::new(field, format!("must be {expected}")),
+        Category::Eof => FieldError::new(
+            "body",
+            format!(
+                "is not valid JSON: it ends before the value is complete (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        ),
+        Category::Syntax | Category::Io => FieldError::new(
+            "body",
+            format!(
+                "is not valid JSON: syntax error at line {}, column {}",
+                e.line(),
+                e.column()
+            ),
+        ),
+    }
+}
+
+/// The members of the object `json` at `field` (`""` for the body itself), each name once.
+fn object(field: &str, json: &str) -> Result<Vec<(String, Box<RawValue>)>, FieldError> {
+    let Members(members) = serde_json::from_str(json).map_err(|e| {
+        json_error(
+            if field.is_empty() { "body" } else { field },
+            "a JSON object",
+            &e,
+        )
+    })?;
+    let mut seen = HashSet::new();
+    for (name, _) in &members {
+        if !seen.insert(name.as_str()) {
+            return Err(FieldError::new(
+                join(field, name),
+                "is given more than once",
+            ));
+        }
+    }
+    Ok(members)
+}
+
+/// `raw` as a `T`, or `None` for `null`.
+fn value<'a, T: Deserialize<'a>>(
+    field: &str,
+    expected: &str,
+    raw: &'a RawValue,
+) -> Result<Option<T>, FieldError> {
+    serde_json::from_str::<Option<T>>(raw.get()).map_err(|e| json_error(field, expected, &e))
+}
+
+/// An array of numbers, naming the element at fault.
+fn numbers(field: &str, raw: &RawValue) -> Result<Option<Vec<f64>>, FieldError> {
+    let Some(items) = value::<Vec<&RawValue>>(field, "an array of numbers", raw)? else {
+        return Ok(None);
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("{field}[{i}]");
+            serde_json::from_str::<f64>(item.get()).map_err(|e| json_error(&at, "a number", &e))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The fields of one input object at `field`.
+fn input(field: &str, members: Vec<(String, Box<RawValue>)>) -> Result<InputBody, FieldError> {
+    let mut input = InputBody::default();
+    for (name, raw) in members {
+        let at = join(field, &name);
+        match name.as_str() {
+            "prompt" => input.prompt = value(&at, "a string", &raw)?,
+            "features" => input.features = numbers(&at, &raw)?,
+            _ => return Err(FieldError::new(at, "is not a known field")),
+        }
+    }
+    Ok(input)
+}
+
 /// Parses the body, naming the field at fault.
 pub fn parse(body: &[u8]) -> Result<PredictBody, FieldError> {
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| FieldError::new("body", "must be UTF-8 encoded JSON"))?;
+    if text.trim().is_empty() {
         return Err(FieldError::new("body", "must be a JSON object"));
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: Result<PredictBody, _> = serde_path_to_error::deserialize(&mut de);
-    if parsed.is_ok() && de.end().is_err() {
-        return Err(FieldError::new(
-            "body",
-            "is not valid JSON: trailing characters after the object",
-        ));
+    let mut parsed = PredictBody::default();
+    let mut model_name = None;
+    let mut single = Vec::new();
+    for (name, raw) in object("", text)? {
+        match name.as_str() {
+            "model_name" => model_name = value::<String>("model_name", "a string", &raw)?,
+            "inputs" => {
+                let Some(items) = value::<Vec<&RawValue>>("inputs", "an array of objects", &raw)?
+                else {
+                    continue;
+                };
+                let mut inputs = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("inputs[{i}]");
+                    inputs.push(input(&at, object(&at, item.get())?)?);
+                }
+                parsed.inputs = Some(inputs);
+            }
+            _ => single.push((name, raw)),
+        }
     }
-    parsed.map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.inner();
-        let message = inner.to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        if inner.is_syntax() || inner.is_eof() {
-            return FieldError::new("body", format!("is not valid JSON: {message}"));
-        }
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            let name = rest.split('`').next().unwrap_or_default();
-            // The path already ends with the unknown field's name.
-            let field = if path == "." || path.is_empty() {
-                name.to_string()
-            } else {
-                path
-            };
-            return FieldError::new(field, "is not a known field");
-        }
-        if let Some(rest) = message.strip_prefix("missing field `") {
-            let name = rest.split('`').next().unwrap_or_default();
-            return FieldError::new(name, "is required");
-        }
-        let field = if path == "." || path.is_empty() {
-            "body".to_string()
-        } else {
-            path
-        };
-        FieldError::new(field, message)
-    })
+    parsed.input = input("", single)?;
+    parsed.model_name = model_name.ok_or_else(|| FieldError::new("model_name", "is required"))?;
+    Ok(parsed)
 }
 
 /// Features as f32, each finite after narrowing.
@@ -113,51 +213,9 @@ fn narrow(field: &str, values: &[f64], errors: &mut Vec<FieldError>) -> Vec<f32>
         .collect()
 }
 
-/// Checks one input (prompt or features) against the signature; errors are prefixed.
-fn check_one(
-    prefix: &str,
-    signature: InputSignature,
-    prompt: Option<String>,
-    features: Option<Vec<f64>>,
-    errors: &mut Vec<FieldError>,
-) -> (String, Vec<f32>) {
-    let field = |name: &str| format!("{prefix}{name}");
-    match signature {
-        InputSignature::Text { max_prompt_bytes } => {
-            if features.is_some() {
-                errors.push(FieldError::new(
-                    field("features"),
-                    "this is a text model: send `prompt`",
-                ));
-            }
-            let prompt = prompt.unwrap_or_default();
-            if let Err(e) = check_prompt(&field("prompt"), &prompt, max_prompt_bytes) {
-                errors.push(e);
-            }
-            (prompt, Vec::new())
-        }
-        InputSignature::Tabular { feature_count } => {
-            if prompt.is_some() {
-                errors.push(FieldError::new(
-                    field("prompt"),
-                    "this is a tabular model: send `features`",
-                ));
-            }
-            let name = field("features");
-            let before = errors.len();
-            let features = narrow(&name, &features.unwrap_or_default(), errors);
-            if errors.len() == before
-                && let Err(e) = check_features(&name, &features, feature_count)
-            {
-                errors.push(e);
-            }
-            (String::new(), features)
-        }
-    }
-}
-
 /// Validates a parsed body against `model`. `max_prompt_bytes` is the gateway's own cap
-/// (the worker's advertised cap applies too); `max_inputs` bounds the batch form.
+/// (the worker's advertised cap applies too); `max_inputs` bounds the batch form. Single
+/// and batch inputs go through the one check the worker runs too.
 pub fn validate(
     body: PredictBody,
     model: &ModelInfo,
@@ -179,10 +237,10 @@ pub fn validate(
             cap => cap.min(max_prompt_bytes),
         };
     }
-    let mut errors = Vec::new();
-    let validated = match body.inputs {
+    let (batch, inputs) = match body.inputs {
         Some(inputs) => {
-            if body.prompt.is_some() || body.features.is_some() {
+            let mut errors = Vec::new();
+            if body.input != InputBody::default() {
                 errors.push(FieldError::new(
                     "inputs",
                     "send either `inputs` or a single `prompt`/`features`, not both",
@@ -199,42 +257,92 @@ pub fn validate(
                         inputs.len()
                     ),
                 ));
+            }
+            if !errors.is_empty() {
                 return Err(errors);
             }
-            let mut batch = PredictBatchRequest {
-                model_name: body.model_name,
-                ..Default::default()
-            };
-            for (i, input) in inputs.into_iter().enumerate() {
-                let (prompt, features) = check_one(
-                    &format!("inputs[{i}]."),
-                    signature,
-                    input.prompt,
-                    input.features,
-                    &mut errors,
-                );
-                match signature {
-                    InputSignature::Text { .. } => batch.prompts.push(prompt),
-                    InputSignature::Tabular { .. } => batch.rows.push(FeatureRow { features }),
-                }
-            }
-            Validated::Batch(batch)
+            (true, inputs)
         }
-        None => {
-            let (prompt, features) =
-                check_one("", signature, body.prompt, body.features, &mut errors);
-            Validated::Single(PredictRequest {
-                features,
-                model_name: body.model_name,
-                prompt,
-                request_id: String::new(),
-            })
+        None => (false, vec![body.input]),
+    };
+    let field = |i: usize, name: &str| {
+        if batch {
+            format!("inputs[{i}].{name}")
+        } else {
+            name.to_string()
         }
     };
-    if errors.is_empty() {
-        Ok(validated)
-    } else {
-        Err(errors)
+    // Narrowing to f32 comes first: a value beyond f32 is named before any count check.
+    let mut errors = Vec::new();
+    let rows: Vec<Option<Vec<f32>>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            input
+                .features
+                .as_deref()
+                .map(|f| narrow(&field(i, "features"), f, &mut errors))
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let errors = signature.check_all(
+        inputs.iter().zip(&rows).map(|(input, row)| Input {
+            prompt: input.prompt.as_deref(),
+            features: row.as_deref(),
+        }),
+        field,
+    );
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let model_name = body.model_name;
+    let mut prompts: Vec<String> = inputs
+        .into_iter()
+        .map(|i| i.prompt.unwrap_or_default())
+        .collect();
+    let mut rows: Vec<Vec<f32>> = rows.into_iter().map(Option::unwrap_or_default).collect();
+    if !batch {
+        return Ok(Validated::Single(PredictRequest {
+            features: rows.pop().unwrap_or_default(),
+            model_name,
+            prompt: prompts.pop().unwrap_or_default(),
+            request_id: String::new(),
+        }));
+    }
+    let mut request = PredictBatchRequest {
+        model_name,
+        ..Default::default()
+    };
+    match signature {
+        InputSignature::Text { .. } => request.prompts = prompts,
+        InputSignature::Tabular { .. } => {
+            request.rows = rows
+                .into_iter()
+                .map(|features| FeatureRow { features })
+                .collect();
+        }
+    }
+    Ok(Validated::Batch(request))
+}
+
+/// A field the worker named, in the API's terms: the worker's batch fields `prompts[i]`
+/// and `rows[i].…` are the request's `inputs[i].prompt` and `inputs[i].…`.
+pub fn api_field(worker_field: &str) -> String {
+    let indexed = |rest: &str| {
+        rest.split_once(']')
+            .map(|(i, tail)| (i.to_string(), tail.to_string()))
+    };
+    if let Some((i, tail)) = worker_field.strip_prefix("prompts[").and_then(indexed) {
+        return format!("inputs[{i}].prompt{tail}");
+    }
+    if let Some((i, tail)) = worker_field.strip_prefix("rows[").and_then(indexed) {
+        return format!("inputs[{i}]{tail}");
+    }
+    match worker_field {
+        "prompts" | "rows" => "inputs".to_string(),
+        other => other.to_string(),
     }
 }
 

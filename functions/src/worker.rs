@@ -14,7 +14,7 @@ use inferencehub_proto::pb::{
     ListModelsRequest, ModelInfo, PredictBatchRequest, PredictBatchResponse, PredictRequest,
     PredictResponse,
 };
-use inferencehub_proto::{ErrorKind, REQUEST_ID_METADATA};
+use inferencehub_proto::{ErrorKind, FieldError, REQUEST_ID_METADATA, field_errors};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
@@ -28,20 +28,34 @@ use crate::config::WorkerConfig;
 pub struct WorkerError {
     /// The gRPC code (transport failures are UNAVAILABLE, timeouts DEADLINE_EXCEEDED).
     pub code: Code,
-    /// The worker's message: shown to clients only for INVALID_ARGUMENT / NOT_FOUND.
+    /// The worker's message: logged, never shown to clients.
     pub message: String,
+    /// The fields at fault, from the status's `google.rpc.BadRequest` details, in the
+    /// worker's terms (`features[2]`, `prompts[1]`, `rows[0].features`).
+    pub fields: Vec<FieldError>,
 }
 
 impl WorkerError {
+    /// An error with no field details.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
     /// How the gateway classifies it.
     pub fn kind(&self) -> ErrorKind {
         ErrorKind::from_grpc(self.code)
     }
 
-    fn from_status(status: &Status) -> Self {
+    /// From a worker's status, reading its rich error details.
+    pub fn from_status(status: &Status) -> Self {
         Self {
             code: status.code(),
             message: status.message().to_string(),
+            fields: field_errors(status),
         }
     }
 }
@@ -72,6 +86,30 @@ pub trait Worker: Send + Sync {
     fn serving(&self) -> impl Future<Output = Result<bool, WorkerError>> + Send;
 }
 
+/// A shared worker client is a worker client.
+impl<W: Worker> Worker for Arc<W> {
+    fn predict(
+        &self,
+        request: PredictRequest,
+        request_id: &str,
+    ) -> impl Future<Output = Result<PredictResponse, WorkerError>> + Send {
+        self.as_ref().predict(request, request_id)
+    }
+    fn predict_batch(
+        &self,
+        request: PredictBatchRequest,
+        request_id: &str,
+    ) -> impl Future<Output = Result<PredictBatchResponse, WorkerError>> + Send {
+        self.as_ref().predict_batch(request, request_id)
+    }
+    fn list_models(&self) -> impl Future<Output = Result<Vec<ModelInfo>, WorkerError>> + Send {
+        self.as_ref().list_models()
+    }
+    fn serving(&self) -> impl Future<Output = Result<bool, WorkerError>> + Send {
+        self.as_ref().serving()
+    }
+}
+
 struct Slot {
     channel: Channel,
     last_used: Instant,
@@ -79,6 +117,7 @@ struct Slot {
 
 struct Inner {
     config: WorkerConfig,
+    addrs: Vec<String>,
     endpoints: Vec<Endpoint>,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
@@ -96,15 +135,17 @@ impl GrpcWorker {
     /// reached now is logged and connected lazily later.
     pub async fn connect(config: WorkerConfig) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
-        if config.addrs.is_empty() {
+        let addrs = config.urls();
+        if addrs.is_empty() {
             anyhow::bail!("no worker address configured");
         }
+        let pems = config.tls.read().map_err(anyhow::Error::msg)?;
         let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&config.ca_pem))
-            .identity(Identity::from_pem(&config.cert_pem, &config.key_pem))
-            .domain_name(config.server_name.clone());
+            .ca_certificate(Certificate::from_pem(&pems.ca))
+            .identity(Identity::from_pem(&pems.cert, &pems.key))
+            .domain_name(config.tls.server_name.clone());
         let mut endpoints = Vec::new();
-        for addr in &config.addrs {
+        for addr in &addrs {
             endpoints.push(
                 Endpoint::from_shared(addr.clone())?
                     .connect_timeout(config.connect_timeout)
@@ -116,7 +157,7 @@ impl GrpcWorker {
             );
         }
         let mut slots = Vec::new();
-        for (endpoint, addr) in endpoints.iter().zip(&config.addrs) {
+        for (endpoint, addr) in endpoints.iter().zip(&addrs) {
             let channel = match endpoint.connect().await {
                 Ok(channel) => channel,
                 Err(e) => {
@@ -132,6 +173,7 @@ impl GrpcWorker {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
+                addrs,
                 endpoints,
                 slots,
                 next: AtomicUsize::new(0),
@@ -175,22 +217,20 @@ impl GrpcWorker {
             match tokio::time::timeout(left, call(channel, metadata.clone(), left)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
-                    tracing::warn!(worker = %self.inner.config.addrs[slot], error = %status.message(), "worker unavailable");
+                    tracing::warn!(worker = %self.inner.addrs[slot], error = %status.message(), "worker unavailable");
                     last = Some(WorkerError::from_status(&status));
                 }
                 Ok(Err(status)) => return Err(WorkerError::from_status(&status)),
                 Err(_) => {
-                    return Err(WorkerError {
-                        code: Code::DeadlineExceeded,
-                        message: "worker deadline passed".into(),
-                    });
+                    return Err(WorkerError::new(
+                        Code::DeadlineExceeded,
+                        "worker deadline passed",
+                    ));
                 }
             }
         }
-        Err(last.unwrap_or(WorkerError {
-            code: Code::DeadlineExceeded,
-            message: "worker deadline passed".into(),
-        }))
+        Err(last
+            .unwrap_or_else(|| WorkerError::new(Code::DeadlineExceeded, "worker deadline passed")))
     }
 }
 

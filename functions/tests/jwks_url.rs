@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::{AuthError, Authenticator};
 use inferencehub_functions::config::{AuthConfig, JwksSource};
-use inferencehub_functions::devkeys::{SigningKey, claims, jwks};
 use jsonwebtoken::Algorithm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,12 +55,13 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
     let port = jwks_server(body.clone(), hits.clone()).await;
 
     let auth = Authenticator::new(AuthConfig {
-        issuer: "iss".into(),
-        audience: "aud".into(),
-        jwks: JwksSource::Url(format!("http://127.0.0.1:{port}/.well-known/jwks.json")),
         leeway_secs: 0,
-        tier_claim: "tier".into(),
         refetch_interval: Duration::from_millis(500),
+        ..AuthConfig::new(
+            "iss",
+            "aud",
+            JwksSource::Url(format!("http://127.0.0.1:{port}/.well-known/jwks.json")),
+        )
     })
     .await
     .unwrap();

@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use inferencehub_devkit::certs::{self, CertPaths};
 use inferencehub_proto::pb::PredictRequest;
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
-use inferencehub_worker::certs::{self, CertPaths};
+use inferencehub_proto::settings::WorkerClientTls;
 use inferencehub_worker::config::{LogFormat, ServeArgs};
 use inferencehub_worker::server;
 use tonic::transport::Channel;
@@ -47,10 +48,7 @@ fn args(models: &Path, certs: &CertPaths, max_batch_size: u32, max_wait_ms: u64)
 async fn channel(addr: SocketAddr, certs: &CertPaths) -> Channel {
     inferencehub_worker::client::connect(
         &format!("https://{addr}"),
-        &certs.ca,
-        &certs.client_cert,
-        &certs.client_key,
-        "localhost",
+        &WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key),
         Duration::from_secs(30),
     )
     .await

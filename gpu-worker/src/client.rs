@@ -1,12 +1,13 @@
 //! A small mutual-TLS client for the worker, behind the `predict`, `models` and `health`
 //! subcommands: smoke tests by hand, and the container health check (no extra probe binary).
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use inferencehub_proto::field_errors;
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{ListModelsRequest, PredictRequest};
+use inferencehub_proto::settings::WorkerClientTls;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -14,21 +15,18 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::{ClientArgs, PredictArgs, ProbeArgs};
 
-/// Connects to `addr` (an `https://` URL) over mutual TLS: `ca` signed the worker's
-/// certificate, `cert`/`key` are the client's (PEM files).
+/// Connects to `addr` (an `https://` URL) over mutual TLS with the client settings the
+/// gateway uses too (the same `IHUB_WORKER_CLIENT_TLS_*` variables).
 pub async fn connect(
     addr: &str,
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-    server_name: &str,
+    tls: &WorkerClientTls,
     timeout: Duration,
 ) -> anyhow::Result<Channel> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
+    let pems = tls.read().map_err(anyhow::Error::msg)?;
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(ca)?))
-        .identity(Identity::from_pem(read(cert)?, read(key)?))
-        .domain_name(server_name.to_string());
+        .ca_certificate(Certificate::from_pem(pems.ca))
+        .identity(Identity::from_pem(pems.cert, pems.key))
+        .domain_name(tls.server_name.clone());
     Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("bad address {addr}"))?
         .connect_timeout(timeout)
@@ -42,11 +40,8 @@ pub async fn connect(
 async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
     connect(
         &args.addr,
-        &args.tls_ca,
-        &args.tls_cert,
-        &args.tls_key,
-        &args.tls_server_name,
-        Duration::from_secs(args.timeout_secs),
+        &args.tls,
+        Duration::from_millis(args.timeout_ms),
     )
     .await
 }
@@ -97,7 +92,10 @@ pub async fn predict(args: &PredictArgs) -> anyhow::Result<()> {
             request_id: String::new(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| {
+            let fields = field_errors(&s);
+            anyhow::anyhow!("{:?}: {} {fields:?}", s.code(), s.message())
+        })?
         .into_inner();
     let scores: serde_json::Map<String, serde_json::Value> = r
         .scores

@@ -1,11 +1,14 @@
 //! Command line and environment, read once at start. Every flag of `serve` can also be
-//! set through an `IHUB_WORKER_*` environment variable.
+//! set through an environment variable: `IHUB_WORKER_*` for the worker's own settings,
+//! and the gateway's names where both sides share a setting (`IHUB_MAX_PROMPT_BYTES`,
+//! `IHUB_WORKER_CLIENT_TLS_*` for the CLI client, `RUST_LOG`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use inferencehub_proto::settings::{self, DEFAULT_MAX_PROMPT_BYTES, Renamed, WorkerClientTls};
 
 use crate::batching::BatchConfig;
 
@@ -23,8 +26,6 @@ pub struct Cli {
 pub enum Command {
     /// Load every model under --model-dir and serve them over gRPC with mutual TLS.
     Serve(ServeArgs),
-    /// Write a development CA plus server and client certificates and keys.
-    GenCerts(GenCertsArgs),
     /// Ask a worker for one prediction (prints JSON).
     Predict(PredictArgs),
     /// List a worker's models (prints JSON lines).
@@ -54,21 +55,12 @@ pub struct ClientArgs {
         default_value = "https://127.0.0.1:50051"
     )]
     pub addr: String,
-    /// CA that signed the worker's certificate.
-    #[arg(long, env = "IHUB_WORKER_CLIENT_TLS_CA")]
-    pub tls_ca: PathBuf,
-    /// Client certificate.
-    #[arg(long, env = "IHUB_WORKER_CLIENT_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// Client private key.
-    #[arg(long, env = "IHUB_WORKER_CLIENT_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// Name the worker's certificate must be valid for.
-    #[arg(long, env = "IHUB_WORKER_TLS_SERVER_NAME", default_value = "localhost")]
-    pub tls_server_name: String,
-    /// Connect and call timeout, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub timeout_secs: u64,
+    /// Mutual-TLS material (the gateway's variables).
+    #[command(flatten)]
+    pub tls: WorkerClientTls,
+    /// Connect and call timeout, in milliseconds.
+    #[arg(long, env = "IHUB_WORKER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
 }
 
 /// Flags of `predict`.
@@ -149,8 +141,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_waiting: u32,
 
-    /// Largest prompt accepted by text models, in bytes.
-    #[arg(long, env = "IHUB_WORKER_MAX_PROMPT_BYTES", default_value_t = 65_536)]
+    /// Largest prompt accepted by text models, in bytes (the gateway's setting of the
+    /// same name caps what it forwards).
+    #[arg(long, env = "IHUB_MAX_PROMPT_BYTES", default_value_t = DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
 
     /// On SIGTERM, longest wait in seconds for in-flight calls (and open health watches)
@@ -184,10 +177,21 @@ impl ServeArgs {
     }
 }
 
-/// Flags of `gen-certs`.
-#[derive(Debug, Clone, Args)]
-pub struct GenCertsArgs {
-    /// Folder to write ca.pem, server.pem, server.key, client.pem and client.key into.
-    #[arg(long, env = "IHUB_WORKER_CERTS_OUT")]
-    pub out: PathBuf,
+/// Environment variables renamed in this release; the old names still work, with a
+/// warning, until the next one.
+pub const RENAMED: &[Renamed] = &[Renamed {
+    old: "IHUB_WORKER_MAX_PROMPT_BYTES",
+    new: "IHUB_MAX_PROMPT_BYTES",
+    arg: "max_prompt_bytes",
+}];
+
+impl Cli {
+    /// Parses the command line and the environment; also returns the deprecation
+    /// warnings to log once logging is up. Exits with clap's message on bad input.
+    pub fn read() -> (Self, Vec<String>) {
+        match settings::parse::<Self>(std::env::args_os(), RENAMED, settings::env_var) {
+            Ok(parsed) => parsed,
+            Err(e) => e.exit(),
+        }
+    }
 }

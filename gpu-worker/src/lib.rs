@@ -1,12 +1,17 @@
 //! InferenceHub's model worker: Candle models held in memory, batched, and served over
 //! mutual-TLS gRPC (`inferencehub.v1.ModelInference` plus `grpc.health.v1.Health`).
+//!
+//! A call flows one way: [`server`] (TLS, health, start and drain) -> [`service`] (the
+//! gRPC service: validation with the shared signature checks, errors from the shared
+//! table with `google.rpc.BadRequest` details) -> [`batching`] (per-model queue and
+//! scheduler) -> [`backend`] (one module per model family, on its own thread). [`config`]
+//! holds the typed flags, [`metrics`] the Prometheus and EMF output, [`client`] the
+//! operator CLI's mTLS client. Training and development certificates live in `tools/`.
 
 pub mod backend;
 pub mod batching;
-pub mod certs;
 pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod service;
-pub mod training;

@@ -1,18 +1,38 @@
-//! `inferencehub-worker`: `serve` models over mutual-TLS gRPC, or `gen-certs` for development.
+//! `inferencehub-worker`: `serve` models over mutual-TLS gRPC; `predict`, `models`,
+//! `health` and `probe` are its operator and container-health clients. Development
+//! certificates come from `inferencehub-dev gen-certs` (tools/).
 
-use clap::Parser;
+use std::io::IsTerminal;
+
 use inferencehub_worker::config::{Cli, Command, LogFormat};
-use inferencehub_worker::{certs, client, server};
+use inferencehub_worker::{client, server};
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IHUB_WORKER_LOG")
+/// Logs on stderr; level from `RUST_LOG` (the gateway's variable; the old
+/// `IHUB_WORKER_LOG` still works for one release), colour only on a terminal.
+fn init_tracing(format: LogFormat, mut warnings: Vec<String>) {
+    let directives = match (std::env::var("RUST_LOG"), std::env::var("IHUB_WORKER_LOG")) {
+        (Ok(level), _) => level,
+        (Err(_), Ok(level)) => {
+            warnings.push(
+                "IHUB_WORKER_LOG is deprecated and will stop working in the next release: use RUST_LOG"
+                    .into(),
+            );
+            level
+        }
+        _ => "info".into(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    for warning in warnings {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -40,19 +60,8 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::GenCerts(args) => {
-            let paths = certs::generate(&args.out)?;
-            println!(
-                "wrote {}, {}, {}, {}, {}",
-                paths.ca.display(),
-                paths.server_cert.display(),
-                paths.server_key.display(),
-                paths.client_cert.display(),
-                paths.client_key.display()
-            );
-            Ok(())
-        }
+    let (cli, warnings) = Cli::read();
+    match cli.command {
         Command::Predict(args) => client::predict(&args).await,
         Command::Models(args) => client::models(&args).await,
         Command::Health(args) => {
@@ -70,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Serve(args) => {
-            init_tracing(args.log_format);
+            init_tracing(args.log_format, warnings);
             let mut worker = server::start(args).await?;
             // A machine-readable line for scripts and tests that start the worker on port 0.
             println!(

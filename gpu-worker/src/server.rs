@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use inferencehub_proto::pb::model_inference_server::ModelInferenceServer;
+use inferencehub_proto::settings::read_pem;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -106,13 +107,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Binds both listeners and starts serving; models load in the background.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
-    let read = |path: &std::path::Path| -> anyhow::Result<Vec<u8>> {
-        let text = path.to_string_lossy();
-        if text.trim_start().starts_with("-----BEGIN") {
-            return Ok(text.into_owned().into_bytes());
-        }
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-    };
+    let read = |path: &std::path::Path| read_pem(path).map_err(anyhow::Error::msg);
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             read(&args.tls_cert)?,

@@ -10,8 +10,10 @@ use inferencehub_proto::pb::{
     LabelScore, ListModelsRequest, ListModelsResponse, PredictBatchRequest, PredictBatchResponse,
     PredictRequest, PredictResponse,
 };
-use inferencehub_proto::signature::{check_features, check_prompt};
-use inferencehub_proto::{FieldError, InputSignature, REQUEST_ID_METADATA, is_sane_request_id};
+use inferencehub_proto::{
+    ErrorKind, FieldError, Input, InputSignature, REQUEST_ID_METADATA, invalid_argument,
+    is_sane_request_id,
+};
 use tokenizers::Tokenizer;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -48,19 +50,22 @@ impl InferenceService {
     }
 
     fn model(&self, name: &str) -> Result<Arc<ServedModel>, Status> {
-        let models = self
-            .models
-            .get()
-            .ok_or_else(|| Status::unavailable("models are still loading"))?;
+        let models = self.loaded()?;
         if name.is_empty() {
             return Err(FieldError::new("model_name", "is required").to_status());
         }
         models.get(name).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "model_name: no model named {:?} (see ListModels)",
+            ErrorKind::NotFound.status(format!(
+                "no model named {:?} (see ListModels)",
                 truncate(name, 64)
             ))
         })
+    }
+
+    fn loaded(&self) -> Result<&ModelSet, Status> {
+        self.models
+            .get()
+            .ok_or_else(|| ErrorKind::Unavailable.status("models are still loading"))
     }
 
     /// Tokenises (on the blocking pool) or copies the validated inputs, queues them, and
@@ -90,13 +95,13 @@ impl InferenceService {
         let receivers = model
             .batcher
             .submit(inputs, deadline)
-            .map_err(batch_status)?;
+            .map_err(|e| batch_status(e, model.spec.signature()))?;
         let mut predictions = Vec::with_capacity(receivers.len());
         for rx in receivers {
             let prediction = rx
                 .await
-                .map_err(|_| Status::unavailable("the model is shutting down"))?
-                .map_err(batch_status)?;
+                .map_err(|_| ErrorKind::Unavailable.status("the model is shutting down"))?
+                .map_err(|e| batch_status(e, model.spec.signature()))?;
             predictions.push(prediction);
         }
         Ok(predictions)
@@ -126,14 +131,17 @@ impl InferenceService {
         model
             .spec
             .signature()
-            .check(&req.features, &req.prompt)
+            .check(
+                Input::from_proto(&req.prompt, &req.features),
+                str::to_string,
+            )
             .map_err(|e| e.to_status())?;
         let mut predictions = self
             .run(&model, vec![req.prompt], vec![req.features], deadline)
             .await?;
         let prediction = predictions
             .pop()
-            .ok_or_else(|| Status::internal("no prediction"))?;
+            .ok_or_else(|| ErrorKind::Internal.status("no prediction"))?;
         let mut answer = to_response(&model.spec, &prediction, request_id);
         answer.latency_ms = millis(started.elapsed());
         Ok(answer)
@@ -147,45 +155,39 @@ impl InferenceService {
         started: Instant,
     ) -> Result<PredictBatchResponse, Status> {
         let model = self.model(&req.model_name)?;
-        let (prompts, rows) = match model.spec.signature() {
-            InputSignature::Text { max_prompt_bytes } => {
-                if !req.rows.is_empty() {
-                    return Err(FieldError::new(
-                        "rows",
-                        "this is a text model: send `prompts`, not `rows`",
-                    )
-                    .to_status());
-                }
-                if req.prompts.is_empty() {
-                    return Err(FieldError::new("prompts", "needs at least one prompt").to_status());
-                }
-                for (i, prompt) in req.prompts.iter().enumerate() {
-                    check_prompt(&format!("prompts[{i}]"), prompt, max_prompt_bytes)
-                        .map_err(|e| e.to_status())?;
-                }
-                (req.prompts, Vec::new())
-            }
-            InputSignature::Tabular { feature_count } => {
-                if !req.prompts.is_empty() {
-                    return Err(FieldError::new(
-                        "prompts",
-                        "this is a tabular model: send `rows`, not `prompts`",
-                    )
-                    .to_status());
-                }
-                if req.rows.is_empty() {
-                    return Err(FieldError::new("rows", "needs at least one row").to_status());
-                }
-                for (i, row) in req.rows.iter().enumerate() {
-                    check_features(&format!("rows[{i}].features"), &row.features, feature_count)
-                        .map_err(|e| e.to_status())?;
-                }
-                (
-                    Vec::new(),
-                    req.rows.into_iter().map(|r| r.features).collect(),
-                )
+        let signature = model.spec.signature();
+        // The proto's batch fields: `prompts` for text models, `rows` for tabular ones.
+        let (wanted, unwanted, sent, stray) = match signature {
+            InputSignature::Text { .. } => ("prompts", "rows", req.prompts.len(), req.rows.len()),
+            InputSignature::Tabular { .. } => {
+                ("rows", "prompts", req.rows.len(), req.prompts.len())
             }
         };
+        if stray > 0 {
+            return Err(FieldError::new(
+                unwanted,
+                format!("this model takes `{wanted}`, not `{unwanted}`"),
+            )
+            .to_status());
+        }
+        if sent == 0 {
+            return Err(FieldError::new(wanted, "needs at least one input").to_status());
+        }
+        // One check for every element, the one single inputs and the gateway run too.
+        let inputs = req
+            .prompts
+            .iter()
+            .map(|p| Input::from_proto(p, &[]))
+            .chain(req.rows.iter().map(|r| Input::from_proto("", &r.features)));
+        let errors = signature.check_all(inputs, |i, field| match field {
+            "prompt" => format!("prompts[{i}]"),
+            _ => format!("rows[{i}].{field}"),
+        });
+        if !errors.is_empty() {
+            return Err(invalid_argument(&errors));
+        }
+        let rows = req.rows.into_iter().map(|r| r.features).collect();
+        let prompts = req.prompts;
         let predictions = self.run(&model, prompts, rows, deadline).await?;
         let results = predictions
             .iter()
@@ -239,10 +241,7 @@ impl ModelInference for InferenceService {
         &self,
         _request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        let models = self
-            .models
-            .get()
-            .ok_or_else(|| Status::unavailable("models are still loading"))?;
+        let models = self.loaded()?;
         Ok(Response::new(ListModelsResponse {
             models: models.values().map(|m| m.spec.info()).collect(),
         }))
@@ -292,12 +291,20 @@ fn respond<T>(result: Result<T, Status>, request_id: &str) -> Result<Response<T>
     }
 }
 
-fn batch_status(e: BatchError) -> Status {
+/// A batcher refusal as a status of the shared table; a too-large call names the model's
+/// batch field.
+fn batch_status(e: BatchError, signature: InputSignature) -> Status {
     match e {
-        BatchError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
-        BatchError::TooManyInputs { .. } => Status::invalid_argument(format!("inputs: {e}")),
-        BatchError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
-        BatchError::Closed => Status::unavailable(e.to_string()),
+        BatchError::QueueFull { .. } => ErrorKind::Overloaded.status(e.to_string()),
+        BatchError::TooManyInputs { .. } => {
+            let field = match signature {
+                InputSignature::Text { .. } => "prompts",
+                InputSignature::Tabular { .. } => "rows",
+            };
+            FieldError::new(field, e.to_string()).to_status()
+        }
+        BatchError::DeadlineExceeded => ErrorKind::DeadlineExceeded.status(e.to_string()),
+        BatchError::Closed => ErrorKind::Unavailable.status(e.to_string()),
         BatchError::Model(_) => internal("forward pass", &e),
     }
 }
@@ -305,7 +312,7 @@ fn batch_status(e: BatchError) -> Status {
 /// Logs the detail and answers INTERNAL without it.
 fn internal(what: &str, e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "{what} failed");
-    Status::internal(format!("{what} failed"))
+    ErrorKind::Internal.status(format!("{what} failed"))
 }
 
 fn millis(d: Duration) -> f64 {

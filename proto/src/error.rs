@@ -1,9 +1,12 @@
 //! One table of error kinds: each maps to exactly one HTTP status and one gRPC code.
-//! The gateway turns worker gRPC codes back into kinds with [`ErrorKind::from_grpc`].
+//! The worker builds every gRPC status from it ([`ErrorKind::status`], [`invalid_argument`]);
+//! the gateway turns worker codes back into kinds with [`ErrorKind::from_grpc`] and reads
+//! the fields at fault from the status details ([`field_errors`]), never from its text.
 
 use std::fmt;
 
-use tonic::Code;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 /// Every way a request can fail, as seen by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +72,12 @@ impl ErrorKind {
             Self::Cancelled => Code::Cancelled,
             Self::BadGateway | Self::Internal => Code::Internal,
         }
+    }
+
+    /// A gRPC status of this kind. Invalid inputs use [`invalid_argument`] instead, which
+    /// also names the fields.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        Status::new(self.grpc_code(), message)
     }
 
     /// How the gateway classifies a gRPC code returned by a worker.
@@ -147,9 +156,46 @@ impl FieldError {
     }
 
     /// The gRPC status the worker answers with: INVALID_ARGUMENT naming the field.
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::invalid_argument(self.to_string())
+    pub fn to_status(&self) -> Status {
+        invalid_argument(std::slice::from_ref(self))
     }
+
+    /// One line for all of `errors`: the error itself when there is one, else a count.
+    pub fn summary(errors: &[FieldError]) -> String {
+        match errors {
+            [one] => one.to_string(),
+            many => format!("{} fields are invalid", many.len()),
+        }
+    }
+}
+
+/// INVALID_ARGUMENT carrying every field at fault as `google.rpc.BadRequest` field
+/// violations in the status details (the standard rich error model), so clients read the
+/// fields from structure instead of splitting the message.
+pub fn invalid_argument(errors: &[FieldError]) -> Status {
+    let violations = errors
+        .iter()
+        .map(|e| FieldViolation::new(e.field.clone(), e.message.clone()))
+        .collect::<Vec<_>>();
+    Status::with_error_details(
+        ErrorKind::InvalidArgument.grpc_code(),
+        FieldError::summary(errors),
+        ErrorDetails::with_bad_request(violations),
+    )
+}
+
+/// The `google.rpc.BadRequest` field violations a status carries; empty when it has none
+/// (or its details cannot be decoded).
+pub fn field_errors(status: &Status) -> Vec<FieldError> {
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|v| FieldError::new(v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl fmt::Display for FieldError {
@@ -185,9 +231,42 @@ mod tests {
     }
 
     #[test]
-    fn field_error_names_the_field() {
+    fn field_errors_travel_as_bad_request_details() {
         let status = FieldError::new("features[1]", "must be finite").to_status();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "features[1]: must be finite");
+        assert_eq!(
+            field_errors(&status),
+            [FieldError::new("features[1]", "must be finite")]
+        );
+        // Through the wire form (grpc-status-details-bin) and back.
+        let mut header = http::HeaderMap::new();
+        status.add_header(&mut header).unwrap();
+        let decoded = Status::from_header_map(&header).unwrap();
+        assert_eq!(
+            field_errors(&decoded),
+            [FieldError::new("features[1]", "must be finite")]
+        );
+
+        let two = invalid_argument(&[
+            FieldError::new("prompt", "empty"),
+            FieldError::new("features", "not for text"),
+        ]);
+        assert_eq!(two.message(), "2 fields are invalid");
+        assert_eq!(field_errors(&two).len(), 2);
+        // A status without details names no field, whatever its text says.
+        let plain = Status::invalid_argument("features[1]: must be finite");
+        assert!(field_errors(&plain).is_empty());
+    }
+
+    #[test]
+    fn statuses_come_from_the_table() {
+        for kind in [
+            ErrorKind::NotFound,
+            ErrorKind::Overloaded,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(kind.status("x").code(), kind.grpc_code());
+        }
     }
 }

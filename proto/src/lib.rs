@@ -1,8 +1,12 @@
-//! The InferenceHub contract: generated gRPC code for `inferencehub.v1`, the input
-//! signature checks both sides run, and the one error taxonomy that maps every failure to
-//! an HTTP status and a gRPC code.
+//! The InferenceHub contract, shared by the gateway functions and the worker: generated
+//! gRPC code for `inferencehub.v1` ([`pb`]), the input signature check both sides run on
+//! single and batch inputs alike ([`signature`]), the one error taxonomy that maps every
+//! failure to an HTTP status and a gRPC code and carries field violations as
+//! `google.rpc.BadRequest` details ([`error`]), and the configuration conventions both
+//! sides follow ([`settings`]).
 
 pub mod error;
+pub mod settings;
 pub mod signature;
 
 /// Generated prost messages and tonic client/server for `proto/inference.proto`.
@@ -11,8 +15,8 @@ pub mod pb {
     tonic::include_proto!("inferencehub.v1");
 }
 
-pub use error::{ErrorKind, FieldError};
-pub use signature::InputSignature;
+pub use error::{ErrorKind, FieldError, field_errors, invalid_argument};
+pub use signature::{Input, InputSignature};
 
 /// Metadata key that carries the request id between gateway and worker.
 pub const REQUEST_ID_METADATA: &str = "x-request-id";

@@ -34,27 +34,75 @@ impl InputSignature {
         }
     }
 
-    /// Checks one input given as the proto's `features` and `prompt` fields.
-    pub fn check(&self, features: &[f32], prompt: &str) -> Result<(), FieldError> {
+    /// Checks one input. `field` turns a field name of the input (`prompt`, `features`)
+    /// into its path in the caller's request (`prompt`, `inputs[3].prompt`, `rows[3].features`),
+    /// so single and batch inputs, gateway and worker, run this one check.
+    pub fn check(
+        &self,
+        input: Input<'_>,
+        field: impl Fn(&str) -> String,
+    ) -> Result<(), FieldError> {
         match *self {
             Self::Text { max_prompt_bytes } => {
-                if !features.is_empty() {
+                if input.features.is_some() {
                     return Err(FieldError::new(
-                        "features",
+                        field("features"),
                         "this is a text model: send `prompt`, not `features`",
                     ));
                 }
-                check_prompt("prompt", prompt, max_prompt_bytes)
+                check_prompt(
+                    &field("prompt"),
+                    input.prompt.unwrap_or(""),
+                    max_prompt_bytes,
+                )
             }
             Self::Tabular { feature_count } => {
-                if !prompt.is_empty() {
+                if input.prompt.is_some() {
                     return Err(FieldError::new(
-                        "prompt",
+                        field("prompt"),
                         "this is a tabular model: send `features`, not `prompt`",
                     ));
                 }
-                check_features("features", features, feature_count)
+                check_features(
+                    &field("features"),
+                    input.features.unwrap_or(&[]),
+                    feature_count,
+                )
             }
+        }
+    }
+
+    /// Checks every input of a batch in order; `field(i, name)` gives the path of field
+    /// `name` of input `i`. Returns every problem found (empty when all pass).
+    pub fn check_all<'a>(
+        &self,
+        inputs: impl IntoIterator<Item = Input<'a>>,
+        field: impl Fn(usize, &str) -> String,
+    ) -> Vec<FieldError> {
+        inputs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, input)| self.check(input, |name| field(i, name)).err())
+            .collect()
+    }
+}
+
+/// One input as the caller sent it: `None` where a field was absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Input<'a> {
+    /// The text, if sent.
+    pub prompt: Option<&'a str>,
+    /// The features, if sent.
+    pub features: Option<&'a [f32]>,
+}
+
+impl<'a> Input<'a> {
+    /// From the proto's fields, where proto3 cannot tell empty from absent: an empty value
+    /// counts as absent.
+    pub fn from_proto(prompt: &'a str, features: &'a [f32]) -> Self {
+        Self {
+            prompt: (!prompt.is_empty()).then_some(prompt),
+            features: (!features.is_empty()).then_some(features),
         }
     }
 }
@@ -111,25 +159,53 @@ mod tests {
         r.expect_err("should be rejected").field
     }
 
+    fn check(sig: InputSignature, features: &[f32], prompt: &str) -> Result<(), FieldError> {
+        sig.check(Input::from_proto(prompt, features), str::to_string)
+    }
+
     #[test]
     fn text_inputs() {
-        assert!(TEXT.check(&[], "hello").is_ok());
-        assert_eq!(field_of(TEXT.check(&[], "")), "prompt");
-        assert_eq!(field_of(TEXT.check(&[], "  \n")), "prompt");
-        assert_eq!(field_of(TEXT.check(&[], &"x".repeat(17))), "prompt");
-        assert_eq!(field_of(TEXT.check(&[1.0], "hello")), "features");
+        assert!(check(TEXT, &[], "hello").is_ok());
+        assert_eq!(field_of(check(TEXT, &[], "")), "prompt");
+        assert_eq!(field_of(check(TEXT, &[], "  \n")), "prompt");
+        assert_eq!(field_of(check(TEXT, &[], &"x".repeat(17))), "prompt");
+        assert_eq!(field_of(check(TEXT, &[1.0], "hello")), "features");
     }
 
     #[test]
     fn tabular_inputs() {
-        assert!(TABULAR.check(&[1.0, -2.0], "").is_ok());
-        assert_eq!(field_of(TABULAR.check(&[], "")), "features");
-        assert_eq!(field_of(TABULAR.check(&[1.0], "")), "features");
-        assert_eq!(field_of(TABULAR.check(&[1.0, f32::NAN], "")), "features[1]");
+        assert!(check(TABULAR, &[1.0, -2.0], "").is_ok());
+        assert_eq!(field_of(check(TABULAR, &[], "")), "features");
+        assert_eq!(field_of(check(TABULAR, &[1.0], "")), "features");
         assert_eq!(
-            field_of(TABULAR.check(&[f32::INFINITY, 0.0], "")),
+            field_of(check(TABULAR, &[1.0, f32::NAN], "")),
+            "features[1]"
+        );
+        assert_eq!(
+            field_of(check(TABULAR, &[f32::INFINITY, 0.0], "")),
             "features[0]"
         );
-        assert_eq!(field_of(TABULAR.check(&[1.0, 2.0], "hi")), "prompt");
+        assert_eq!(field_of(check(TABULAR, &[1.0, 2.0], "hi")), "prompt");
+    }
+
+    #[test]
+    fn batches_name_each_element() {
+        let rows: [&[f32]; 3] = [&[1.0, 2.0], &[1.0], &[f32::NAN, 0.0]];
+        let errors = TABULAR.check_all(
+            rows.iter().map(|r| Input {
+                features: Some(r),
+                ..Input::default()
+            }),
+            |i, f| format!("inputs[{i}].{f}"),
+        );
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["inputs[1].features", "inputs[2].features[0]"]);
+        // Presence, not emptiness, decides what was sent: an empty prompt for a tabular
+        // model is still a prompt.
+        let sent = Input {
+            prompt: Some(""),
+            features: Some(&[1.0, 2.0]),
+        };
+        assert_eq!(field_of(TABULAR.check(sent, str::to_string)), "prompt");
     }
 }

@@ -1,19 +1,12 @@
-//! Lambda function `health`: `GET /healthz` (no auth).
+//! Lambda function `health`: GET /healthz (no auth).
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use inferencehub_functions::gateway::HealthHandler;
-use lambda_http::{Error, Request, service_fn};
+use inferencehub_functions::config::{HealthConfig, from_env};
+use inferencehub_functions::routes::Health;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_http::Error> {
     inferencehub_functions::init_tracing();
     // Built once per cold start; warm invocations reuse the clients and connections.
-    let handler = Arc::new(HealthHandler::from_env().await?);
-    lambda_http::run(service_fn(move |req: Request| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req).await) }
-    }))
-    .await
+    let handler = Health::connect(from_env::<HealthConfig>()?).await?;
+    inferencehub_functions::run(handler).await
 }

@@ -1,19 +1,12 @@
-//! Lambda function `models`: `GET /v1/models` and `GET /v1/models/{name}`.
+//! Lambda function `models`: GET /v1/models and GET /v1/models/{name}.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use inferencehub_functions::gateway::ModelsHandler;
-use lambda_http::{Error, Request, service_fn};
+use inferencehub_functions::config::{ModelsConfig, from_env};
+use inferencehub_functions::routes::Models;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_http::Error> {
     inferencehub_functions::init_tracing();
     // Built once per cold start; warm invocations reuse the clients and connections.
-    let handler = Arc::new(ModelsHandler::from_env().await?);
-    lambda_http::run(service_fn(move |req: Request| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req).await) }
-    }))
-    .await
+    let handler = Models::connect(from_env::<ModelsConfig>()?).await?;
+    inferencehub_functions::run(handler).await
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use inferencehub_devkit::certs::{self, CertPaths};
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
-use inferencehub_worker::certs::{self, CertPaths};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};

@@ -1,12 +1,13 @@
 //! Development signing keys and tokens: key pairs for ES256 (the default), RS256 and
-//! EdDSA, their JWKS, and token minting. Used by `mint-dev-token`, `make dev` and tests;
-//! production keys live with the identity provider.
+//! EdDSA, their JWKS, and token minting. Used by `inferencehub-dev mint-token`, `make dev`
+//! and tests; production keys live with the identity provider.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, PKCS_RSA_SHA256, RsaKeySize};
 use serde_json::{Value, json};
@@ -28,73 +29,26 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Reads one DER TLV: (tag, contents, rest).
-fn der_tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = buf.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// Modulus and exponent of a DER `RSAPublicKey` (PKCS#1).
-fn rsa_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (0x30, seq, _) = der_tlv(der)? else {
-        return None;
-    };
-    let (0x02, n, rest) = der_tlv(seq)? else {
-        return None;
-    };
-    let (0x02, e, _) = der_tlv(rest)? else {
-        return None;
-    };
-    Some((strip_leading_zeros(n), strip_leading_zeros(e)))
-}
-
-/// DER integers carry a leading zero when the top bit is set; JWK values do not.
-fn strip_leading_zeros(v: &[u8]) -> &[u8] {
-    let zeros = v.iter().take_while(|b| **b == 0).count();
-    &v[zeros.min(v.len().saturating_sub(1))..]
-}
-
 impl SigningKey {
     /// A new random key for `alg` (ES256, RS256 or EdDSA).
     pub fn generate(alg: Algorithm, kid: &str) -> anyhow::Result<Self> {
-        let (pair, jwk) = match alg {
-            Algorithm::ES256 => {
-                let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-                let raw = pair.public_key_raw();
-                if raw.len() != 65 || raw[0] != 4 {
-                    bail!("unexpected P-256 public key encoding");
-                }
-                let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..])});
-                (pair, jwk)
-            }
-            Algorithm::EdDSA => {
-                let pair = KeyPair::generate_for(&PKCS_ED25519)?;
-                let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key_raw())});
-                (pair, jwk)
-            }
-            Algorithm::RS256 => {
-                let pair = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048)?;
-                let jwk = {
-                    let (n, e) = rsa_components(pair.public_key_raw())
-                        .context("unexpected RSA public key encoding")?;
-                    json!({"kty": "RSA", "n": b64(n), "e": b64(e)})
-                };
-                (pair, jwk)
-            }
+        let pair = match alg {
+            Algorithm::ES256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+            Algorithm::EdDSA => KeyPair::generate_for(&PKCS_ED25519)?,
+            Algorithm::RS256 => KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048)?,
             other => bail!("{other:?} keys are not supported; use ES256, RS256 or EdDSA"),
+        };
+        let private_pem = pair.serialize_pem();
+        let jwk = match alg {
+            // jsonwebtoken derives RSA and EC public JWKs from the private key itself, but
+            // not Ed25519 ones: that public key is the raw 32 bytes.
+            Algorithm::EdDSA => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key_raw())})
+            }
+            _ => {
+                let key = encoding_key(alg, &private_pem)?;
+                serde_json::to_value(Jwk::from_encoding_key(&key, alg)?)?
+            }
         };
         let mut jwk = jwk;
         jwk["kid"] = json!(kid);
@@ -103,17 +57,8 @@ impl SigningKey {
         Ok(Self {
             kid: kid.to_string(),
             alg,
-            private_pem: pair.serialize_pem(),
+            private_pem,
             jwk,
-        })
-    }
-
-    fn encoding_key(&self) -> anyhow::Result<EncodingKey> {
-        let pem = self.private_pem.as_bytes();
-        Ok(match self.alg {
-            Algorithm::ES256 => EncodingKey::from_ec_pem(pem)?,
-            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem)?,
-            _ => EncodingKey::from_rsa_pem(pem)?,
         })
     }
 
@@ -124,9 +69,18 @@ impl SigningKey {
         Ok(jsonwebtoken::encode(
             &header,
             claims,
-            &self.encoding_key()?,
+            &encoding_key(self.alg, &self.private_pem)?,
         )?)
     }
+}
+
+fn encoding_key(alg: Algorithm, private_pem: &str) -> anyhow::Result<EncodingKey> {
+    let pem = private_pem.as_bytes();
+    Ok(match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem)?,
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem)?,
+        _ => EncodingKey::from_rsa_pem(pem)?,
+    })
 }
 
 /// A JWKS document holding the public halves of `keys`.

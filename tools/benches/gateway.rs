@@ -1,6 +1,6 @@
 //! Gateway benchmark (release build; `make bench-gateway`, needs `make models dynalite`).
 //!
-//! 1. The functions' own cost per request: `PredictHandler::handle` in-process with a
+//! 1. The functions' own cost per request: the predict handler (inside the shared layers) in-process with a
 //!    worker stub that answers instantly and the in-memory limiter, so what is measured
 //!    is auth (signature check) + body parsing + validation + JSON encoding, no network.
 //! 2. End to end: real HTTP through the gateway (auth, dynalite rate limit, mTLS gRPC) vs
@@ -14,20 +14,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{AUDIENCE, ISSUER, Options, Stack};
+use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::Authenticator;
 use inferencehub_functions::catalog::Catalog;
 use inferencehub_functions::config::{
     ApiConfig, AuthConfig, JwksSource, LimiterBackend, RateLimitConfig,
 };
-use inferencehub_functions::devkeys::{SigningKey, claims, jwks};
-use inferencehub_functions::gateway::PredictHandler;
+use inferencehub_functions::layers::serve;
 use inferencehub_functions::ratelimit::MemoryLimiter;
+use inferencehub_functions::routes::Predict;
 use inferencehub_functions::worker::{Worker, WorkerError};
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{
     LabelScore, ModelInfo, ModelKind, PredictBatchRequest, PredictBatchResponse, PredictRequest,
     PredictResponse,
 };
+use inferencehub_proto::settings::WorkerClientTls;
 use jsonwebtoken::Algorithm;
 use lambda_http::Body;
 
@@ -94,16 +96,13 @@ async fn own_cost(alg: Algorithm, body: &str, n: usize) -> Vec<Duration> {
     let key = SigningKey::generate(alg, "bench").unwrap();
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, jwks(&[&key]).to_string()).unwrap();
-    let handler = PredictHandler {
+    let handler = Predict {
         auth: Arc::new(
-            Authenticator::new(AuthConfig {
-                issuer: ISSUER.into(),
-                audience: AUDIENCE.into(),
-                jwks: JwksSource::File(jwks_file),
-                leeway_secs: 5,
-                tier_claim: "tier".into(),
-                refetch_interval: Duration::from_secs(60),
-            })
+            Authenticator::new(AuthConfig::new(
+                ISSUER,
+                AUDIENCE,
+                JwksSource::File(jwks_file),
+            ))
             .await
             .unwrap(),
         ),
@@ -136,7 +135,7 @@ async fn own_cost(alg: Algorithm, body: &str, n: usize) -> Vec<Duration> {
             .body(Body::Text(body.to_string()))
             .unwrap();
         let t = Instant::now();
-        let response = handler.handle(req).await;
+        let response = serve(&handler, req).await;
         let elapsed = t.elapsed();
         assert_eq!(response.status(), 200);
         if i >= 200 {
@@ -189,10 +188,7 @@ async fn main() {
     let certs = &stack.certs;
     let channel = inferencehub_worker::client::connect(
         &format!("https://{}", worker.grpc_addr),
-        &certs.ca,
-        &certs.client_cert,
-        &certs.client_key,
-        "localhost",
+        &WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key),
         Duration::from_secs(30),
     )
     .await

@@ -1,4 +1,4 @@
-//! A real local stack for the gateway tests: dynalite (a DynamoDB-compatible server), the
+//! A real local stack for the whole-stack tests: dynalite (a DynamoDB-compatible server), the
 //! worker with the demo models over mTLS (certificates generated here), signing keys
 //! generated here, and the gateway's handlers served over real HTTP.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -8,20 +8,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use inferencehub_devkit::certs::{self, CertPaths};
+use inferencehub_devkit::dynamo::{Dynalite, local_client};
+use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::Authenticator;
 use inferencehub_functions::catalog::Catalog;
 use inferencehub_functions::config::{
     ApiConfig, AuthConfig, JwksSource, LimiterBackend, RateLimitConfig, WorkerConfig,
 };
-use inferencehub_functions::devkeys::{SigningKey, claims, jwks};
-use inferencehub_functions::gateway::{Gateway, HealthHandler, ModelsHandler, PredictHandler};
-use inferencehub_functions::ratelimit::{DynamoLimiter, ensure_table, local_client};
+use inferencehub_functions::ratelimit::DynamoLimiter;
+use inferencehub_functions::routes::{App, Health, Models, Predict};
 use inferencehub_functions::worker::GrpcWorker;
-use inferencehub_worker::certs::{self, CertPaths};
+use inferencehub_proto::settings::WorkerClientTls;
 use inferencehub_worker::config::{LogFormat, ServeArgs};
 use inferencehub_worker::server::{self, RunningWorker};
 use jsonwebtoken::Algorithm;
-use tokio::process::{Child, Command};
 
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "inferencehub-test";
@@ -37,48 +38,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A dynalite process on a free port, killed on drop.
-pub struct Dynalite {
-    pub endpoint: String,
-    _child: Child,
-}
-
-impl Dynalite {
-    pub async fn start() -> Dynalite {
-        let bin = root().join("localstack/node_modules/.bin/dynalite");
-        assert!(
-            bin.exists(),
-            "{} missing: run `npm ci --prefix localstack` (make test does)",
-            bin.display()
-        );
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let endpoint = format!("http://127.0.0.1:{port}");
-        ensure_table(&local_client(&endpoint, Duration::from_secs(5)), TABLE)
-            .await
-            .unwrap();
-        Dynalite {
-            endpoint,
-            _child: child,
-        }
-    }
 }
 
 /// Keys: three in the JWKS (one per algorithm) and one that is not.
@@ -137,7 +96,7 @@ impl Default for Options {
     }
 }
 
-pub type LocalGateway = Gateway<DynamoLimiter, GrpcWorker>;
+pub type LocalGateway = App<DynamoLimiter, GrpcWorker>;
 
 pub struct Stack {
     pub url: String,
@@ -177,14 +136,12 @@ pub async fn start_worker(certs: &CertPaths) -> RunningWorker {
 
 pub fn worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
     WorkerConfig {
-        addrs: vec![addr.to_string()],
-        ca_pem: std::fs::read(&certs.ca).unwrap(),
-        cert_pem: std::fs::read(&certs.client_cert).unwrap(),
-        key_pem: std::fs::read(&certs.client_key).unwrap(),
-        server_name: "localhost".into(),
         timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_millis(500),
-        idle_rebuild: Duration::from_secs(60),
+        ..WorkerConfig::new(
+            vec![addr.to_string()],
+            WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key),
+        )
     }
 }
 
@@ -205,19 +162,15 @@ impl Stack {
         let (dynalite, endpoint) = if options.dynamo_down {
             (None, format!("http://127.0.0.1:{}", free_port()))
         } else {
-            let d = Dynalite::start().await;
+            let d = Dynalite::start(TABLE).await.unwrap();
             let e = d.endpoint.clone();
             (Some(d), e)
         };
 
         let auth = Arc::new(
             Authenticator::new(AuthConfig {
-                issuer: ISSUER.into(),
-                audience: AUDIENCE.into(),
-                jwks: JwksSource::File(keys.jwks_file.clone()),
                 leeway_secs: 5,
-                tier_claim: "tier".into(),
-                refetch_interval: Duration::from_secs(60),
+                ..AuthConfig::new(ISSUER, AUDIENCE, JwksSource::File(keys.jwks_file.clone()))
             })
             .await
             .unwrap(),
@@ -235,8 +188,8 @@ impl Stack {
             timeout: Duration::from_millis(800),
         };
         let api = ApiConfig::default();
-        let gateway = Gateway {
-            predict: PredictHandler {
+        let gateway = App {
+            predict: Predict {
                 auth: auth.clone(),
                 limiter: DynamoLimiter::new(local_client(&endpoint, limits.timeout), TABLE),
                 worker: worker_client.clone(),
@@ -244,19 +197,19 @@ impl Stack {
                 limits,
                 api: api.clone(),
             },
-            models: ModelsHandler {
+            models: Models {
                 auth,
                 worker: worker_client.clone(),
                 catalog: Catalog::new(api.catalog_ttl),
             },
-            health: HealthHandler {
+            health: Health {
                 worker: worker_client,
             },
         };
         let gateway = Arc::new(gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(inferencehub_functions::local::serve(
+        tokio::spawn(inferencehub_tools::gateway::serve(
             listener,
             gateway.clone(),
             std::future::pending(),

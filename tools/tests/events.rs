@@ -8,12 +8,13 @@ mod common;
 use std::path::Path;
 
 use common::{Options, Stack};
+use inferencehub_functions::layers::serve;
 
 #[tokio::test]
 async fn sample_events_get_their_documented_status() {
     let stack = Stack::start(Options::default()).await;
     let token = stack.keys.token("events", "predict");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("events");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/events");
     let expected = [
         ("predict-sentiment.json", 200),
         ("predict-iris.json", 200),
@@ -41,12 +42,13 @@ async fn sample_events_get_their_documented_status() {
         let request = lambda_http::request::from_str(&text)
             .unwrap_or_else(|e| panic!("{name} is not a valid API Gateway event: {e}"));
         let gw = &stack.gateway;
+        // Each event goes to its function's handler directly, as Lambda would invoke it.
         let response = if name.starts_with("predict") {
-            gw.predict.handle(request).await
+            serve(&gw.predict, request).await
         } else if name.starts_with("model") {
-            gw.models.handle(request).await
+            serve(&gw.models, request).await
         } else {
-            gw.health.handle(request).await
+            serve(&gw.health, request).await
         };
         assert_eq!(
             response.status().as_u16(),

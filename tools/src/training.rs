@@ -13,9 +13,11 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, loss};
 
-use crate::backend::tabular::{CONFIG_FILE, MlpClassifier, TabularConfig};
-use crate::backend::text::{HEAD_FILE, HeadConfig, load_body, load_tokenizer, write_head};
-use crate::backend::{ModelInput, prepare_input};
+use inferencehub_worker::backend::tabular::{CONFIG_FILE, MlpClassifier, TabularConfig};
+use inferencehub_worker::backend::text::{
+    HEAD_FILE, HeadConfig, load_body, load_tokenizer, write_head,
+};
+use inferencehub_worker::backend::{ModelInput, prepare_input};
 
 /// Accuracy of a trained model on its two splits.
 #[derive(Debug, Clone)]

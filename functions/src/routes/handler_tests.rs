@@ -1,0 +1,329 @@
+//! The handlers' own logic at their seams, with in-memory fakes for the worker and the
+//! limiter (no DynamoDB, no candle): auth failures, validation, rate limits, worker errors
+//! mapped to statuses, and the shared layer's headers on every route.
+
+use http::HeaderMap;
+use inferencehub_proto::{FieldError, invalid_argument};
+use lambda_http::{Body, Request};
+use serde_json::Value;
+use tonic::{Code, Status};
+
+use crate::fakes::{FakeLimiter, FakeWorker, TestApp};
+use crate::ratelimit::MemoryLimiter;
+use crate::worker::WorkerError;
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    fn fields(&self) -> Vec<&str> {
+        self.body["errors"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["field"].as_str().unwrap()).collect())
+            .unwrap_or_default()
+    }
+}
+
+async fn call(app: &TestApp, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-request-id", "req-7");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req: Request = req.body(Body::Text(body.to_string())).unwrap();
+    let response = app.app.handle(req).await;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body: Value = match response.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    if status >= 400 {
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(body["status"], status);
+        assert_eq!(body["request_id"], "req-7");
+    }
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A predict call with a plain `predict` token.
+async fn predict(app: &TestApp, body: &str) -> Answer {
+    call(
+        app,
+        "POST",
+        "/v1/predict",
+        Some(&app.token("predict")),
+        body,
+    )
+    .await
+}
+
+const IRIS: &str = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+
+fn calls(app: &TestApp) -> usize {
+    app.worker.calls.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn every_route_gets_the_shared_headers() {
+    let app = TestApp::with_worker(FakeWorker::default());
+    let token = app.token("predict");
+    for (method, path, auth) in [
+        ("POST", "/v1/predict", true),
+        ("GET", "/v1/models", true),
+        ("GET", "/v1/models/iris", true),
+        ("GET", "/healthz", false),
+        ("GET", "/v1/predict", true),
+        ("GET", "/nowhere", true),
+    ] {
+        let a = call(&app, method, path, auth.then_some(token.as_str()), IRIS).await;
+        assert_eq!(a.header("x-request-id"), "req-7", "{method} {path}");
+        if a.status != 404 {
+            assert!(
+                a.header("server-timing").contains("total;dur="),
+                "{method} {path}"
+            );
+        }
+    }
+    let a = call(&app, "GET", "/v1/predict", Some(&token), "").await;
+    assert_eq!((a.status, a.header("allow")), (405, "POST"));
+    assert_eq!(call(&app, "GET", "/nowhere", None, "").await.status, 404);
+    let a = call(&app, "GET", "/healthz", None, "").await;
+    assert_eq!((a.status, a.header("cache-control")), (200, "no-store"));
+    assert_eq!(call(&app, "HEAD", "/healthz", None, "").await.status, 200);
+    let a = call(&app, "POST", "/v1/predict", Some(&token), IRIS).await;
+    assert_eq!(a.status, 200);
+    for step in ["auth;dur=", "ratelimit;dur=", "worker;dur=", "total;dur="] {
+        assert!(
+            a.header("server-timing").contains(step),
+            "{}",
+            a.header("server-timing")
+        );
+    }
+    assert_eq!(a.body["request_id"], "req-7");
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused_before_any_work() {
+    let app = TestApp::with_worker(FakeWorker::default());
+    let a = call(&app, "POST", "/v1/predict", None, IRIS).await;
+    assert_eq!(
+        (a.status, a.header("www-authenticate")),
+        (401, "Bearer realm=\"inferencehub\"")
+    );
+    for token in ["garbage", &app.token("predict")[..40]] {
+        let a = call(&app, "POST", "/v1/predict", Some(token), IRIS).await;
+        assert_eq!(a.status, 401);
+        assert!(a.header("www-authenticate").contains("invalid_token"));
+    }
+    let a = call(&app, "POST", "/v1/predict", Some(&app.token("read")), IRIS).await;
+    assert_eq!(a.status, 403);
+    assert!(a.header("www-authenticate").contains("insufficient_scope"));
+    // A token restricted to other models may not use this one.
+    let a = call(
+        &app,
+        "POST",
+        "/v1/predict",
+        Some(&app.token("predict model:sentiment")),
+        IRIS,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert!(
+        a.header("www-authenticate")
+            .contains("scope=\"model:iris\"")
+    );
+    let a = call(&app, "GET", "/v1/models", Some("garbage"), "").await;
+    assert_eq!(a.status, 401);
+    assert_eq!(calls(&app), 0);
+}
+
+#[tokio::test]
+async fn invalid_bodies_name_the_field_and_use_no_quota() {
+    let app = TestApp::with_worker(FakeWorker::default());
+    let token = app.token("predict");
+    for (body, field) in [
+        ("", "body"),
+        (
+            r#"{"model_name":"iris","features":[1,2,3,4],"extra":1}"#,
+            "extra",
+        ),
+        (
+            r#"{"model_name":"iris","model_name":"iris","features":[1,2,3,4]}"#,
+            "model_name",
+        ),
+        (
+            r#"{"model_name":"iris","features":[1,2,null,4]}"#,
+            "features[2]",
+        ),
+        (r#"{"model_name":"iris","features":[1,2,3]}"#, "features"),
+        (
+            r#"{"model_name":"sentiment","inputs":[{"prompt":"ok"},{"prompt":7}]}"#,
+            "inputs[1].prompt",
+        ),
+        (
+            r#"{"model_name":"sentiment","inputs":[{"prompt":"ok"},{"prompt":" "}]}"#,
+            "inputs[1].prompt",
+        ),
+    ] {
+        let a = call(&app, "POST", "/v1/predict", Some(&token), body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert_eq!(a.fields(), [field], "{body}");
+        assert_eq!(a.header("ratelimit"), "", "{body}: no quota used");
+    }
+    let a = call(
+        &app,
+        "POST",
+        "/v1/predict",
+        Some(&token),
+        r#"{"model_name":"nope","prompt":"x"}"#,
+    )
+    .await;
+    assert_eq!((a.status, a.fields()), (404, vec!["model_name"]));
+    assert_eq!(calls(&app), 0);
+}
+
+#[tokio::test]
+async fn the_limit_answers_429_with_retry_after() {
+    let app = TestApp::new(
+        FakeWorker::default(),
+        FakeLimiter::Memory(MemoryLimiter::default()),
+        2,
+        false,
+    );
+    let token = app.token("predict");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let a = call(&app, "POST", "/v1/predict", Some(&token), IRIS).await;
+        statuses.push(a.status);
+        if a.status == 429 {
+            assert!(a.header("retry-after").parse::<u64>().unwrap() >= 1);
+            assert!(
+                a.header("ratelimit").contains(";r=0;"),
+                "{}",
+                a.header("ratelimit")
+            );
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(calls(&app), 2);
+}
+
+#[tokio::test]
+async fn a_limiter_outage_fails_closed_unless_told_otherwise() {
+    let closed = TestApp::new(FakeWorker::default(), FakeLimiter::Down, 10, false);
+    let a = predict(&closed, IRIS).await;
+    assert_eq!((a.status, a.header("retry-after")), (503, "1"));
+    assert_eq!(calls(&closed), 0);
+    let open = TestApp::new(FakeWorker::default(), FakeLimiter::Down, 10, true);
+    let a = predict(&open, IRIS).await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn worker_errors_map_to_statuses() {
+    for (error, status, retry_after) in [
+        (
+            WorkerError::new(Code::ResourceExhausted, "queue full"),
+            503,
+            "1",
+        ),
+        (
+            WorkerError::new(Code::Unavailable, "tcp connect error 10.0.0.1"),
+            503,
+            "1",
+        ),
+        (
+            WorkerError::new(Code::DeadlineExceeded, "worker deadline passed"),
+            504,
+            "",
+        ),
+        (
+            WorkerError::new(Code::Internal, "CUDA out of memory at 0x7f"),
+            502,
+            "",
+        ),
+        (WorkerError::new(Code::NotFound, "gone"), 404, ""),
+    ] {
+        let message = error.message.clone();
+        let app = TestApp::with_worker(FakeWorker::failing(error));
+        let a = predict(&app, IRIS).await;
+        assert_eq!(a.status, status, "{message}");
+        assert_eq!(a.header("retry-after"), retry_after, "{message}");
+        assert!(
+            !a.body.to_string().contains(&message),
+            "internals leak: {}",
+            a.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_worker_bad_request_names_the_same_field() {
+    // The status as the worker builds it, through its wire form and back.
+    let wire = |errors: &[FieldError]| {
+        let mut headers = http::HeaderMap::new();
+        invalid_argument(errors).add_header(&mut headers).unwrap();
+        WorkerError::from_status(&Status::from_header_map(&headers).unwrap())
+    };
+    let app = TestApp::with_worker(FakeWorker::failing(wire(&[FieldError::new(
+        "features[2]",
+        "must be finite",
+    )])));
+    let a = predict(&app, IRIS).await;
+    assert_eq!((a.status, a.fields()), (400, vec!["features[2]"]));
+    assert_eq!(a.body["errors"][0]["message"], "must be finite");
+
+    // Batch fields come back in the request's terms.
+    let app = TestApp::with_worker(FakeWorker::failing(wire(&[FieldError::new(
+        "prompts[1]",
+        "too long",
+    )])));
+    let body = r#"{"model_name":"sentiment","inputs":[{"prompt":"a"},{"prompt":"b"}]}"#;
+    let a = predict(&app, body).await;
+    assert_eq!((a.status, a.fields()), (400, vec!["inputs[1].prompt"]));
+}
+
+#[tokio::test]
+async fn models_and_health_follow_the_worker() {
+    let app = TestApp::with_worker(FakeWorker::default());
+    let only_iris = app.token("predict model:iris");
+    let a = call(&app, "GET", "/v1/models", Some(&only_iris), "").await;
+    assert_eq!(a.body["models"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        call(&app, "GET", "/v1/models/sentiment", Some(&only_iris), "")
+            .await
+            .status,
+        404
+    );
+    let a = call(&app, "GET", "/v1/models/iris", Some(&only_iris), "").await;
+    assert_eq!(
+        (a.status, &a.body["input"]["features"]),
+        (200, &Value::from(4))
+    );
+
+    let down = TestApp::with_worker(FakeWorker {
+        down: true,
+        ..FakeWorker::default()
+    });
+    let a = call(&down, "GET", "/healthz", None, "").await;
+    assert_eq!((a.status, a.header("retry-after")), (503, "5"));
+    let a = call(&down, "GET", "/v1/models", Some(&down.token("predict")), "").await;
+    assert_eq!(a.status, 503);
+}

@@ -1,0 +1,54 @@
+//! `GET /healthz` (no auth): 200 when a worker answers SERVING, 503 otherwise.
+
+use http::header;
+use inferencehub_proto::ErrorKind;
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+
+use crate::config::HealthConfig;
+use crate::layers::{Context, Handler, json_response};
+use crate::problem::Problem;
+use crate::routes::Function;
+use crate::worker::{GrpcWorker, Worker};
+
+/// The health handler over a worker client.
+pub struct Health<W> {
+    /// Worker client.
+    pub worker: W,
+}
+
+impl Health<GrpcWorker> {
+    /// From its settings, connected: the cold-start path.
+    pub async fn connect(config: HealthConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            worker: GrpcWorker::connect(config.worker).await?,
+        })
+    }
+}
+
+impl<W: Worker> Handler for Health<W> {
+    const FUNCTION: Function = Function::Health;
+
+    async fn handle(&self, _req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
+        // Never cached, neither the 200 nor the 503.
+        cx.header(header::CACHE_CONTROL, "no-store");
+        match cx.time("worker", self.worker.serving()).await {
+            Ok(true) => Ok(json_response(
+                200,
+                &json!({"status": "ok", "worker": "SERVING"}),
+            )),
+            Ok(false) => Err(Problem::new(
+                ErrorKind::Unavailable,
+                "the model worker is not serving",
+            )
+            .retry_after(5)),
+            Err(e) => {
+                tracing::warn!(error = %e, "health check failed");
+                Err(
+                    Problem::new(ErrorKind::Unavailable, "the model worker cannot be reached")
+                        .retry_after(5),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `POST /v1/predict`: auth -> body checks and validation (against the cached catalogue) ->
+//! rate limit -> worker. Invalid requests never reach DynamoDB or the worker, a client's
+//! bug does not eat its quota, and unauthenticated requests are refused before any of it.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+use http::header;
+use inferencehub_proto::pb::PredictResponse;
+use inferencehub_proto::{ErrorKind, FieldError};
+use lambda_http::{Body, Request, Response};
+use serde_json::{Map, Value, json};
+
+use crate::auth::{Authenticator, Caller};
+use crate::catalog::Catalog;
+use crate::config::{ApiConfig, LimiterBackend, PredictConfig, RateLimitConfig};
+use crate::layers::{Context, Handler, json_response};
+use crate::problem::Problem;
+use crate::ratelimit::{
+    AnyLimiter, Decision, DynamoLimiter, MemoryLimiter, Policy, RateLimiter, StoreUnavailable,
+    policy_header, state_header,
+};
+use crate::request::{Validated, parse, validate};
+use crate::routes::{Function, caller};
+use crate::worker::{GrpcWorker, Worker};
+
+/// The predict handler over a rate limiter and a worker client.
+pub struct Predict<L, W> {
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// Rate limiting.
+    pub limiter: L,
+    /// Worker client.
+    pub worker: W,
+    /// Cached model catalogue.
+    pub catalog: Catalog,
+    /// Limits and tiers.
+    pub limits: RateLimitConfig,
+    /// Body and input limits.
+    pub api: ApiConfig,
+}
+
+impl Predict<AnyLimiter, GrpcWorker> {
+    /// Everything from its settings, connected: the cold-start path.
+    pub async fn connect(config: PredictConfig) -> anyhow::Result<Self> {
+        let PredictConfig {
+            auth,
+            limits,
+            worker,
+            api,
+        } = config;
+        let limiter = match limits.backend {
+            LimiterBackend::DynamoDb => AnyLimiter::Dynamo(DynamoLimiter::new(
+                DynamoLimiter::client_from_env(limits.timeout).await,
+                limits.table.clone(),
+            )),
+            LimiterBackend::Memory => {
+                tracing::warn!("in-memory rate limiter: limits are per process (development only)");
+                AnyLimiter::Memory(MemoryLimiter::default())
+            }
+        };
+        Ok(Self {
+            auth: Arc::new(Authenticator::new(auth).await?),
+            limiter,
+            worker: GrpcWorker::connect(worker).await?,
+            catalog: Catalog::new(api.catalog_ttl),
+            limits,
+            api,
+        })
+    }
+}
+
+fn scores(r: &PredictResponse) -> Map<String, Value> {
+    r.scores
+        .iter()
+        .map(|s| (s.label.clone(), json!(s.probability)))
+        .collect()
+}
+
+/// 413 when the declared or actual body is larger than `max` bytes.
+fn check_size(req: &Request, max: usize) -> Result<(), Problem> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) || req.body().len() > max {
+        return Err(Problem::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the body is larger than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+impl<L: RateLimiter, W: Worker> Predict<L, W> {
+    /// Parses and validates the body against the model the caller may use.
+    async fn validated(
+        &self,
+        req: &Request,
+        caller: &Caller,
+        cx: &mut Context,
+    ) -> Result<Validated, Problem> {
+        check_size(req, self.api.max_body_bytes)?;
+        let parsed = parse(req.body()).map_err(|e| Problem::invalid(vec![e]))?;
+        cx.metrics.model = Some(parsed.model_name.clone());
+        if !caller.may_use_model(&parsed.model_name) {
+            return Err(Problem::forbidden(
+                format!("this token may not use model {:?}", parsed.model_name),
+                &format!("model:{}", parsed.model_name),
+            ));
+        }
+        let model = self
+            .catalog
+            .model(&self.worker, &parsed.model_name)
+            .await
+            .map_err(|e| Problem::from_worker(&e))?
+            .ok_or_else(|| {
+                let mut p = Problem::new(
+                    ErrorKind::NotFound,
+                    format!("no model named {:?}", parsed.model_name),
+                );
+                p.errors = vec![FieldError::new(
+                    "model_name",
+                    "no such model (see GET /v1/models)",
+                )];
+                p
+            })?;
+        validate(
+            parsed,
+            &model,
+            self.api.max_prompt_bytes,
+            self.api.max_batch_inputs,
+        )
+        .map_err(Problem::invalid)
+    }
+
+    /// Lets the request through, or answers 429 / 503 (fail closed) for it.
+    fn admit(
+        &self,
+        decision: Result<Decision, StoreUnavailable>,
+        policy: &Policy,
+        caller: &Caller,
+        cx: &mut Context,
+    ) -> Result<(), Problem> {
+        match decision {
+            Ok(d) => {
+                cx.header(
+                    HeaderName::from_static("ratelimit"),
+                    state_header(policy, &d),
+                );
+                if d.allowed {
+                    return Ok(());
+                }
+                cx.metrics.rate_limited = true;
+                Err(Problem::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "rate limit of {} requests per {} s reached",
+                        policy.limit,
+                        policy.window.as_secs()
+                    ),
+                )
+                .retry_after(d.reset_secs))
+            }
+            Err(e) if self.limits.fail_open => {
+                tracing::warn!(error = %e, caller = %caller.sub, "rate-limit store unavailable; failing open");
+                cx.metrics.fail_open = true;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rate-limit store unavailable; failing closed");
+                Err(Problem::new(
+                    ErrorKind::Unavailable,
+                    "rate limiting is temporarily unavailable; retry shortly",
+                )
+                .retry_after(1))
+            }
+        }
+    }
+
+    /// Calls the worker and shapes its answer.
+    async fn predict(
+        &self,
+        validated: Validated,
+        request_id: &str,
+    ) -> Result<(Value, u32), Problem> {
+        match validated {
+            Validated::Single(mut message) => {
+                message.request_id = request_id.to_string();
+                let r = self
+                    .worker
+                    .predict(message, request_id)
+                    .await
+                    .map_err(|e| Problem::from_worker(&e))?;
+                let body = json!({
+                    "model_name": r.model_name, "model_version": r.model_version,
+                    "label": r.label, "probability": r.probability, "scores": scores(&r),
+                    "latency_ms": r.latency_ms, "request_id": request_id,
+                });
+                Ok((body, 1))
+            }
+            Validated::Batch(mut message) => {
+                message.request_id = request_id.to_string();
+                let r = self
+                    .worker
+                    .predict_batch(message, request_id)
+                    .await
+                    .map_err(|e| Problem::from_worker(&e))?;
+                let results: Vec<Value> = r
+                    .results
+                    .iter()
+                    .map(|p| json!({"label": p.label, "probability": p.probability, "scores": scores(p)}))
+                    .collect();
+                let body = json!({
+                    "model_name": r.model_name, "model_version": r.model_version,
+                    "results": results, "latency_ms": r.latency_ms, "request_id": request_id,
+                });
+                Ok((body, r.results.len() as u32))
+            }
+        }
+    }
+}
+
+impl<L: RateLimiter, W: Worker> Handler for Predict<L, W> {
+    const FUNCTION: Function = Function::Predict;
+
+    async fn handle(&self, req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
+        let caller = cx.time("auth", caller(&self.auth, &req)).await?;
+        if !caller.has_scope("predict") {
+            return Err(Problem::forbidden(
+                "the token lacks the `predict` scope",
+                "predict",
+            ));
+        }
+        let (tier, limit) = self.limits.limit_for(caller.tier.as_deref());
+        let policy = Policy {
+            name: tier,
+            limit,
+            window: self.limits.window,
+        };
+        cx.header(
+            HeaderName::from_static("ratelimit-policy"),
+            policy_header(&policy),
+        );
+        let validated = self.validated(&req, &caller, cx).await?;
+        let decision = cx
+            .time("ratelimit", self.limiter.check(&caller.sub, &policy))
+            .await;
+        self.admit(decision, &policy, &caller, cx)?;
+        let request_id = cx.request_id().to_string();
+        let (body, predictions) = cx
+            .time("worker", self.predict(validated, &request_id))
+            .await?;
+        cx.metrics.predictions = predictions;
+        Ok(json_response(200, &body))
+    }
+}
