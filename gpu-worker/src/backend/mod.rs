@@ -2,6 +2,7 @@
 //! batch of prepared inputs; it is owned by one thread (see `batching`) and never touched
 //! by async code. Loading reads one model folder and decides which architecture it holds.
 
+pub mod cpu_bert;
 pub mod device;
 pub mod tabular;
 pub mod text;

@@ -21,6 +21,7 @@ use inferencehub_proto::pb::ModelKind;
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::cpu_bert::CpuBert;
 use super::{Classifier, LoadOptions, LoadedModel, ModelInput, ModelSpec};
 
 /// File holding the linear head of a sentence-embedding classifier.
@@ -78,37 +79,65 @@ fn read_bert_config(dir: &Path) -> anyhow::Result<(BertConfig, ExtraConfig)> {
     Ok((config, extra))
 }
 
+/// Which implementation runs the encoder.
+enum Engine {
+    /// The packed, fused CPU encoder ([`CpuBert`]).
+    Cpu(CpuBert),
+    /// candle's `BertModel` (CUDA, and configurations the CPU encoder does not cover).
+    Candle(BertModel),
+}
+
 /// A BERT encoder that takes batches of token ids.
 pub struct BertBody {
-    model: BertModel,
+    engine: Engine,
     device: Device,
     pad_id: u32,
 }
 
+/// The token ids of every input, refusing anything else.
+fn token_rows(inputs: &[ModelInput]) -> anyhow::Result<Vec<&[u32]>> {
+    inputs
+        .iter()
+        .map(|input| match input {
+            ModelInput::Tokens(ids) if !ids.is_empty() => Ok(ids.as_slice()),
+            ModelInput::Tokens(_) => bail!("empty token sequence"),
+            ModelInput::Features(_) => bail!("a text model was given features"),
+        })
+        .collect()
+}
+
 impl BertBody {
-    fn load(vb: VarBuilder, config: &BertConfig) -> anyhow::Result<Self> {
+    /// The encoder over a checkpoint's tensors: the CPU encoder on the CPU when it covers
+    /// the configuration, candle's otherwise.
+    fn load(
+        tensors: &HashMap<String, Tensor>,
+        config: &BertConfig,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let engine = if device.is_cpu() && CpuBert::supports(config) {
+            Engine::Cpu(CpuBert::load(tensors, config)?)
+        } else {
+            let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
+            Engine::Candle(BertModel::load(vb, config)?)
+        };
         Ok(Self {
-            device: vb.device().clone(),
-            model: BertModel::load(vb, config)?,
+            engine,
+            device: device.clone(),
             pad_id: config.pad_token_id as u32,
         })
     }
 
-    /// Last hidden states `[batch, longest, hidden]` and the attention mask
-    /// `[batch, longest]` (1 for real tokens).
-    fn forward(&self, inputs: &[ModelInput]) -> anyhow::Result<(Tensor, Tensor)> {
-        let mut rows = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            match input {
-                ModelInput::Tokens(ids) if !ids.is_empty() => rows.push(ids.as_slice()),
-                ModelInput::Tokens(_) => bail!("empty token sequence"),
-                ModelInput::Features(_) => bail!("a text model was given features"),
-            }
-        }
+    /// candle's path: last hidden states `[batch, longest, hidden]` and the attention
+    /// mask `[batch, longest]` (1 for real tokens).
+    fn forward_padded(
+        &self,
+        model: &BertModel,
+        rows: &[&[u32]],
+    ) -> anyhow::Result<(Tensor, Tensor)> {
         let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * longest);
         let mut mask = Vec::with_capacity(rows.len() * longest);
-        for row in &rows {
+        for row in rows {
             ids.extend_from_slice(row);
             ids.extend(std::iter::repeat_n(self.pad_id, longest - row.len()));
             mask.extend(std::iter::repeat_n(1u32, row.len()));
@@ -118,13 +147,55 @@ impl BertBody {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
         Ok((hidden, mask))
+    }
+
+    /// The hidden state of each input's first token (`[CLS]`): `[batch, hidden]`.
+    pub fn first_token(&self, inputs: &[ModelInput]) -> anyhow::Result<Tensor> {
+        let rows = token_rows(inputs)?;
+        match &self.engine {
+            Engine::Cpu(bert) => {
+                let packed = bert.forward(&rows)?;
+                let h = packed.hidden;
+                let mut out = Vec::with_capacity(rows.len() * h);
+                for i in 0..packed.len() {
+                    out.extend_from_slice(&packed.rows(i)[..h]);
+                }
+                Ok(Tensor::from_vec(out, (rows.len(), h), &self.device)?)
+            }
+            Engine::Candle(model) => {
+                let (hidden, _) = self.forward_padded(model, &rows)?;
+                Ok(hidden.i((.., 0))?.contiguous()?)
+            }
+        }
     }
 
     /// Mean of the hidden states over real tokens, optionally L2-normalised: `[batch, hidden]`.
     pub fn embed(&self, inputs: &[ModelInput], normalize: bool) -> anyhow::Result<Tensor> {
-        let (hidden, mask) = self.forward(inputs)?;
+        let rows = token_rows(inputs)?;
+        let model = match &self.engine {
+            Engine::Cpu(bert) => {
+                let packed = bert.forward(&rows)?;
+                let h = packed.hidden;
+                let mut out = vec![0f32; rows.len() * h];
+                for (i, mean) in out.chunks_exact_mut(h).enumerate() {
+                    let tokens = packed.rows(i);
+                    for row in tokens.chunks_exact(h) {
+                        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                    }
+                    let n = (tokens.len() / h) as f32;
+                    mean.iter_mut().for_each(|m| *m /= n);
+                    if normalize {
+                        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                        mean.iter_mut().for_each(|m| *m /= norm);
+                    }
+                }
+                return Ok(Tensor::from_vec(out, (rows.len(), h), &self.device)?);
+            }
+            Engine::Candle(model) => model,
+        };
+        let (hidden, mask) = self.forward_padded(model, &rows)?;
         let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
@@ -146,8 +217,21 @@ pub fn load_body(dir: &Path, device: &Device) -> anyhow::Result<(BertBody, BertC
     let (config, _) = read_bert_config(dir)?;
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)
         .context("reading model.safetensors")?;
+    Ok((BertBody::load(&tensors, &config, device)?, config))
+}
+
+/// Like [`load_body`], but always on candle's `BertModel`, padded batches and all: the
+/// engine the CPU encoder replaced, kept for side-by-side measurements.
+pub fn load_body_on_candle(dir: &Path, device: &Device) -> anyhow::Result<BertBody> {
+    let (config, _) = read_bert_config(dir)?;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)
+        .context("reading model.safetensors")?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    Ok((BertBody::load(vb, &config)?, config))
+    Ok(BertBody {
+        engine: Engine::Candle(BertModel::load(vb, &config)?),
+        device: device.clone(),
+        pad_id: config.pad_token_id as u32,
+    })
 }
 
 /// `BertForSequenceClassification`: CLS hidden state -> pooler (dense + tanh) -> classifier.
@@ -159,20 +243,21 @@ pub struct SequenceClassifier {
 
 impl Classifier for SequenceClassifier {
     fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let (hidden, _) = self.body.forward(inputs)?;
-        let cls = hidden.i((.., 0))?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
-        let logits = self.classifier.forward(&pooled)?;
+        let logits = self.logits_tensor(inputs)?;
         Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?)
     }
 }
 
 impl SequenceClassifier {
+    fn logits_tensor(&self, inputs: &[ModelInput]) -> anyhow::Result<Tensor> {
+        let cls = self.body.first_token(inputs)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        Ok(self.classifier.forward(&pooled)?)
+    }
+
     /// Raw logits, for checking against a reference implementation.
     pub fn logits(&self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let (hidden, _) = self.body.forward(inputs)?;
-        let pooled = self.pooler.forward(&hidden.i((.., 0))?)?.tanh()?;
-        Ok(self.classifier.forward(&pooled)?.to_vec2()?)
+        Ok(self.logits_tensor(inputs)?.to_vec2()?)
     }
 }
 
@@ -231,8 +316,8 @@ pub fn sequence_classifier(
     if num_labels < 2 {
         bail!("the classifier has {num_labels} output; regression heads are not supported");
     }
+    let body = BertBody::load(&tensors, &config, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    let body = BertBody::load(vb.clone(), &config)?;
     let h = config.hidden_size;
     let pooler = candle_nn::linear(h, h, vb.pp("bert.pooler.dense"))?;
     let classifier = candle_nn::linear(h, num_labels, vb.pp("classifier"))?;

@@ -1,0 +1,558 @@
+//! `make bench-worker`: the worker's forward pass side by side with ONNX Runtime on the same
+//! weights and the same token ids, interleaved in one run (this machine's timings swing
+//! between runs, so only same-run ratios count), then the worker over gRPC.
+//!
+//! 1. ONNX Runtime (`ort_encoder.py`: a graph of the same encoder built from the same
+//!    `model.safetensors`, 2 intra-op threads) must give the worker's sentence embeddings
+//!    within 1e-4 before anything is timed.
+//! 2. Cells batch {1, 8, 32} x {short sentences, 128 tokens}, plus a batch mixing both:
+//!    sentences/s of ONNX Runtime, of the worker's encoder and of candle's `BertModel` (the
+//!    engine it replaced), best of three interleaved rounds each.
+//! 3. 1 and 32 concurrent `Predict` callers through mutual-TLS gRPC to the release worker
+//!    binary, against the encoder's own offline batch-32 throughput, and the worker's
+//!    resident memory before and after the load.
+//!
+//! Writes the table to `target/bench-worker.md` and the plot to `docs/bench-worker-cpu.svg`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use inferencehub_devkit::certs;
+use inferencehub_proto::pb::PredictRequest;
+use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_proto::settings::WorkerClientTls;
+use inferencehub_worker::backend::ModelInput;
+use inferencehub_worker::backend::text::{
+    BertBody, load_body, load_body_on_candle, load_tokenizer,
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+const SECONDS_PER_SAMPLE: f64 = 0.6;
+const ROUNDS: usize = 3;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The ONNX Runtime process.
+struct Ort {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    version: String,
+}
+
+impl Ort {
+    fn start(model_dir: &Path) -> Ort {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_encoder.py");
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg("--model-dir")
+            .arg(model_dir)
+            .args(["--threads", "2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with onnx and onnxruntime (make bench-worker installs them)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ort = Ort {
+            child,
+            stdin,
+            stdout,
+            version: String::new(),
+        };
+        let ready = ort.read();
+        ort.version = ready["onnxruntime"].as_str().unwrap_or("?").to_string();
+        ort
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("ORT answered {line:?}: {e}"))
+    }
+
+    fn call(&mut self, request: Value) -> Value {
+        writeln!(self.stdin, "{request}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+
+    fn embed(&mut self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        serde_json::from_value(self.call(json!({"cmd": "embed", "ids": ids}))["embedding"].clone())
+            .unwrap()
+    }
+
+    fn seconds(&mut self, ids: &[Vec<u32>], reps: usize) -> f64 {
+        self.call(json!({"cmd": "time", "ids": ids, "reps": reps}))["seconds"]
+            .as_f64()
+            .unwrap()
+    }
+}
+
+impl Drop for Ort {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        let _ = self.child.wait();
+    }
+}
+
+fn inputs(ids: &[Vec<u32>]) -> Vec<ModelInput> {
+    ids.iter().map(|r| ModelInput::Tokens(r.clone())).collect()
+}
+
+fn encoder_seconds(body: &BertBody, ids: &[Vec<u32>], reps: usize) -> f64 {
+    let inputs = inputs(ids);
+    let started = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(body.embed(&inputs, true).unwrap());
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Sentences/s of `run(reps)`: reps chosen so one sample takes about
+/// [`SECONDS_PER_SAMPLE`].
+fn calibrate(one: f64) -> usize {
+    ((SECONDS_PER_SAMPLE / one.max(1e-6)).ceil() as usize).clamp(1, 2000)
+}
+
+/// Token ids of the benchmark's inputs: sentences of 10-25 tokens, and 128-token texts.
+fn token_sets(model_dir: &Path) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let tokenizer = load_tokenizer(model_dir, 128).unwrap();
+    let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
+    let sentences: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t').map(|(_, s)| s))
+        .collect();
+    let encode = |s: &str| -> Vec<u32> { tokenizer.encode(s, true).unwrap().get_ids().to_vec() };
+    let short: Vec<Vec<u32>> = sentences
+        .iter()
+        .map(|s| encode(s))
+        .filter(|ids| (10..=25).contains(&ids.len()))
+        .take(64)
+        .collect();
+    let long: Vec<Vec<u32>> = (0..32)
+        .map(|i| {
+            let text: Vec<&str> = sentences
+                .iter()
+                .cycle()
+                .skip(i * 7)
+                .take(20)
+                .copied()
+                .collect();
+            encode(&text.join(" "))
+        })
+        .collect();
+    assert!(short.len() >= 32 && long.iter().all(|r| r.len() == 128));
+    (short, long)
+}
+
+struct Cell {
+    label: String,
+    ids: Vec<Vec<u32>>,
+}
+
+struct Measured {
+    label: String,
+    ort: f64,
+    worker: f64,
+    candle: f64,
+}
+
+fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: &BertBody) -> Measured {
+    let n = cell.ids.len() as f64;
+    // One warm-up call each, which also sizes the samples.
+    let t_ort = ort.seconds(&cell.ids, 1);
+    let t_worker = encoder_seconds(worker, &cell.ids, 1);
+    let t_candle = encoder_seconds(candle, &cell.ids, 1);
+    let (r_ort, r_worker, r_candle) = (calibrate(t_ort), calibrate(t_worker), calibrate(t_candle));
+    let (mut best_ort, mut best_worker, mut best_candle) = (0f64, 0f64, 0f64);
+    // Both engines' thread pools spin for a moment after a run; a pause between engines
+    // keeps one's spinning threads from slowing the other's first samples.
+    let pause = || std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..ROUNDS {
+        pause();
+        best_ort = best_ort.max(n * r_ort as f64 / ort.seconds(&cell.ids, r_ort));
+        pause();
+        best_worker =
+            best_worker.max(n * r_worker as f64 / encoder_seconds(worker, &cell.ids, r_worker));
+        pause();
+        best_candle =
+            best_candle.max(n * r_candle as f64 / encoder_seconds(candle, &cell.ids, r_candle));
+    }
+    Measured {
+        label: cell.label.clone(),
+        ort: best_ort,
+        worker: best_worker,
+        candle: best_candle,
+    }
+}
+
+fn check_embeddings(ort: &mut Ort, worker: &BertBody, ids: &[Vec<u32>]) -> f32 {
+    let want = ort.embed(ids);
+    let got = worker
+        .embed(&inputs(ids), true)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let diff = want
+        .iter()
+        .flatten()
+        .zip(got.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= 1e-4,
+        "the ONNX graph and the worker disagree by {diff}: fix the graph before timing"
+    );
+    diff
+}
+
+/// The release worker binary serving `sentiment`, its gRPC address and pid.
+struct WorkerProcess {
+    child: tokio::process::Child,
+    addr: String,
+}
+
+async fn spawn_worker(models: &Path, certs: &certs::CertPaths) -> WorkerProcess {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--model-dir")
+        .arg(models)
+        .arg("--tls-cert")
+        .arg(&certs.server_cert)
+        .arg("--tls-key")
+        .arg(&certs.server_key)
+        .arg("--tls-client-ca")
+        .arg(&certs.ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let grpc = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .unwrap()
+        .to_string();
+    WorkerProcess {
+        child,
+        addr: format!("https://{grpc}"),
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Predictions/s of `callers` concurrent callers, and the mean batch they were computed in.
+async fn callers(
+    channel: &Channel,
+    prompts: &[String],
+    callers: usize,
+    per_caller: usize,
+) -> (f64, f64) {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let mut client = ModelInferenceClient::new(channel.clone());
+            let prompts = prompts.to_vec();
+            tokio::spawn(async move {
+                let mut batch_sum = 0u64;
+                for i in 0..per_caller {
+                    let req = PredictRequest {
+                        model_name: "sentiment".into(),
+                        prompt: prompts[(c * per_caller + i) % prompts.len()].clone(),
+                        ..Default::default()
+                    };
+                    let r = client.predict(req).await.expect("prediction").into_inner();
+                    batch_sum += u64::from(r.batch_size);
+                }
+                batch_sum
+            })
+        })
+        .collect();
+    let mut batch_sum = 0;
+    for t in tasks {
+        batch_sum += t.await.unwrap();
+    }
+    let n = (callers * per_caller) as f64;
+    (n / started.elapsed().as_secs_f64(), batch_sum as f64 / n)
+}
+
+fn svg(rows: &[Measured]) -> String {
+    let (w, h, left, bottom, top) = (760.0, 360.0, 60.0, 90.0, 40.0);
+    let max = rows
+        .iter()
+        .flat_map(|r| [r.worker / r.ort, r.candle / r.ort])
+        .fold(1.25f64, f64::max)
+        .ceil();
+    let plot_h = h - bottom - top;
+    let y = |v: f64| top + plot_h * (1.0 - v / max);
+    let group = (w - left - 20.0) / rows.len() as f64;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"14\">Forward pass speed relative to ONNX Runtime (same run, same token ids; higher is better)</text>\n"
+    );
+    let mut tick = 0.0;
+    while tick <= max + 1e-9 {
+        out += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.2}x</text>\n",
+            w - 20.0,
+            left - 6.0,
+            y(tick) + 4.0,
+            y = y(tick)
+        );
+        tick += 0.25;
+    }
+    out += &format!(
+        "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>\n",
+        w - 20.0,
+        y = y(1.0)
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let x0 = left + group * i as f64 + group * 0.15;
+        let bar = group * 0.33;
+        for (j, (v, color)) in [(r.worker / r.ort, "#2b6cb0"), (r.candle / r.ort, "#a0aec0")]
+            .into_iter()
+            .enumerate()
+        {
+            let x = x0 + bar * j as f64;
+            out += &format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.2}</text>\n",
+                y(v),
+                y(0.0) - y(v),
+                x + bar / 2.0,
+                y(v) - 3.0
+            );
+        }
+        out += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+            x0 + bar,
+            h - bottom + 16.0,
+            r.label
+        );
+    }
+    out += &format!(
+        "<rect x=\"{left}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"#2b6cb0\"/><text x=\"{}\" y=\"{:.1}\">worker (CPU encoder)</text>\n\
+         <rect x=\"{}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"#a0aec0\"/><text x=\"{}\" y=\"{:.1}\">candle BertModel (before)</text>\n\
+         <text x=\"{}\" y=\"{:.1}\">dashed: ONNX Runtime = 1.0</text>\n</svg>\n",
+        h - 40.0,
+        left + 18.0,
+        h - 30.0,
+        left + 200.0,
+        h - 40.0,
+        left + 218.0,
+        h - 30.0,
+        left + 420.0,
+        h - 30.0
+    );
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let model_dir = root().join("models/sentiment");
+    assert!(model_dir.is_dir(), "run `make models` first");
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (short, long) = token_sets(&model_dir);
+    let (worker, _) = load_body(&model_dir, &Device::Cpu).unwrap();
+    let candle = load_body_on_candle(&model_dir, &Device::Cpu).unwrap();
+    let mut ort = Ort::start(&model_dir);
+
+    let mut check_ids: Vec<Vec<u32>> = short[..8].to_vec();
+    check_ids.extend(long[..4].iter().cloned());
+    let diff = check_embeddings(&mut ort, &worker, &check_ids);
+    eprintln!(
+        "embeddings agree with ONNX Runtime {}: max |diff| = {diff:.2e}",
+        ort.version
+    );
+
+    let mixed: Vec<Vec<u32>> = short[..16].iter().chain(&long[..16]).cloned().collect();
+    let mut cells = Vec::new();
+    for n in [1usize, 8, 32] {
+        cells.push(Cell {
+            label: format!("{n} x short"),
+            ids: short[..n].to_vec(),
+        });
+    }
+    for n in [1usize, 8, 32] {
+        cells.push(Cell {
+            label: format!("{n} x 128"),
+            ids: long[..n].to_vec(),
+        });
+    }
+    cells.push(Cell {
+        label: "16 short + 16 x 128".into(),
+        ids: mixed,
+    });
+    // IHUB_BENCH_ONLY=<label> times one cell alone, repeatedly (for profiling).
+    if let Ok(only) = std::env::var("IHUB_BENCH_ONLY") {
+        let cell = cells
+            .iter()
+            .find(|c| c.label == only)
+            .expect("no such cell");
+        let started = Instant::now();
+        let mut reps = 0;
+        while started.elapsed() < Duration::from_secs(20) {
+            encoder_seconds(&worker, &cell.ids, 1);
+            reps += 1;
+        }
+        println!(
+            "{}: {:.1} sentences/s",
+            cell.label,
+            (reps * cell.ids.len()) as f64 / started.elapsed().as_secs_f64()
+        );
+        return;
+    }
+    let mut rows = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        eprintln!("[{}/{}] {}", i + 1, cells.len(), cell.label);
+        rows.push(measure(cell, &mut ort, &worker, &candle));
+    }
+    drop(ort);
+
+    // Batch 1 latency, from the same samples.
+    let mut table = format!(
+        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with 2 intra-op threads; {threads} CPU threads)\n\n\
+         | cell (batch x text) | ONNX Runtime | worker | ratio | candle BertModel (before) | ratio |\n\
+         |---|---|---|---|---|---|\n",
+        "1.32"
+    );
+    for r in &rows {
+        table += &format!(
+            "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} |\n",
+            r.label,
+            r.ort,
+            r.worker,
+            r.worker / r.ort,
+            r.candle,
+            r.candle / r.ort
+        );
+    }
+    let short1 = &rows[0];
+    table += &format!(
+        "\nBatch 1 x short latency: ONNX Runtime {:.2} ms, worker {:.2} ms ({:.2}x).\n",
+        1e3 / short1.ort,
+        1e3 / short1.worker,
+        short1.ort / short1.worker
+    );
+    let all_long = &rows[5];
+    let mixed = &rows[6];
+    table += &format!(
+        "Mixed batch (16 short + 16 x 128): {:.1} sentences/s vs {:.1} for 32 x 128: packing makes it cost {:.0}% of an all-128 batch.\n",
+        mixed.worker,
+        all_long.worker,
+        100.0 * all_long.worker / mixed.worker
+    );
+
+    // gRPC: the release worker binary, 1 and 32 concurrent callers.
+    let only = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        model_dir.canonicalize().unwrap(),
+        only.path().join("sentiment"),
+    )
+    .unwrap();
+    let cert_dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(cert_dir.path()).unwrap();
+    let process = spawn_worker(only.path(), &certs).await;
+    let pid = process.child.id().unwrap();
+    let tls = WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key);
+    let mut channel = None;
+    for _ in 0..600 {
+        if let Ok(c) =
+            inferencehub_worker::client::connect(&process.addr, &tls, Duration::from_secs(30)).await
+        {
+            let mut probe = ModelInferenceClient::new(c.clone());
+            let ok = probe
+                .predict(PredictRequest {
+                    model_name: "sentiment".into(),
+                    prompt: "warm up".into(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok();
+            if ok {
+                channel = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let channel = channel.expect("the worker answers");
+    let rss_loaded = rss_mb(pid);
+    let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
+        .collect();
+    eprintln!("gRPC: 1 caller, then 32");
+    callers(&channel, &prompts, 4, 10).await;
+    let (one, _) = callers(&channel, &prompts, 1, 200).await;
+    let (mut many, mut batch) = (0f64, 0f64);
+    for _ in 0..ROUNDS {
+        let (rate, mean_batch) = callers(&channel, &prompts, 32, 20).await;
+        if rate > many {
+            (many, batch) = (rate, mean_batch);
+        }
+    }
+    let rss_after = rss_mb(pid);
+    // The prompts' own batch-32 forward throughput, offline, for the same texts.
+    let tokenizer = load_tokenizer(&model_dir, 128).unwrap();
+    let prompt_ids: Vec<Vec<u32>> = prompts[..32]
+        .iter()
+        .map(|p| {
+            tokenizer
+                .encode(p.as_str(), true)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        })
+        .collect();
+    let reps = calibrate(encoder_seconds(&worker, &prompt_ids, 1));
+    let mut offline = 0f64;
+    for _ in 0..ROUNDS {
+        offline = offline.max(32.0 * reps as f64 / encoder_seconds(&worker, &prompt_ids, reps));
+    }
+    table += &format!(
+        "\nThrough mutual-TLS gRPC (release worker binary, `sentiment`, the demo set's sentences):\n\n\
+         | load | predictions/s | vs offline batch-32 forward |\n|---|---|---|\n\
+         | offline forward, batch 32 (same sentences) | {offline:.1} | 1.00 |\n\
+         | 1 caller | {one:.1} | {:.2} |\n\
+         | 32 concurrent callers (mean batch {batch:.1}) | {many:.1} | {:.2} |\n\
+         \nWorker resident memory: {rss_loaded:.0} MB with the model loaded, {rss_after:.0} MB after the load.\n",
+        one / offline,
+        many / offline
+    );
+    drop(process);
+
+    println!("\n{table}");
+    let out = root().join("target/bench-worker.md");
+    std::fs::write(&out, &table).unwrap();
+    let plot = root().join("docs/bench-worker-cpu.svg");
+    std::fs::create_dir_all(plot.parent().unwrap()).unwrap();
+    std::fs::write(&plot, svg(&rows)).unwrap();
+    eprintln!("wrote {} and {}", out.display(), plot.display());
+}
