@@ -426,6 +426,7 @@ async fn main() {
         );
         return;
     }
+    let ort_version = ort.version.clone();
     let mut rows = Vec::new();
     for (i, cell) in cells.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, cells.len(), cell.label);
@@ -438,7 +439,7 @@ async fn main() {
         "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with 2 intra-op threads; {threads} CPU threads)\n\n\
          | cell (batch x text) | ONNX Runtime | worker | ratio | candle BertModel (before) | ratio |\n\
          |---|---|---|---|---|---|\n",
-        "1.32"
+        ort_version
     );
     for r in &rows {
         table += &format!(
