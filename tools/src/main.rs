@@ -11,7 +11,6 @@ use inferencehub_devkit::dynamo::{ensure_table, local_client};
 use inferencehub_devkit::keys::{claims, ensure_dev_keys, parse_ttl};
 use inferencehub_functions::config::{PredictConfig, from_env};
 use inferencehub_functions::routes::{App, Health, Models, Predict};
-use inferencehub_functions::worker::GrpcWorker;
 use inferencehub_tools::training::{Report, train_iris, train_sentiment};
 
 /// InferenceHub development tooling.
@@ -141,13 +140,15 @@ async fn gateway(args: Gateway) -> anyhow::Result<()> {
     inferencehub_functions::init_tracing();
     // One configuration for all three: the predict function's is the superset.
     let config: PredictConfig = from_env()?;
-    let worker = GrpcWorker::connect(config.worker.clone()).await?;
-    let predict = Predict::connect(config.clone()).await?;
+    let catalog_ttl = config.api.catalog_ttl;
+    // One worker client and one authenticator serve all three handlers.
+    let predict = Predict::connect(config).await?;
+    let worker = predict.worker.clone();
     let app = App {
         models: Models {
             auth: predict.auth.clone(),
             worker: worker.clone(),
-            catalog: inferencehub_functions::catalog::Catalog::new(config.api.catalog_ttl),
+            catalog: inferencehub_functions::catalog::Catalog::new(catalog_ttl),
         },
         health: Health { worker },
         predict,

@@ -212,11 +212,16 @@ impl BertBody {
     }
 }
 
+/// The tensors of `dir/model.safetensors`.
+fn read_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), device)
+        .context("reading model.safetensors")
+}
+
 /// Loads the BERT body of `dir` (`config.json` + `model.safetensors`) and its config.
 pub fn load_body(dir: &Path, device: &Device) -> anyhow::Result<(BertBody, BertConfig)> {
     let (config, _) = read_bert_config(dir)?;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)
-        .context("reading model.safetensors")?;
+    let tensors = read_weights(dir, device)?;
     Ok((BertBody::load(&tensors, &config, device)?, config))
 }
 
@@ -224,9 +229,7 @@ pub fn load_body(dir: &Path, device: &Device) -> anyhow::Result<(BertBody, BertC
 /// engine the CPU encoder replaced, kept for side-by-side measurements.
 pub fn load_body_on_candle(dir: &Path, device: &Device) -> anyhow::Result<BertBody> {
     let (config, _) = read_bert_config(dir)?;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)
-        .context("reading model.safetensors")?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let vb = VarBuilder::from_tensors(read_weights(dir, device)?, DType::F32, device);
     Ok(BertBody {
         engine: Engine::Candle(BertModel::load(vb, &config)?),
         device: device.clone(),
@@ -307,8 +310,7 @@ pub fn sequence_classifier(
     {
         bail!("problem_type {problem:?} is not supported: only single_label_classification");
     }
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)
-        .context("reading model.safetensors")?;
+    let tensors = read_weights(dir, device)?;
     let num_labels = match tensors.get("classifier.weight") {
         Some(w) => w.dim(0)?,
         None => bail!("model.safetensors has no classifier.weight"),
