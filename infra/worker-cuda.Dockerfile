@@ -1,34 +1,36 @@
 # syntax=docker/dockerfile:1
-# InferenceHub worker, CUDA build (candle's `cuda` feature). Build from the repository
-# root after `make models`; CUDA_COMPUTE_CAP selects the GPU generation the kernels are
-# compiled for (86: A10G / g5, 89: L4 / g6, 90: H100 / p5):
-#   docker build -f infra/worker-cuda.Dockerfile --build-arg CUDA_COMPUTE_CAP=86 -t inferencehub-worker:cuda .
-FROM nvidia/cuda:12.6.3-devel-ubuntu24.04 AS build
-ARG CUDA_COMPUTE_CAP=86
-ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} \
-    PATH=/root/.cargo/bin:${PATH}
+# InferenceHub worker, CUDA build (candle's `cuda` feature), made the way `make worker-cuda`
+# makes it on a machine without a GPU: the CUDA 13.0.x toolkit from NVIDIA's PyPI wheels
+# (pinned in scripts/cuda-toolkit.sh), a libcuda link stub, kernels compiled as PTX for
+# CUDA_COMPUTE_CAP (90: H100/H200 / p5; 89: L4 / g6; 86: A10G / g5). Hosts need an NVIDIA
+# driver of the 580 series (CUDA 13.0) or newer. Build from the repository root after
+# `make models`:
+#   docker build -f infra/worker-cuda.Dockerfile --build-arg CUDA_COMPUTE_CAP=90 -t inferencehub-worker:cuda .
+FROM rust:1.95-bookworm AS build
+ARG CUDA_COMPUTE_CAP=90
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl build-essential pkg-config \
-    && rm -rf /var/lib/apt/lists/* \
-    && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    && apt-get install -y --no-install-recommends python3 python3-pip make xz-utils \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock clippy.toml ./
+COPY Cargo.toml Cargo.lock clippy.toml Makefile ./
 COPY proto proto
 COPY gpu-worker gpu-worker
 COPY functions functions
 # The workspace lists tools/ too (nothing of it is built into the image).
 COPY tools tools
-RUN cargo build --release --locked -p inferencehub-worker --bin inferencehub-worker --features cuda
+COPY scripts scripts
+RUN make worker-cuda CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} CUDA_TARGET=/src/target/cuda
 
-FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
+# The runtime libraries of the same CUDA release: libcudart 13, libcublas 13, libcurand 10.
+FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin inferencehub
-COPY --from=build /src/target/release/inferencehub-worker /usr/local/bin/inferencehub-worker
+COPY --from=build /src/target/cuda/release/inferencehub-worker /usr/local/bin/inferencehub-worker
 COPY --chown=10001:10001 models /models
 USER 10001
 ENV IHUB_WORKER_LISTEN=0.0.0.0:50051 \

@@ -35,8 +35,10 @@ check "sentiment via the printed curl" \
   test "$(predict '{"model_name":"sentiment","prompt":"The support team fixed it in minutes, thank you!"}' | field label)" = positive
 check "iris via the printed curl" \
   test "$(predict '{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}' | field label)" = setosa
-check "models lists both demo models" \
-  bash -c "curl -s -m 60 '$IHUB_MODELS_URL' -H 'Authorization: Bearer $IHUB_TOKEN' | grep -q '\"name\":\"sentiment\"'"
+check "wine (scikit-learn forest, ONNX) via the printed curl" \
+  test "$(predict '{"model_name":"wine","features":[13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650]}' | field label)" = cultivar_3
+check "models lists the demo models" \
+  bash -c "curl -s -m 60 '$IHUB_MODELS_URL' -H 'Authorization: Bearer $IHUB_TOKEN' | grep -q '\"name\":\"wine\"'"
 check "no token gets 401" \
   test "$(curl -s -o /dev/null -w '%{http_code}' -m 60 -X POST "$IHUB_PREDICT_URL" -d '{}')" = 401
 check "health answers 200" \

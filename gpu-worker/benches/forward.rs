@@ -15,12 +15,14 @@
 //! Writes the table to `target/bench-worker.md` and the plot to `docs/bench-worker-cpu.svg`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use common::{PyBridge, ratio_svg};
 use inferencehub_devkit::certs;
 use inferencehub_proto::pb::PredictRequest;
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
@@ -29,7 +31,7 @@ use inferencehub_worker::backend::ModelInput;
 use inferencehub_worker::backend::text::{
     BertBody, load_body, load_body_on_candle, load_tokenizer,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use tonic::transport::Channel;
 
 const SECONDS_PER_SAMPLE: f64 = 0.6;
@@ -39,68 +41,31 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The ONNX Runtime process.
-struct Ort {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    version: String,
-}
+/// The ONNX Runtime process (`ort_encoder.py`).
+struct Ort(PyBridge);
 
 impl Ort {
     fn start(model_dir: &Path) -> Ort {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_encoder.py");
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg("--model-dir")
-            .arg(model_dir)
-            .args(["--threads", "2"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with onnx and onnxruntime (make bench-worker installs them)");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut ort = Ort {
-            child,
-            stdin,
-            stdout,
-            version: String::new(),
-        };
-        let ready = ort.read();
-        ort.version = ready["onnxruntime"].as_str().unwrap_or("?").to_string();
-        ort
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("ORT answered {line:?}: {e}"))
-    }
-
-    fn call(&mut self, request: Value) -> Value {
-        writeln!(self.stdin, "{request}").unwrap();
-        self.stdin.flush().unwrap();
-        self.read()
+        Ort(PyBridge::start(
+            "ort_encoder.py",
+            &[
+                std::ffi::OsStr::new("--model-dir"),
+                model_dir.as_os_str(),
+                std::ffi::OsStr::new("--threads"),
+                std::ffi::OsStr::new("2"),
+            ],
+        ))
     }
 
     fn embed(&mut self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
-        serde_json::from_value(self.call(json!({"cmd": "embed", "ids": ids}))["embedding"].clone())
-            .unwrap()
+        serde_json::from_value(
+            self.0.call(json!({"cmd": "embed", "ids": ids}))["embedding"].clone(),
+        )
+        .unwrap()
     }
 
     fn seconds(&mut self, ids: &[Vec<u32>], reps: usize) -> f64 {
-        self.call(json!({"cmd": "time", "ids": ids, "reps": reps}))["seconds"]
-            .as_f64()
-            .unwrap()
-    }
-}
-
-impl Drop for Ort {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
-        let _ = self.child.wait();
+        self.0.seconds("ids", json!(ids), reps)
     }
 }
 
@@ -299,74 +264,18 @@ async fn callers(
 }
 
 fn svg(rows: &[Measured]) -> String {
-    let (w, h, left, bottom, top) = (760.0, 360.0, 60.0, 90.0, 40.0);
-    let max = rows
+    let groups: Vec<(String, Vec<f64>)> = rows
         .iter()
-        .flat_map(|r| [r.worker / r.ort, r.candle / r.ort])
-        .fold(1.25f64, f64::max)
-        .ceil();
-    let plot_h = h - bottom - top;
-    let y = |v: f64| top + plot_h * (1.0 - v / max);
-    let group = (w - left - 20.0) / rows.len() as f64;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"22\" font-size=\"14\">Forward pass speed relative to ONNX Runtime (same run, same token ids; higher is better)</text>\n"
-    );
-    let mut tick = 0.0;
-    while tick <= max + 1e-9 {
-        out += &format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.2}x</text>\n",
-            w - 20.0,
-            left - 6.0,
-            y(tick) + 4.0,
-            y = y(tick)
-        );
-        tick += 0.25;
-    }
-    out += &format!(
-        "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>\n",
-        w - 20.0,
-        y = y(1.0)
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let x0 = left + group * i as f64 + group * 0.15;
-        let bar = group * 0.33;
-        for (j, (v, color)) in [(r.worker / r.ort, "#2b6cb0"), (r.candle / r.ort, "#a0aec0")]
-            .into_iter()
-            .enumerate()
-        {
-            let x = x0 + bar * j as f64;
-            out += &format!(
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.2}</text>\n",
-                y(v),
-                y(0.0) - y(v),
-                x + bar / 2.0,
-                y(v) - 3.0
-            );
-        }
-        out += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
-            x0 + bar,
-            h - bottom + 16.0,
-            r.label
-        );
-    }
-    out += &format!(
-        "<rect x=\"{left}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"#2b6cb0\"/><text x=\"{}\" y=\"{:.1}\">worker (CPU encoder)</text>\n\
-         <rect x=\"{}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"#a0aec0\"/><text x=\"{}\" y=\"{:.1}\">candle BertModel (before)</text>\n\
-         <text x=\"{}\" y=\"{:.1}\">dashed: ONNX Runtime = 1.0</text>\n</svg>\n",
-        h - 40.0,
-        left + 18.0,
-        h - 30.0,
-        left + 200.0,
-        h - 40.0,
-        left + 218.0,
-        h - 30.0,
-        left + 420.0,
-        h - 30.0
-    );
-    out
+        .map(|r| (r.label.clone(), vec![r.worker / r.ort, r.candle / r.ort]))
+        .collect();
+    ratio_svg(
+        "Forward pass speed relative to ONNX Runtime (same run, same token ids; higher is better)",
+        &groups,
+        &[
+            ("worker (CPU encoder)", "#2b6cb0"),
+            ("candle BertModel (before)", "#a0aec0"),
+        ],
+    )
 }
 
 #[tokio::main]
@@ -377,7 +286,7 @@ async fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     let (short, long) = token_sets(&model_dir);
-    let (worker, _) = load_body(&model_dir, &Device::Cpu).unwrap();
+    let (worker, _) = load_body(&model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
     let candle = load_body_on_candle(&model_dir, &Device::Cpu).unwrap();
     let mut ort = Ort::start(&model_dir);
 
@@ -386,7 +295,7 @@ async fn main() {
     let diff = check_embeddings(&mut ort, &worker, &check_ids);
     eprintln!(
         "embeddings agree with ONNX Runtime {}: max |diff| = {diff:.2e}",
-        ort.version
+        ort.0.version
     );
 
     let mixed: Vec<Vec<u32>> = short[..16].iter().chain(&long[..16]).cloned().collect();
@@ -426,7 +335,7 @@ async fn main() {
         );
         return;
     }
-    let ort_version = ort.version.clone();
+    let ort_version = ort.0.version.clone();
     let mut rows = Vec::new();
     for (i, cell) in cells.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, cells.len(), cell.label);

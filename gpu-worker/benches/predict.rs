@@ -35,6 +35,7 @@ fn args(models: &Path, certs: &CertPaths, max_batch_size: u32, max_wait_ms: u64)
         tls_client_ca: certs.ca.clone(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         device: std::env::var("IHUB_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()),
+        dtype: None,
         max_batch_size,
         max_wait_ms,
         max_waiting: 4096,

@@ -35,6 +35,15 @@ pub enum Command {
     /// Check the plain-HTTP health mirror on the metrics port (container health checks,
     /// which hold no client certificate): exit 0 when it answers 200.
     Probe(ProbeArgs),
+    /// Answer a file of inputs with one model, as JSON lines (CPU vs GPU checks).
+    #[command(hide = true)]
+    Classify(crate::tools::ClassifyArgs),
+    /// Time a text encoder's forward pass, driven over stdin (the GPU benchmark).
+    #[command(hide = true)]
+    BenchEncoder(crate::tools::BenchEncoderArgs),
+    /// Send concurrent Predict calls for a while and print throughput and latency.
+    #[command(hide = true)]
+    Load(crate::tools::LoadArgs),
 }
 
 /// Flags of `probe`.
@@ -125,6 +134,11 @@ pub struct ServeArgs {
     /// Where models run: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, env = "IHUB_WORKER_DEVICE", default_value = "cpu")]
     pub device: String,
+
+    /// What text encoders compute in: f32, f16 or bf16. Default: f16 on CUDA, f32 on the
+    /// CPU (where half precision is slower). Tabular and ONNX models always run in f32.
+    #[arg(long, env = "IHUB_WORKER_DTYPE", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: Option<String>,
 
     /// Most inputs in one forward pass.
     #[arg(long, env = "IHUB_WORKER_MAX_BATCH_SIZE", default_value_t = 32,

@@ -6,7 +6,8 @@
 //! table with `google.rpc.BadRequest` details) -> [`batching`] (per-model queue and
 //! scheduler) -> [`backend`] (one module per model family, on its own thread). [`config`]
 //! holds the typed flags, [`metrics`] the Prometheus and EMF output, [`client`] the
-//! operator CLI's mTLS client. Training and development certificates live in `tools/`.
+//! operator CLI's mTLS client, [`tools`] the measurement subcommands (CPU-vs-GPU answers,
+//! encoder timing, gRPC load). Training and development certificates live in `tools/`.
 
 pub mod backend;
 pub mod batching;
@@ -15,3 +16,4 @@ pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod tools;

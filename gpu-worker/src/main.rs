@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 
 use inferencehub_worker::config::{Cli, Command, LogFormat};
-use inferencehub_worker::{client, server};
+use inferencehub_worker::{client, server, tools};
 
 /// Logs on stderr; level from `RUST_LOG` (the gateway's variable; the old
 /// `IHUB_WORKER_LOG` still works for one release), colour only on a terminal.
@@ -63,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
     let (cli, warnings) = Cli::read();
     match cli.command {
         Command::Predict(args) => client::predict(&args).await,
+        Command::Classify(args) => tools::classify(&args),
+        Command::BenchEncoder(args) => tools::bench_encoder(&args),
+        Command::Load(args) => tools::load(&args).await,
         Command::Models(args) => client::models(&args).await,
         Command::Health(args) => {
             if client::health(&args).await? {

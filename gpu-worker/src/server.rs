@@ -206,8 +206,11 @@ async fn load(
     device: candle_core::Device,
     metrics: &Metrics,
 ) -> anyhow::Result<ModelSet> {
+    let dtype = crate::backend::device::parse_dtype(args.dtype.as_deref(), &device)?;
+    tracing::info!(?device, ?dtype, "loading models");
     let opts = LoadOptions {
         device,
+        dtype,
         max_prompt_bytes: args.max_prompt_bytes,
     };
     let dir = args.model_dir.clone();

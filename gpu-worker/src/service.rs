@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use inferencehub_proto::pb::model_inference_server::ModelInference;
 use inferencehub_proto::pb::{
-    LabelScore, ListModelsRequest, ListModelsResponse, PredictBatchRequest, PredictBatchResponse,
-    PredictRequest, PredictResponse,
+    LabelScore, ListModelsRequest, ListModelsResponse, ModelTask, PredictBatchRequest,
+    PredictBatchResponse, PredictRequest, PredictResponse,
 };
 use inferencehub_proto::{
     ErrorKind, FieldError, Input, InputSignature, REQUEST_ID_METADATA, invalid_argument,
@@ -248,28 +248,36 @@ impl ModelInference for InferenceService {
     }
 }
 
+/// A prediction as an answer: label, probability and scores for a classifier; values
+/// (and an empty label) for a regressor.
 fn to_response(spec: &ModelSpec, prediction: &Prediction, request_id: String) -> PredictResponse {
-    let (best, probability) = argmax(&prediction.probabilities);
-    PredictResponse {
-        probability,
-        label: spec.labels.get(best).cloned().unwrap_or_default(),
+    let mut answer = PredictResponse {
         latency_ms: millis(prediction.queue + prediction.compute),
         request_id,
         model_version: spec.version.clone(),
-        scores: spec
-            .labels
-            .iter()
-            .zip(&prediction.probabilities)
-            .map(|(label, &probability)| LabelScore {
-                label: label.clone(),
-                probability,
-            })
-            .collect(),
         queue_ms: millis(prediction.queue),
         compute_ms: millis(prediction.compute),
         batch_size: prediction.batch_size as u32,
         model_name: spec.name.clone(),
+        ..Default::default()
+    };
+    if spec.task == ModelTask::Regression {
+        answer.values = prediction.probabilities.clone();
+        return answer;
     }
+    let (best, probability) = argmax(&prediction.probabilities);
+    answer.probability = probability;
+    answer.label = spec.labels.get(best).cloned().unwrap_or_default();
+    answer.scores = spec
+        .labels
+        .iter()
+        .zip(&prediction.probabilities)
+        .map(|(label, &probability)| LabelScore {
+            label: label.clone(),
+            probability,
+        })
+        .collect();
+    answer
 }
 
 fn respond<T>(result: Result<T, Status>, request_id: &str) -> Result<Response<T>, Status> {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use inferencehub_worker::backend::text::sequence_classifier;
 use inferencehub_worker::backend::{LoadOptions, ModelInput, load_model};
 
@@ -310,6 +310,7 @@ fn bert_for_sequence_classification_matches_the_reference() {
 
     let opts = LoadOptions {
         device: Device::Cpu,
+        dtype: DType::F32,
         max_prompt_bytes: 1000,
     };
     let mut model = load_model(dir.path(), "tiny", &opts).unwrap();
@@ -339,7 +340,7 @@ fn bert_for_sequence_classification_matches_the_reference() {
     }
 
     // Logits of the padded batch equal the reference run on each unpadded sequence.
-    let (classifier, _, _) = sequence_classifier(dir.path(), &Device::Cpu).unwrap();
+    let (classifier, _, _) = sequence_classifier(dir.path(), &Device::Cpu, DType::F32).unwrap();
     let logits = classifier.logits(&inputs).unwrap();
     let probabilities = model.classifier.classify(&inputs).unwrap();
     for (i, ids) in expected_ids.iter().enumerate() {
@@ -362,6 +363,25 @@ fn bert_for_sequence_classification_matches_the_reference() {
     // The random weights must separate the inputs, or the comparison proves little.
     assert!((logits[0][0] - logits[1][0]).abs() > 1e-3);
 
+    // The tensor encoder (the GPU path, here on the CPU) in f32 and in half precision: a
+    // padded batch of different lengths, the finite padding mask, length buckets.
+    // 300 copies of the four inputs make buckets large enough (over 1 024 token rows) for
+    // the biases to fold into the matrix products, and small ones that do not.
+    let many: Vec<ModelInput> = inputs.iter().cycle().take(4 * 300).cloned().collect();
+    for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 2e-2)] {
+        let (classifier, _, _) = sequence_classifier(dir.path(), &Device::Cpu, dtype).unwrap();
+        let got = classifier.logits(&many).unwrap();
+        for (i, got) in got.iter().enumerate() {
+            let want = reference.logits(expected_ids[i % 4]);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    g.is_finite() && (*g as f64 - w).abs() < tolerance,
+                    "{dtype:?} row {i}: {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+
     // Truncation stops at the model's own limit.
     let long = "cat ".repeat(100);
     match model.prepare(&long, &[]).unwrap() {
@@ -377,13 +397,14 @@ fn refuses_a_checkpoint_it_cannot_serve_faithfully() {
     write_checkpoint(dir.path(), &weights);
     let opts = LoadOptions {
         device: Device::Cpu,
+        dtype: DType::F32,
         max_prompt_bytes: 1000,
     };
 
     let config_path = dir.path().join("config.json");
     let original = std::fs::read_to_string(&config_path).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
-    config["architectures"] = serde_json::json!(["DistilBertForSequenceClassification"]);
+    config["architectures"] = serde_json::json!(["GPT2ForSequenceClassification"]);
     std::fs::write(&config_path, config.to_string()).unwrap();
     let err = load_model(dir.path(), "tiny", &opts)
         .err()

@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{Worker, demo_models, model_subset};
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{
-    FeatureRow, ListModelsRequest, ModelKind, PredictBatchRequest, PredictRequest, PredictResponse,
+    FeatureRow, ListModelsRequest, ModelKind, ModelTask, PredictBatchRequest, PredictRequest,
+    PredictResponse,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -112,7 +113,7 @@ async fn predicts_sentiment_and_iris_over_mutual_tls() {
 }
 
 #[tokio::test]
-async fn lists_both_models_with_their_signatures() {
+async fn lists_the_demo_models_with_their_signatures() {
     let worker = Worker::serving(&demo_models(), &[]).await;
     let models = worker
         .client()
@@ -123,7 +124,7 @@ async fn lists_both_models_with_their_signatures() {
         .into_inner()
         .models;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["iris", "sentiment"]);
+    assert_eq!(names, ["iris", "sentiment", "wine"]);
     let iris = &models[0];
     assert_eq!(iris.kind(), ModelKind::Tabular);
     assert_eq!(iris.feature_count, 4);
@@ -134,6 +135,18 @@ async fn lists_both_models_with_their_signatures() {
     assert_eq!(sentiment.max_tokens, 256);
     assert!(sentiment.max_prompt_bytes > 0);
     assert_ne!(iris.version, sentiment.version);
+    let wine = &models[2];
+    assert_eq!(wine.kind(), ModelKind::Tabular);
+    assert_eq!(wine.task(), ModelTask::Classification);
+    assert_eq!(wine.feature_count, 13);
+    assert_eq!(wine.feature_names.len(), 13);
+    assert_eq!(wine.labels, ["cultivar_1", "cultivar_2", "cultivar_3"]);
+    let input = wine.input.as_ref().unwrap();
+    assert_eq!(
+        (input.name.as_str(), input.datatype.as_str()),
+        ("X", "FP32")
+    );
+    assert_eq!(input.shape, [-1, 13]);
 }
 
 #[tokio::test]

@@ -164,7 +164,7 @@ pub fn train_sentiment(encoder_dir: &Path, data: &Path, out: &Path) -> anyhow::R
         link_or_copy(&encoder_dir.join(file), &out.join(file))?;
     }
     let device = Device::Cpu;
-    let (body, config) = load_body(out, &device)?;
+    let (body, config) = load_body(out, &device, candle_core::DType::F32)?;
     let tokenizer = load_tokenizer(out, MAX_TOKENS.min(config.max_position_embeddings))?;
 
     let mut rows = Vec::with_capacity(examples.len());

@@ -115,11 +115,38 @@ async fn predicts_both_demo_models_through_the_gateway() {
         .iter()
         .map(|m| m["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["iris", "sentiment"]);
+    assert_eq!(names, ["iris", "sentiment", "wine"]);
     let iris = json(stack.get("/v1/models/iris", Some(&token)).await).await;
     assert_eq!(iris["kind"], "tabular");
     assert_eq!(iris["input"]["features"], 4);
     assert_eq!(iris["labels"], json!(["setosa", "versicolor", "virginica"]));
+    assert_eq!(iris["task"], "classification");
+    assert_eq!(iris["tensor"]["shape"], json!([-1, 4]));
+
+    // The scikit-learn forest, exported with skl2onnx, served unchanged.
+    let wine = json(stack.get("/v1/models/wine", Some(&token)).await).await;
+    assert_eq!(wine["input"]["features"], 13);
+    assert_eq!(wine["input"]["feature_names"][0], "alcohol");
+    assert_eq!(
+        wine["labels"],
+        json!(["cultivar_1", "cultivar_2", "cultivar_3"])
+    );
+    assert_eq!(wine["tensor"]["name"], "X");
+    let r = stack
+        .post(
+            Some(&token),
+            r#"{"model_name":"wine","features":[13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650]}"#,
+        )
+        .await;
+    let body = json(r).await;
+    assert_eq!(body["label"], "cultivar_3", "{body}");
+    let r = stack
+        .post(
+            Some(&token),
+            r#"{"model_name":"wine","features":[14.23,1.71,2.43,15.6,127,2.8,3.06,0.28,2.29,5.64,1.04,3.92,1065]}"#,
+        )
+        .await;
+    assert_eq!(json(r).await["label"], "cultivar_1");
     assert_problem(stack.get("/v1/models/nope", Some(&token)).await, 404).await;
     assert_problem(stack.get("/v1/models", None).await, 401).await;
     let r = stack.get("/healthz", None).await;
@@ -394,4 +421,94 @@ async fn a_worker_that_is_down_gives_503_within_the_deadline() {
     .expect("answered, not hung");
     assert!(all.iter().all(|r| r.status() == 503));
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// What a framework predicted for held-out rows (see tools/python/make_onnx_fixtures.py).
+#[derive(serde::Deserialize)]
+struct Expected {
+    inputs: Vec<Vec<f32>>,
+    #[serde(default)]
+    probabilities: Vec<Vec<f64>>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    values: Vec<Vec<f64>>,
+}
+
+#[tokio::test]
+async fn exports_from_every_framework_answer_through_the_gateway() {
+    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
+    let names = [
+        "sklearn-gradient-boosting",
+        "xgboost-regressor",
+        "lightgbm-binary",
+        "pytorch-cnn",
+        "keras-mlp",
+    ];
+    let models = tempfile::tempdir().unwrap();
+    for name in names {
+        std::os::unix::fs::symlink(fixtures.join(name), models.path().join(name)).unwrap();
+    }
+    let stack = Stack::start(Options {
+        model_dir: Some(models.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("alice", "predict");
+    for name in names {
+        let expected: Expected = serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(name).join("expected.json")).unwrap(),
+        )
+        .unwrap();
+        let inputs: Vec<serde_json::Value> = expected
+            .inputs
+            .iter()
+            .take(8)
+            .map(|row| json!({ "features": row }))
+            .collect();
+        let r = stack
+            .post(
+                Some(&token),
+                &json!({"model_name": name, "inputs": inputs}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{name}");
+        let body = json(r).await;
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), 8);
+        for (i, result) in results.iter().enumerate() {
+            if expected.values.is_empty() {
+                assert_eq!(result["label"], expected.labels[i], "{name} row {i}");
+                let probability = result["probability"].as_f64().unwrap();
+                let best = expected.probabilities[i]
+                    .iter()
+                    .copied()
+                    .fold(f64::MIN, f64::max);
+                assert!((probability - best).abs() < 1e-5, "{name} row {i}");
+                assert!(result.get("values").is_none());
+            } else {
+                let value = result["values"][0].as_f64().unwrap();
+                let want = expected.values[i][0];
+                assert!((value - want).abs() <= 1e-5 * want.abs(), "{name} row {i}");
+                assert!(result.get("label").is_none(), "{result}");
+            }
+        }
+        // The graph's signature is enforced at the gateway: one feature short is a 400.
+        let short = &expected.inputs[0][1..];
+        let r = stack
+            .post(
+                Some(&token),
+                &json!({"model_name": name, "features": short}).to_string(),
+            )
+            .await;
+        let problem = assert_problem(r, 400).await;
+        assert!(problem.to_string().contains("features"), "{problem}");
+    }
+    let r = stack
+        .get("/v1/models/xgboost-regressor", Some(&token))
+        .await;
+    let model = json(r).await;
+    assert_eq!(model["task"], "regression");
+    assert_eq!(model["values"], 1);
+    assert_eq!(model["labels"], json!([]));
 }

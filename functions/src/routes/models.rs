@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use inferencehub_proto::ErrorKind;
-use inferencehub_proto::pb::{ModelInfo, ModelKind};
+use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
@@ -41,15 +41,27 @@ impl Models<GrpcWorker> {
 /// One model as the API shows it.
 pub fn model_json(m: &ModelInfo) -> Value {
     let (kind, input) = match m.kind() {
-        ModelKind::Tabular => ("tabular", json!({"features": m.feature_count})),
+        ModelKind::Tabular => (
+            "tabular",
+            json!({"features": m.feature_count, "feature_names": m.feature_names}),
+        ),
         _ => (
             "text",
             json!({"prompt": {"max_tokens": m.max_tokens, "max_bytes": m.max_prompt_bytes}}),
         ),
     };
+    let task = match m.task() {
+        ModelTask::Regression => "regression",
+        _ => "classification",
+    };
+    let tensor = m
+        .input
+        .as_ref()
+        .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}));
     json!({
-        "name": m.name, "version": m.version, "kind": kind, "labels": m.labels,
-        "input": input, "architecture": m.architecture,
+        "name": m.name, "version": m.version, "kind": kind, "task": task,
+        "labels": m.labels, "values": m.value_count,
+        "input": input, "tensor": tensor, "architecture": m.architecture,
     })
 }
 

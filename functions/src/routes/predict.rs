@@ -70,11 +70,23 @@ impl Predict<AnyLimiter, GrpcWorker> {
     }
 }
 
-fn scores(r: &PredictResponse) -> Map<String, Value> {
-    r.scores
-        .iter()
-        .map(|s| (s.label.clone(), json!(s.probability)))
-        .collect()
+/// One answer's prediction: `label`, `probability` and `scores` from a classifier, `values`
+/// from a regressor (whose answers carry no label).
+fn prediction(r: &PredictResponse) -> Map<String, Value> {
+    let mut out = Map::new();
+    if r.values.is_empty() {
+        let scores: Map<String, Value> = r
+            .scores
+            .iter()
+            .map(|s| (s.label.clone(), json!(s.probability)))
+            .collect();
+        out.insert("label".into(), json!(r.label));
+        out.insert("probability".into(), json!(r.probability));
+        out.insert("scores".into(), Value::Object(scores));
+    } else {
+        out.insert("values".into(), json!(r.values));
+    }
+    out
 }
 
 /// 413 when the declared or actual body is larger than `max` bytes.
@@ -193,12 +205,12 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
                     .predict(message, request_id)
                     .await
                     .map_err(|e| Problem::from_worker(&e))?;
-                let body = json!({
-                    "model_name": r.model_name, "model_version": r.model_version,
-                    "label": r.label, "probability": r.probability, "scores": scores(&r),
-                    "latency_ms": r.latency_ms, "request_id": request_id,
-                });
-                Ok((body, 1))
+                let mut body = prediction(&r);
+                body.insert("model_name".into(), json!(r.model_name));
+                body.insert("model_version".into(), json!(r.model_version));
+                body.insert("latency_ms".into(), json!(r.latency_ms));
+                body.insert("request_id".into(), json!(request_id));
+                Ok((Value::Object(body), 1))
             }
             Validated::Batch(mut message) => {
                 message.request_id = request_id.to_string();
@@ -210,7 +222,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
                 let results: Vec<Value> = r
                     .results
                     .iter()
-                    .map(|p| json!({"label": p.label, "probability": p.probability, "scores": scores(p)}))
+                    .map(|p| Value::Object(prediction(p)))
                     .collect();
                 let body = json!({
                     "model_name": r.model_name, "model_version": r.model_version,

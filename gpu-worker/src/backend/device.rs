@@ -1,7 +1,24 @@
-//! `--device cpu|cuda|cuda:N`.
+//! `--device cpu|cuda|cuda:N` and `--dtype f32|f16|bf16`.
 
 use anyhow::bail;
-use candle_core::Device;
+use candle_core::{DType, Device};
+
+/// The compute dtype of text encoders: `name` if given, else f16 on CUDA and f32 on the CPU.
+pub fn parse_dtype(name: Option<&str>, device: &Device) -> anyhow::Result<DType> {
+    Ok(
+        match name.map(|n| n.trim().to_ascii_lowercase()).as_deref() {
+            None if device.is_cuda() => DType::F16,
+            None | Some("f32") => DType::F32,
+            Some("f16") => DType::F16,
+            // candle's CPU backend multiplies no bf16 matrices.
+            Some("bf16") if device.is_cpu() => {
+                bail!("dtype bf16 runs on CUDA only: use f32 or f16")
+            }
+            Some("bf16") => DType::BF16,
+            Some(other) => bail!("unknown dtype {other:?}: use f32, f16 or bf16"),
+        },
+    )
+}
 
 /// Parses a device name. CUDA names only work in a build with the `cuda` feature.
 pub fn parse_device(name: &str) -> anyhow::Result<Device> {
@@ -35,6 +52,17 @@ fn cuda_device(ordinal: usize) -> anyhow::Result<Device> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dtype_defaults_to_f32_on_the_cpu() {
+        assert_eq!(parse_dtype(None, &Device::Cpu).ok(), Some(DType::F32));
+        assert!(parse_dtype(Some("bf16"), &Device::Cpu).is_err());
+        assert_eq!(
+            parse_dtype(Some("F16"), &Device::Cpu).ok(),
+            Some(DType::F16)
+        );
+        assert!(parse_dtype(Some("f8"), &Device::Cpu).is_err());
+    }
 
     #[test]
     fn parses_cpu_and_rejects_nonsense() {

@@ -4,15 +4,19 @@
 
 pub mod cpu_bert;
 pub mod device;
+pub mod hf;
+pub mod onnx;
+pub mod onnx_ml;
 pub mod tabular;
+pub mod tensor_bert;
 pub mod text;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use candle_core::Device;
-use inferencehub_proto::pb::{ModelInfo, ModelKind};
+use candle_core::{DType, Device};
+use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask, TensorInfo};
 use inferencehub_proto::signature::InputSignature;
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
@@ -26,10 +30,27 @@ pub enum ModelInput {
     Features(Vec<f32>),
 }
 
-/// A model that maps a batch of inputs to one probability distribution over its labels
-/// per input. Implementations run synchronously on a thread of their own.
+/// The features of every input as one row-major `[inputs, feature_count]` matrix,
+/// refusing tokens and rows of another width.
+pub fn feature_matrix(inputs: &[ModelInput], feature_count: usize) -> anyhow::Result<Vec<f32>> {
+    let mut flat = Vec::with_capacity(inputs.len() * feature_count);
+    for input in inputs {
+        match input {
+            ModelInput::Features(f) if f.len() == feature_count => flat.extend_from_slice(f),
+            ModelInput::Features(f) => {
+                bail!("expected {feature_count} features, got {}", f.len())
+            }
+            ModelInput::Tokens(_) => bail!("a tabular model was given tokens"),
+        }
+    }
+    Ok(flat)
+}
+
+/// A model that maps a batch of inputs to one output row per input: the probability of
+/// every label for a classifier, the predicted values for a regressor (see
+/// [`ModelSpec::task`]). Implementations run synchronously on a thread of their own.
 pub trait Classifier: Send {
-    /// Probabilities of every label for every input, in input order.
+    /// One output row for every input, in input order.
     fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>>;
 }
 
@@ -52,6 +73,14 @@ pub struct ModelSpec {
     pub max_prompt_bytes: usize,
     /// Architecture name, for humans.
     pub architecture: String,
+    /// Classification (labels and probabilities) or regression (values).
+    pub task: ModelTask,
+    /// The input tensor as the model declares it.
+    pub input: TensorInfo,
+    /// Regression: values per answer.
+    pub value_count: usize,
+    /// Tabular: feature names, where known.
+    pub feature_names: Vec<String>,
 }
 
 impl ModelSpec {
@@ -66,6 +95,36 @@ impl ModelSpec {
             max_tokens: self.max_tokens as u32,
             max_prompt_bytes: self.max_prompt_bytes as u32,
             architecture: self.architecture.clone(),
+            task: self.task as i32,
+            input: Some(self.input.clone()),
+            value_count: self.value_count as u32,
+            feature_names: self.feature_names.clone(),
+        }
+    }
+
+    /// Width of every output row: one per label, or one per value.
+    pub fn output_width(&self) -> usize {
+        match self.task {
+            ModelTask::Regression => self.value_count,
+            _ => self.labels.len(),
+        }
+    }
+
+    /// The input description of a text model: a batch of strings.
+    pub fn text_input() -> TensorInfo {
+        TensorInfo {
+            name: "prompt".into(),
+            datatype: "BYTES".into(),
+            shape: vec![-1],
+        }
+    }
+
+    /// The input description of a tabular model: rows of `features` floats.
+    pub fn features_input(name: &str, features: usize) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, features as i64],
         }
     }
 
@@ -109,7 +168,7 @@ impl LoadedModel {
         };
         let out = self.classifier.classify(&[input])?;
         let ok = out.len() == 1
-            && out[0].len() == self.spec.labels.len()
+            && out[0].len() == self.spec.output_width()
             && out[0].iter().all(|p| p.is_finite());
         if !ok {
             bail!("warm-up pass of {} gave unusable output", self.spec.name);
@@ -140,16 +199,21 @@ pub fn prepare_input(
 pub struct LoadOptions {
     /// Where tensors live.
     pub device: Device,
+    /// What text encoders compute in (tabular and ONNX models always use f32).
+    pub dtype: DType,
     /// Largest prompt accepted by text models, in bytes.
     pub max_prompt_bytes: usize,
 }
 
 /// Loads one model folder. The layout decides the architecture:
-/// `tabular.json` -> tabular MLP; `head.safetensors` -> sentence encoder + linear head;
-/// otherwise a transformers `BertForSequenceClassification` checkpoint.
+/// `model.onnx` -> ONNX graph; `tabular.json` -> tabular MLP; `head.safetensors` ->
+/// sentence encoder + linear head; otherwise a transformers `*ForSequenceClassification`
+/// checkpoint.
 pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<LoadedModel> {
     let version = version_of(dir)?;
-    let loaded = if dir.join(tabular::CONFIG_FILE).is_file() {
+    let loaded = if dir.join(onnx::MODEL_FILE).is_file() {
+        onnx::load(dir, name, version, opts)
+    } else if dir.join(tabular::CONFIG_FILE).is_file() {
         tabular::load(dir, name, version, opts)
     } else if dir.join(text::HEAD_FILE).is_file() {
         text::load_sentence_classifier(dir, name, version, opts)
@@ -157,8 +221,10 @@ pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<
         text::load_sequence_classifier(dir, name, version, opts)
     } else {
         bail!(
-            "{} holds no model: expected {}, or config.json + tokenizer.json + model.safetensors",
+            "{} holds no model: expected {}, {}, or config.json + tokenizer.json + \
+             model.safetensors",
             dir.display(),
+            onnx::MODEL_FILE,
             tabular::CONFIG_FILE
         )
     };

@@ -10,10 +10,10 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, Module};
-use inferencehub_proto::pb::ModelKind;
+use inferencehub_proto::pb::{ModelKind, ModelTask};
 use serde::{Deserialize, Serialize};
 
-use super::{Classifier, LoadOptions, LoadedModel, ModelInput, ModelSpec};
+use super::{Classifier, LoadOptions, LoadedModel, ModelInput, ModelSpec, feature_matrix};
 
 /// Name of the file describing a tabular model.
 pub const CONFIG_FILE: &str = "tabular.json";
@@ -107,18 +107,7 @@ impl MlpClassifier {
 
 impl Classifier for MlpClassifier {
     fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut flat = Vec::with_capacity(inputs.len() * self.feature_count);
-        for input in inputs {
-            match input {
-                ModelInput::Features(f) if f.len() == self.feature_count => {
-                    flat.extend_from_slice(f)
-                }
-                ModelInput::Features(f) => {
-                    bail!("expected {} features, got {}", self.feature_count, f.len())
-                }
-                ModelInput::Tokens(_) => bail!("a tabular model was given tokens"),
-            }
-        }
+        let flat = feature_matrix(inputs, self.feature_count)?;
         let x = Tensor::from_vec(flat, (inputs.len(), self.feature_count), &self.device)?;
         let logits = self.logits(&x)?;
         Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?)
@@ -161,6 +150,10 @@ pub fn load(
             max_tokens: 0,
             max_prompt_bytes: 0,
             architecture: format!("mlp-{}-layers", mlp.layers.len()),
+            task: ModelTask::Classification,
+            input: ModelSpec::features_input("features", config.feature_count),
+            value_count: 0,
+            feature_names: config.feature_names,
         },
         classifier: Box::new(mlp),
         tokenizer: None,

@@ -17,11 +17,15 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use inferencehub_proto::pb::ModelKind;
+use inferencehub_proto::pb::{ModelKind, ModelTask};
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::cpu_bert::CpuBert;
+use super::hf::{
+    AsBert, HeadActivation, ModernBertClassifier, distilbert_as_bert, roberta_as_bert,
+};
+use super::tensor_bert::TensorBert;
 use super::{Classifier, LoadOptions, LoadedModel, ModelInput, ModelSpec};
 
 /// File holding the linear head of a sentence-embedding classifier.
@@ -81,9 +85,12 @@ fn read_bert_config(dir: &Path) -> anyhow::Result<(BertConfig, ExtraConfig)> {
 
 /// Which implementation runs the encoder.
 enum Engine {
-    /// The packed, fused CPU encoder ([`CpuBert`]).
+    /// The packed, fused CPU encoder ([`CpuBert`]): the CPU in f32.
     Cpu(CpuBert),
-    /// candle's `BertModel` (CUDA, and configurations the CPU encoder does not cover).
+    /// The tensor encoder ([`TensorBert`]): CUDA, half precision, and configurations the
+    /// CPU encoder does not cover.
+    Tensor(TensorBert),
+    /// candle-transformers' `BertModel`, kept only for side-by-side benchmarks.
     Candle(BertModel),
 }
 
@@ -94,8 +101,31 @@ pub struct BertBody {
     pad_id: u32,
 }
 
+/// `rows` padded with `pad` to the longest: token ids and mask (1 on real tokens), both
+/// `[batch, longest]` u32 tensors on `device`.
+pub(crate) fn pad_batch(
+    rows: &[&[u32]],
+    pad: u32,
+    device: &Device,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * longest);
+    let mut mask = Vec::with_capacity(rows.len() * longest);
+    for row in rows {
+        ids.extend_from_slice(row);
+        ids.extend(std::iter::repeat_n(pad, longest - row.len()));
+        mask.extend(std::iter::repeat_n(1u32, row.len()));
+        mask.extend(std::iter::repeat_n(0u32, longest - row.len()));
+    }
+    let shape = (rows.len(), longest);
+    Ok((
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
+    ))
+}
+
 /// The token ids of every input, refusing anything else.
-fn token_rows(inputs: &[ModelInput]) -> anyhow::Result<Vec<&[u32]>> {
+pub(crate) fn token_rows(inputs: &[ModelInput]) -> anyhow::Result<Vec<&[u32]>> {
     inputs
         .iter()
         .map(|input| match input {
@@ -107,18 +137,31 @@ fn token_rows(inputs: &[ModelInput]) -> anyhow::Result<Vec<&[u32]>> {
 }
 
 impl BertBody {
+    /// Seconds per stage of one forward pass over `inputs`, where the encoder can say (the
+    /// tensor encoder); `None` for the others.
+    pub fn profile(
+        &self,
+        inputs: &[ModelInput],
+    ) -> anyhow::Result<Option<Vec<(&'static str, f64)>>> {
+        let rows = token_rows(inputs)?;
+        match &self.engine {
+            Engine::Tensor(bert) => Ok(Some(bert.profile(&rows)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The encoder over a checkpoint's tensors: the CPU encoder on the CPU when it covers
     /// the configuration, candle's otherwise.
     fn load(
         tensors: &HashMap<String, Tensor>,
         config: &BertConfig,
         device: &Device,
+        dtype: DType,
     ) -> anyhow::Result<Self> {
-        let engine = if device.is_cpu() && CpuBert::supports(config) {
+        let engine = if device.is_cpu() && dtype == DType::F32 && CpuBert::supports(config) {
             Engine::Cpu(CpuBert::load(tensors, config)?)
         } else {
-            let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
-            Engine::Candle(BertModel::load(vb, config)?)
+            Engine::Tensor(TensorBert::load(tensors, config, dtype, device)?)
         };
         Ok(Self {
             engine,
@@ -134,18 +177,7 @@ impl BertBody {
         model: &BertModel,
         rows: &[&[u32]],
     ) -> anyhow::Result<(Tensor, Tensor)> {
-        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(rows.len() * longest);
-        let mut mask = Vec::with_capacity(rows.len() * longest);
-        for row in rows {
-            ids.extend_from_slice(row);
-            ids.extend(std::iter::repeat_n(self.pad_id, longest - row.len()));
-            mask.extend(std::iter::repeat_n(1u32, row.len()));
-            mask.extend(std::iter::repeat_n(0u32, longest - row.len()));
-        }
-        let shape = (rows.len(), longest);
-        let ids = Tensor::from_vec(ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let (ids, mask) = pad_batch(rows, self.pad_id, &self.device)?;
         let type_ids = ids.zeros_like()?;
         let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
         Ok((hidden, mask))
@@ -164,6 +196,7 @@ impl BertBody {
                 }
                 Ok(Tensor::from_vec(out, (rows.len(), h), &self.device)?)
             }
+            Engine::Tensor(bert) => bert.first_token(&rows),
             Engine::Candle(model) => {
                 let (hidden, _) = self.forward_padded(model, &rows)?;
                 Ok(hidden.i((.., 0))?.contiguous()?)
@@ -174,7 +207,7 @@ impl BertBody {
     /// Mean of the hidden states over real tokens, optionally L2-normalised: `[batch, hidden]`.
     pub fn embed(&self, inputs: &[ModelInput], normalize: bool) -> anyhow::Result<Tensor> {
         let rows = token_rows(inputs)?;
-        let model = match &self.engine {
+        let mean = match &self.engine {
             Engine::Cpu(bert) => {
                 let packed = bert.forward(&rows)?;
                 let h = packed.hidden;
@@ -193,13 +226,15 @@ impl BertBody {
                 }
                 return Ok(Tensor::from_vec(out, (rows.len(), h), &self.device)?);
             }
-            Engine::Candle(model) => model,
+            Engine::Tensor(bert) => bert.mean_pooled(&rows)?,
+            Engine::Candle(model) => {
+                let (hidden, mask) = self.forward_padded(model, &rows)?;
+                let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+                summed.broadcast_div(&counts)?
+            }
         };
-        let (hidden, mask) = self.forward_padded(model, &rows)?;
-        let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-        let mean = summed.broadcast_div(&counts)?;
         if !normalize {
             return Ok(mean);
         }
@@ -219,10 +254,14 @@ fn read_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, T
 }
 
 /// Loads the BERT body of `dir` (`config.json` + `model.safetensors`) and its config.
-pub fn load_body(dir: &Path, device: &Device) -> anyhow::Result<(BertBody, BertConfig)> {
+pub fn load_body(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<(BertBody, BertConfig)> {
     let (config, _) = read_bert_config(dir)?;
     let tensors = read_weights(dir, device)?;
-    Ok((BertBody::load(&tensors, &config, device)?, config))
+    Ok((BertBody::load(&tensors, &config, device, dtype)?, config))
 }
 
 /// Like [`load_body`], but always on candle's `BertModel`, padded batches and all: the
@@ -237,10 +276,13 @@ pub fn load_body_on_candle(dir: &Path, device: &Device) -> anyhow::Result<BertBo
     })
 }
 
-/// `BertForSequenceClassification`: CLS hidden state -> pooler (dense + tanh) -> classifier.
+/// A BERT-family sequence classifier: first-token hidden state -> dense -> activation ->
+/// projection (BERT's pooler + classifier, RoBERTa's classification head, DistilBERT's
+/// pre_classifier + classifier).
 pub struct SequenceClassifier {
     body: BertBody,
     pooler: Linear,
+    activation: HeadActivation,
     classifier: Linear,
 }
 
@@ -254,7 +296,11 @@ impl Classifier for SequenceClassifier {
 impl SequenceClassifier {
     fn logits_tensor(&self, inputs: &[ModelInput]) -> anyhow::Result<Tensor> {
         let cls = self.body.first_token(inputs)?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let dense = self.pooler.forward(&cls)?;
+        let pooled = match self.activation {
+            HeadActivation::Tanh => dense.tanh()?,
+            HeadActivation::Relu => dense.relu()?,
+        };
         Ok(self.classifier.forward(&pooled)?)
     }
 
@@ -288,46 +334,90 @@ fn labels_from_id2label(
     Ok(labels)
 }
 
-/// Builds a [`SequenceClassifier`] from a transformers checkpoint folder.
-pub fn sequence_classifier(
-    dir: &Path,
-    device: &Device,
-) -> anyhow::Result<(SequenceClassifier, Vec<String>, BertConfig)> {
-    let (config, extra) = read_bert_config(dir)?;
-    if !extra
-        .architectures
+/// The sequence-classification architectures served from transformers checkpoints.
+pub const ARCHITECTURES: [&str; 5] = [
+    "BertForSequenceClassification",
+    "DistilBertForSequenceClassification",
+    "RobertaForSequenceClassification",
+    "XLMRobertaForSequenceClassification",
+    "ModernBertForSequenceClassification",
+];
+
+/// The served architecture named in `architectures`, refusing others and problem types
+/// other than single-label classification.
+fn architecture_of(extra: &ExtraConfig) -> anyhow::Result<&'static str> {
+    let Some(arch) = ARCHITECTURES
         .iter()
-        .any(|a| a == "BertForSequenceClassification")
-    {
+        .find(|a| extra.architectures.iter().any(|b| b == *a))
+    else {
         bail!(
-            "config.json architectures {:?} are not supported: expected \
-             BertForSequenceClassification (or put a head.safetensors beside a sentence encoder)",
-            extra.architectures
+            "config.json architectures {:?} are not supported: expected one of {} (or put a \
+             head.safetensors beside a sentence encoder)",
+            extra.architectures,
+            ARCHITECTURES.join(", ")
         );
-    }
+    };
     if let Some(problem) = extra.problem_type.as_deref()
         && problem != "single_label_classification"
     {
         bail!("problem_type {problem:?} is not supported: only single_label_classification");
     }
-    let tensors = read_weights(dir, device)?;
-    let num_labels = match tensors.get("classifier.weight") {
+    Ok(arch)
+}
+
+/// The number of outputs of the projection `name.weight`, at least 2.
+fn label_count(tensors: &HashMap<String, Tensor>, name: &str) -> anyhow::Result<usize> {
+    let num_labels = match tensors.get(&format!("{name}.weight")) {
         Some(w) => w.dim(0)?,
-        None => bail!("model.safetensors has no classifier.weight"),
+        None => bail!("model.safetensors has no {name}.weight"),
     };
     if num_labels < 2 {
         bail!("the classifier has {num_labels} output; regression heads are not supported");
     }
-    let body = BertBody::load(&tensors, &config, device)?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok(num_labels)
+}
+
+/// Builds a [`SequenceClassifier`] from a BERT, DistilBERT, RoBERTa or XLM-RoBERTa
+/// checkpoint folder; returns it with its labels and its encoder config in BERT's terms.
+pub fn sequence_classifier(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<(SequenceClassifier, Vec<String>, BertConfig)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let extra: ExtraConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let arch = architecture_of(&extra)?;
+    let tensors = read_weights(dir, device)?;
+    let as_bert = match arch {
+        "BertForSequenceClassification" => AsBert {
+            config: serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?,
+            tensors,
+            dense: "bert.pooler.dense",
+            activation: HeadActivation::Tanh,
+            projection: "classifier",
+        },
+        "DistilBertForSequenceClassification" => distilbert_as_bert(&text, tensors, device)?,
+        "RobertaForSequenceClassification" | "XLMRobertaForSequenceClassification" => {
+            roberta_as_bert(&text, tensors)?
+        }
+        other => bail!("{other} has no BERT-layout encoder"),
+    };
+    let num_labels = label_count(&as_bert.tensors, as_bert.projection)?;
+    let config = as_bert.config;
+    let body = BertBody::load(&as_bert.tensors, &config, device, dtype)?;
+    let vb = VarBuilder::from_tensors(as_bert.tensors, DType::F32, device);
     let h = config.hidden_size;
-    let pooler = candle_nn::linear(h, h, vb.pp("bert.pooler.dense"))?;
-    let classifier = candle_nn::linear(h, num_labels, vb.pp("classifier"))?;
+    let pooler = candle_nn::linear(h, h, vb.pp(as_bert.dense))?;
+    let classifier = candle_nn::linear(h, num_labels, vb.pp(as_bert.projection))?;
     let labels = labels_from_id2label(extra.id2label, num_labels)?;
     Ok((
         SequenceClassifier {
             body,
             pooler,
+            activation: as_bert.activation,
             classifier,
         },
         labels,
@@ -335,16 +425,34 @@ pub fn sequence_classifier(
     ))
 }
 
-/// Loads a `BertForSequenceClassification` model folder.
+/// Loads a transformers `*ForSequenceClassification` model folder (see [`ARCHITECTURES`]).
 pub fn load_sequence_classifier(
     dir: &Path,
     name: &str,
     version: String,
     opts: &LoadOptions,
 ) -> anyhow::Result<LoadedModel> {
-    let (classifier, labels, config) = sequence_classifier(dir, &opts.device)?;
-    let max_tokens = config.max_position_embeddings;
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let extra: ExtraConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let arch = architecture_of(&extra)?;
+    let (classifier, labels, max_tokens): (Box<dyn Classifier>, _, _) =
+        if arch == "ModernBertForSequenceClassification" {
+            let tensors = read_weights(dir, &opts.device)?;
+            let num_labels = label_count(&tensors, "classifier")?;
+            let labels = labels_from_id2label(extra.id2label, num_labels)?;
+            let (model, max_tokens) =
+                ModernBertClassifier::load(&text, tensors, &labels, &opts.device)?;
+            (Box::new(model), labels, max_tokens)
+        } else {
+            let (classifier, labels, config) = sequence_classifier(dir, &opts.device, opts.dtype)?;
+            (Box::new(classifier), labels, config.max_position_embeddings)
+        };
     let tokenizer = load_tokenizer(dir, max_tokens)?;
+    let architecture = arch
+        .trim_end_matches("ForSequenceClassification")
+        .to_lowercase();
     Ok(LoadedModel {
         spec: text_spec(
             name,
@@ -352,9 +460,9 @@ pub fn load_sequence_classifier(
             labels,
             max_tokens,
             opts,
-            "bert-sequence-classification",
+            &format!("{architecture}-sequence-classification"),
         ),
-        classifier: Box::new(classifier),
+        classifier,
         tokenizer: Some(Arc::new(tokenizer)),
     })
 }
@@ -376,6 +484,10 @@ fn text_spec(
         max_tokens,
         max_prompt_bytes: opts.max_prompt_bytes,
         architecture: architecture.to_string(),
+        task: ModelTask::Classification,
+        input: ModelSpec::text_input(),
+        value_count: 0,
+        feature_names: Vec::new(),
     }
 }
 
@@ -429,7 +541,7 @@ pub fn load_sentence_classifier(
     version: String,
     opts: &LoadOptions,
 ) -> anyhow::Result<LoadedModel> {
-    let (body, config) = load_body(dir, &opts.device)?;
+    let (body, config) = load_body(dir, &opts.device, opts.dtype)?;
     let (head, head_config) = read_head(&dir.join(HEAD_FILE), &opts.device)?;
     if head.weight().dim(1)? != config.hidden_size {
         bail!(

@@ -28,7 +28,7 @@ pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "inferencehub-test";
 pub const TABLE: &str = "rate-limits-test";
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -83,6 +83,8 @@ pub struct Options {
     pub dynamo_down: bool,
     /// Point the gateway at a port where nothing listens.
     pub worker_down: bool,
+    /// Serve this model folder instead of the demo models.
+    pub model_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -92,6 +94,7 @@ impl Default for Options {
             fail_open: false,
             dynamo_down: false,
             worker_down: false,
+            model_dir: None,
         }
     }
 }
@@ -109,9 +112,12 @@ pub struct Stack {
     _dir: tempfile::TempDir,
 }
 
-pub async fn start_worker(certs: &CertPaths) -> RunningWorker {
-    let models = root().join("models");
-    assert!(models.join("sentiment").is_dir(), "run `make models` first");
+pub async fn start_worker(certs: &CertPaths, model_dir: Option<PathBuf>) -> RunningWorker {
+    let models = model_dir.unwrap_or_else(|| {
+        let demo = root().join("models");
+        assert!(demo.join("wine").is_dir(), "run `make models` first");
+        demo
+    });
     let mut worker = server::start(ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_dir: models,
@@ -120,6 +126,7 @@ pub async fn start_worker(certs: &CertPaths) -> RunningWorker {
         tls_client_ca: certs.ca.clone(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         device: "cpu".into(),
+        dtype: None,
         max_batch_size: 32,
         max_wait_ms: 0,
         max_waiting: 512,
@@ -155,7 +162,7 @@ impl Stack {
         let (worker, worker_addr) = if options.worker_down {
             (None, format!("https://127.0.0.1:{}", free_port()))
         } else {
-            let w = start_worker(&certs).await;
+            let w = start_worker(&certs, options.model_dir.clone()).await;
             let addr = format!("https://127.0.0.1:{}", w.grpc_addr.port());
             (Some(w), addr)
         };

@@ -1,0 +1,146 @@
+//! What the benchmarks share: the ONNX Runtime side in a Python process of its own (JSON
+//! lines over stdin/stdout, so neither side pays for the pipe inside its timings), and the
+//! plot of speed ratios.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// A `benches/*.py` script answering one JSON object per line; its first line is its
+/// readiness (with `"onnxruntime": version`). Told to quit on drop.
+pub struct PyBridge {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// ONNX Runtime's version, from the readiness line.
+    pub version: String,
+}
+
+impl PyBridge {
+    /// Starts `python3 benches/<script> <args>` (`$PYTHON` overrides the interpreter).
+    pub fn start<S: AsRef<OsStr>>(script: &str, args: &[S]) -> PyBridge {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benches")
+            .join(script);
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with onnx and onnxruntime (the make target installs them)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut bridge = PyBridge {
+            child,
+            stdin,
+            stdout,
+            version: String::new(),
+        };
+        bridge.version = bridge.read()["onnxruntime"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        bridge
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("ORT answered {line:?}: {e}"))
+    }
+
+    /// Sends one request, returns its answer.
+    pub fn call(&mut self, request: Value) -> Value {
+        writeln!(self.stdin, "{request}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+
+    /// `{"cmd": "time", <key>: inputs, "reps": reps}` → the script's own seconds.
+    pub fn seconds(&mut self, key: &str, inputs: Value, reps: usize) -> f64 {
+        self.call(json!({"cmd": "time", key: inputs, "reps": reps}))["seconds"]
+            .as_f64()
+            .unwrap()
+    }
+}
+
+impl Drop for PyBridge {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        let _ = self.child.wait();
+    }
+}
+
+/// A bar plot of ratios against a baseline drawn at 1.0: one group per `(label, ratios)`,
+/// one bar per series (`(name, colour)`), gridlines every 0.25.
+pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &str)]) -> String {
+    let (w, h, left, bottom, top) = (760.0, 360.0, 60.0, 90.0, 40.0);
+    let max = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.25f64, f64::max)
+        .ceil();
+    let plot_h = h - bottom - top;
+    let y = |v: f64| top + plot_h * (1.0 - v / max);
+    let group = (w - left - 20.0) / groups.len().max(1) as f64;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
+    );
+    let mut tick = 0.0;
+    while tick <= max + 1e-9 {
+        out += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.2}x</text>\n",
+            w - 20.0,
+            left - 6.0,
+            y(tick) + 4.0,
+            y = y(tick)
+        );
+        tick += if max > 4.0 { 0.5 } else { 0.25 };
+    }
+    out += &format!(
+        "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>\n",
+        w - 20.0,
+        y = y(1.0)
+    );
+    let bar = group * 0.66 / series.len().max(1) as f64;
+    for (i, (label, values)) in groups.iter().enumerate() {
+        let x0 = left + group * i as f64 + group * 0.17;
+        for (j, (v, (_, color))) in values.iter().zip(series).enumerate() {
+            let x = x0 + bar * j as f64;
+            out += &format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.2}</text>\n",
+                y(*v),
+                y(0.0) - y(*v),
+                x + bar / 2.0,
+                y(*v) - 3.0
+            );
+        }
+        out += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            x0 + bar * series.len() as f64 / 2.0,
+            h - bottom + 16.0
+        );
+    }
+    for (j, (name, color)) in series.iter().enumerate() {
+        let x = left + 240.0 * j as f64;
+        out += &format!(
+            "<rect x=\"{x}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{:.1}\">{name}</text>\n",
+            h - 40.0,
+            x + 18.0,
+            h - 30.0
+        );
+    }
+    out += &format!(
+        "<text x=\"{left}\" y=\"{:.1}\">dashed: baseline = 1.0</text>\n</svg>\n",
+        h - 10.0
+    );
+    out
+}

@@ -1,0 +1,432 @@
+//! The BERT encoder written with candle tensor operations: runs on CUDA (and on the CPU)
+//! in f32, f16 or bf16. The GPU path of every BERT-layout model (BERT, DistilBERT,
+//! RoBERTa, the sentence encoders).
+//!
+//! Two things differ from candle-transformers' `BertModel`, which this replaces on the GPU:
+//! - padding is masked with a large *finite* negative bias (-10 000), added after the
+//!   scores are scaled. `BertModel` multiplies `(1 - mask)` by `f32::MIN`, which is `-inf`
+//!   in f16, and `0 × -inf` is NaN on every real token;
+//! - a batch is split into length buckets ([`buckets`]) before padding, so a batch mixing
+//!   short and long inputs does not pay for the longest one on every row.
+//!
+//! Matrix products run in the model's dtype (tensor cores in f16/bf16); LayerNorm and
+//! softmax use candle's fused kernels, which accumulate in f32.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::{LayerNorm, Module};
+use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
+
+/// Added to the attention scores of padding positions: far below any real score, and
+/// representable in f16 (whose largest magnitude is 65 504).
+const MASK_BIAS: f64 = -10_000.0;
+
+/// A dense layer `x · Wᵀ + b`, its weight stored transposed (`[in, out]`, contiguous), and
+/// again with the bias folded in: `[x | 1 | 0…] · [Wᵀ; b; 0…]`, the input widened by
+/// [`FOLD`] columns to keep the inner size a multiple of 8 (tensor cores). candle adds a
+/// bias to every row with a strided broadcast kernel that cost more than the matrix product
+/// itself on an H200 (measured: see the README); folded, the product does it for free.
+/// Small batches skip the fold, where widening the input costs more than it saves.
+struct Proj {
+    w_t: Tensor,
+    b: Tensor,
+    folded: Tensor,
+}
+
+/// Columns appended to inputs of folded projections: a one, then zeros.
+const FOLD: usize = 8;
+
+/// Token rows from which a pass folds its biases into its matrix products.
+const FOLD_MIN_ROWS: usize = 1024;
+
+impl Proj {
+    fn new(w: Tensor, b: Tensor) -> anyhow::Result<Self> {
+        let w_t = w.t()?.contiguous()?;
+        let outputs = w_t.dim(1)?;
+        let pad = Tensor::zeros((FOLD - 1, outputs), w_t.dtype(), w_t.device())?;
+        let folded = Tensor::cat(&[&w_t, &b.unsqueeze(0)?, &pad], 0)?.contiguous()?;
+        Ok(Self { w_t, b, folded })
+    }
+
+    /// `x` is `[rows, in]`; `widened`, when given, is `[x | 1 | 0…]`.
+    fn forward(&self, x: &Tensor, widened: Option<&Tensor>) -> anyhow::Result<Tensor> {
+        match widened {
+            Some(xw) => Ok(xw.matmul(&self.folded)?),
+            None => Ok(x.matmul(&self.w_t)?.broadcast_add(&self.b)?),
+        }
+    }
+}
+
+struct Layer {
+    qkv: Proj,
+    out: Proj,
+    ln1: LayerNorm,
+    ff1: Proj,
+    ff2: Proj,
+    ln2: LayerNorm,
+}
+
+/// A BERT encoder on any candle device and float dtype.
+pub struct TensorBert {
+    word: Tensor,
+    /// Position embeddings with the type-0 segment embedding added.
+    position: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    hidden: usize,
+    act: HiddenAct,
+    max_positions: usize,
+    pad_id: u32,
+    dtype: DType,
+    device: Device,
+}
+
+/// The prefix (`""`, `bert.`, `<model_type>.`) under which a checkpoint stores the encoder.
+pub fn encoder_prefix(
+    tensors: &HashMap<String, Tensor>,
+    config: &BertConfig,
+) -> anyhow::Result<String> {
+    ["".to_string(), "bert.".to_string()]
+        .into_iter()
+        .chain(config.model_type.as_ref().map(|m| format!("{m}.")))
+        .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
+        .context("no embeddings.word_embeddings.weight in the checkpoint")
+}
+
+impl TensorBert {
+    /// The encoder from a checkpoint's tensors, cast to `dtype` on `device`.
+    pub fn load(
+        tensors: &HashMap<String, Tensor>,
+        config: &BertConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        if !matches!(
+            config.hidden_act,
+            HiddenAct::Gelu | HiddenAct::GeluApproximate | HiddenAct::Relu
+        ) {
+            bail!("hidden_act {:?} is not supported", config.hidden_act);
+        }
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
+            bail!("hidden_size must split evenly into attention heads");
+        }
+        let prefix = encoder_prefix(tensors, config)?;
+        let get = |name: &str| -> anyhow::Result<Tensor> {
+            Ok(tensors
+                .get(&format!("{prefix}{name}"))
+                .with_context(|| format!("the checkpoint lacks {prefix}{name}"))?
+                .to_device(device)?
+                .to_dtype(dtype)?)
+        };
+        let linear = |name: &str| -> anyhow::Result<Proj> {
+            Proj::new(
+                get(&format!("{name}.weight"))?,
+                get(&format!("{name}.bias"))?,
+            )
+        };
+        let eps = config.layer_norm_eps;
+        let norm = |name: &str| -> anyhow::Result<LayerNorm> {
+            Ok(LayerNorm::new(
+                get(&format!("{name}.weight"))?,
+                get(&format!("{name}.bias"))?,
+                eps,
+            ))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let part = |m: &str, t: &str| get(&format!("{p}.attention.self.{m}.{t}"));
+            // Query, key and value as one [3H, H] projection: one matrix product.
+            let qkv_w = Tensor::cat(
+                &[
+                    part("query", "weight")?,
+                    part("key", "weight")?,
+                    part("value", "weight")?,
+                ],
+                0,
+            )?;
+            let qkv_b = Tensor::cat(
+                &[
+                    part("query", "bias")?,
+                    part("key", "bias")?,
+                    part("value", "bias")?,
+                ],
+                0,
+            )?;
+            layers.push(Layer {
+                qkv: Proj::new(qkv_w, qkv_b)?,
+                out: linear(&format!("{p}.attention.output.dense"))?,
+                ln1: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                ff1: linear(&format!("{p}.intermediate.dense"))?,
+                ff2: linear(&format!("{p}.output.dense"))?,
+                ln2: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        // Every token has type 0: its embedding joins the position table once, here.
+        let type0 = get("embeddings.token_type_embeddings.weight")?.i(0)?;
+        let position = get("embeddings.position_embeddings.weight")?
+            .broadcast_add(&type0)?
+            .contiguous()?;
+        Ok(Self {
+            word: get("embeddings.word_embeddings.weight")?,
+            position,
+            emb_norm: norm("embeddings.LayerNorm")?,
+            layers,
+            heads: config.num_attention_heads,
+            hidden: config.hidden_size,
+            act: config.hidden_act,
+            max_positions: config.max_position_embeddings,
+            pad_id: config.pad_token_id as u32,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The dtype the encoder computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Last hidden states `[batch, longest, hidden]` (in f32) of one padded batch and its
+    /// mask `[batch, longest]` (1 for real tokens).
+    pub fn forward_padded(&self, rows: &[&[u32]]) -> anyhow::Result<(Tensor, Tensor)> {
+        self.forward_timed(rows, &mut |_| Ok(()))
+    }
+
+    /// Seconds spent in each stage of one forward pass over `rows`, the device synchronised
+    /// after every stage (so the stages cost a little more than in a plain pass).
+    pub fn profile(&self, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static str, f64)>> {
+        let mut stages: Vec<(&'static str, f64)> = Vec::new();
+        let mut last = std::time::Instant::now();
+        self.device.synchronize()?;
+        self.forward_timed(rows, &mut |stage| {
+            self.device.synchronize()?;
+            let now = std::time::Instant::now();
+            let spent = (now - last).as_secs_f64();
+            last = now;
+            match stages.iter_mut().find(|(s, _)| *s == stage) {
+                Some((_, total)) => *total += spent,
+                None => stages.push((stage, spent)),
+            }
+            Ok(())
+        })?;
+        Ok(stages)
+    }
+
+    /// The forward pass; `mark` is called at the end of every stage with its name.
+    fn forward_timed(
+        &self,
+        rows: &[&[u32]],
+        mark: &mut dyn FnMut(&'static str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Tensor, Tensor)> {
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if longest == 0 || longest > self.max_positions {
+            bail!(
+                "sequences must hold 1 to {} tokens, got {longest}",
+                self.max_positions
+            );
+        }
+        let (b, t, h) = (rows.len(), longest, self.hidden);
+        let (ids, mask) = super::text::pad_batch(rows, self.pad_id, &self.device)?;
+        let ids = ids.flatten_all()?;
+        let mask = mask.to_dtype(DType::F32)?;
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let positions = Tensor::from_vec(positions, b * t, &self.device)?;
+        // Tokens as rows of one [b·t, h] matrix: every projection is one large matrix
+        // product, not a batch of small ones; both embeddings are gathered row by row, so
+        // their sum is a plain element-wise add.
+        let mut x =
+            (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?;
+        x = self.emb_norm.forward(&x)?;
+        // [b, 1, 1, t]: 0 on real tokens, MASK_BIAS on padding; none without padding.
+        let padded = rows.iter().any(|r| r.len() < t);
+        let bias = if padded {
+            Some(
+                ((&mask - 1.0)? * -MASK_BIAS)?
+                    .to_dtype(self.dtype)?
+                    .reshape((b, 1, 1, t))?,
+            )
+        } else {
+            None
+        };
+        // Folded projections take their input widened by a one and zeros.
+        let ones = if b * t >= FOLD_MIN_ROWS {
+            let mut col = vec![0f32; FOLD];
+            col[0] = 1.0;
+            Some(
+                Tensor::from_vec(col, (1, FOLD), &self.device)?
+                    .to_dtype(self.dtype)?
+                    .broadcast_as((b * t, FOLD))?
+                    .contiguous()?,
+            )
+        } else {
+            None
+        };
+        let widen = |x: &Tensor| -> anyhow::Result<Option<Tensor>> {
+            Ok(match &ones {
+                Some(ones) => Some(Tensor::cat(&[x, ones], 1)?),
+                None => None,
+            })
+        };
+        mark("embeddings")?;
+        let heads = self.heads;
+        let d = h / heads;
+        let scale = 1.0 / (d as f64).sqrt();
+        for layer in &self.layers {
+            let qkv = layer
+                .qkv
+                .forward(&x, widen(&x)?.as_ref())?
+                .reshape((b, t, 3, heads, d))?
+                .permute((2, 0, 3, 1, 4))?;
+            mark("qkv projection")?;
+            let q = (qkv.i(0)?.contiguous()? * scale)?;
+            let k = qkv.i(1)?.contiguous()?;
+            let v = qkv.i(2)?.contiguous()?;
+            mark("qkv split")?;
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(bias) = &bias {
+                scores = scores.broadcast_add(bias)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            mark("scores + softmax")?;
+            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+            mark("context")?;
+            let projected = layer.out.forward(&context, widen(&context)?.as_ref())?;
+            x = layer.ln1.forward(&(projected + &x)?)?;
+            mark("output + norm")?;
+            let inner = layer.ff1.forward(&x, widen(&x)?.as_ref())?;
+            let inner = match self.act {
+                HiddenAct::Gelu => inner.gelu_erf()?,
+                HiddenAct::GeluApproximate => inner.gelu()?,
+                _ => inner.relu()?,
+            };
+            mark("feed-forward 1 + gelu")?;
+            let projected = layer.ff2.forward(&inner, widen(&inner)?.as_ref())?;
+            x = layer.ln2.forward(&(projected + &x)?)?;
+            mark("feed-forward 2 + norm")?;
+        }
+        let out = x.reshape((b, t, h))?.to_dtype(DType::F32)?;
+        mark("to f32")?;
+        Ok((out, mask))
+    }
+
+    /// Per input (in input order), `[hidden]` first-token states, computed bucket by bucket.
+    pub fn first_token(&self, rows: &[&[u32]]) -> anyhow::Result<Tensor> {
+        self.per_bucket(rows, |hidden, _| Ok(hidden.i((.., 0))?.contiguous()?))
+    }
+
+    /// Per input, the mean hidden state over its real tokens, bucket by bucket.
+    pub fn mean_pooled(&self, rows: &[&[u32]]) -> anyhow::Result<Tensor> {
+        self.per_bucket(rows, |hidden, mask| {
+            let mask = mask.unsqueeze(2)?;
+            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+            Ok(summed.broadcast_div(&mask.sum(1)?.clamp(1e-9, f64::INFINITY)?)?)
+        })
+    }
+
+    /// Runs every length bucket of `rows` and puts the pooled rows back in input order.
+    fn per_bucket(
+        &self,
+        rows: &[&[u32]],
+        pool: impl Fn(&Tensor, &Tensor) -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<Tensor> {
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let groups = buckets(&lengths);
+        let mut pooled = Vec::with_capacity(groups.len());
+        let mut order = Vec::with_capacity(rows.len());
+        for group in &groups {
+            let members: Vec<&[u32]> = group.iter().map(|i| rows[*i]).collect();
+            let (hidden, mask) = self.forward_padded(&members)?;
+            pooled.push(pool(&hidden, &mask)?);
+            order.extend_from_slice(group);
+        }
+        let all = Tensor::cat(&pooled, 0)?;
+        if order.iter().enumerate().all(|(i, o)| i == *o) {
+            return Ok(all);
+        }
+        // Row `order[j]` of the input is row `j` of `all`.
+        let mut inverse = vec![0u32; order.len()];
+        for (j, i) in order.iter().enumerate() {
+            inverse[*i] = j as u32;
+        }
+        let index = Tensor::from_vec(inverse, order.len(), all.device())?;
+        Ok(all.index_select(&index, 0)?.contiguous()?)
+    }
+}
+
+/// Splits inputs into groups to pad separately: sorted by length, a group closes when the
+/// next input would make its padded size exceed 1.25 × its real tokens and it already holds
+/// 8 inputs (smaller groups cost more in kernel launches than padding saves). Returns input
+/// indices per group, shortest inputs first.
+pub fn buckets(lengths: &[usize]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|i| lengths[*i]);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = lengths[i];
+        let padded = (current.len() + 1) * len;
+        if current.len() >= 8 && padded * 4 > (real + len) * 5 {
+            groups.push(std::mem::take(&mut current));
+            real = 0;
+        }
+        current.push(i);
+        real += len;
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_lengths_stay_in_one_bucket() {
+        assert_eq!(buckets(&[16; 40]), vec![(0..40).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn mixed_lengths_split_and_cover_every_input_once() {
+        let mut lengths = vec![8usize; 30];
+        lengths.extend(vec![128usize; 30]);
+        lengths.push(64);
+        let groups = buckets(&lengths);
+        assert!(groups.len() >= 2, "{groups:?}");
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        // Padding is at most 25% over the real tokens in every group of 8 or more.
+        for g in &groups {
+            let longest = g.iter().map(|i| lengths[*i]).max().unwrap_or(0);
+            let real: usize = g.iter().map(|i| lengths[*i]).sum();
+            assert!(g.len() * longest * 4 <= real * 5 || g.len() <= 8, "{g:?}");
+        }
+        let padded: usize = groups
+            .iter()
+            .map(|g| g.len() * g.iter().map(|i| lengths[*i]).max().unwrap_or(0))
+            .sum();
+        // One padded batch would cost 61 x 128 = 7 808 tokens; the real ones are 4 144.
+        let real: usize = lengths.iter().sum();
+        assert!(
+            padded * 4 <= real * 5,
+            "{padded} padded for {real} real tokens"
+        );
+    }
+
+    #[test]
+    fn a_few_inputs_are_never_split() {
+        assert_eq!(buckets(&[3, 100, 7]).len(), 1);
+        assert!(buckets(&[]).is_empty());
+    }
+}

@@ -1,0 +1,304 @@
+//! ONNX exports from the real exporters (scikit-learn, XGBoost, LightGBM, PyTorch, Keras;
+//! written by `tools/fixtures/make_onnx_fixtures.py`) must give each framework's own
+//! predictions: loaded directly, and served over mutual-TLS gRPC by the worker binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Worker;
+use inferencehub_proto::pb::{
+    FeatureRow, ListModelsRequest, ModelTask, PredictBatchRequest, PredictRequest,
+};
+use inferencehub_worker::backend::{LoadOptions, ModelInput, load_model};
+use serde::Deserialize;
+use tonic::Code;
+
+/// What the framework itself predicted for held-out rows.
+#[derive(Debug, Deserialize)]
+struct Expected {
+    task: String,
+    inputs: Vec<Vec<f32>>,
+    #[serde(default)]
+    probabilities: Vec<Vec<f64>>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    values: Vec<Vec<f64>>,
+}
+
+/// Probabilities within this of the framework's.
+const PROBABILITY_TOLERANCE: f64 = 1e-5;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
+}
+
+fn fixtures() -> Vec<(String, PathBuf, Expected)> {
+    let mut all: Vec<_> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let expected =
+                serde_json::from_str(&std::fs::read_to_string(p.join("expected.json")).unwrap())
+                    .unwrap();
+            (name, p, expected)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(all.len() >= 15, "fixtures missing: {}", all.len());
+    all
+}
+
+/// Relative tolerance for regression values (their scale is the target's, ~100s here).
+fn close_value(got: f32, want: f64) -> bool {
+    (f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1.0)
+}
+
+fn options() -> LoadOptions {
+    LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        max_prompt_bytes: 1024,
+    }
+}
+
+#[test]
+fn every_export_matches_its_framework() {
+    let mut report = Vec::new();
+    for (name, dir, expected) in fixtures() {
+        let mut model = load_model(&dir, &name, &options())
+            .unwrap_or_else(|e| panic!("{name} does not load: {e:#}"));
+        let spec = model.spec.clone();
+        assert_eq!(spec.feature_count, expected.inputs[0].len(), "{name}");
+        let inputs: Vec<ModelInput> = expected
+            .inputs
+            .iter()
+            .map(|row| ModelInput::Features(row.clone()))
+            .collect();
+        let out = model.classifier.classify(&inputs).unwrap();
+        assert_eq!(out.len(), inputs.len(), "{name}");
+        // The batch of all rows and each row alone agree: no state leaks between rows.
+        let alone = model.classifier.classify(&inputs[3..4]).unwrap();
+        assert_eq!(
+            alone[0], out[3],
+            "{name}: row 3 alone differs from in a batch"
+        );
+        let mut worst = 0.0f64;
+        match expected.task.as_str() {
+            "classification" => {
+                assert_eq!(spec.task, ModelTask::Classification, "{name}");
+                for (i, (got, want)) in out.iter().zip(&expected.probabilities).enumerate() {
+                    assert_eq!(got.len(), want.len(), "{name} row {i}: width");
+                    for (g, w) in got.iter().zip(want) {
+                        worst = worst.max((f64::from(*g) - w).abs());
+                    }
+                    let (best, _) = inferencehub_worker::backend::argmax(got);
+                    assert_eq!(
+                        spec.labels[best], expected.labels[i],
+                        "{name} row {i}: label differs from the framework's predict"
+                    );
+                }
+                assert!(
+                    worst <= PROBABILITY_TOLERANCE,
+                    "{name}: probabilities differ by up to {worst:e}"
+                );
+            }
+            "regression" => {
+                assert_eq!(spec.task, ModelTask::Regression, "{name}");
+                assert!(spec.labels.is_empty());
+                for (i, (got, want)) in out.iter().zip(&expected.values).enumerate() {
+                    assert_eq!(got.len(), want.len(), "{name} row {i}: width");
+                    for (g, w) in got.iter().zip(want) {
+                        assert!(close_value(*g, *w), "{name} row {i}: {g} vs {w}");
+                        worst = worst.max((f64::from(*g) - w).abs() / w.abs().max(1.0));
+                    }
+                }
+            }
+            other => panic!("{name}: unknown task {other}"),
+        }
+        report.push(format!(
+            "{name:40} {:24} worst {worst:.1e}",
+            spec.architecture
+        ));
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// `bytes` with every `from` replaced by `to` (same length).
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut found = 0;
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            found += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(
+        found > 0,
+        "{} not in the file",
+        String::from_utf8_lossy(from)
+    );
+    out
+}
+
+#[test]
+fn an_unsupported_operator_fails_the_load_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("sklearn-random-forest");
+    let model_dir = dir.path().join("forest");
+    std::fs::create_dir(&model_dir).unwrap();
+    // Rename the tree operator inside the protobuf (every occurrence: node names may hold
+    // it too); same length, so the file stays valid.
+    let bytes = std::fs::read(src.join("model.onnx")).unwrap();
+    std::fs::write(
+        model_dir.join("model.onnx"),
+        replace_all(&bytes, b"TreeEnsembleClassifier", b"TreeEnsembleClassifiez"),
+    )
+    .unwrap();
+    let err = match load_model(&model_dir, "forest", &options()) {
+        Ok(_) => panic!("an unknown operator must fail the load"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("TreeEnsembleClassifiez"), "{err}");
+    assert!(err.contains("forest"), "{err}");
+
+    // A neural network with an operator tract lacks names it the same way.
+    let src = fixtures_dir().join("pytorch-mlp");
+    let bytes = std::fs::read(src.join("model.onnx")).unwrap();
+    let edited = replace_all(&bytes, b"Relu", b"Relx");
+    let net_dir = dir.path().join("net");
+    std::fs::create_dir(&net_dir).unwrap();
+    std::fs::write(net_dir.join("model.onnx"), edited).unwrap();
+    std::fs::copy(src.join("model.json"), net_dir.join("model.json")).unwrap();
+    let err = match load_model(&net_dir, "net", &options()) {
+        Ok(_) => panic!("an unknown operator must fail the load"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("Relx") && err.contains("net"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_onnx_fails_the_load_naming_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("two");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::fs::write(model_dir.join("model.onnx"), b"not a protobuf at all").unwrap();
+    let err = match load_model(&model_dir, "two", &options()) {
+        Ok(_) => panic!("garbage must not load"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("two"), "{err}");
+}
+
+/// A model dir holding the fixtures (symlinked), without their expected.json mattering.
+fn fixture_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in names {
+        std::os::unix::fs::symlink(fixtures_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn exports_are_served_over_grpc_with_their_signature() {
+    let names = [
+        "xgboost-binary",
+        "lightgbm-multiclass",
+        "sklearn-random-forest-regressor",
+        "keras-mlp",
+        "pytorch-gru",
+    ];
+    let models = fixture_dir(&names);
+    let worker = Worker::serving(models.path(), &["--max-wait-ms", "1"]).await;
+    let mut client = worker.client().await;
+
+    let listed = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(listed.len(), names.len());
+    let all = fixtures();
+    for (name, _, expected) in all.iter().filter(|f| names.contains(&f.0.as_str())) {
+        let info = listed.iter().find(|m| &m.name == name).unwrap();
+        let input = info.input.as_ref().unwrap();
+        assert_eq!(info.feature_count as usize, expected.inputs[0].len());
+        assert_eq!(input.shape, vec![-1, expected.inputs[0].len() as i64]);
+        assert_eq!(input.datatype, "FP32");
+
+        // One row through Predict, all rows through PredictBatch.
+        let one = client
+            .predict(PredictRequest {
+                model_name: name.clone(),
+                features: expected.inputs[0].clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let batch = client
+            .predict_batch(PredictBatchRequest {
+                model_name: name.clone(),
+                rows: expected
+                    .inputs
+                    .iter()
+                    .map(|r| FeatureRow {
+                        features: r.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(batch.len(), expected.inputs.len());
+        if expected.task == "regression" {
+            assert_eq!(info.task, ModelTask::Regression as i32);
+            assert_eq!(info.value_count, 1);
+            assert!(one.label.is_empty() && one.scores.is_empty());
+            assert!(close_value(one.values[0], expected.values[0][0]));
+            for (got, want) in batch.iter().zip(&expected.values) {
+                assert!(close_value(got.values[0], want[0]), "{name}");
+            }
+        } else {
+            assert_eq!(info.task, ModelTask::Classification as i32);
+            assert_eq!(one.label, expected.labels[0], "{name}");
+            assert!(one.values.is_empty());
+            for ((got, want), label) in batch
+                .iter()
+                .zip(&expected.probabilities)
+                .zip(&expected.labels)
+            {
+                assert_eq!(&got.label, label, "{name}");
+                for (s, w) in got.scores.iter().zip(want) {
+                    assert!((f64::from(s.probability) - w).abs() <= PROBABILITY_TOLERANCE);
+                }
+            }
+        }
+
+        // The signature is enforced: a wrong feature count is INVALID_ARGUMENT.
+        let short = expected.inputs[0][1..].to_vec();
+        let err = client
+            .predict(PredictRequest {
+                model_name: name.clone(),
+                features: short,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}");
+        assert!(err.message().contains("features"), "{}", err.message());
+    }
+}

@@ -1,0 +1,280 @@
+"""The GPU check of `scripts/bench-gpu.sh run`, on a bare GPU machine (CUDA driver, PyTorch,
+transformers; no Rust, no network). Everything else comes in the run folder that
+`scripts/bench-gpu.sh prepare` made: the CUDA worker binary, the demo models (the sentence
+encoder in f16), development certificates, the demo data and the CPU f32 answers.
+
+1. correctness: the worker on the GPU in f16 and f32 answers the demo sets; labels and
+   probabilities against the CPU f32 answers computed where the binary was built;
+2. forward pass: the worker's encoder against PyTorch + transformers fp16 (the model's own
+   AutoModel, same weights, same token ids, mean pooling on both sides, every result copied
+   to the host), interleaved, at batch {1, 32, 128} x {16, 128} tokens;
+3. gRPC: 1 and 64 concurrent Predict callers over mutual TLS against `serve --device cuda`.
+
+Writes bench-gpu.md (the table) and bench-gpu.json into --out; every stage reports its own
+failure and the others still run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+CELLS = [(1, 16), (1, 128), (32, 16), (32, 128), (128, 16), (128, 128)]
+# "cuda" on the GPU machine; "cpu" for a dry run of this script where the binary was built.
+DEVICE = "cuda"
+LOAD_SECONDS = 8.0
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(cmd):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+def jsonl(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class Worker:
+    """The `bench-encoder` process: JSON lines over stdin/stdout."""
+
+    def __init__(self, binary, model_dir, dtype, env=None):
+        self.proc = subprocess.Popen(
+            [binary, "bench-encoder", "--model-dir", str(model_dir), "--device", DEVICE, "--dtype", dtype],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, **(env or {})),
+        )
+        self.ready = json.loads(self.proc.stdout.readline())
+
+    def call(self, request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def correctness(run, binary, report):
+    log("correctness: demo sets on cuda f16 and f32 against the CPU f32 answers")
+    rows = []
+    for model, data in [("sentiment", "sentiment.tsv"), ("iris", "iris.csv")]:
+        cpu = jsonl((run / f"cpu-{model}.jsonl").read_text())
+        for dtype in ["f16", "f32"]:
+            started = time.time()
+            out = subprocess.run(
+                [binary, "classify", "--model-dir", str(run / "models" / model), "--device", DEVICE,
+                 "--dtype", dtype, "--input", str(run / "data" / data)],
+                capture_output=True, text=True, timeout=300,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"classify {model} {dtype} failed: {out.stderr[-2000:]}")
+            gpu = jsonl(out.stdout)
+            same = sum(a["label"] == b["label"] for a, b in zip(cpu, gpu))
+            worst = max(
+                abs(x - y) for a, b in zip(cpu, gpu) for x, y in zip(a["probabilities"], b["probabilities"])
+            )
+            rows.append({"model": model, "dtype": dtype, "inputs": len(gpu), "same_labels": same,
+                         "max_probability_diff": worst, "seconds": time.time() - started})
+            log(f"  {model} {dtype}: {same}/{len(gpu)} labels as on the CPU, max |dp| {worst:.2e}")
+    report["correctness"] = rows
+
+
+def forward(run, binary, report):
+    import torch
+    import transformers
+    from transformers import AutoModel
+
+    transformers.utils.logging.disable_progress_bar()
+
+    log(f"forward pass: worker vs PyTorch {torch.__version__} fp16")
+    model_dir = run / "models" / "sentiment"
+    net = AutoModel.from_pretrained(str(model_dir), dtype=torch.float16).to(DEVICE).eval()
+    vocab = net.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+
+    def ids_for(batch, tokens):
+        body = torch.randint(1000, vocab, (batch, tokens - 2), generator=generator)
+        cls = torch.full((batch, 1), 101)
+        sep = torch.full((batch, 1), 102)
+        return torch.cat([cls, body, sep], dim=1)
+
+    def torch_embed(ids):
+        ids = ids.to(DEVICE)
+        mask = torch.ones_like(ids)
+        hidden = net(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * m).sum(1) / m.sum(1)).float().cpu()
+
+    def torch_seconds(ids, reps):
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(reps):
+            torch_embed(ids)
+        return time.perf_counter() - started
+
+    worker = Worker(binary, model_dir, "f16")
+    rows = []
+    try:
+        with torch.inference_mode():
+            check = ids_for(8, 64)
+            ours = torch.tensor(worker.call({"cmd": "embed", "ids": check.tolist()})["embedding"])
+            theirs = torch_embed(check)
+            cosine = torch.nn.functional.cosine_similarity(ours, theirs).min().item()
+            log(f"  same ids, fp16 both: min cosine similarity of the embeddings {cosine:.5f}")
+            report["embedding_min_cosine"] = cosine
+            for batch, tokens in CELLS:
+                ids = ids_for(batch, tokens)
+                listed = ids.tolist()
+                torch_seconds(ids, 3)
+                worker.call({"cmd": "time", "ids": listed, "reps": 3})
+                one = max(worker.call({"cmd": "time", "ids": listed, "reps": 2})["seconds"] / 2, 1e-5)
+                reps = max(5, min(2000, int(0.4 / one)))
+                best_w, best_t = float("inf"), float("inf")
+                for _ in range(3):
+                    best_w = min(best_w, worker.call({"cmd": "time", "ids": listed, "reps": reps})["seconds"] / reps)
+                    best_t = min(best_t, torch_seconds(ids, reps) / reps)
+                rows.append({"batch": batch, "tokens": tokens, "worker_ms": best_w * 1e3,
+                             "torch_ms": best_t * 1e3, "speed_vs_torch": best_t / best_w})
+                log(f"  batch {batch:3} x {tokens:3} tokens: worker {best_w * 1e3:8.3f} ms, "
+                    f"PyTorch {best_t * 1e3:8.3f} ms, worker speed {best_t / best_w:.2f}x")
+                if tokens == 128 and batch >= 32:
+                    # Where the worker's time goes: each stage with the device synchronised.
+                    stages = worker.call({"cmd": "profile", "ids": listed, "reps": 5})["stages"]
+                    rows[-1]["stages_ms"] = {name: sec * 1e3 for name, sec in stages}
+                    log("    stages (ms, synchronised): " + ", ".join(f"{n} {s * 1e3:.3f}" for n, s in stages))
+    finally:
+        worker.close()
+    report["forward"] = rows
+
+
+def grpc(run, binary, report):
+    log("gRPC: 1 and 64 concurrent Predict callers, serve --device cuda")
+    certs = run / "certs"
+    serve = subprocess.Popen(
+        [binary, "serve", "--device", DEVICE, "--model-dir", str(run / "models"),
+         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+         "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+         "--tls-client-ca", str(certs / "ca.pem"), "--max-batch-size", "64", "--max-wait-ms", "2"],
+        stdout=subprocess.PIPE, stderr=open(run / "serve.log", "w"), text=True,
+    )
+    try:
+        line = serve.stdout.readline()
+        port = line.split("grpc=")[1].split()[0].rsplit(":", 1)[1]
+        env = dict(os.environ, IHUB_WORKER_CLIENT_TLS_CA=str(certs / "ca.pem"),
+                   IHUB_WORKER_CLIENT_TLS_CERT=str(certs / "client.pem"),
+                   IHUB_WORKER_CLIENT_TLS_KEY=str(certs / "client.key"))
+        addr = f"https://127.0.0.1:{port}"
+        for _ in range(240):
+            if subprocess.run([binary, "health", "--addr", addr], env=env, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        rows = []
+        for callers in [1, 64]:
+            out = subprocess.run(
+                [binary, "load", "--addr", addr, "--model", "sentiment", "--prompts",
+                 str(run / "data" / "sentiment.tsv"), "--callers", str(callers), "--seconds", str(LOAD_SECONDS)],
+                env=env, capture_output=True, text=True, timeout=120,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr[-2000:])
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            log(f"  {callers:2} callers: {row['per_second']:.0f} predictions/s, p50 {row['p50_ms']:.2f} ms, "
+                f"p99 {row['p99_ms']:.2f} ms, mean batch {row['mean_batch']:.1f}, errors {row['errors']}")
+        report["grpc"] = rows
+        report["grpc_scaling"] = rows[1]["per_second"] / rows[0]["per_second"]
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def markdown(report):
+    lines = [f"GPU: {report['gpu']}, driver {report['driver']}, CUDA worker built with toolkit 13.0 (sm_90 PTX); "
+             f"PyTorch {report.get('torch', '?')}, transformers {report.get('transformers', '?')}.", ""]
+    if "correctness" in report:
+        lines += ["| model | dtype | inputs | labels as CPU f32 | max abs probability diff |", "|---|---|---:|---:|---:|"]
+        for r in report["correctness"]:
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['inputs']} | {r['same_labels']} | {r['max_probability_diff']:.1e} |")
+        lines.append("")
+    if "forward" in report:
+        lines += ["| batch x tokens | worker f16 (ms) | PyTorch fp16 (ms) | worker speed vs PyTorch |", "|---|---:|---:|---:|"]
+        for r in report["forward"]:
+            lines.append(f"| {r['batch']} x {r['tokens']} | {r['worker_ms']:.3f} | {r['torch_ms']:.3f} | {r['speed_vs_torch']:.2f}x |")
+        lines.append("")
+        for r in report["forward"]:
+            if "stages_ms" in r:
+                total = sum(r["stages_ms"].values())
+                parts = ", ".join(f"{n} {v:.2f} ms ({100 * v / total:.0f} %)" for n, v in r["stages_ms"].items())
+                lines.append(f"Worker stages at {r['batch']} x {r['tokens']} (synchronised after each): {parts}.")
+        lines.append("")
+    if "grpc" in report:
+        lines += ["| Predict callers | predictions/s | p50 ms | p99 ms | mean batch | errors |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in report["grpc"]:
+            lines.append(f"| {r['callers']} | {r['per_second']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.1f} | {r['errors']} |")
+        lines.append(f"\n64 callers / 1 caller: {report['grpc_scaling']:.1f}x")
+    for stage, error in report.get("errors", {}).items():
+        lines.append(f"\n{stage} failed: {error}")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", action="append", choices=["correctness", "forward", "grpc"])
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run where the binary was built")
+    parser.add_argument("--binary", help="worker binary (default: RUN_DIR/inferencehub-worker)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per gRPC load level")
+    args = parser.parse_args()
+    global DEVICE, CELLS, LOAD_SECONDS
+    DEVICE = args.device
+    LOAD_SECONDS = args.seconds
+    if DEVICE == "cpu":
+        CELLS = [(1, 16), (4, 16)]
+    run = args.run_dir.resolve()
+    binary = str(Path(args.binary).resolve()) if args.binary else str(run / "inferencehub-worker")
+    report = {
+        "gpu": sh("nvidia-smi --query-gpu=name --format=csv,noheader") or DEVICE,
+        "driver": sh("nvidia-smi --query-gpu=driver_version --format=csv,noheader") or "none",
+    }
+    try:
+        import torch
+        import transformers
+
+        report["torch"], report["transformers"] = torch.__version__, transformers.__version__
+    except ImportError as e:
+        report["torch"] = f"missing ({e})"
+    log(f"{report['gpu']} driver {report['driver']}")
+    for name, stage in [("correctness", correctness), ("forward", forward), ("grpc", grpc)]:
+        if args.only and name not in args.only:
+            continue
+        try:
+            stage(run, binary, report)
+        except Exception as e:  # one stage's failure must not hide the others' results
+            traceback.print_exc()
+            report.setdefault("errors", {})[name] = str(e)[-1500:]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench-gpu.json").write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    (args.out / "bench-gpu.md").write_text(table)
+    print(table)
+    return 0 if not report.get("errors") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
