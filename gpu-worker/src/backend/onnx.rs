@@ -211,10 +211,12 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
         ),
     };
 
-    let producer: HashMap<&str, &NodeProto> = graph
+    // Which node (by index) computes each value.
+    let producer: HashMap<&str, usize> = graph
         .node
         .iter()
-        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
         .collect();
     let zipmap = graph.node.iter().find(|n| op_key(n) == "ai.onnx.ml:ZipMap");
     // The served output, and labels the graph gives for it.
@@ -240,19 +242,21 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
     }
 
     // Keep the nodes the output needs, in graph order.
-    let mut needed: HashSet<*const NodeProto> = HashSet::new();
+    let mut needed: HashSet<usize> = HashSet::new();
     let mut stack = vec![output.as_str()];
     while let Some(name) = stack.pop() {
-        if let Some(node) = producer.get(name)
-            && needed.insert(*node as *const NodeProto)
+        if let Some(&i) = producer.get(name)
+            && needed.insert(i)
         {
-            stack.extend(node.input.iter().map(String::as_str));
+            stack.extend(graph.node[i].input.iter().map(String::as_str));
         }
     }
     let nodes: Vec<&NodeProto> = graph
         .node
         .iter()
-        .filter(|n| needed.contains(&(*n as *const NodeProto)))
+        .enumerate()
+        .filter(|(i, _)| needed.contains(i))
+        .map(|(_, n)| n)
         .collect();
 
     let classifier = nodes
@@ -284,20 +288,25 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
     })
 }
 
+/// Whether a node belongs to the default ONNX operator set.
+fn is_standard(node: &NodeProto) -> bool {
+    node.domain.is_empty() || node.domain == "ai.onnx"
+}
+
 /// The first operator of `nodes` that tract does not implement.
-fn unsupported_by_tract(nodes: &[&NodeProto]) -> Option<String> {
-    let onnx = tract_onnx::onnx();
+fn unsupported_by_tract(onnx: &tract_onnx::Onnx, nodes: &[&NodeProto]) -> Option<String> {
     nodes
         .iter()
-        .find(|n| !onnx.op_register.0.contains_key(&n.op_type) || !n.domain.is_empty())
+        .find(|n| !is_standard(n) || !onnx.op_register.0.contains_key(&n.op_type))
         .map(|n| op_key(n))
 }
 
 fn tract_engine(
+    onnx: &tract_onnx::Onnx,
     proto: &ModelProto,
     plan: &Plan,
 ) -> anyhow::Result<(TypedRunnableModel<TypedModel>, usize)> {
-    let mut model = tract_onnx::onnx()
+    let mut model = onnx
         .model_for_proto_model(proto)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let batch = model.symbols.sym("batch");
@@ -361,7 +370,8 @@ pub fn load(
         OnnxSettings::default()
     };
     let bytes = std::fs::read(dir.join(MODEL_FILE)).context("reading model.onnx")?;
-    let proto = tract_onnx::onnx()
+    let onnx = tract_onnx::onnx();
+    let proto = onnx
         .proto_model_for_read(&mut bytes.as_slice())
         .map_err(|e| anyhow::anyhow!("model.onnx is not an ONNX model: {e}"))?;
     let plan = plan(&proto, &settings)?;
@@ -400,22 +410,22 @@ pub fn load(
             .filter(|n| n.domain == "ai.onnx.ml")
             .map(|n| n.op_type.clone())
             .collect();
+        // Named after its model operator; a pipeline of other operators is a "graph".
         let main = kinds
             .iter()
             .find(|k| k.contains("Tree") || k.contains("Linear"))
-            .or(kinds.first())
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_else(|| "graph".into());
         (
             Engine::Interpreter(program),
             width,
             format!("onnx-ml-{main}"),
         )
     } else {
-        if let Some(op) = unsupported_by_tract(&plan.nodes) {
+        if let Some(op) = unsupported_by_tract(&onnx, &plan.nodes) {
             bail!("unsupported operator {op} in model {name:?}: tract does not implement it");
         }
-        let (runnable, width) = tract_engine(&proto, &plan)?;
+        let (runnable, width) = tract_engine(&onnx, &proto, &plan)?;
         (
             Engine::Tract(Box::new(runnable)),
             width,

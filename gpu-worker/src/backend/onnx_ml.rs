@@ -806,7 +806,8 @@ fn compile(node: &NodeProto) -> anyhow::Result<Op> {
 #[derive(Debug, Clone)]
 pub struct Program {
     steps: Vec<Step>,
-    constants: Vec<(usize, Value)>,
+    /// Initializers, by slot.
+    constants: Vec<Option<Value>>,
     slots: usize,
     input: usize,
     output: usize,
@@ -857,13 +858,15 @@ impl Program {
         let output_slot = *slot_of
             .get(output)
             .with_context(|| format!("output {output:?} is not computed"))?;
-        let constants = slot_of
-            .iter()
-            .filter_map(|(name, s)| constants.get(name).map(|v| (*s, v.clone())))
-            .collect();
+        let mut constant_slots = vec![None; slot_of.len()];
+        for (name, slot) in &slot_of {
+            if let Some(value) = constants.get(name) {
+                constant_slots[*slot] = Some(value.clone());
+            }
+        }
         Ok(Self {
             steps,
-            constants,
+            constants: constant_slots,
             slots: slot_of.len(),
             input: input_slot,
             output: output_slot,
@@ -871,19 +874,19 @@ impl Program {
     }
 
     /// Runs the graph on a `[rows, features]` float input; returns the output tensor.
+    /// Initializers are read in place, never copied per call.
     pub fn run(&self, input: Value) -> anyhow::Result<Value> {
         let mut values: Vec<Option<Value>> = vec![None; self.slots];
-        for (s, v) in &self.constants {
-            values[*s] = Some(v.clone());
-        }
         values[self.input] = Some(input);
         for step in &self.steps {
-            let args: Vec<Option<&Value>> = step
-                .inputs
-                .iter()
-                .map(|s| s.and_then(|s| values[s].as_ref()))
-                .collect();
-            let outs = eval(&step.op, &args)?;
+            let outs = {
+                let args: Vec<Option<&Value>> = step
+                    .inputs
+                    .iter()
+                    .map(|s| s.and_then(|s| values[s].as_ref().or(self.constants[s].as_ref())))
+                    .collect();
+                eval(&step.op, &args)?
+            };
             for (slot, value) in step.outputs.iter().zip(outs) {
                 if let Some(slot) = slot {
                     values[*slot] = Some(value);
