@@ -21,6 +21,8 @@ use candle_core::{DType, Device, Storage, Tensor};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct, PositionEmbeddingType};
 use rayon::prelude::*;
 
+use super::tensor_bert::encoder_prefix;
+
 /// One encoder layer's weights: matrices pre-transposed to `[in, out]` for `x · W`.
 struct Layer {
     qkv_w: Tensor,
@@ -117,13 +119,7 @@ impl CpuBert {
     /// The encoder from a checkpoint's tensors (names with or without a `bert.`-style
     /// prefix, as transformers and sentence-transformers write them).
     pub fn load(tensors: &HashMap<String, Tensor>, config: &BertConfig) -> anyhow::Result<Self> {
-        let prefixes = ["".to_string(), "bert.".to_string()]
-            .into_iter()
-            .chain(config.model_type.as_ref().map(|m| format!("{m}.")));
-        let prefix = prefixes
-            .into_iter()
-            .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
-            .context("no embeddings.word_embeddings.weight in the checkpoint")?;
+        let prefix = encoder_prefix(tensors, config)?;
         let get = |name: &str| -> anyhow::Result<&Tensor> {
             tensors
                 .get(&format!("{prefix}{name}"))

@@ -150,8 +150,8 @@ impl BertBody {
         }
     }
 
-    /// The encoder over a checkpoint's tensors: the CPU encoder on the CPU when it covers
-    /// the configuration, candle's otherwise.
+    /// The encoder over a checkpoint's tensors: the packed CPU encoder on the CPU in f32
+    /// when it covers the configuration, the tensor encoder otherwise.
     fn load(
         tensors: &HashMap<String, Tensor>,
         config: &BertConfig,
