@@ -3,7 +3,8 @@
 //!
 //! DistilBERT and RoBERTa / XLM-RoBERTa are BERT encoders with other tensor names (and,
 //! for RoBERTa, positions counted from `pad_token_id + 1`): they are renamed into BERT's
-//! layout here, so the same encoders run them (the packed CPU encoder, candle's on CUDA).
+//! layout here, so the same encoders run them (the packed CPU encoder; the tensor encoder
+//! on CUDA and in half precision).
 //! ModernBERT (rotary positions, GeGLU, alternating local and global attention) runs on
 //! candle-transformers' implementation, with transformers' config keys translated.
 
