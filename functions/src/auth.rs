@@ -189,6 +189,13 @@ impl Authenticator {
         };
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
+        if has_critical_parameters(token) {
+            // RFC 7515 §4.1.11: a recipient must refuse extensions it does not understand,
+            // and this gateway understands none.
+            return Err(invalid(
+                "critical header parameters (crit) are not supported",
+            ));
+        }
         let kid = header
             .kid
             .as_deref()
@@ -213,6 +220,20 @@ impl Authenticator {
                 .claims;
         caller_from(&claims, &self.config.tier_claim)
     }
+}
+
+/// Whether the token's protected header holds a `crit` member (which `jsonwebtoken`'s
+/// `Header` does not keep).
+fn has_critical_parameters(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(segment) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes).ok())
+        .is_some_and(|header| header.contains_key("crit"))
 }
 
 fn invalid(message: &str) -> AuthError {

@@ -191,8 +191,24 @@ pub fn parse(body: &[u8]) -> Result<PredictBody, FieldError> {
         }
     }
     parsed.input = input("", single)?;
-    parsed.model_name = model_name.ok_or_else(|| FieldError::new("model_name", "is required"))?;
+    let model_name = model_name.ok_or_else(|| FieldError::new("model_name", "is required"))?;
+    if !is_model_name(&model_name) {
+        return Err(FieldError::new(
+            "model_name",
+            "must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+        ));
+    }
+    parsed.model_name = model_name;
     Ok(parsed)
+}
+
+/// `[A-Za-z0-9._-]{1,64}`: what a model folder may be called. Anything else is refused
+/// before the name reaches a metric dimension, a log line or a `WWW-Authenticate` header.
+pub fn is_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Features as f32, each finite after narrowing.
@@ -388,6 +404,16 @@ mod tests {
         assert_eq!(fields(r#"{"features":[1,2,3,4]}"#, &iris()), ["model_name"]);
         assert_eq!(fields(r#"{"model_name":"iris","x":1}"#, &iris()), ["x"]);
         assert_eq!(fields(r#"{"model_name":7}"#, &iris()), ["model_name"]);
+        // Names that could add WWW-Authenticate parameters or unbounded metric dimensions.
+        let long = "m".repeat(65);
+        for name in ["", "iris\", scope=\"x", "a,b", "a b", long.as_str(), "ïris"] {
+            let body = serde_json::json!({"model_name": name, "features": [1, 2, 3, 4]});
+            assert_eq!(
+                fields(&body.to_string(), &iris()),
+                ["model_name"],
+                "{name:?}"
+            );
+        }
         assert_eq!(
             fields(r#"{"model_name":"iris","features":[1,"a"]}"#, &iris()),
             ["features[1]"]

@@ -165,6 +165,12 @@ async fn every_bad_token_is_refused_with_401() {
         let r = stack.post(Some(&key.sign(&good).unwrap()), body).await;
         assert_eq!(r.status(), 200, "{:?}", key.alg);
     }
+    // A hand-built header signs as well as jsonwebtoken's (the crit case below relies on it).
+    let plain = keys
+        .es
+        .sign_with_header(&json!({"alg": "ES256", "typ": "JWT", "kid": "es-1"}), &good)
+        .unwrap();
+    assert_eq!(stack.post(Some(&plain), body).await.status(), 200);
 
     // No token: a challenge without an error code.
     let r = stack.post(None, body).await;
@@ -211,6 +217,15 @@ async fn every_bad_token_is_refused_with_401() {
     no_exp.as_object_mut().unwrap().remove("exp");
     let wrong_iss = claims("https://evil.test", AUDIENCE, "m", "predict", 300, None);
     let wrong_aud = claims(ISSUER, "someone-else", "m", "predict", 300, None);
+    // Correctly signed, but its header marks parameters critical (RFC 7515 crit): the
+    // gateway understands no extension, so it must refuse the token.
+    let critical = keys
+        .es
+        .sign_with_header(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": "es-1", "crit": ["exp"]}),
+            &good,
+        )
+        .unwrap();
 
     let cases = [
         ("alg none", alg_none),
@@ -224,6 +239,7 @@ async fn every_bad_token_is_refused_with_401() {
         ("wrong issuer", keys.es.sign(&wrong_iss).unwrap()),
         ("wrong audience", keys.es.sign(&wrong_aud).unwrap()),
         ("garbage", "not-a-jwt".to_string()),
+        ("critical header parameter", critical),
     ];
     let calls_before = stack.worker_calls().await;
     for (case, token) in cases {

@@ -89,6 +89,9 @@ fn prediction(r: &PredictResponse) -> Map<String, Value> {
     out
 }
 
+/// The `Model` metric dimension of requests for no model the catalogue knows.
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
 /// 413 when the declared or actual body is larger than `max` bytes.
 fn check_size(req: &Request, max: usize) -> Result<(), Problem> {
     let declared = req
@@ -115,7 +118,9 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
     ) -> Result<Validated, Problem> {
         check_size(req, self.api.max_body_bytes)?;
         let parsed = parse(req.body()).map_err(|e| Problem::invalid(vec![e]))?;
-        cx.metrics.model = Some(parsed.model_name.clone());
+        // The metric dimension names only models the catalogue knows: a caller must not
+        // mint CloudWatch metrics (billed per metric) with made-up names.
+        cx.metrics.model = Some(UNKNOWN_MODEL.into());
         if !caller.may_use_model(&parsed.model_name) {
             return Err(Problem::forbidden(
                 format!("this token may not use model {:?}", parsed.model_name),
@@ -138,6 +143,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
                 )];
                 p
             })?;
+        cx.metrics.model = Some(model.name.clone());
         validate(
             parsed,
             &model,

@@ -62,6 +62,22 @@ impl SigningKey {
         })
     }
 
+    /// A token with `header` exactly as given (members a `jsonwebtoken::Header` cannot
+    /// hold, such as `crit`), signed with this key.
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> anyhow::Result<String> {
+        let message = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &encoding_key(self.alg, &self.private_pem)?,
+            self.alg,
+        )?;
+        Ok(format!("{message}.{signature}"))
+    }
+
     /// Signs `claims` with this key (header: `alg`, `kid`, `typ: JWT`).
     pub fn sign(&self, claims: &Value) -> anyhow::Result<String> {
         let mut header = Header::new(self.alg);
