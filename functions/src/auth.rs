@@ -77,6 +77,8 @@ impl Authenticator {
             JwksSource::Url(_) => Some(
                 reqwest::Client::builder()
                     .timeout(Duration::from_secs(3))
+                    // A redirect could lead anywhere, plaintext included: not followed.
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()?,
             ),
             JwksSource::File(_) => None,

@@ -93,13 +93,43 @@ impl AuthConfig {
         }
     }
 
-    /// The key source: the URL when set, else the file.
+    /// The key source: the URL when set, else the file. The URL must be `https://`
+    /// (plain `http://` only to a loopback host, for development): keys fetched in the
+    /// clear could be swapped on the way.
     pub fn jwks(&self) -> anyhow::Result<JwksSource> {
         match (&self.jwks_url, &self.jwks_file) {
-            (Some(url), _) => Ok(JwksSource::Url(url.clone())),
+            (Some(url), _) => {
+                if !secure_or_loopback(url) {
+                    bail!(
+                        "IHUB_JWKS_URL must be an https:// URL (http:// is accepted only for \
+                         a loopback host, in development): got {url:?}"
+                    );
+                }
+                Ok(JwksSource::Url(url.clone()))
+            }
             (None, Some(file)) => Ok(JwksSource::File(file.clone())),
             (None, None) => bail!("set IHUB_JWKS_URL (or IHUB_JWKS_FILE for development)"),
         }
+    }
+}
+
+/// `https://…`, or `http://` to 127.0.0.0/8, `[::1]` or `localhost`.
+fn secure_or_loopback(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = parsed.host_str().unwrap_or_default();
+    match parsed.scheme() {
+        "https" => !host.is_empty(),
+        "http" => {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
     }
 }
 
@@ -233,18 +263,18 @@ impl WorkerConfig {
         }
     }
 
-    /// The worker URLs, `https://` added where no scheme was given.
-    pub fn urls(&self) -> Vec<String> {
+    /// The worker URLs, `https://` added where no scheme was given; any other scheme is
+    /// refused (the worker speaks mutual TLS only, and a plaintext URL would send the
+    /// caller's inputs in the clear).
+    pub fn urls(&self) -> anyhow::Result<Vec<String>> {
         self.addrs
             .iter()
             .map(|a| a.trim())
             .filter(|a| !a.is_empty())
-            .map(|a| {
-                if a.contains("://") {
-                    a.to_string()
-                } else {
-                    format!("https://{a}")
-                }
+            .map(|a| match a.split_once("://") {
+                None => Ok(format!("https://{a}")),
+                Some(("https", _)) => Ok(a.to_string()),
+                Some(_) => bail!("IHUB_WORKER_ADDR {a:?}: workers are reached over https:// only"),
             })
             .collect()
     }
@@ -441,7 +471,7 @@ mod tests {
         let (config, warnings) = parse_with(&vars).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(
-            config.worker.urls(),
+            config.worker.urls().unwrap(),
             ["https://127.0.0.1:1", "https://w2:2"]
         );
         assert!(config.limits.fail_open);
@@ -457,6 +487,52 @@ mod tests {
         vars.push(("IHUB_RATE_LIMIT_WINDOW_SECS", "0"));
         let err = parse_with(&vars).unwrap_err().to_string();
         assert!(err.contains("at least 1 second"), "{err}");
+    }
+
+    #[test]
+    fn keys_and_workers_are_reached_over_tls_only() {
+        let mut vars = BASE.to_vec();
+        vars.retain(|(k, _)| *k != "IHUB_JWKS_FILE" && *k != "IHUB_WORKER_ADDR");
+        vars.extend([
+            ("IHUB_WORKER_CLIENT_TLS_CA", "/ca.pem"),
+            ("IHUB_WORKER_CLIENT_TLS_CERT", "/c.pem"),
+            ("IHUB_WORKER_CLIENT_TLS_KEY", "/c.key"),
+        ]);
+        let url = |jwks: &str, worker: &str| {
+            let mut v = vars.clone();
+            v.push(("IHUB_JWKS_URL", jwks));
+            v.push(("IHUB_WORKER_ADDR", worker));
+            let (config, _) = parse_with(&v).unwrap();
+            (
+                config.auth.jwks().map_err(|e| e.to_string()),
+                config.worker.urls(),
+            )
+        };
+        let (jwks, workers) = url("https://idp.example/.well-known/jwks.json", "w:1");
+        assert!(jwks.is_ok() && workers.is_ok());
+        for insecure in [
+            "http://idp.example/.well-known/jwks.json",
+            "http://169.254.169.254/keys",
+            "ftp://idp.example/jwks.json",
+            "not a url",
+        ] {
+            let err = url(insecure, "w:1").0.unwrap_err();
+            assert!(
+                err.contains("IHUB_JWKS_URL must be an https:// URL"),
+                "{err}"
+            );
+        }
+        for dev in [
+            "http://127.0.0.1:8080/jwks.json",
+            "http://localhost/jwks.json",
+            "http://[::1]:9/k",
+        ] {
+            assert!(url(dev, "w:1").0.is_ok(), "{dev}");
+        }
+        let err = url("https://idp.example/k", "https://a:1, http://b:2")
+            .1
+            .unwrap_err();
+        assert!(err.to_string().contains("https:// only"), "{err}");
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl GrpcWorker {
     /// reached now is logged and connected lazily later.
     pub async fn connect(config: WorkerConfig) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
-        let addrs = config.urls();
+        let addrs = config.urls()?;
         if addrs.is_empty() {
             anyhow::bail!("no worker address configured");
         }

@@ -15,6 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves whatever JWKS `body` holds and counts the requests.
 async fn jwks_server(body: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> u16 {
+    serve(body, hits, None).await
+}
+
+/// Like [`jwks_server`]; with `redirect`, every answer is a 302 to that URL instead.
+async fn serve(body: Arc<Mutex<String>>, hits: Arc<AtomicUsize>, redirect: Option<String>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -22,6 +27,7 @@ async fn jwks_server(body: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> u16 {
             let (mut stream, _) = listener.accept().await.unwrap();
             let body = body.clone();
             let hits = hits.clone();
+            let redirect = redirect.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut read = 0;
@@ -34,10 +40,15 @@ async fn jwks_server(body: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> u16 {
                 }
                 hits.fetch_add(1, Ordering::SeqCst);
                 let json = body.lock().unwrap().clone();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
-                    json.len()
-                );
+                let response = match redirect {
+                    Some(to) => format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    ),
+                    None => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                        json.len()
+                    ),
+                };
                 stream.write_all(response.as_bytes()).await.unwrap();
             });
         }
@@ -106,4 +117,37 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
             .all(|a| matches!(a, Err(AuthError::Invalid(_))))
     );
     assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_redirecting_jwks_url_is_not_followed() {
+    let key = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+    let elsewhere = serve(
+        Arc::new(Mutex::new(jwks(&[&key]).to_string())),
+        elsewhere_hits.clone(),
+        None,
+    )
+    .await;
+    let redirect_hits = Arc::new(AtomicUsize::new(0));
+    let redirecting = serve(
+        Arc::new(Mutex::new(String::new())),
+        redirect_hits.clone(),
+        Some(format!("http://127.0.0.1:{elsewhere}/jwks.json")),
+    )
+    .await;
+    let auth = Authenticator::new(AuthConfig::new(
+        "iss",
+        "aud",
+        JwksSource::Url(format!("http://127.0.0.1:{redirecting}/jwks.json")),
+    ))
+    .await
+    .unwrap();
+    let token = key
+        .sign(&claims("iss", "aud", "u", "predict", 60, None))
+        .unwrap();
+    let refused = auth.authenticate(Some(&format!("Bearer {token}"))).await;
+    assert!(matches!(refused, Err(AuthError::Invalid(_))), "{refused:?}");
+    assert!(redirect_hits.load(Ordering::SeqCst) >= 1);
+    assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "the redirect was followed");
 }

@@ -216,6 +216,18 @@ mod tests {
         assert!(!method_allowed(&["POST"], &http::Method::GET));
     }
 
+    /// The deployed JWKS URL must be https, as the functions require at start-up.
+    #[test]
+    fn the_template_accepts_only_an_https_jwks_url() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+        let template: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let pattern = template["Parameters"]["JwksUrl"]["AllowedPattern"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(pattern.starts_with("^https://"), "JwksUrl pattern {pattern:?}");
+    }
+
     /// `template.yaml`'s HTTP API events are exactly the route table, function by function.
     #[test]
     fn the_route_table_is_the_templates() {
