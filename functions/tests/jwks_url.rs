@@ -149,5 +149,9 @@ async fn a_redirecting_jwks_url_is_not_followed() {
     let refused = auth.authenticate(Some(&format!("Bearer {token}"))).await;
     assert!(matches!(refused, Err(AuthError::Invalid(_))), "{refused:?}");
     assert!(redirect_hits.load(Ordering::SeqCst) >= 1);
-    assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+    assert_eq!(
+        elsewhere_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
 }

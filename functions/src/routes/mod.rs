@@ -225,7 +225,10 @@ mod tests {
         let pattern = template["Parameters"]["JwksUrl"]["AllowedPattern"]
             .as_str()
             .unwrap_or_default();
-        assert!(pattern.starts_with("^https://"), "JwksUrl pattern {pattern:?}");
+        assert!(
+            pattern.starts_with("^https://"),
+            "JwksUrl pattern {pattern:?}"
+        );
     }
 
     /// `template.yaml`'s HTTP API events are exactly the route table, function by function.
