@@ -130,7 +130,10 @@ impl Worker for FakeWorker {
 /// A limiter whose store is down, or an in-memory one.
 pub enum FakeLimiter {
     Memory(MemoryLimiter),
+    /// Times out (a transient failure).
     Down,
+    /// Answers, but refuses the write (throttled, say).
+    Refusing,
 }
 
 impl RateLimiter for FakeLimiter {
@@ -139,8 +142,11 @@ impl RateLimiter for FakeLimiter {
             Self::Memory(m) => m.check(caller, policy).await,
             Self::Down => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                Err(StoreUnavailable("timed out".into()))
+                Err(StoreUnavailable::transient("timed out"))
             }
+            Self::Refusing => Err(StoreUnavailable::refused(
+                "ProvisionedThroughputExceededException",
+            )),
         }
     }
 }

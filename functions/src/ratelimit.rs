@@ -41,8 +41,42 @@ pub struct Decision {
 
 /// The limiter's store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("rate-limit store unavailable: {0}")]
-pub struct StoreUnavailable(pub String);
+#[error("rate-limit store unavailable: {message}")]
+pub struct StoreUnavailable {
+    /// What went wrong.
+    pub message: String,
+    /// A timeout or a transport failure: the store may be fine a moment later, and only
+    /// these may fail open. A refusal by the store (throttling, a bad key, a missing
+    /// table) never turns the limit off.
+    pub transient: bool,
+}
+
+impl StoreUnavailable {
+    /// A timeout or transport failure.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// An answer from the store that refuses the write.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+/// The table key of `caller` in window `index`: the window, then a SHA-256 of the caller
+/// (fixed size whatever the `sub`, and no user ids stored in the table).
+pub fn counter_key(index: u64, caller: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(caller.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{index}#{hex}")
+}
 
 /// Counts requests per caller.
 pub trait RateLimiter: Send + Sync {
@@ -102,8 +136,7 @@ impl RateLimiter for DynamoLimiter {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        // The window index comes first: it holds no '#', so keys never collide.
-        let key = format!("{index}#{caller}");
+        let key = counter_key(index, caller);
         let expires_at = now + reset_secs + 60;
         let result = self
             .client
@@ -141,9 +174,12 @@ impl RateLimiter for DynamoLimiter {
                     reset_secs,
                 })
             }
-            Err(e) => Err(StoreUnavailable(
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
-            )),
+            Err(e) => {
+                let transient =
+                    matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
+                let message = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
+                Err(StoreUnavailable { message, transient })
+            }
         }
     }
 }
@@ -161,7 +197,7 @@ impl RateLimiter for MemoryLimiter {
         let mut counts = self
             .counts
             .lock()
-            .map_err(|_| StoreUnavailable("poisoned".into()))?;
+            .map_err(|_| StoreUnavailable::refused("poisoned"))?;
         counts.retain(|(i, _), _| *i >= index);
         let hits = counts.entry((index, caller.to_string())).or_insert(0);
         if *hits >= policy.limit {
@@ -250,6 +286,17 @@ mod tests {
         let d = limiter.check("alice", &p).await.unwrap();
         assert_eq!(d.remaining, 0);
         assert!(d.reset_secs >= 1 && d.reset_secs <= 60);
+    }
+
+    #[test]
+    fn counter_keys_have_a_fixed_size_and_hold_no_user_id() {
+        let short = counter_key(7, "alice");
+        let long = counter_key(7, &"x".repeat(2040));
+        assert_eq!(short.len(), long.len());
+        assert!(long.len() < 100);
+        assert!(!short.contains("alice"));
+        assert_ne!(short, counter_key(8, "alice"));
+        assert_ne!(short, counter_key(7, "bob"));
     }
 
     #[test]

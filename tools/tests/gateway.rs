@@ -528,3 +528,24 @@ async fn exports_from_every_framework_answer_through_the_gateway() {
     assert_eq!(model["values"], 1);
     assert_eq!(model["labels"], json!([]));
 }
+
+#[tokio::test]
+async fn a_caller_with_a_huge_sub_is_still_counted_with_fail_open_on() {
+    // A sub of a few kilobytes once pushed the table key past the 2,048-byte key limit: every
+    // write failed and fail-open turned the limit off for that caller. The key is now a
+    // digest of the sub, and only timeouts and transport failures fail open.
+    let stack = Stack::start(Options {
+        limit: 2,
+        fail_open: true,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token(&"s".repeat(4000), "predict");
+    let body = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let statuses = [
+        stack.post(Some(&token), body).await.status(),
+        stack.post(Some(&token), body).await.status(),
+        stack.post(Some(&token), body).await.status(),
+    ];
+    assert_eq!(statuses.map(|s| s.as_u16()), [200, 200, 429]);
+}

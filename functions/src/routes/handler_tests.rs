@@ -234,6 +234,12 @@ async fn a_limiter_outage_fails_closed_unless_told_otherwise() {
     let open = TestApp::new(FakeWorker::default(), FakeLimiter::Down, 10, true);
     let a = predict(&open, IRIS).await;
     assert_eq!(a.status, 200);
+    // Fail-open covers timeouts and transport failures only: a store that answers and
+    // refuses (throttled, a bad key) never turns the limit off.
+    let refusing = TestApp::new(FakeWorker::default(), FakeLimiter::Refusing, 10, true);
+    let a = predict(&refusing, IRIS).await;
+    assert_eq!((a.status, a.header("retry-after")), (503, "1"));
+    assert_eq!(calls(&refusing), 0);
 }
 
 #[tokio::test]

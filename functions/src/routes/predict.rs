@@ -181,7 +181,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
                 )
                 .retry_after(d.reset_secs))
             }
-            Err(e) if self.limits.fail_open => {
+            Err(e) if self.limits.fail_open && e.transient => {
                 tracing::warn!(error = %e, caller = %caller.sub, "rate-limit store unavailable; failing open");
                 cx.metrics.fail_open = true;
                 Ok(())
