@@ -58,12 +58,32 @@ struct VerifyKey {
     alg: Algorithm,
 }
 
+/// When the JWKS was fetched, and how that went.
+#[derive(Default)]
+struct FetchState {
+    /// The last fetch started (successful or not).
+    attempt: Option<Instant>,
+    /// The last fetch that installed keys.
+    success: Option<Instant>,
+    /// Failed fetches since the last success.
+    failures: u32,
+}
+
+/// Least time between two fetches, whatever triggers them.
+const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
+
 /// Verifies bearer tokens. Built once per cold start.
+///
+/// A JWKS URL is fetched at cold start, again once the keys are older than the refresh
+/// interval (so a removed key stops being trusted), again when a token names an unknown
+/// `kid` (at most once per refetch interval), and after a failure with a backoff of 1, 2,
+/// 4 … seconds (capped at the refetch interval). A set with no usable key never replaces
+/// the keys in use.
 pub struct Authenticator {
     config: AuthConfig,
     jwks: JwksSource,
     keys: RwLock<HashMap<String, Arc<VerifyKey>>>,
-    last_fetch: Mutex<Option<Instant>>,
+    fetches: Mutex<FetchState>,
     http: Option<reqwest::Client>,
 }
 
@@ -87,7 +107,7 @@ impl Authenticator {
             config,
             jwks,
             keys: RwLock::new(HashMap::new()),
-            last_fetch: Mutex::new(None),
+            fetches: Mutex::new(FetchState::default()),
             http,
         };
         match &auth.jwks {
@@ -96,9 +116,11 @@ impl Authenticator {
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
                 let set: JwkSet = serde_json::from_str(&text)
                     .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
-                auth.install(&set);
+                auth.install(&set)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             }
             JwksSource::Url(_) => {
+                auth.claim_fetch(false);
                 if let Err(e) = auth.fetch().await {
                     tracing::warn!(error = %e, "JWKS fetch at cold start failed; will retry");
                 }
@@ -113,10 +135,12 @@ impl Authenticator {
             jwks: JwksSource::File(std::path::PathBuf::new()),
             config,
             keys: RwLock::new(HashMap::new()),
-            last_fetch: Mutex::new(None),
+            fetches: Mutex::new(FetchState::default()),
             http: None,
         };
-        auth.install(set);
+        if let Err(e) = auth.install(set) {
+            tracing::warn!(error = %e, "no usable key in the given set");
+        }
         auth
     }
 
@@ -125,30 +149,89 @@ impl Authenticator {
         self.keys.read().map(|k| k.len()).unwrap_or(0)
     }
 
-    fn install(&self, set: &JwkSet) {
+    /// Installs the usable keys of `set`; a set with none is refused and changes nothing.
+    fn install(&self, set: &JwkSet) -> anyhow::Result<()> {
         let keys = usable_keys(set);
+        if keys.is_empty() {
+            anyhow::bail!(
+                "the JWKS holds no usable key ({} in the set); keeping the keys in use",
+                set.keys.len()
+            );
+        }
         tracing::info!(keys = keys.len(), "JWKS loaded");
         if let Ok(mut current) = self.keys.write() {
             *current = keys;
         }
+        Ok(())
     }
 
+    /// Fetches and installs the JWKS (URL sources only), recording the outcome for the
+    /// backoff. Callers claim the attempt first ([`Self::claim_fetch`]).
     async fn fetch(&self) -> anyhow::Result<()> {
         let (Some(http), JwksSource::Url(url)) = (&self.http, &self.jwks) else {
             return Ok(());
         };
-        if let Ok(mut last) = self.last_fetch.lock() {
-            *last = Some(Instant::now());
+        let result = async {
+            let set: JwkSet = http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            self.install(&set)
         }
-        let set: JwkSet = http
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        self.install(&set);
-        Ok(())
+        .await;
+        if let Ok(mut state) = self.fetches.lock() {
+            match &result {
+                Ok(()) => {
+                    state.success = Some(Instant::now());
+                    state.failures = 0;
+                }
+                Err(_) => state.failures = state.failures.saturating_add(1),
+            }
+        }
+        result
+    }
+
+    /// Decides whether a fetch is due now and, if so, claims it (one step, so a burst of
+    /// requests triggers one fetch). Due: never fetched; keys older than the refresh
+    /// interval, or no keys since a failure, once the backoff has passed; or, for an
+    /// unknown `kid`, once the refetch interval has passed.
+    fn claim_fetch(&self, unknown_kid: bool) -> bool {
+        let Ok(mut state) = self.fetches.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let stale = state
+            .success
+            .is_none_or(|t| now.duration_since(t) >= self.config.refresh_interval);
+        let backoff = if state.failures == 0 {
+            MIN_FETCH_GAP
+        } else {
+            (MIN_FETCH_GAP * 2u32.saturating_pow(state.failures - 1).min(1 << 20))
+                .min(self.config.refetch_interval)
+                .max(MIN_FETCH_GAP)
+        };
+        let due = match state.attempt.map(|t| now.duration_since(t)) {
+            None => true,
+            Some(since) if stale => since >= backoff,
+            Some(since) => unknown_kid && since >= self.config.refetch_interval,
+        };
+        if due {
+            state.attempt = Some(now);
+        }
+        due
+    }
+
+    /// Refreshes the keys when they are due (URL sources only).
+    async fn refresh_if_due(&self) {
+        if self.http.is_some()
+            && self.claim_fetch(false)
+            && let Err(e) = self.fetch().await
+        {
+            tracing::warn!(error = %e, "JWKS refresh failed; keeping the keys in use");
+        }
     }
 
     fn key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
@@ -159,20 +242,7 @@ impl Authenticator {
         if let Some(key) = self.key(kid) {
             return Some(key);
         }
-        // Check and claim the refetch slot in one step, so a burst of tokens with an
-        // unknown kid triggers one fetch, not one each.
-        let due = self
-            .last_fetch
-            .lock()
-            .map(|mut last| {
-                let due = last.is_none_or(|t| t.elapsed() >= self.config.refetch_interval);
-                if due {
-                    *last = Some(Instant::now());
-                }
-                due
-            })
-            .unwrap_or(false);
-        if due && self.http.is_some() {
+        if self.http.is_some() && self.claim_fetch(true) {
             if let Err(e) = self.fetch().await {
                 tracing::warn!(error = %e, "JWKS refetch failed");
             }
@@ -202,6 +272,7 @@ impl Authenticator {
             .kid
             .as_deref()
             .ok_or_else(|| invalid("token has no kid"))?;
+        self.refresh_if_due().await;
         let key = self
             .key_refetching(kid)
             .await

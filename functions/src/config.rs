@@ -73,6 +73,10 @@ pub struct AuthConfig {
     /// Least time between two JWKS fetches triggered by unknown `kid`s, in seconds.
     #[arg(long = "jwks-refetch-secs", env = "IHUB_JWKS_REFETCH_SECS", default_value = "60", value_parser = secs)]
     pub refetch_interval: Duration,
+    /// Age, in seconds, after which a fetched JWKS is fetched again, so a key the identity
+    /// provider removed stops being trusted by warm instances.
+    #[arg(long = "jwks-refresh-secs", env = "IHUB_JWKS_REFRESH_SECS", default_value = "600", value_parser = secs)]
+    pub refresh_interval: Duration,
 }
 
 impl AuthConfig {
@@ -90,6 +94,7 @@ impl AuthConfig {
             leeway_secs: 30,
             tier_claim: "tier".into(),
             refetch_interval: Duration::from_secs(60),
+            refresh_interval: Duration::from_secs(600),
         }
     }
 

@@ -155,3 +155,82 @@ async fn a_redirecting_jwks_url_is_not_followed() {
         "the redirect was followed"
     );
 }
+
+fn bearer(key: &SigningKey) -> String {
+    format!(
+        "Bearer {}",
+        key.sign(&claims("iss", "aud", "u", "predict", 60, None))
+            .unwrap()
+    )
+}
+
+async fn authenticator(port: u16, refetch: Duration, refresh: Duration) -> Authenticator {
+    Authenticator::new(AuthConfig {
+        leeway_secs: 0,
+        refetch_interval: refetch,
+        refresh_interval: refresh,
+        ..AuthConfig::new(
+            "iss",
+            "aud",
+            JwksSource::Url(format!("http://127.0.0.1:{port}/.well-known/jwks.json")),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_removed_key_stops_being_trusted_after_the_refresh_interval() {
+    let old = SigningKey::generate(Algorithm::ES256, "old").unwrap();
+    let new = SigningKey::generate(Algorithm::ES256, "new").unwrap();
+    let body = Arc::new(Mutex::new(jwks(&[&old, &new]).to_string()));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = jwks_server(body.clone(), hits.clone()).await;
+    let auth = authenticator(port, Duration::from_secs(60), Duration::from_secs(1)).await;
+    assert!(auth.authenticate(Some(&bearer(&old))).await.is_ok());
+
+    // The provider withdraws the old key (compromised, say). No token names an unknown
+    // kid, yet once the keys are older than the refresh interval they are fetched again.
+    *body.lock().unwrap() = jwks(&[&new]).to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(matches!(
+        auth.authenticate(Some(&bearer(&old))).await,
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(auth.authenticate(Some(&bearer(&new))).await.is_ok());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failed_cold_start_fetch_is_retried_within_seconds() {
+    let key = SigningKey::generate(Algorithm::ES256, "k").unwrap();
+    let body = Arc::new(Mutex::new("not json".to_string()));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = jwks_server(body.clone(), hits.clone()).await;
+    // Unknown kids refetch once a minute at most, but a failed fetch backs off in seconds.
+    let auth = authenticator(port, Duration::from_secs(60), Duration::from_secs(600)).await;
+    assert_eq!(auth.key_count(), 0);
+    *body.lock().unwrap() = jwks(&[&key]).to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_empty_key_set_never_replaces_the_keys_in_use() {
+    let key = SigningKey::generate(Algorithm::ES256, "k").unwrap();
+    let stranger = SigningKey::generate(Algorithm::ES256, "who").unwrap();
+    let body = Arc::new(Mutex::new(jwks(&[&key]).to_string()));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = jwks_server(body.clone(), hits.clone()).await;
+    let auth = authenticator(port, Duration::from_millis(300), Duration::from_secs(600)).await;
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+
+    // A misconfigured provider serves no keys; an unknown kid makes the gateway look.
+    *body.lock().unwrap() = r#"{"keys":[]}"#.to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(auth.authenticate(Some(&bearer(&stranger))).await.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "the empty set was fetched");
+    assert_eq!(auth.key_count(), 1);
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+}
