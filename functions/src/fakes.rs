@@ -137,9 +137,14 @@ pub enum FakeLimiter {
 }
 
 impl RateLimiter for FakeLimiter {
-    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+    async fn check(
+        &self,
+        caller: &str,
+        policy: &Policy,
+        cost: u32,
+    ) -> Result<Decision, StoreUnavailable> {
         match self {
-            Self::Memory(m) => m.check(caller, policy).await,
+            Self::Memory(m) => m.check(caller, policy, cost).await,
             Self::Down => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Err(StoreUnavailable::transient("timed out"))

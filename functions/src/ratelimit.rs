@@ -1,8 +1,9 @@
 //! Per-caller rate limits.
 //!
-//! Algorithm: a fixed-window counter. The item for (window, caller) is incremented with
-//! one atomic conditional `UpdateItem` — `ADD hits :one` only if `hits < :limit` — so
-//! under any concurrency exactly `limit` requests per window are admitted. Items carry an
+//! Algorithm: a fixed-window counter of inputs. The item for (window, caller) is
+//! incremented with one atomic conditional `UpdateItem` — `ADD hits :n` only if
+//! `hits + n <= limit` — so under any concurrency at most `limit` inputs per window are
+//! admitted; a request costs its number of inputs (a batch of 32 costs 32). Items carry an
 //! `expires_at` TTL attribute and disappear after their window. A fixed window may admit
 //! up to 2x the limit across a window boundary; in exchange it costs exactly one write per
 //! request and no read.
@@ -22,7 +23,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 pub struct Policy {
     /// Tier name, shown in `RateLimit-Policy`.
     pub name: String,
-    /// Requests per window.
+    /// Inputs per window.
     pub limit: u32,
     /// Window length.
     pub window: Duration,
@@ -33,7 +34,7 @@ pub struct Policy {
 pub struct Decision {
     /// Whether the request may proceed.
     pub allowed: bool,
-    /// Requests left in this window after this one.
+    /// Inputs left in this window after this request.
     pub remaining: u32,
     /// Seconds until the window resets.
     pub reset_secs: u64,
@@ -78,13 +79,15 @@ pub fn counter_key(index: u64, caller: &str) -> String {
     format!("{index}#{hex}")
 }
 
-/// Counts requests per caller.
+/// Counts inputs per caller.
 pub trait RateLimiter: Send + Sync {
-    /// Counts one request by `caller` against `policy`.
+    /// Counts a request of `cost` inputs (at least 1) by `caller` against `policy`: all of
+    /// them are admitted, or none.
     fn check(
         &self,
         caller: &str,
         policy: &Policy,
+        cost: u32,
     ) -> impl Future<Output = Result<Decision, StoreUnavailable>> + Send;
 }
 
@@ -130,8 +133,23 @@ impl DynamoLimiter {
 }
 
 impl RateLimiter for DynamoLimiter {
-    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+    async fn check(
+        &self,
+        caller: &str,
+        policy: &Policy,
+        cost: u32,
+    ) -> Result<Decision, StoreUnavailable> {
         let (index, reset_secs) = window(SystemTime::now(), policy.window);
+        let cost = cost.max(1);
+        let refused = Decision {
+            allowed: false,
+            remaining: 0,
+            reset_secs,
+        };
+        // More than the whole window's allowance can never pass: no write.
+        let Some(room) = policy.limit.checked_sub(cost) else {
+            return Ok(refused);
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -143,10 +161,11 @@ impl RateLimiter for DynamoLimiter {
             .update_item()
             .table_name(&self.table)
             .key("pk", AttributeValue::S(key))
-            .update_expression("ADD hits :one SET expires_at = if_not_exists(expires_at, :exp)")
-            .condition_expression("attribute_not_exists(hits) OR hits < :limit")
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":limit", AttributeValue::N(policy.limit.to_string()))
+            .update_expression("ADD hits :n SET expires_at = if_not_exists(expires_at, :exp)")
+            // hits + n <= limit, written as hits <= limit - n.
+            .condition_expression("attribute_not_exists(hits) OR hits <= :room")
+            .expression_attribute_values(":n", AttributeValue::N(cost.to_string()))
+            .expression_attribute_values(":room", AttributeValue::N(room.to_string()))
             .expression_attribute_values(":exp", AttributeValue::N(expires_at.to_string()))
             .return_values(ReturnValue::UpdatedNew)
             .send()
@@ -168,11 +187,7 @@ impl RateLimiter for DynamoLimiter {
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
             {
-                Ok(Decision {
-                    allowed: false,
-                    remaining: 0,
-                    reset_secs,
-                })
+                Ok(refused)
             }
             Err(e) => {
                 let transient =
@@ -192,22 +207,28 @@ pub struct MemoryLimiter {
 }
 
 impl RateLimiter for MemoryLimiter {
-    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+    async fn check(
+        &self,
+        caller: &str,
+        policy: &Policy,
+        cost: u32,
+    ) -> Result<Decision, StoreUnavailable> {
         let (index, reset_secs) = window(SystemTime::now(), policy.window);
+        let cost = cost.max(1);
         let mut counts = self
             .counts
             .lock()
             .map_err(|_| StoreUnavailable::refused("poisoned"))?;
         counts.retain(|(i, _), _| *i >= index);
         let hits = counts.entry((index, caller.to_string())).or_insert(0);
-        if *hits >= policy.limit {
+        if hits.saturating_add(cost) > policy.limit {
             return Ok(Decision {
                 allowed: false,
-                remaining: 0,
+                remaining: policy.limit.saturating_sub(*hits),
                 reset_secs,
             });
         }
-        *hits += 1;
+        *hits += cost;
         Ok(Decision {
             allowed: true,
             remaining: policy.limit - *hits,
@@ -225,10 +246,15 @@ pub enum AnyLimiter {
 }
 
 impl RateLimiter for AnyLimiter {
-    async fn check(&self, caller: &str, policy: &Policy) -> Result<Decision, StoreUnavailable> {
+    async fn check(
+        &self,
+        caller: &str,
+        policy: &Policy,
+        cost: u32,
+    ) -> Result<Decision, StoreUnavailable> {
         match self {
-            Self::Dynamo(l) => l.check(caller, policy).await,
-            Self::Memory(l) => l.check(caller, policy).await,
+            Self::Dynamo(l) => l.check(caller, policy, cost).await,
+            Self::Memory(l) => l.check(caller, policy, cost).await,
         }
     }
 }
@@ -277,15 +303,22 @@ mod tests {
         let p = policy(3);
         let mut allowed = 0;
         for _ in 0..5 {
-            if limiter.check("alice", &p).await.unwrap().allowed {
+            if limiter.check("alice", &p, 1).await.unwrap().allowed {
                 allowed += 1;
             }
         }
         assert_eq!(allowed, 3);
-        assert!(limiter.check("bob", &p).await.unwrap().allowed);
-        let d = limiter.check("alice", &p).await.unwrap();
+        assert!(limiter.check("bob", &p, 1).await.unwrap().allowed);
+        let d = limiter.check("alice", &p, 1).await.unwrap();
         assert_eq!(d.remaining, 0);
         assert!(d.reset_secs >= 1 && d.reset_secs <= 60);
+        // A request costs its inputs, all or none.
+        let d = limiter.check("carol", &p, 2).await.unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, 1));
+        let d = limiter.check("carol", &p, 2).await.unwrap();
+        assert_eq!((d.allowed, d.remaining), (false, 1));
+        assert!(limiter.check("carol", &p, 1).await.unwrap().allowed);
+        assert!(!limiter.check("dave", &p, 4).await.unwrap().allowed);
     }
 
     #[test]

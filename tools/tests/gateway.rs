@@ -549,3 +549,33 @@ async fn a_caller_with_a_huge_sub_is_still_counted_with_fail_open_on() {
     ];
     assert_eq!(statuses.map(|s| s.as_u16()), [200, 200, 429]);
 }
+
+#[tokio::test]
+async fn a_batch_costs_its_inputs_against_the_limit() {
+    // One caller must not queue 32 inputs for the price of one request.
+    let stack = Stack::start(Options {
+        limit: 5,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("batcher", "predict");
+    let batch = r#"{"model_name":"iris","inputs":[{"features":[5.1,3.5,1.4,0.2]},{"features":[7.0,3.2,4.7,1.4]},{"features":[6.3,3.3,6.0,2.5]}]}"#;
+    let single = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let r = stack.post(Some(&token), batch).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        header(&r, "ratelimit").contains(";r=2;"),
+        "{}",
+        header(&r, "ratelimit")
+    );
+    // Three more inputs would make 6 of 5: refused whole, nothing counted.
+    let r = stack.post(Some(&token), batch).await;
+    assert_problem(r, 429).await;
+    let r = stack.post(Some(&token), single).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        header(&r, "ratelimit").contains(";r=1;"),
+        "{}",
+        header(&r, "ratelimit")
+    );
+}

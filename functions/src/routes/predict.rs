@@ -174,7 +174,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
                 Err(Problem::new(
                     ErrorKind::RateLimited,
                     format!(
-                        "rate limit of {} requests per {} s reached",
+                        "rate limit of {} inputs per {} s reached (a request costs its inputs)",
                         policy.limit,
                         policy.window.as_secs()
                     ),
@@ -262,8 +262,13 @@ impl<L: RateLimiter, W: Worker> Handler for Predict<L, W> {
             policy_header(&policy),
         );
         let validated = self.validated(&req, &caller, cx).await?;
+        // A request costs its number of inputs: a batch of 32 uses what 32 single calls do.
+        let cost = match &validated {
+            Validated::Single(_) => 1,
+            Validated::Batch(b) => (b.prompts.len() + b.rows.len()) as u32,
+        };
         let decision = cx
-            .time("ratelimit", self.limiter.check(&caller.sub, &policy))
+            .time("ratelimit", self.limiter.check(&caller.sub, &policy, cost))
             .await;
         self.admit(decision, &policy, &caller, cx)?;
         let request_id = cx.request_id().to_string();
