@@ -272,6 +272,14 @@ impl Authenticator {
             .kid
             .as_deref()
             .ok_or_else(|| invalid("token has no kid"))?;
+        if let Some(wanted) = &self.config.required_typ
+            && !header
+                .typ
+                .as_deref()
+                .is_some_and(|t| t.eq_ignore_ascii_case(wanted))
+        {
+            return Err(invalid("wrong token type (typ)"));
+        }
         self.refresh_if_due().await;
         let key = self
             .key_refetching(kid)
@@ -291,6 +299,11 @@ impl Authenticator {
             jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &validation)
                 .map_err(|e| invalid(describe(e.kind())))?
                 .claims;
+        if let Some(wanted) = &self.config.required_token_use
+            && claims.get("token_use").and_then(Value::as_str) != Some(wanted.as_str())
+        {
+            return Err(invalid("wrong token_use"));
+        }
         caller_from(&claims, &self.config.tier_claim)
     }
 }

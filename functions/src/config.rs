@@ -63,13 +63,21 @@ pub struct AuthConfig {
         default_value_t = 30
     )]
     pub leeway_secs: u64,
-    /// Claim that selects the rate-limit tier.
+    /// Claim that selects the rate-limit tier. It must come from an identity-provider
+    /// attribute users cannot write themselves (see the README).
     #[arg(
         long = "rate-limit-tier-claim",
         env = "IHUB_RATE_LIMIT_TIER_CLAIM",
         default_value = "tier"
     )]
     pub tier_claim: String,
+    /// When set, the token header's `typ` must equal it (e.g. `at+jwt`, RFC 9068), so an
+    /// ID token or another kind of JWT from the same issuer is not taken for an access token.
+    #[arg(long = "jwt-required-typ", env = "IHUB_JWT_REQUIRED_TYP")]
+    pub required_typ: Option<String>,
+    /// When set, the `token_use` claim must equal it (Amazon Cognito: `access`).
+    #[arg(long = "jwt-required-token-use", env = "IHUB_JWT_REQUIRED_TOKEN_USE")]
+    pub required_token_use: Option<String>,
     /// Least time between two JWKS fetches triggered by unknown `kid`s, in seconds.
     #[arg(long = "jwks-refetch-secs", env = "IHUB_JWKS_REFETCH_SECS", default_value = "60", value_parser = secs)]
     pub refetch_interval: Duration,
@@ -93,6 +101,8 @@ impl AuthConfig {
             jwks_file,
             leeway_secs: 30,
             tier_claim: "tier".into(),
+            required_typ: None,
+            required_token_use: None,
             refetch_interval: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(600),
         }

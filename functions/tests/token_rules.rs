@@ -1,0 +1,59 @@
+//! Optional token rules: a required `typ` header (RFC 9068 access tokens) and a required
+//! `token_use` claim (Amazon Cognito), so an ID token from the same issuer is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use inferencehub_devkit::keys::{SigningKey, claims, jwks};
+use inferencehub_functions::auth::{AuthError, Authenticator};
+use inferencehub_functions::config::{AuthConfig, JwksSource};
+use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::JwkSet;
+use serde_json::json;
+
+fn authenticator(key: &SigningKey, typ: Option<&str>, token_use: Option<&str>) -> Authenticator {
+    let set: JwkSet = serde_json::from_value(jwks(&[key])).unwrap();
+    Authenticator::with_jwks(
+        AuthConfig {
+            required_typ: typ.map(str::to_string),
+            required_token_use: token_use.map(str::to_string),
+            ..AuthConfig::new("iss", "aud", JwksSource::File("unused".into()))
+        },
+        &set,
+    )
+}
+
+#[tokio::test]
+async fn a_required_typ_refuses_other_token_types() {
+    let key = SigningKey::generate(Algorithm::ES256, "k").unwrap();
+    let body = claims("iss", "aud", "u", "predict", 60, None);
+    let plain = format!("Bearer {}", key.sign(&body).unwrap());
+    let access = format!(
+        "Bearer {}",
+        key.sign_with_header(&json!({"alg": "ES256", "kid": "k", "typ": "at+jwt"}), &body)
+            .unwrap()
+    );
+    let strict = authenticator(&key, Some("at+jwt"), None);
+    assert!(matches!(
+        strict.authenticate(Some(&plain)).await,
+        Err(AuthError::Invalid(m)) if m.contains("typ")
+    ));
+    assert!(strict.authenticate(Some(&access)).await.is_ok());
+    // Without the setting, both pass (the default is unchanged).
+    let lenient = authenticator(&key, None, None);
+    assert!(lenient.authenticate(Some(&plain)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_required_token_use_refuses_id_tokens() {
+    let key = SigningKey::generate(Algorithm::ES256, "k").unwrap();
+    let mut id_token = claims("iss", "aud", "u", "predict", 60, None);
+    id_token["token_use"] = json!("id");
+    let mut access = id_token.clone();
+    access["token_use"] = json!("access");
+    let auth = authenticator(&key, None, Some("access"));
+    let bearer = |c: &serde_json::Value| format!("Bearer {}", key.sign(c).unwrap());
+    assert!(matches!(
+        auth.authenticate(Some(&bearer(&id_token))).await,
+        Err(AuthError::Invalid(m)) if m.contains("token_use")
+    ));
+    assert!(auth.authenticate(Some(&bearer(&access))).await.is_ok());
+}
