@@ -16,6 +16,13 @@ pub fn set_enabled(enabled: bool) {
 /// Namespace of every metric.
 pub const NAMESPACE: &str = "InferenceHub";
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: every metrics line this thread emitted, in order.
+    pub static EMITTED: std::cell::RefCell<Vec<RequestMetrics>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// What one request did.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMetrics {
@@ -72,6 +79,8 @@ impl RequestMetrics {
 
     /// Writes the EMF line to stdout.
     pub fn emit(&self) {
+        #[cfg(test)]
+        EMITTED.with(|e| e.borrow_mut().push(self.clone()));
         if !ENABLED.load(Ordering::Relaxed) {
             return;
         }

@@ -333,3 +333,22 @@ async fn models_and_health_follow_the_worker() {
     let a = call(&down, "GET", "/v1/models", Some(&down.token("predict")), "").await;
     assert_eq!(a.status, 503);
 }
+
+#[tokio::test]
+async fn the_model_metric_dimension_names_only_catalogued_models() {
+    // A caller must not mint CloudWatch metrics (billed per metric) with made-up names.
+    let app = TestApp::new(
+        FakeWorker::default(),
+        FakeLimiter::Memory(MemoryLimiter::default()),
+        10,
+        false,
+    );
+    let last_model =
+        || crate::emf::EMITTED.with(|e| e.borrow().last().and_then(|m| m.model.clone()));
+    let a = predict(&app, r#"{"model_name":"made-up-42","features":[1,2,3,4]}"#).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(last_model().as_deref(), Some("_unknown"));
+    let a = predict(&app, IRIS).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(last_model().as_deref(), Some("iris"));
+}
