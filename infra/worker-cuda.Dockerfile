@@ -31,7 +31,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin inferencehub
 COPY --from=build /src/target/cuda/release/inferencehub-worker /usr/local/bin/inferencehub-worker
-COPY --chown=10001:10001 models /models
+# The runtime user reads the models and cannot change them.
+COPY --chown=root:root --chmod=0555 models /models
 USER 10001
 ENV IHUB_WORKER_LISTEN=0.0.0.0:50051 \
     IHUB_WORKER_METRICS_LISTEN=0.0.0.0:9464 \
