@@ -44,7 +44,9 @@ fixtures: ## Regenerate the ONNX exporter fixtures of the worker's tests (instal
 	$(PY_FIXTURES)/bin/python tools/python/make_hf_fixtures.py --out gpu-worker/tests/fixtures/hf
 
 CERTS_DIR := .local/certs
-WORKER    := target/release/inferencehub-worker
+# Where cargo builds (honours CARGO_TARGET_DIR and .cargo/config), asked of cargo itself.
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+WORKER    := $(TARGET_DIR)/release/inferencehub-worker
 
 $(CERTS_DIR)/ca.pem:
 	$(CARGO) run --quiet -p inferencehub-tools -- gen-certs --out $(CERTS_DIR)
@@ -95,7 +97,7 @@ bench-tabular: models ## Benchmark the tree-ensemble demo model (wine) against O
 # install), kernels compiled as PTX for CUDA_COMPUTE_CAP (90: H100/H200; 89: L4; 86: A10G).
 CUDA_DIR         := .cache/cuda/13.0
 CUDA_COMPUTE_CAP ?= 90
-CUDA_TARGET      ?= target/cuda
+CUDA_TARGET      ?= $(TARGET_DIR)/cuda
 
 worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null

@@ -15,7 +15,8 @@ DYNAMODB_PORT="${IHUB_DEV_DYNAMODB_PORT:-4566}"
 ISSUER="${IHUB_JWT_ISSUER:-https://inferencehub.local/dev}"
 AUDIENCE="${IHUB_JWT_AUDIENCE:-inferencehub}"
 TABLE="${IHUB_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
-BIN=target/debug
+# Where cargo puts the binaries (honours CARGO_TARGET_DIR), asked of cargo itself.
+BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 mkdir -p "$LOCAL"
 
 pids=()
