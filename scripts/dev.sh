@@ -68,7 +68,7 @@ cargo build --quiet -p inferencehub-tools --bin inferencehub-dev
 cargo build --quiet -p inferencehub-functions --bins
 
 echo "== certificates and signing keys (.local/)"
-[ -f "$LOCAL/certs/ca.pem" ] || "$BIN/inferencehub-dev" gen-certs --out "$LOCAL/certs" >/dev/null
+[ -f "$LOCAL/certs/health.pem" ] || "$BIN/inferencehub-dev" gen-certs --out "$LOCAL/certs" >/dev/null
 "$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" >/dev/null
 
 echo "== DynamoDB on 127.0.0.1:$DYNAMODB_PORT"
@@ -91,7 +91,9 @@ echo "== worker on 127.0.0.1:$WORKER_PORT (log: $LOCAL/worker.log)"
   --listen "127.0.0.1:$WORKER_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
   --model-dir models \
   --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
-  --tls-client-ca "$LOCAL/certs/ca.pem" >"$LOCAL/worker.log" 2>&1 &
+  --tls-client-ca "$LOCAL/certs/ca.pem" \
+  --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health \
+  >"$LOCAL/worker.log" 2>&1 &
 pids+=($!)
 
 echo "== functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambda.log)"

@@ -243,9 +243,23 @@ pub struct WorkerConfig {
     /// Mutual-TLS material and the name the worker certificates must be valid for.
     #[command(flatten)]
     pub tls: settings::WorkerClientTls,
+    /// Secrets Manager secret (ARN or name) whose JSON holds `ca`, `client_cert` and
+    /// `client_key` (PEM): read once per cold start with GetSecretValue, so the key never
+    /// sits in the function's configuration. Replaces the three IHUB_WORKER_CLIENT_TLS_*
+    /// values (setting both is refused).
+    #[arg(
+        long = "worker-tls-secret-id",
+        env = "IHUB_WORKER_CLIENT_TLS_SECRET_ID"
+    )]
+    pub tls_secret_id: Option<String>,
     /// Deadline of every worker call, in milliseconds (one retry on UNAVAILABLE inside it).
     #[arg(id = "worker_timeout", long = "worker-timeout-ms", env = "IHUB_WORKER_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
     pub timeout: Duration,
+    /// Longest wait for one attempt on one worker, in milliseconds, before the call is
+    /// retried once on another (a frozen worker holds TCP open and never answers). The
+    /// second attempt gets what is left of the deadline.
+    #[arg(long = "worker-attempt-timeout-ms", env = "IHUB_WORKER_ATTEMPT_TIMEOUT_MS", default_value = "2000", value_parser = millis)]
+    pub attempt_timeout: Duration,
     /// TCP + TLS connect budget, in milliseconds.
     #[arg(long = "worker-connect-timeout-ms", env = "IHUB_WORKER_CONNECT_TIMEOUT_MS", default_value = "1000", value_parser = millis)]
     pub connect_timeout: Duration,
@@ -272,7 +286,9 @@ impl WorkerConfig {
         Self {
             addrs,
             tls,
+            tls_secret_id: None,
             timeout: Duration::from_millis(5000),
+            attempt_timeout: Duration::from_millis(2000),
             connect_timeout: Duration::from_millis(1000),
             idle_rebuild: Duration::from_secs(60),
         }
@@ -566,12 +582,12 @@ mod tests {
             ("IHUB_WORKER_CLIENT_TLS_KEY", "/new.key"),
         ]);
         let (config, warnings) = parse_with(&vars).unwrap();
-        assert_eq!(config.worker.tls.ca, PathBuf::from("/old-ca.pem"));
+        assert_eq!(config.worker.tls.ca, Some(PathBuf::from("/old-ca.pem")));
         assert_eq!(
             config.worker.tls.cert,
-            PathBuf::from("-----BEGIN CERTIFICATE-----")
+            Some(PathBuf::from("-----BEGIN CERTIFICATE-----"))
         );
-        assert_eq!(config.worker.tls.key, PathBuf::from("/new.key"));
+        assert_eq!(config.worker.tls.key, Some(PathBuf::from("/new.key")));
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("IHUB_WORKER_CA_FILE is deprecated"));
     }

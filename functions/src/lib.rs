@@ -17,6 +17,7 @@ pub mod problem;
 pub mod ratelimit;
 pub mod request;
 pub mod routes;
+pub mod secrets;
 pub mod worker;
 
 #[cfg(test)]

@@ -1,8 +1,14 @@
 //! The gRPC client to the model workers: mutual TLS, built once per cold start with the
-//! TLS handshake done during init, a deadline on every call, one retry on UNAVAILABLE
-//! (on the next address), round robin over several workers, and connections rebuilt when
-//! they sat idle longer than a configured time (a frozen Lambda's connections are often
-//! dropped by load balancers in between).
+//! TLS handshake done during init, a deadline on every call, round robin over several
+//! workers, and connections rebuilt when they sat idle longer than a configured time (a
+//! frozen Lambda's connections are often dropped by load balancers in between).
+//!
+//! Failover: an attempt that fails with UNAVAILABLE or outlasts the per-attempt timeout
+//! (a frozen worker: TCP open, no answers) is retried once on another worker, on a fresh
+//! connection, inside the same deadline. A worker that failed [`EJECT_AFTER`] times in a
+//! row is skipped for [`EJECT_BASE`], doubling up to [`EJECT_MAX`] while it keeps failing;
+//! after that it gets live calls again, and one success brings it fully back. When every
+//! worker is ejected, calls still go to the one due back first rather than failing.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +20,7 @@ use inferencehub_proto::pb::{
     ListModelsRequest, ModelInfo, PredictBatchRequest, PredictBatchResponse, PredictRequest,
     PredictResponse,
 };
+use inferencehub_proto::settings::ClientPems;
 use inferencehub_proto::{ErrorKind, FieldError, REQUEST_ID_METADATA, field_errors};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
@@ -110,9 +117,28 @@ impl<W: Worker> Worker for Arc<W> {
     }
 }
 
+/// Consecutive failures after which a worker is skipped.
+pub const EJECT_AFTER: u32 = 2;
+/// First ejection time; doubles with every further failure.
+pub const EJECT_BASE: Duration = Duration::from_secs(1);
+/// Longest ejection.
+pub const EJECT_MAX: Duration = Duration::from_secs(30);
+
 struct Slot {
     channel: Channel,
     last_used: Instant,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// Skipped until then.
+    ejected_until: Option<Instant>,
+    /// Its connection failed: build a new one before the next call.
+    stale: bool,
+}
+
+impl Slot {
+    fn available(&self, now: Instant) -> bool {
+        self.ejected_until.is_none_or(|until| until <= now)
+    }
 }
 
 struct Inner {
@@ -134,12 +160,17 @@ impl GrpcWorker {
     /// the first request of a cold start does not pay for it. An address that cannot be
     /// reached now is logged and connected lazily later.
     pub async fn connect(config: WorkerConfig) -> anyhow::Result<Self> {
+        let pems = crate::secrets::worker_client_pems(&config).await?;
+        Self::connect_with(config, pems).await
+    }
+
+    /// [`GrpcWorker::connect`] with TLS material already read.
+    pub async fn connect_with(config: WorkerConfig, pems: ClientPems) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
         let addrs = config.urls()?;
         if addrs.is_empty() {
             anyhow::bail!("no worker address configured");
         }
-        let pems = config.tls.read().map_err(anyhow::Error::msg)?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&pems.ca))
             .identity(Identity::from_pem(&pems.cert, &pems.key))
@@ -168,6 +199,9 @@ impl GrpcWorker {
             slots.push(Mutex::new(Slot {
                 channel,
                 last_used: Instant::now(),
+                failures: 0,
+                ejected_until: None,
+                stale: false,
             }));
         }
         Ok(Self {
@@ -181,53 +215,135 @@ impl GrpcWorker {
         })
     }
 
-    /// The channel of slot `i`, rebuilt first when it idled too long or `fresh` is set.
+    /// The channel of slot `i`, rebuilt first when it idled too long, its last attempt
+    /// failed, or `fresh` is set.
     fn channel(&self, i: usize, fresh: bool) -> Channel {
         let inner = &self.inner;
         let mut slot = inner.slots[i].lock().unwrap_or_else(|p| p.into_inner());
-        if fresh || slot.last_used.elapsed() > inner.config.idle_rebuild {
+        if fresh || slot.stale || slot.last_used.elapsed() > inner.config.idle_rebuild {
             slot.channel = inner.endpoints[i].connect_lazy();
+            slot.stale = false;
         }
         slot.last_used = Instant::now();
         slot.channel.clone()
     }
 
-    /// Runs `call` against the next worker; on UNAVAILABLE, once more against the one after
-    /// on a fresh connection, within the same overall deadline.
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
+        self.inner.slots[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next worker to try, round robin over the ones not ejected, skipping `not`; when
+    /// all are ejected, the one due back first.
+    fn pick(&self, not: Option<usize>) -> Option<usize> {
+        let n = self.inner.slots.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = Instant::now();
+        let candidates = (0..n).map(|k| (start + k) % n).filter(|&i| Some(i) != not);
+        let mut due_first: Option<(usize, Instant)> = None;
+        for i in candidates {
+            let slot = self.lock(i);
+            if slot.available(now) {
+                return Some(i);
+            }
+            let until = slot.ejected_until.unwrap_or(now);
+            if due_first.is_none_or(|(_, best)| until < best) {
+                due_first = Some((i, until));
+            }
+        }
+        due_first.map(|(i, _)| i)
+    }
+
+    fn succeeded(&self, i: usize) {
+        let mut slot = self.lock(i);
+        slot.failures = 0;
+        slot.ejected_until = None;
+    }
+
+    /// Counts a failed attempt; its connection may be stuck, so the next call there builds
+    /// a new one.
+    fn failed(&self, i: usize) {
+        let mut slot = self.lock(i);
+        slot.stale = true;
+        slot.failures = slot.failures.saturating_add(1);
+        if slot.failures >= EJECT_AFTER {
+            let doublings = (slot.failures - EJECT_AFTER).min(5);
+            let pause = (EJECT_BASE * 2u32.pow(doublings)).min(EJECT_MAX);
+            slot.ejected_until = Some(Instant::now() + pause);
+            tracing::warn!(worker = %self.inner.addrs[i], failures = slot.failures, pause_ms = pause.as_millis() as u64, "worker ejected");
+        }
+    }
+
+    /// Runs `call` against the next worker; when it fails with UNAVAILABLE or outlasts the
+    /// attempt timeout, once more against another on a fresh connection, within the same
+    /// overall deadline.
     async fn call<T, F, Fut>(&self, request_id: &str, call: F) -> Result<T, WorkerError>
     where
         F: Fn(Channel, tonic::metadata::MetadataMap, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let n = self.inner.slots.len();
-        let first = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
         let deadline = Instant::now() + self.inner.config.timeout;
         let mut metadata = tonic::metadata::MetadataMap::new();
         if let Ok(v) = request_id.parse() {
             metadata.insert(REQUEST_ID_METADATA, v);
         }
         let mut last = None;
+        let mut tried = None;
         for attempt in 0..2 {
-            let slot = (first + attempt) % n;
+            let Some(slot) = self.pick(tried).or(tried) else {
+                break;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let channel = self.channel(slot, attempt > 0);
-            match tokio::time::timeout(left, call(channel, metadata.clone(), left)).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(status)) if status.code() == Code::Unavailable => {
-                    tracing::warn!(worker = %self.inner.addrs[slot], error = %status.message(), "worker unavailable");
-                    last = Some(WorkerError::from_status(&status));
+            // The first attempt leaves room for a second; the second takes what is left.
+            let budget = if attempt == 0 {
+                left.min(self.inner.config.attempt_timeout)
+            } else {
+                left
+            };
+            // A retry on the same worker (the only one) goes over a new connection.
+            let channel = self.channel(slot, Some(slot) == tried);
+            match tokio::time::timeout(budget, call(channel, metadata.clone(), budget)).await {
+                Ok(Ok(value)) => {
+                    self.succeeded(slot);
+                    return Ok(value);
                 }
-                Ok(Err(status)) => return Err(WorkerError::from_status(&status)),
+                // UNAVAILABLE, or CANCELLED: this client never cancels a call, so that one
+                // means the connection went away under it (a worker killed or restarted).
+                Ok(Err(status)) if matches!(status.code(), Code::Unavailable | Code::Cancelled) => {
+                    tracing::warn!(worker = %self.inner.addrs[slot], error = %status.message(), "worker unavailable");
+                    self.failed(slot);
+                    let mut error = WorkerError::from_status(&status);
+                    error.code = Code::Unavailable;
+                    last = Some(error);
+                }
+                Ok(Err(status)) => {
+                    // The worker answered: it is alive, whatever it said.
+                    if status.code() != Code::DeadlineExceeded {
+                        self.succeeded(slot);
+                    }
+                    return Err(WorkerError::from_status(&status));
+                }
+                Err(_) if budget < left => {
+                    tracing::warn!(worker = %self.inner.addrs[slot], timeout_ms = budget.as_millis() as u64, "worker attempt timed out; retrying on another");
+                    self.failed(slot);
+                    last = Some(WorkerError::new(
+                        Code::DeadlineExceeded,
+                        "worker attempt timed out",
+                    ));
+                }
                 Err(_) => {
+                    self.failed(slot);
                     return Err(WorkerError::new(
                         Code::DeadlineExceeded,
                         "worker deadline passed",
                     ));
                 }
             }
+            tried = Some(slot);
         }
         Err(last
             .unwrap_or_else(|| WorkerError::new(Code::DeadlineExceeded, "worker deadline passed")))

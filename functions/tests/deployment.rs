@@ -53,3 +53,126 @@ fn the_runtime_user_cannot_change_the_models() {
         );
     }
 }
+
+/// The name in `!Ref Name` (or `{"Ref": "Name"}`).
+fn reference(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::Tagged(tagged) if tagged.tag == "!Ref" => {
+            tagged.value.as_str().map(str::to_string)
+        }
+        serde_yaml::Value::Mapping(map) => map.get("Ref")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn yaml(path: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&read(path)).unwrap()
+}
+
+#[test]
+fn no_function_configuration_holds_the_worker_client_key() {
+    let text = read("template.yaml");
+    assert!(
+        !text.contains("resolve:secretsmanager"),
+        "a dynamic reference puts the secret into the function's configuration"
+    );
+    let template = yaml("template.yaml");
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    for var in [
+        "IHUB_WORKER_CLIENT_TLS_KEY",
+        "IHUB_WORKER_CLIENT_TLS_CERT",
+        "IHUB_WORKER_CLIENT_TLS_CA",
+    ] {
+        assert!(globals[var].is_null(), "Globals set {var}");
+    }
+    let mut secrets = std::collections::BTreeMap::new();
+    for name in ["PredictFunction", "ModelsFunction", "HealthFunction"] {
+        let props = &template["Resources"][name]["Properties"];
+        let vars = &props["Environment"]["Variables"];
+        for var in ["IHUB_WORKER_CLIENT_TLS_KEY", "IHUB_WORKER_CLIENT_TLS_CERT"] {
+            assert!(vars[var].is_null(), "{name} sets {var}");
+        }
+        let secret = reference(&vars["IHUB_WORKER_CLIENT_TLS_SECRET_ID"])
+            .unwrap_or_else(|| panic!("{name} reads no secret"));
+        // The role may read that secret and no other.
+        let readable: Vec<String> = props["Policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default())
+            .filter(|s| s["Action"].as_str() == Some("secretsmanager:GetSecretValue"))
+            .map(|s| reference(&s["Resource"]).expect("one secret, by reference"))
+            .collect();
+        assert_eq!(readable, std::slice::from_ref(&secret), "{name}");
+        secrets.insert(name, secret);
+    }
+    assert_eq!(secrets["PredictFunction"], secrets["ModelsFunction"]);
+    assert_ne!(
+        secrets["PredictFunction"], secrets["HealthFunction"],
+        "the health function must not hold the predict key"
+    );
+}
+
+#[test]
+fn security_groups_chain_functions_to_the_balancer_to_the_workers() {
+    let stack = yaml("infra/worker-stack.yaml");
+    let resources = &stack["Resources"];
+    let ingress = |group: &str| -> Vec<serde_yaml::Value> {
+        resources[group]["Properties"]["SecurityGroupIngress"]
+            .as_sequence()
+            .unwrap()
+            .clone()
+    };
+    for rule in ingress("WorkerSecurityGroup") {
+        assert!(
+            rule["CidrIp"].is_null(),
+            "a CIDR rule on the workers: {rule:?}"
+        );
+        assert_eq!(
+            reference(&rule["SourceSecurityGroupId"]).as_deref(),
+            Some("LoadBalancerSecurityGroup"),
+            "{rule:?}"
+        );
+    }
+    for rule in ingress("LoadBalancerSecurityGroup") {
+        assert!(rule["CidrIp"].is_null(), "{rule:?}");
+        assert_eq!(
+            reference(&rule["SourceSecurityGroupId"]).as_deref(),
+            Some("GatewaySecurityGroupId"),
+            "{rule:?}"
+        );
+    }
+    let balancer_groups: Vec<_> = resources["LoadBalancer"]["Properties"]["SecurityGroups"]
+        .as_sequence()
+        .expect("the load balancer has security groups")
+        .iter()
+        .filter_map(reference)
+        .collect();
+    assert_eq!(balancer_groups, ["LoadBalancerSecurityGroup"]);
+
+    // The workers check client certificate names.
+    let env = resources["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+        .as_sequence()
+        .unwrap();
+    for var in [
+        "IHUB_WORKER_TLS_CLIENT_NAMES",
+        "IHUB_WORKER_TLS_HEALTH_NAMES",
+    ] {
+        assert!(
+            env.iter().any(|e| e["Name"].as_str() == Some(var)),
+            "the task does not set {var}"
+        );
+    }
+}
+
+#[test]
+fn the_images_keep_metrics_on_loopback() {
+    for dockerfile in ["infra/worker.Dockerfile", "infra/worker-cuda.Dockerfile"] {
+        let text = read(dockerfile);
+        assert!(
+            text.contains("IHUB_WORKER_METRICS_LISTEN=127.0.0.1:"),
+            "{dockerfile} serves /metrics beyond loopback"
+        );
+        assert!(!text.contains("EXPOSE 50051 9464"), "{dockerfile}");
+    }
+}

@@ -123,7 +123,31 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_CA", hide_env_values = true)]
     pub tls_client_ca: PathBuf,
 
-    /// Address of the plain-HTTP Prometheus endpoint (GET /metrics).
+    /// Client certificate names (subject alternative names) allowed to call every
+    /// service, comma-separated. Unset with --tls-health-names unset: any certificate
+    /// from --tls-client-ca may. A certificate for another name fails the handshake.
+    #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_NAMES", value_delimiter = ',')]
+    pub tls_client_names: Vec<String>,
+
+    /// Client certificate names allowed to call only grpc.health.v1 (the gateway's
+    /// health function), comma-separated.
+    #[arg(long, env = "IHUB_WORKER_TLS_HEALTH_NAMES", value_delimiter = ',')]
+    pub tls_health_names: Vec<String>,
+
+    /// Longest time, in milliseconds, from accepting a TCP connection to a finished TLS
+    /// handshake; slower connections are closed.
+    #[arg(long, env = "IHUB_WORKER_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub tls_handshake_timeout_ms: u64,
+
+    /// Most connections open at once (handshaking or established); more are closed at once.
+    #[arg(long, env = "IHUB_WORKER_MAX_CONNECTIONS", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Address of the plain-HTTP endpoint serving GET /metrics and GET /healthz. Keep it
+    /// on loopback unless a load balancer's health check must reach it (the ECS template
+    /// opens it only to the load balancer's security group).
     #[arg(
         long,
         env = "IHUB_WORKER_METRICS_LISTEN",
@@ -181,6 +205,29 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The edge's limits.
+    pub fn edge_limits(&self) -> crate::tls::EdgeLimits {
+        crate::tls::EdgeLimits {
+            handshake_timeout: Duration::from_millis(self.tls_handshake_timeout_ms),
+            max_connections: self.max_connections as usize,
+        }
+    }
+
+    /// Who may call what.
+    pub fn client_names(&self) -> crate::tls::ClientNames {
+        let clean = |names: &[String]| -> Vec<String> {
+            names
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect()
+        };
+        crate::tls::ClientNames {
+            full: clean(&self.tls_client_names),
+            health: clean(&self.tls_health_names),
+        }
+    }
+
     /// The batching knobs.
     pub fn batch_config(&self) -> BatchConfig {
         BatchConfig {

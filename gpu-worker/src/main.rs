@@ -58,6 +58,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP, as a stream of unit events (never fires where there is no SIGHUP).
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send(()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: no live TLS reload"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (cli, warnings) = Cli::read();
@@ -89,9 +113,24 @@ async fn main() -> anyhow::Result<()> {
                 "inferencehub-worker listening grpc={} metrics={}",
                 worker.grpc_addr, worker.metrics_addr
             );
-            tokio::select! {
-                _ = shutdown_signal() => tracing::info!("shutdown signal: NOT_SERVING, draining"),
-                e = worker.failed() => tracing::error!(error = %e, "stopping"),
+            let mut reload = reload_signal();
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        tracing::info!("shutdown signal: NOT_SERVING, draining");
+                        break;
+                    }
+                    e = worker.failed() => {
+                        tracing::error!(error = %e, "stopping");
+                        break;
+                    }
+                    Some(()) = reload.recv() => match worker.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                        Err(e) => tracing::error!(error = format!("{e:#}"), "SIGHUP: TLS reload failed; the old certificates stay in use"),
+                    },
+                }
             }
             worker.stop().await?;
             tracing::info!("stopped");

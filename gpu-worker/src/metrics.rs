@@ -23,6 +23,13 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `inferencehub_worker_dropped_total{model,reason}`: inputs dropped before compute.
     pub dropped: IntCounterVec,
+    /// `inferencehub_worker_connections_refused_total{reason}`: connections closed before
+    /// a caller was authenticated (`connection_cap`, `handshake_timeout`,
+    /// `handshake_failed`).
+    pub connections_refused: IntCounterVec,
+    /// `inferencehub_worker_connections_open`: connections holding a slot under the cap
+    /// (handshaking or established).
+    pub connections_open: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -86,7 +93,20 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "inferencehub_worker_connections_refused_total",
+                "Connections closed before the caller was authenticated, by reason",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(dropped.clone()))?;
+        let connections_open = IntGauge::new(
+            "inferencehub_worker_connections_open",
+            "Connections open (handshaking or established), under --max-connections",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -96,7 +116,14 @@ impl Metrics {
             queue_depth,
             in_flight,
             dropped,
+            connections_refused,
+            connections_open,
         })
+    }
+
+    /// Counts a connection closed before authentication.
+    pub fn refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -8,11 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use inferencehub_proto::pb::model_inference_server::ModelInferenceServer;
-use inferencehub_proto::settings::read_pem;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -21,6 +19,7 @@ use crate::batching::Batcher;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::service::{InferenceService, ModelSet, ServedModel};
+use crate::tls::{Acceptor, TlsSources};
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +44,7 @@ pub struct RunningWorker {
     health: HealthReporter,
     server: JoinHandle<anyhow::Result<()>>,
     drain_timeout: std::time::Duration,
+    acceptor: Arc<Acceptor>,
 }
 
 type Service = ModelInferenceServer<InferenceService>;
@@ -79,6 +79,12 @@ impl RunningWorker {
         }
     }
 
+    /// Re-reads the TLS certificate, key and client CA (on SIGHUP): new connections use
+    /// them, established ones carry on. On error the old material stays in use.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        self.acceptor.reload()
+    }
+
     /// Turns health to NOT_SERVING, stops accepting, finishes in-flight calls, returns.
     pub async fn stop(self) -> anyhow::Result<()> {
         set_health(&self.health, ServingStatus::NotServing).await;
@@ -107,13 +113,14 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Binds both listeners and starts serving; models load in the background.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
-    let read = |path: &std::path::Path| read_pem(path).map_err(anyhow::Error::msg);
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&args.tls_cert)?,
-            read(&args.tls_key)?,
-        ))
-        .client_ca_root(Certificate::from_pem(read(&args.tls_client_ca)?));
+    let acceptor = Arc::new(Acceptor::new(
+        TlsSources {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        },
+        args.client_names(),
+    )?);
     let device = parse_device(&args.device)?;
     let drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
     let metrics = Arc::new(Metrics::new()?);
@@ -139,12 +146,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let grpc = Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
-        .add_service(ModelInferenceServer::new(service))
+        .add_service(ModelInferenceServer::with_interceptor(
+            service,
+            crate::tls::require_full_role,
+        ))
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            crate::tls::incoming(
+                listener,
+                acceptor.clone(),
+                args.edge_limits(),
+                metrics.clone(),
+            ),
             until_stop(stop_rx.clone()),
         );
     let serving = Arc::new(AtomicBool::new(false));
@@ -197,6 +211,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         health,
         server,
         drain_timeout,
+        acceptor,
     })
 }
 

@@ -23,21 +23,21 @@ pub struct WorkerClientTls {
         env = "IHUB_WORKER_CLIENT_TLS_CA",
         hide_env_values = true
     )]
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
     /// Client certificate (path or PEM text).
     #[arg(
         long = "tls-cert",
         env = "IHUB_WORKER_CLIENT_TLS_CERT",
         hide_env_values = true
     )]
-    pub cert: PathBuf,
+    pub cert: Option<PathBuf>,
     /// Client private key (path or PEM text). Never logged.
     #[arg(
         long = "tls-key",
         env = "IHUB_WORKER_CLIENT_TLS_KEY",
         hide_env_values = true
     )]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
     /// Name the worker certificates must be valid for.
     #[arg(
         long = "tls-server-name",
@@ -65,23 +65,43 @@ pub struct ClientPems {
     pub key: Vec<u8>,
 }
 
+impl std::fmt::Debug for ClientPems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Sizes only: the key is never printed.
+        f.debug_struct("ClientPems")
+            .field("ca_bytes", &self.ca.len())
+            .field("cert_bytes", &self.cert.len())
+            .field("key_bytes", &self.key.len())
+            .finish()
+    }
+}
+
 impl WorkerClientTls {
     /// Settings from PEM files (tests, tools).
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Self {
         Self {
-            ca: ca.into(),
-            cert: cert.into(),
-            key: key.into(),
+            ca: Some(ca.into()),
+            cert: Some(cert.into()),
+            key: Some(key.into()),
             server_name: "localhost".into(),
         }
     }
 
-    /// Reads the three PEM values.
+    /// Whether any of the three PEM values is set.
+    pub fn any_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// Reads the three PEM values; a missing one is named by its variable.
     pub fn read(&self) -> Result<ClientPems, String> {
+        let one = |value: &Option<PathBuf>, var: &str| match value {
+            Some(value) => read_pem(value),
+            None => Err(format!("{var} is not set (a path or the PEM text)")),
+        };
         Ok(ClientPems {
-            ca: read_pem(&self.ca)?,
-            cert: read_pem(&self.cert)?,
-            key: read_pem(&self.key)?,
+            ca: one(&self.ca, "IHUB_WORKER_CLIENT_TLS_CA")?,
+            cert: one(&self.cert, "IHUB_WORKER_CLIENT_TLS_CERT")?,
+            key: one(&self.key, "IHUB_WORKER_CLIENT_TLS_KEY")?,
         })
     }
 }

@@ -172,12 +172,14 @@ async fn main() -> anyhow::Result<()> {
         Command::GenCerts(args) => {
             let paths = inferencehub_devkit::certs::generate(&args.out)?;
             println!(
-                "wrote {}, {}, {}, {}, {}",
+                "wrote {}, {}, {}, {}, {}, {}, {}",
                 paths.ca.display(),
                 paths.server_cert.display(),
                 paths.server_key.display(),
                 paths.client_cert.display(),
-                paths.client_key.display()
+                paths.client_key.display(),
+                paths.health_cert.display(),
+                paths.health_key.display()
             );
             Ok(())
         }

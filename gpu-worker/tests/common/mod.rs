@@ -45,6 +45,8 @@ pub struct Worker {
     pub grpc_port: u16,
     pub metrics_port: u16,
     pub certs: CertPaths,
+    /// The CA behind `certs`, to issue more client certificates.
+    pub ca: certs::DevCa,
     pub dir: tempfile::TempDir,
 }
 
@@ -59,7 +61,7 @@ impl Worker {
     /// `IHUB_WORKER_TLS_*` environment variables (as ECS injects secrets) instead of paths.
     pub async fn spawn_with(model_dir: &Path, extra: &[&str], inline_tls: bool) -> Worker {
         let dir = tempfile::tempdir().unwrap();
-        let certs = certs::generate(&dir.path().join("certs")).unwrap();
+        let (certs, ca) = certs::generate_with_ca(&dir.path().join("certs")).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"));
         command
@@ -109,6 +111,7 @@ impl Worker {
             metrics_port: port("metrics="),
             child,
             certs,
+            ca,
             dir,
         }
     }

@@ -24,7 +24,17 @@ pub struct CertPaths {
     pub client_cert: PathBuf,
     /// The client's private key.
     pub client_key: PathBuf,
+    /// A second client certificate, for the gateway's health function
+    /// (`inferencehub-health`, which a worker can allow to call only health checks).
+    pub health_cert: PathBuf,
+    /// Its private key.
+    pub health_key: PathBuf,
 }
+
+/// The names the development client certificates are valid for.
+pub const GATEWAY_CLIENT_NAME: &str = "inferencehub-gateway";
+/// See [`CertPaths::health_cert`].
+pub const HEALTH_CLIENT_NAME: &str = "inferencehub-health";
 
 impl CertPaths {
     /// The file names `gen-certs` uses inside `dir`.
@@ -35,6 +45,8 @@ impl CertPaths {
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
+            health_cert: dir.join("health.pem"),
+            health_key: dir.join("health.key"),
         }
     }
 }
@@ -63,42 +75,116 @@ fn leaf_params(
     Ok(params)
 }
 
-/// Writes `ca.pem`, `server.pem`, `server.key`, `client.pem` and `client.key` into `out`
-/// (created if missing). Keys are ECDSA P-256 and are written with mode 0600.
+/// A development CA held in memory, to issue more certificates (tests of expired and
+/// wrongly named client certificates).
+pub struct DevCa {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+/// When a certificate is valid, as (not before, not after); `None` is rcgen's default span.
+pub type Validity = Option<(time::OffsetDateTime, time::OffsetDateTime)>;
+
+/// A validity span that ended years ago (2020-01-01 to 2021-01-01).
+pub fn expired() -> Validity {
+    let day = |year| {
+        time::Date::from_calendar_date(year, time::Month::January, 1)
+            .map(|d| d.midnight().assume_utc())
+    };
+    match (day(2020), day(2021)) {
+        (Ok(from), Ok(to)) => Some((from, to)),
+        _ => None,
+    }
+}
+
+impl DevCa {
+    /// A fresh CA.
+    pub fn new() -> anyhow::Result<Self> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name("InferenceHub development CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Self { params, key, pem })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        sans: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+        validity: Validity,
+    ) -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(common_name, sans, usage)?;
+        if let Some((not_before, not_after)) = validity {
+            params.not_before = not_before;
+            params.not_after = not_after;
+        }
+        let cert = params.signed_by(&key, &Issuer::new(self.params.clone(), &self.key))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Writes a client certificate valid for `name` to `cert` and its key to `key`.
+    pub fn issue_client(
+        &self,
+        name: &str,
+        validity: Validity,
+        cert: &Path,
+        key: &Path,
+    ) -> anyhow::Result<()> {
+        let (cert_pem, key_pem) = self.issue(
+            name,
+            vec![name.into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            validity,
+        )?;
+        write(cert, &cert_pem, false)?;
+        write(key, &key_pem, true)
+    }
+}
+
+/// Writes `ca.pem`, `server.pem`, `server.key`, `client.pem`, `client.key`, `health.pem` and
+/// `health.key` into `out` (created if missing). Keys are ECDSA P-256 and are written with
+/// mode 0600.
 pub fn generate(out: &Path) -> anyhow::Result<CertPaths> {
+    generate_with_ca(out).map(|(paths, _)| paths)
+}
+
+/// [`generate`], also returning the CA to issue more certificates from.
+pub fn generate_with_ca(out: &Path) -> anyhow::Result<(CertPaths, DevCa)> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let paths = CertPaths::in_dir(out);
-
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name = name("InferenceHub development CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, &ca_key);
-
-    let server_key = KeyPair::generate()?;
-    let server_cert = leaf_params(
+    let ca = DevCa::new()?;
+    let (server_cert, server_key) = ca.issue(
         "inferencehub-worker",
         vec!["localhost".into(), "127.0.0.1".into()],
         ExtendedKeyUsagePurpose::ServerAuth,
-    )?
-    .signed_by(&server_key, &issuer)?;
-
-    let client_key = KeyPair::generate()?;
-    let client_cert = leaf_params(
-        "inferencehub-gateway",
-        vec!["inferencehub-gateway".into()],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    )?
-    .signed_by(&client_key, &issuer)?;
-
-    write(&paths.ca, &ca_cert.pem(), false)?;
-    write(&paths.server_cert, &server_cert.pem(), false)?;
-    write(&paths.server_key, &server_key.serialize_pem(), true)?;
-    write(&paths.client_cert, &client_cert.pem(), false)?;
-    write(&paths.client_key, &client_key.serialize_pem(), true)?;
-    Ok(paths)
+        None,
+    )?;
+    write(&paths.ca, ca.pem(), false)?;
+    write(&paths.server_cert, &server_cert, false)?;
+    write(&paths.server_key, &server_key, true)?;
+    ca.issue_client(
+        GATEWAY_CLIENT_NAME,
+        None,
+        &paths.client_cert,
+        &paths.client_key,
+    )?;
+    ca.issue_client(
+        HEALTH_CLIENT_NAME,
+        None,
+        &paths.health_cert,
+        &paths.health_key,
+    )?;
+    Ok((paths, ca))
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
@@ -118,7 +204,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_all_five_pem_files() -> anyhow::Result<()> {
+    fn writes_all_seven_pem_files() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let paths = generate(dir.path())?;
         for (path, marker) in [
@@ -127,6 +213,8 @@ mod tests {
             (&paths.client_cert, "BEGIN CERTIFICATE"),
             (&paths.server_key, "PRIVATE KEY"),
             (&paths.client_key, "PRIVATE KEY"),
+            (&paths.health_cert, "BEGIN CERTIFICATE"),
+            (&paths.health_key, "PRIVATE KEY"),
         ] {
             let text = fs::read_to_string(path)?;
             assert!(text.contains(marker), "{} lacks {marker}", path.display());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use inferencehub_devkit::certs::{self, CertPaths};
+use inferencehub_devkit::certs::{self, CertPaths, GATEWAY_CLIENT_NAME, HEALTH_CLIENT_NAME};
 use inferencehub_devkit::dynamo::{Dynalite, local_client};
 use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::Authenticator;
@@ -124,6 +124,10 @@ pub async fn start_worker(certs: &CertPaths, model_dir: Option<PathBuf>) -> Runn
         tls_cert: certs.server_cert.clone(),
         tls_key: certs.server_key.clone(),
         tls_client_ca: certs.ca.clone(),
+        tls_client_names: vec![GATEWAY_CLIENT_NAME.into()],
+        tls_health_names: vec![HEALTH_CLIENT_NAME.into()],
+        tls_handshake_timeout_ms: 5_000,
+        max_connections: 1_024,
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         device: "cpu".into(),
         dtype: None,
@@ -141,6 +145,7 @@ pub async fn start_worker(certs: &CertPaths, model_dir: Option<PathBuf>) -> Runn
     worker
 }
 
+/// The gateway's worker settings, with the predict client certificate.
 pub fn worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
     WorkerConfig {
         timeout: Duration::from_secs(3),
@@ -149,6 +154,15 @@ pub fn worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
             vec![addr.to_string()],
             WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key),
         )
+    }
+}
+
+/// The health function's worker settings: its own certificate, which the worker lets
+/// call only the health service.
+pub fn health_worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
+    WorkerConfig {
+        tls: WorkerClientTls::from_files(&certs.ca, &certs.health_cert, &certs.health_key),
+        ..worker_config(addr, certs)
     }
 }
 
@@ -210,7 +224,9 @@ impl Stack {
                 catalog: Catalog::new(api.catalog_ttl),
             },
             health: Health {
-                worker: worker_client,
+                worker: GrpcWorker::connect(health_worker_config(&worker_addr, &certs))
+                    .await
+                    .unwrap(),
             },
         };
         let gateway = Arc::new(gateway);

@@ -1,0 +1,404 @@
+//! The worker's network edge: its own TLS acceptor in front of tonic, so that what happens
+//! before a caller is authenticated is bounded and the certificates can be rotated live.
+//!
+//! - **Connection cap**: at most `max_connections` connections are open (handshaking or
+//!   established); one more is closed at once, so descriptors cannot pile up.
+//! - **Handshake timeout**: a connection that has not finished its TLS handshake within
+//!   `handshake_timeout` (idle TCP, a slow-loris client) is closed.
+//! - **Client names**: with `client_names` set, a client certificate must also be valid for
+//!   one of those names (its subject alternative names, checked like a server name), not
+//!   merely chain to the CA. Certificates named in `health_names` may call only
+//!   `grpc.health.v1` (the gateway's health function holds one, not the predict key).
+//! - **Reload**: [`Acceptor::reload`] re-reads the certificate, key and CA (the worker calls
+//!   it on SIGHUP); new handshakes use them, established connections keep going.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use inferencehub_proto::settings::read_pem;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::metrics::Metrics;
+
+/// Where the PEM material comes from: file paths (re-read on reload) or the PEM text.
+#[derive(Debug, Clone)]
+pub struct TlsSources {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// Which client certificates may call what.
+#[derive(Debug, Clone, Default)]
+pub struct ClientNames {
+    /// Names that may call every service. Empty (and `health` empty): any certificate
+    /// from the CA may.
+    pub full: Vec<String>,
+    /// Names that may call only `grpc.health.v1`.
+    pub health: Vec<String>,
+}
+
+impl ClientNames {
+    /// Checks that every name is a valid DNS name (what the certificate check compares).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for name in self.full.iter().chain(&self.health) {
+            ServerName::try_from(name.as_str())
+                .map_err(|_| anyhow::anyhow!("invalid client certificate name {name:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn restricted(&self) -> bool {
+        !self.full.is_empty() || !self.health.is_empty()
+    }
+
+    /// What a verified certificate may do, or `None` when its names are not allowed.
+    fn role_of(&self, cert: &CertificateDer<'_>) -> Option<Role> {
+        if !self.restricted() {
+            return Some(Role::Full);
+        }
+        if valid_for_any(cert, &self.full) {
+            Some(Role::Full)
+        } else if valid_for_any(cert, &self.health) {
+            Some(Role::HealthOnly)
+        } else {
+            None
+        }
+    }
+}
+
+fn valid_for_any(cert: &CertificateDer<'_>, names: &[String]) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    names.iter().any(|name| {
+        ServerName::try_from(name.as_str())
+            .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    })
+}
+
+/// What an authenticated peer may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every service.
+    Full,
+    /// Only `grpc.health.v1`.
+    HealthOnly,
+}
+
+/// The connection facts tonic puts into every request's extensions.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub remote: Option<SocketAddr>,
+    /// What its certificate allows.
+    pub role: Role,
+}
+
+/// Limits of the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Longest time from TCP accept to a finished TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// The chain-and-name check: the CA's WebPKI verifier, then the allowed names, so a
+/// certificate for another name fails the handshake with a TLS alert.
+#[derive(Debug)]
+struct NamedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: ClientNames,
+}
+
+impl ClientCertVerifier for NamedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match self.names.role_of(end_entity) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            )),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn server_config(sources: &TlsSources, names: &ClientNames) -> anyhow::Result<ServerConfig> {
+    let read = |path: &PathBuf| read_pem(path).map_err(anyhow::Error::msg);
+    let chain = CertificateDer::pem_slice_iter(&read(&sources.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing --tls-cert")?;
+    anyhow::ensure!(!chain.is_empty(), "--tls-cert holds no certificate");
+    let key = PrivateKeyDer::from_pem_slice(&read(&sources.key)?).context("parsing --tls-key")?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&read(&sources.client_ca)?) {
+        roots
+            .add(ca.context("parsing --tls-client-ca")?)
+            .context("adding --tls-client-ca")?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "--tls-client-ca holds no certificate");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("building the client certificate check")?;
+    let verifier = Arc::new(NamedClientVerifier {
+        inner: webpki,
+        names: names.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("--tls-cert and --tls-key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The TLS acceptor with its current configuration.
+pub struct Acceptor {
+    sources: TlsSources,
+    names: ClientNames,
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl Acceptor {
+    /// Reads the material and builds the first configuration.
+    pub fn new(sources: TlsSources, names: ClientNames) -> anyhow::Result<Self> {
+        names.validate()?;
+        let config = server_config(&sources, &names)?;
+        Ok(Self {
+            sources,
+            names,
+            config: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// Re-reads the certificate, key and CA. On error the old configuration stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = Arc::new(server_config(&self.sources, &self.names)?);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A place under the connection cap, given back (and counted down) on drop.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: prometheus::IntGauge) -> Self {
+        open.inc();
+        Self {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// An established, authenticated connection; it holds its slot under the cap.
+pub struct Conn {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+    _slot: Slot,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` and yields authenticated connections for tonic's
+/// `serve_with_incoming`. The accept loop ends when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    limits: EdgeLimits,
+    metrics: Arc<Metrics>,
+) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel::<io::Result<Conn>>(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors or a reset before accept: wait a little, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                metrics.refused("connection_cap");
+                tracing::warn!(%remote, max = limits.max_connections, "connection cap reached: closing a new connection");
+                drop(tcp);
+                continue;
+            };
+            let slot = Slot::new(permit, metrics.connections_open.clone());
+            let _ = tcp.set_nodelay(true);
+            let config = acceptor.current();
+            let names = acceptor.names.clone();
+            let tx = tx.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                let stream = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        metrics.refused("handshake_failed");
+                        tracing::info!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.refused("handshake_timeout");
+                        tracing::info!(%remote, "TLS handshake timed out: closing");
+                        return;
+                    }
+                };
+                let role = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| names.role_of(cert));
+                let Some(role) = role else {
+                    metrics.refused("handshake_failed");
+                    return;
+                };
+                let peer = Peer {
+                    remote: Some(remote),
+                    role,
+                };
+                let _ = tx
+                    .send(Ok(Conn {
+                        stream,
+                        peer,
+                        _slot: slot,
+                    }))
+                    .await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The check in front of `ModelInference`: a health-only certificate gets
+/// PERMISSION_DENIED there.
+pub fn require_full_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match request.extensions().get::<Peer>() {
+        Some(peer) if peer.role == Role::Full => Ok(request),
+        _ => Err(tonic::Status::permission_denied(
+            "this client certificate may call only grpc.health.v1",
+        )),
+    }
+}

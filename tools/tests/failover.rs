@@ -1,0 +1,192 @@
+//! The gateway's worker client against replicas that die, freeze or come back, and
+//! against connections a load balancer dropped while the Lambda was frozen. Real workers
+//! over mutual TLS; the faults come from a loopback proxy in front of one of them (what
+//! SIGKILL and SIGSTOP look like from the network: reset connections; TCP open with no
+//! answers). `scripts/chaos.sh` does the same to real processes through the whole stack.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{start_worker, worker_config};
+use inferencehub_devkit::certs;
+use inferencehub_devkit::proxy::{Mode, Proxy};
+use inferencehub_functions::config::WorkerConfig;
+use inferencehub_functions::worker::{GrpcWorker, Worker};
+use inferencehub_proto::pb::PredictRequest;
+use inferencehub_worker::server::RunningWorker;
+
+fn iris() -> PredictRequest {
+    PredictRequest {
+        features: vec![5.1, 3.5, 1.4, 0.2],
+        model_name: "iris".into(),
+        ..Default::default()
+    }
+}
+
+/// Predict calls a worker has answered, from its metrics endpoint.
+async fn answered(worker: &RunningWorker) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", worker.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("inferencehub_worker_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `n` predictions, `concurrency` at a time: how many failed.
+async fn load(client: &GrpcWorker, n: usize, concurrency: usize) -> usize {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move { client.predict(iris(), &format!("req-{i}")).await }
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(|r| std::future::ready(r.err()))
+        .inspect(|e| eprintln!("failed: {e}"))
+        .count()
+        .await
+}
+
+struct Pair {
+    a: RunningWorker,
+    b: RunningWorker,
+    proxy: Proxy,
+    client: GrpcWorker,
+    _dir: tempfile::TempDir,
+}
+
+/// Two workers, the first behind the fault proxy, and a client over both.
+async fn pair(tune: impl FnOnce(&mut WorkerConfig)) -> Pair {
+    inferencehub_functions::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(&dir.path().join("certs")).unwrap();
+    let a = start_worker(&certs, None).await;
+    let b = start_worker(&certs, None).await;
+    let proxy = Proxy::start(a.grpc_addr).await.unwrap();
+    let mut config = worker_config(&proxy.url(), &certs);
+    config
+        .addrs
+        .push(format!("https://127.0.0.1:{}", b.grpc_addr.port()));
+    config.timeout = Duration::from_secs(5);
+    config.attempt_timeout = Duration::from_millis(500);
+    tune(&mut config);
+    let client = GrpcWorker::connect(config).await.unwrap();
+    Pair {
+        a,
+        b,
+        proxy,
+        client,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_killed_replica_costs_no_request_and_is_used_again_when_back() {
+    let p = pair(|_| {}).await;
+    assert_eq!(load(&p.client, 40, 4).await, 0);
+    assert!(answered(&p.a).await >= 10.0, "round robin reaches both");
+
+    p.proxy.set(Mode::Dead);
+    let before_b = answered(&p.b).await;
+    assert_eq!(load(&p.client, 200, 8).await, 0, "no request may fail");
+    assert_eq!(
+        answered(&p.b).await - before_b,
+        200.0,
+        "the survivor answered all"
+    );
+
+    // Back: after its ejection ends it gets calls again, without a new client.
+    p.proxy.set(Mode::Forward);
+    let before_a = answered(&p.a).await;
+    let started = Instant::now();
+    while answered(&p.a).await == before_a && started.elapsed() < Duration::from_secs(60) {
+        assert_eq!(load(&p.client, 20, 2).await, 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answered(&p.a).await > before_a,
+        "the replica never got traffic back"
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_replica_is_skipped_and_no_request_fails() {
+    let p = pair(|_| {}).await;
+    assert_eq!(load(&p.client, 20, 2).await, 0);
+
+    p.proxy.set(Mode::Frozen);
+    // Each call that lands on the frozen one waits one attempt timeout, then goes to the
+    // other; after EJECT_AFTER such calls it is skipped.
+    assert_eq!(load(&p.client, 200, 8).await, 0, "no request may fail");
+    let accepted = p.proxy.accepted();
+    assert_eq!(load(&p.client, 100, 8).await, 0);
+    assert!(
+        p.proxy.accepted() <= accepted + 1,
+        "an ejected replica got new connections: {} -> {}",
+        accepted,
+        p.proxy.accepted()
+    );
+    p.proxy.set(Mode::Forward);
+}
+
+#[tokio::test]
+async fn every_replica_down_fails_within_the_deadline_then_recovers() {
+    let p = pair(|c| c.timeout = Duration::from_secs(2)).await;
+    p.proxy.set(Mode::Dead);
+    p.b.stop().await.unwrap();
+    let started = Instant::now();
+    let err = p.client.predict(iris(), "r").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4), "{err}");
+    assert_eq!(err.code, tonic::Code::Unavailable, "{err}");
+
+    // One replica back: the same client recovers.
+    p.proxy.set(Mode::Forward);
+    let started = Instant::now();
+    let mut ok = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        if p.client.predict(iris(), "r").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "never recovered");
+}
+
+#[tokio::test]
+async fn connections_idle_past_the_rebuild_time_are_rebuilt_after_a_freeze() {
+    inferencehub_functions::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(&dir.path().join("certs")).unwrap();
+    let worker = start_worker(&certs, None).await;
+    let proxy = Proxy::start(worker.grpc_addr).await.unwrap();
+    let client_with = |idle: Duration| {
+        let mut config = worker_config(&proxy.url(), &certs);
+        config.timeout = Duration::from_secs(3);
+        // No second attempt fits: only the rebuild can save the call.
+        config.attempt_timeout = config.timeout;
+        config.idle_rebuild = idle;
+        GrpcWorker::connect(config)
+    };
+    let rebuilding = client_with(Duration::from_millis(500)).await.unwrap();
+    let keeping = client_with(Duration::from_secs(600)).await.unwrap();
+    rebuilding.predict(iris(), "r").await.unwrap();
+    keeping.predict(iris(), "r").await.unwrap();
+
+    // The Lambda is frozen; meanwhile the load balancer forgets its connections.
+    proxy.set(Mode::DropExisting);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let answer = rebuilding.predict(iris(), "r").await;
+    assert_eq!(answer.unwrap().label, "setosa");
+    // Without the rebuild the call waits on the dead connection until its deadline.
+    let stuck = keeping.predict(iris(), "r").await;
+    assert!(stuck.is_err(), "a dropped connection answered: {stuck:?}");
+}
