@@ -60,8 +60,9 @@ worker: models certs ## Run the worker on CPU (release build) with the developme
 	@echo "  $(WORKER) predict --tls-ca $(CERTS_DIR)/ca.pem --tls-cert $(CERTS_DIR)/client.pem --tls-key $(CERTS_DIR)/client.key --model iris --features 5.1,3.5,1.4,0.2"
 	$(WORKER) serve --model-dir models --tls-cert $(CERTS_DIR)/server.pem --tls-key $(CERTS_DIR)/server.key --tls-client-ca $(CERTS_DIR)/ca.pem
 
-dev: ## Bring up the local stack (DynamoDB, worker, functions) and print how to call it
-	scripts/dev.sh
+WORKERS ?= 1
+dev: ## Bring up the local stack (DynamoDB, worker, functions) and print how to call it; WORKERS=N for N worker replicas
+	WORKERS=$(WORKERS) scripts/dev.sh
 
 localstack/node_modules/.bin/dynalite: localstack/package.json localstack/package-lock.json
 	npm ci --prefix localstack --no-audit --no-fund --silent

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make dev`: brings the whole stack up locally, unattended, and prints how to call it.
 #   local DynamoDB (LocalStack with Docker, else dynalite) + rate-limit table
-#   -> inferencehub-worker on CPU (mTLS, demo models)
+#   -> inferencehub-worker on CPU (mTLS, demo models); WORKERS=N replicas on their own ports
 #   -> `cargo lambda watch` serving the predict, models and health functions
-# Writes .local/dev.env for scripts. Ctrl-C stops everything it started.
+# Writes .local/dev.env for scripts and .local/pids/ (one file per process group it
+# started). Ctrl-C or SIGTERM stops exactly those process groups, nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,24 +16,44 @@ DYNAMODB_PORT="${IHUB_DEV_DYNAMODB_PORT:-4566}"
 ISSUER="${IHUB_JWT_ISSUER:-https://inferencehub.local/dev}"
 AUDIENCE="${IHUB_JWT_AUDIENCE:-inferencehub}"
 TABLE="${IHUB_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
+WORKERS="${WORKERS:-1}"
+case "$WORKERS" in
+  '' | *[!0-9]* | 0) echo "WORKERS must be a positive number, not '$WORKERS'" >&2; exit 1 ;;
+esac
 # Where cargo puts the binaries (honours CARGO_TARGET_DIR), asked of cargo itself.
 BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 mkdir -p "$LOCAL"
+rm -rf "$LOCAL/pids"
+mkdir -p "$LOCAL/pids"
 
+# Every long-running child starts in a process group of its own (setsid; its pid is the
+# group id), so stopping signals exactly what this script started, children included
+# (cargo lambda runs the functions as its children), and never the same command started
+# from another checkout.
 pids=()
 compose=""
+start_group() { # name, log file, command...
+  local name=$1 log=$2; shift 2
+  setsid "$@" >"$log" 2>&1 &
+  pids+=($!)
+  echo $! >"$LOCAL/pids/$name.pid"
+}
 cleanup() {
   trap - EXIT INT TERM
   echo
   echo "stopping the local stack..."
   for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
+    kill -TERM -- "-$pid" 2>/dev/null || true
   done
-  # cargo lambda runs the functions as child processes; stop those too.
-  pkill -TERM -f "cargo-lambda lambda watch -p inferencehub-functions" 2>/dev/null || true
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  # Whatever ignored SIGTERM for 10 s (a stopped process, say) is killed.
+  for pid in "${pids[@]}"; do
+    kill -CONT -- "-$pid" 2>/dev/null || true
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+  rm -rf "$LOCAL/pids"
   if [ -n "$compose" ]; then
     docker compose -f localstack/docker-compose.yml down >/dev/null 2>&1 || true
   fi
@@ -50,7 +71,12 @@ wait_port() {
   echo "nothing answered on port $1" >&2
   return 1
 }
-for port in "$API_PORT" "$WORKER_PORT" "$METRICS_PORT" "$DYNAMODB_PORT"; do
+worker_ports=() metrics_ports=()
+for i in $(seq 0 $((WORKERS - 1))); do
+  worker_ports+=($((WORKER_PORT + i)))
+  metrics_ports+=($((METRICS_PORT + i)))
+done
+for port in "$API_PORT" "${worker_ports[@]}" "${metrics_ports[@]}" "$DYNAMODB_PORT"; do
   port_free "$port" || { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
 done
 
@@ -60,12 +86,12 @@ if ! command -v cargo-lambda >/dev/null 2>&1; then
 fi
 make --no-print-directory -s models dynalite
 
-echo "== build"
+echo "== build (a fresh clone compiles for about five minutes; cargo shows its progress)"
 # One package at a time: `cargo lambda watch` runs `cargo run -p inferencehub-functions`,
 # whose feature set is the functions package's own, so this build is the one it reuses.
-cargo build --quiet -p inferencehub-worker --bins
-cargo build --quiet -p inferencehub-tools --bin inferencehub-dev
-cargo build --quiet -p inferencehub-functions --bins
+cargo build -p inferencehub-worker --bins
+cargo build -p inferencehub-tools --bin inferencehub-dev
+cargo build -p inferencehub-functions --bins
 
 echo "== certificates and signing keys (.local/)"
 [ -f "$LOCAL/certs/health.pem" ] || "$BIN/inferencehub-dev" gen-certs --out "$LOCAL/certs" >/dev/null
@@ -79,34 +105,42 @@ if [ "$DYNAMODB_PORT" = 4566 ] && command -v docker >/dev/null 2>&1 && docker in
   IHUB_RATE_LIMIT_TABLE="$TABLE" docker compose -f localstack/docker-compose.yml up -d
   echo "LocalStack started"
 else
-  localstack/dynalite.sh "$DYNAMODB_PORT" >"$LOCAL/dynamodb.log" 2>&1 &
-  pids+=($!)
+  start_group dynamodb "$LOCAL/dynamodb.log" localstack/dynalite.sh "$DYNAMODB_PORT"
   echo "no Docker engine: dynalite started (log: $LOCAL/dynamodb.log)"
 fi
 wait_port "$DYNAMODB_PORT" 240
 "$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$TABLE"
 
-echo "== worker on 127.0.0.1:$WORKER_PORT (log: $LOCAL/worker.log)"
-"$BIN/inferencehub-worker" serve \
-  --listen "127.0.0.1:$WORKER_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-  --model-dir models \
-  --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
-  --tls-client-ca "$LOCAL/certs/ca.pem" \
-  --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health \
-  >"$LOCAL/worker.log" 2>&1 &
-pids+=($!)
+worker_urls=() metrics_urls=()
+for i in $(seq 0 $((WORKERS - 1))); do
+  n=$((i + 1))
+  log="$LOCAL/worker.log"
+  [ "$WORKERS" = 1 ] || log="$LOCAL/worker-$n.log"
+  echo "== worker $n of $WORKERS on 127.0.0.1:${worker_ports[$i]} (log: $log)"
+  start_group "worker-$n" "$log" "$BIN/inferencehub-worker" serve \
+    --listen "127.0.0.1:${worker_ports[$i]}" --metrics-listen "127.0.0.1:${metrics_ports[$i]}" \
+    --model-dir models \
+    --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
+    --tls-client-ca "$LOCAL/certs/ca.pem" \
+    --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health
+  worker_urls+=("https://127.0.0.1:${worker_ports[$i]}")
+  metrics_urls+=("http://127.0.0.1:${metrics_ports[$i]}/metrics")
+done
+WORKER_ADDRS="$(IFS=,; echo "${worker_urls[*]}")"
+METRICS_URLS="$(IFS=,; echo "${metrics_urls[*]}")"
 
 echo "== functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambda.log)"
 export IHUB_JWT_ISSUER="$ISSUER" IHUB_JWT_AUDIENCE="$AUDIENCE"
 export IHUB_JWKS_FILE="$PWD/$LOCAL/jwt/dev-jwks.json"
-export IHUB_WORKER_ADDR="https://127.0.0.1:$WORKER_PORT"
+export IHUB_WORKER_ADDR="$WORKER_ADDRS"
 export IHUB_WORKER_CLIENT_TLS_CA="$PWD/$LOCAL/certs/ca.pem"
 export IHUB_WORKER_CLIENT_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
 export IHUB_WORKER_CLIENT_TLS_KEY="$PWD/$LOCAL/certs/client.key"
 export IHUB_RATE_LIMIT_TABLE="$TABLE"
-cargo-lambda lambda watch -p inferencehub-functions --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
-  >"$LOCAL/lambda.log" 2>&1 &
-pids+=($!)
+# Up to IHUB_DEV_CONCURRENCY instances per function, as Lambda scales out under load.
+start_group functions "$LOCAL/lambda.log" \
+  cargo-lambda lambda watch -p inferencehub-functions --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
+  --concurrency "${IHUB_DEV_CONCURRENCY:-4}"
 
 BASE="http://127.0.0.1:$API_PORT/lambda-url"
 echo "== waiting for $BASE/health/healthz"
@@ -129,8 +163,11 @@ IHUB_JWT_PRIVATE_KEY=$PWD/$LOCAL/jwt/dev-jwt.pem
 IHUB_JWKS_FILE=$PWD/$LOCAL/jwt/dev-jwks.json
 IHUB_JWT_ISSUER=$ISSUER
 IHUB_JWT_AUDIENCE=$AUDIENCE
-IHUB_WORKER_ADDR=https://127.0.0.1:$WORKER_PORT
-IHUB_WORKER_METRICS_URL=http://127.0.0.1:$METRICS_PORT/metrics
+IHUB_WORKER_ADDR=$WORKER_ADDRS
+IHUB_WORKER_METRICS_URL=${metrics_urls[0]}
+IHUB_WORKER_METRICS_URLS=$METRICS_URLS
+IHUB_WORKERS=$WORKERS
+IHUB_PIDS_DIR=$PWD/$LOCAL/pids
 IHUB_CERTS_DIR=$PWD/$LOCAL/certs
 AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
 IHUB_RATE_LIMIT_TABLE=$TABLE

@@ -6,9 +6,10 @@
 //! Failover: an attempt that fails with UNAVAILABLE or outlasts the per-attempt timeout
 //! (a frozen worker: TCP open, no answers) is retried once on another worker, on a fresh
 //! connection, inside the same deadline. A worker that failed [`EJECT_AFTER`] times in a
-//! row is skipped for [`EJECT_BASE`], doubling up to [`EJECT_MAX`] while it keeps failing;
-//! after that it gets live calls again, and one success brings it fully back. When every
-//! worker is ejected, calls still go to the one due back first rather than failing.
+//! row is skipped for [`EJECT_BASE`], doubling up to [`EJECT_MAX`] while it keeps failing.
+//! When that time is up, a health check (not a live call) probes it: SERVING brings it
+//! back, anything else ejects it again for longer. When every worker is ejected, calls
+//! still go to the one due back first rather than failing.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -133,12 +134,8 @@ struct Slot {
     ejected_until: Option<Instant>,
     /// Its connection failed: build a new one before the next call.
     stale: bool,
-}
-
-impl Slot {
-    fn available(&self, now: Instant) -> bool {
-        self.ejected_until.is_none_or(|until| until <= now)
-    }
+    /// A health check of this ejected worker is under way.
+    probing: bool,
 }
 
 struct Inner {
@@ -147,6 +144,7 @@ struct Inner {
     endpoints: Vec<Endpoint>,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
+    failovers: std::sync::atomic::AtomicU64,
 }
 
 /// The tonic client. Cheap to clone.
@@ -202,6 +200,7 @@ impl GrpcWorker {
                 failures: 0,
                 ejected_until: None,
                 stale: false,
+                probing: false,
             }));
         }
         Ok(Self {
@@ -211,6 +210,7 @@ impl GrpcWorker {
                 endpoints,
                 slots,
                 next: AtomicUsize::new(0),
+                failovers: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -234,8 +234,14 @@ impl GrpcWorker {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next worker to try, round robin over the ones not ejected, skipping `not`; when
-    /// all are ejected, the one due back first.
+    /// Calls retried on another worker (or a new connection) since the cold start.
+    pub fn failovers(&self) -> u64 {
+        self.inner.failovers.load(Ordering::Relaxed)
+    }
+
+    /// The next worker to try, round robin over the ones not ejected, skipping `not`; an
+    /// ejected worker whose time is up gets a health probe, not this call. When all are
+    /// ejected, the one due back first.
     fn pick(&self, not: Option<usize>) -> Option<usize> {
         let n = self.inner.slots.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -243,16 +249,61 @@ impl GrpcWorker {
         let candidates = (0..n).map(|k| (start + k) % n).filter(|&i| Some(i) != not);
         let mut due_first: Option<(usize, Instant)> = None;
         for i in candidates {
-            let slot = self.lock(i);
-            if slot.available(now) {
+            let mut slot = self.lock(i);
+            let Some(until) = slot.ejected_until else {
                 return Some(i);
+            };
+            if until <= now && !slot.probing {
+                slot.probing = true;
+                drop(slot);
+                self.probe(i);
             }
-            let until = slot.ejected_until.unwrap_or(now);
             if due_first.is_none_or(|(_, best)| until < best) {
                 due_first = Some((i, until));
             }
         }
         due_first.map(|(i, _)| i)
+    }
+
+    /// Checks an ejected worker's health on a new connection, in the background: SERVING
+    /// brings it back (with that connection), anything else ejects it for longer.
+    fn probe(&self, i: usize) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let endpoint = this.inner.endpoints[i].clone();
+            let check = async {
+                let channel = endpoint.connect().await.ok()?;
+                let status = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .status();
+                (status == ServingStatus::Serving).then_some(channel)
+            };
+            let back = tokio::time::timeout(this.inner.config.attempt_timeout, check)
+                .await
+                .ok()
+                .flatten();
+            let mut slot = this.lock(i);
+            slot.probing = false;
+            match back {
+                Some(channel) => {
+                    slot.channel = channel;
+                    slot.stale = false;
+                    slot.last_used = Instant::now();
+                    slot.failures = 0;
+                    slot.ejected_until = None;
+                    tracing::info!(worker = %this.inner.addrs[i], "worker back: SERVING again");
+                }
+                None => {
+                    drop(slot);
+                    this.failed(i);
+                }
+            }
+        });
     }
 
     fn succeeded(&self, i: usize) {
@@ -298,6 +349,9 @@ impl GrpcWorker {
             if left.is_zero() {
                 break;
             }
+            if attempt > 0 {
+                self.inner.failovers.fetch_add(1, Ordering::Relaxed);
+            }
             // The first attempt leaves room for a second; the second takes what is left.
             let budget = if attempt == 0 {
                 left.min(self.inner.config.attempt_timeout)
@@ -311,9 +365,7 @@ impl GrpcWorker {
                     self.succeeded(slot);
                     return Ok(value);
                 }
-                // UNAVAILABLE, or CANCELLED: this client never cancels a call, so that one
-                // means the connection went away under it (a worker killed or restarted).
-                Ok(Err(status)) if matches!(status.code(), Code::Unavailable | Code::Cancelled) => {
+                Ok(Err(status)) if transport_failure(&status) => {
                     tracing::warn!(worker = %self.inner.addrs[slot], error = %status.message(), "worker unavailable");
                     self.failed(slot);
                     let mut error = WorkerError::from_status(&status);
@@ -347,6 +399,20 @@ impl GrpcWorker {
         }
         Err(last
             .unwrap_or_else(|| WorkerError::new(Code::DeadlineExceeded, "worker deadline passed")))
+    }
+}
+
+/// Whether a failed call says the worker or its connection is gone, rather than the worker
+/// answering: UNAVAILABLE; CANCELLED (this client never cancels a call, so the connection
+/// went away under it); UNKNOWN raised by the transport itself (a connection reset
+/// mid-call: it carries the transport error as its source, which a status sent by a
+/// worker never does). Predictions are idempotent, so such a call is safe to retry.
+fn transport_failure(status: &Status) -> bool {
+    use std::error::Error;
+    match status.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown => status.source().is_some(),
+        _ => false,
     }
 }
 

@@ -34,6 +34,9 @@ enum Command {
     /// Serve the three functions over plain HTTP on one port, configured from the same
     /// environment variables as the Lambda functions (no `cargo lambda` needed).
     Gateway(Gateway),
+    /// Send a steady mixed load of predictions to the local stack and print requests,
+    /// failures and latency (the chaos, soak and load figures).
+    Load(inferencehub_tools::load::LoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -207,5 +210,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(args) => gateway(args).await,
+        Command::Load(args) => inferencehub_tools::load::run(args).await,
     }
 }

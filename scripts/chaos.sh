@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# `make chaos`: faults injected into the real local stack under steady load, each scenario
+# measured with `inferencehub-dev load` (HTTP through cargo lambda, 2 worker replicas):
+#   baseline, a replica killed (SIGKILL), a replica frozen (SIGSTOP), a rolling restart
+#   (SIGTERM one, start a new one, then the other), every replica down then one back,
+#   DynamoDB killed then back (table recreated), the functions frozen past the idle
+#   rebuild time.
+# Prints a table (scenario, requests, failed, p99, what it shows); exits non-zero when a
+# scenario misses its goal. All traffic stays on loopback; every wait is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE="${CHAOS_RATE:-50}"          # requests per second, mixed over the demo models
+SECS="${CHAOS_SECS:-15}"          # load per scenario
+FAULT_AT=4                        # seconds into the load when the fault comes
+GRACE_MS=5000                     # failures allowed only this long after a freeze
+LOCAL=.local
+OUT="$LOCAL/chaos"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+
+rm -f "$LOCAL/dev.env"
+# Short idle rebuild so the frozen-Lambda scenario is quick; a per-attempt timeout of 1 s.
+# A tier whose limit the load cannot reach (the limiter still does its write per request).
+WORKERS=2 IHUB_WORKER_IDLE_REBUILD_SECS=3 IHUB_WORKER_ATTEMPT_TIMEOUT_MS=1000 \
+  IHUB_RATE_LIMIT_TIERS=load=100000000 \
+  setsid scripts/dev.sh >"$OUT/dev.log" 2>&1 &
+dev=$!
+extra=() # process groups this script starts itself (replacement workers, DynamoDB)
+stop_all() {
+  for pid in "${extra[@]}"; do kill -CONT -- "-$pid" 2>/dev/null || true; kill -TERM -- "-$pid" 2>/dev/null || true; done
+  if [ -d "$LOCAL/pids" ]; then
+    for f in "$LOCAL"/pids/*.pid; do kill -CONT -- "-$(cat "$f")" 2>/dev/null || true; done
+  fi
+  kill -TERM "$dev" 2>/dev/null || true
+  wait "$dev" 2>/dev/null || true
+}
+trap stop_all EXIT
+
+for _ in $(seq 1 900); do
+  [ -f "$LOCAL/dev.env" ] && break
+  kill -0 "$dev" 2>/dev/null || { echo "make dev exited early:"; tail -40 "$OUT/dev.log"; exit 1; }
+  sleep 1
+done
+[ -f "$LOCAL/dev.env" ] || { echo "the stack did not come up"; exit 1; }
+set -a; . "$LOCAL/dev.env"; set +a
+IHUB_TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$IHUB_JWT_ISSUER" \
+  --audience "$IHUB_JWT_AUDIENCE" --sub chaos --scope predict --tier load --ttl 1h)"
+export IHUB_TOKEN
+
+group() { cat "$IHUB_PIDS_DIR/$1.pid"; }
+signal() { kill "-$1" -- "-$(group "$2")" 2>/dev/null || true; } # SIG, name
+metrics_port() { echo $((9464 + $1 - 1)); }
+serving() { curl -sf -m 2 "http://127.0.0.1:$(metrics_port "$1")/healthz" >/dev/null; }
+wait_serving() { for _ in $(seq 1 300); do serving "$1" && return 0; sleep 0.2; done; echo "worker $1 never served" >&2; return 1; }
+wait_gone() { for _ in $(seq 1 150); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done; return 1; }
+start_worker() { # N: a new replica on worker N's ports, in its own process group
+  local n=$1
+  setsid "$BIN/inferencehub-worker" serve \
+    --listen "127.0.0.1:$((50051 + n - 1))" --metrics-listen "127.0.0.1:$(metrics_port "$n")" \
+    --model-dir models \
+    --tls-cert "$IHUB_CERTS_DIR/server.pem" --tls-key "$IHUB_CERTS_DIR/server.key" \
+    --tls-client-ca "$IHUB_CERTS_DIR/ca.pem" \
+    --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health \
+    >>"$OUT/worker-$n.restarted.log" 2>&1 &
+  extra+=($!)
+  disown $!
+  echo $! >"$IHUB_PIDS_DIR/worker-$n.pid"
+}
+load() { # name, seconds: the load in the background; sets LOAD_PID
+  "$BIN/inferencehub-dev" load --rate "$RATE" --concurrency 64 --duration "$2" \
+    --timeout-ms 15000 --quiet --json --csv "$OUT/$1.csv" >"$OUT/$1.json" 2>"$OUT/$1.err" &
+  LOAD_PID=$!
+}
+
+rows=()
+failures=0
+report() { # name, goal-check (python expression over the stats), what it shows
+  local stats
+  stats="$(scripts/load_stats.py "$OUT/$1.csv" $((FAULT_AT * 1000)) "$GRACE_MS")"
+  echo "$stats" >"$OUT/$1.stats.json"
+  local verdict
+  verdict="$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print("met" if eval(sys.argv[2]) else "MISSED")' "$stats" "$2")"
+  [ "$verdict" = met ] || failures=$((failures + 1))
+  rows+=("$(STATS="$stats" NAME="$1" WHAT="$3" VERDICT="$verdict" python3 - <<'PY'
+import json, os
+s = json.loads(os.environ["STATS"])
+st = ", ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items())) or "-"
+print(f"| {os.environ['NAME']} | {s['sent']} | {s['failed']} ({st}) | {s['failed_late']} "
+      f"| {s['p99_before']} / {s['p99_after']} | {s['max']} | {os.environ['WHAT']} | {os.environ['VERDICT']} |")
+PY
+)")
+  echo "${rows[-1]}"
+}
+
+echo "== chaos: $RATE req/s for ${SECS}s per scenario, fault at ${FAULT_AT}s, 2 replicas"
+
+# Warm-up (cold starts of the functions), not reported.
+load warmup 5; wait "$LOAD_PID"
+
+# 1. Baseline.
+load baseline "$SECS"; wait "$LOAD_PID"
+report baseline 's["failed"] == 0' "no fault: the reference p99"
+BASE_P99="$(python3 -c 'import json; print(json.load(open(".local/chaos/baseline.stats.json"))["p99"])')"
+
+# 2. One replica killed with SIGKILL, then started again.
+load sigkill "$SECS"; sleep "$FAULT_AT"
+signal KILL worker-2
+sleep 4; start_worker 2; wait "$LOAD_PID"
+report sigkill 's["failed"] == 0' "a killed replica costs no request (retried on the other)"
+wait_serving 2
+
+# 3. One replica frozen with SIGSTOP for the rest of the run, then continued.
+load sigstop "$SECS"; sleep "$FAULT_AT"
+signal STOP worker-1
+wait "$LOAD_PID"; signal CONT worker-1
+report sigstop "s['failed_late'] == 0 and s['p99_after'] <= 2 * max($BASE_P99, 1)" \
+  "a frozen replica is skipped within seconds; p99 back within 2x"
+wait_serving 1
+
+# 4. Rolling restart: SIGTERM one, start its successor, then the other.
+load rolling "$((SECS + 10))"; sleep "$FAULT_AT"
+for n in 1 2; do
+  old="$(group "worker-$n")"
+  kill -TERM -- "-$old" 2>/dev/null || true
+  wait_gone "$old" || true
+  start_worker "$n"; wait_serving "$n"
+done
+wait "$LOAD_PID"
+report rolling 's["failed"] == 0' "a rolling restart costs no request"
+
+# 5. Every replica down, then one back.
+load alldown "$SECS"; sleep "$FAULT_AT"
+signal KILL worker-1; signal KILL worker-2
+sleep 4; start_worker 1; wait_serving 1
+wait "$LOAD_PID"
+python3 - "$OUT/alldown.csv" <<'PY' >"$OUT/alldown.check"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+bad = [r for r in rows if r["status"] not in ("200", "503")]
+slow = [r for r in rows if float(r["latency_ms"]) > 12000]
+last = rows[-20:]
+print("ok" if not bad and not slow and all(r["status"] == "200" for r in last) else f"bad={len(bad)} slow={len(slow)}")
+PY
+report alldown "s['max'] < 12000 and set(s['statuses']) <= {'503'} and open('$OUT/alldown.check').read().strip() == 'ok'" \
+  "all down: 503 (Retry-After) within the deadline, no hang; recovers without restarting the functions"
+start_worker 2; wait_serving 2
+curl -s -D "$OUT/alldown.headers" -o /dev/null -m 1 "$IHUB_HEALTH_URL" || true
+
+# 6. DynamoDB killed mid-load, then back with the table recreated.
+load dynamodb "$SECS"; sleep "$FAULT_AT"
+signal KILL dynamodb
+sleep 4
+port="${AWS_ENDPOINT_URL_DYNAMODB##*:}"
+setsid localstack/dynalite.sh "$port" >"$OUT/dynamodb.log" 2>&1 &
+extra+=($!)
+disown $!
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+"$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$IHUB_RATE_LIMIT_TABLE" >/dev/null
+wait "$LOAD_PID"
+python3 - "$OUT/dynamodb.csv" <<'PY' >"$OUT/dynamodb.check"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print("ok" if all(r["status"] == "200" for r in rows[-20:]) else "not recovered")
+PY
+report dynamodb "set(s['statuses']) <= {'503'} and open('$OUT/dynamodb.check').read().strip() == 'ok'" \
+  "DynamoDB gone: 503 (fail closed), never 500; back without restarting the functions"
+
+# 7. The functions frozen longer than the idle rebuild time, then continued.
+signal STOP functions
+sleep 5
+signal CONT functions
+load frozen-lambda 2
+wait "$LOAD_PID"
+report frozen-lambda 's["failed"] == 0' "a Lambda frozen past the idle rebuild answers its first requests"
+
+echo
+echo "| scenario | requests | failed (statuses) | failed 5 s after the fault | p99 ms before the fault / last 5 s | max ms | what it shows | goal |"
+echo "|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "chaos: $((${#rows[@]} - failures)) of ${#rows[@]} scenarios met their goal (details: $OUT/)"
+[ "$failures" = 0 ]
