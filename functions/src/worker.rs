@@ -6,7 +6,7 @@
 //! Failover: an attempt that fails with UNAVAILABLE or outlasts the per-attempt timeout
 //! (a frozen worker: TCP open, no answers) is retried once on another worker, on a fresh
 //! connection, inside the same deadline. A worker that failed [`EJECT_AFTER`] times in a
-//! row is skipped for [`EJECT_BASE`], doubling up to [`EJECT_MAX`] while it keeps failing.
+//! row, or timed out once, is skipped for [`EJECT_BASE`], doubling up to [`EJECT_MAX`] while it keeps failing.
 //! When that time is up, a health check (not a live call) probes it: SERVING brings it
 //! back, anything else ejects it again for longer. When every worker is ejected, calls
 //! still go to the one due back first rather than failing.
@@ -300,7 +300,7 @@ impl GrpcWorker {
                 }
                 None => {
                     drop(slot);
-                    this.failed(i);
+                    this.failed(i, true);
                 }
             }
         });
@@ -314,10 +314,15 @@ impl GrpcWorker {
 
     /// Counts a failed attempt; its connection may be stuck, so the next call there builds
     /// a new one.
-    fn failed(&self, i: usize) {
+    /// With `at_once` (an attempt that timed out: the worker holds the connection and does
+    /// not answer, so every call sent there costs a whole attempt) it is ejected now.
+    fn failed(&self, i: usize, at_once: bool) {
         let mut slot = self.lock(i);
         slot.stale = true;
         slot.failures = slot.failures.saturating_add(1);
+        if at_once {
+            slot.failures = slot.failures.max(EJECT_AFTER);
+        }
         if slot.failures >= EJECT_AFTER {
             let doublings = (slot.failures - EJECT_AFTER).min(5);
             let pause = (EJECT_BASE * 2u32.pow(doublings)).min(EJECT_MAX);
@@ -367,7 +372,7 @@ impl GrpcWorker {
                 }
                 Ok(Err(status)) if transport_failure(&status) => {
                     tracing::warn!(worker = %self.inner.addrs[slot], error = %status.message(), "worker unavailable");
-                    self.failed(slot);
+                    self.failed(slot, false);
                     let mut error = WorkerError::from_status(&status);
                     error.code = Code::Unavailable;
                     last = Some(error);
@@ -381,14 +386,14 @@ impl GrpcWorker {
                 }
                 Err(_) if budget < left => {
                     tracing::warn!(worker = %self.inner.addrs[slot], timeout_ms = budget.as_millis() as u64, "worker attempt timed out; retrying on another");
-                    self.failed(slot);
+                    self.failed(slot, true);
                     last = Some(WorkerError::new(
                         Code::DeadlineExceeded,
                         "worker attempt timed out",
                     ));
                 }
                 Err(_) => {
-                    self.failed(slot);
+                    self.failed(slot, false);
                     return Err(WorkerError::new(
                         Code::DeadlineExceeded,
                         "worker deadline passed",

@@ -278,4 +278,6 @@ mod tests {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod handler_tests;
