@@ -127,7 +127,6 @@ PY
 report alldown "s['max'] < 12000 and set(s['statuses']) <= {'503'} and open('$OUT/alldown.check').read().strip() == 'ok'" \
   "all down: 503 (Retry-After) within the deadline, no hang; recovers without restarting the functions"
 start_worker 2; wait_serving 2
-curl -s -D "$OUT/alldown.headers" -o /dev/null -m 1 "$IHUB_HEALTH_URL" || true
 
 # 6. DynamoDB killed mid-load, then back with the table recreated.
 load dynamodb "$SECS"; sleep "$FAULT_AT"

@@ -44,12 +44,20 @@ check "no token gets 401" \
 check "health answers 200" \
   test "$(curl -s -o /dev/null -w '%{http_code}' -m 60 "$IHUB_HEALTH_URL")" = 200
 
+check "logs written to files carry no terminal colour codes" \
+  bash -c "! grep -l \$'\\x1b\\[' .local/*.log"
+groups="$(cat .local/pids/*.pid 2>/dev/null | tr '\n' ' ')"
+check "every process group it started is listed in .local/pids" test -n "$groups"
+
 stop
 trap - EXIT
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 sleep 1
 check "SIGTERM stops every listener it started" \
   bash -c "$(declare -f port_free); port_free 9000 && port_free 50051 && port_free 4566 && port_free 9464"
+alive=""
+for g in $groups; do kill -0 -- "-$g" 2>/dev/null && alive="$alive $g"; done
+check "SIGTERM leaves no process of its groups behind" test -z "$alive"
 
 echo "stack: $passed passed, $failed failed"
 [ "$failed" = 0 ]
