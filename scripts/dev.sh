@@ -13,6 +13,7 @@ API_PORT="${IHUB_DEV_API_PORT:-9000}"
 WORKER_PORT="${IHUB_DEV_WORKER_PORT:-50051}"
 METRICS_PORT="${IHUB_DEV_METRICS_PORT:-9464}"
 DYNAMODB_PORT="${IHUB_DEV_DYNAMODB_PORT:-4566}"
+V2_PORT="${IHUB_DEV_V2_PORT:-9001}"
 ISSUER="${IHUB_JWT_ISSUER:-https://inferencehub.local/dev}"
 AUDIENCE="${IHUB_JWT_AUDIENCE:-inferencehub}"
 TABLE="${IHUB_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
@@ -76,7 +77,7 @@ for i in $(seq 0 $((WORKERS - 1))); do
   worker_ports+=($((WORKER_PORT + i)))
   metrics_ports+=($((METRICS_PORT + i)))
 done
-for port in "$API_PORT" "${worker_ports[@]}" "${metrics_ports[@]}" "$DYNAMODB_PORT"; do
+for port in "$API_PORT" "$V2_PORT" "${worker_ports[@]}" "${metrics_ports[@]}" "$DYNAMODB_PORT"; do
   port_free "$port" || { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
 done
 
@@ -146,6 +147,12 @@ start_group functions "$LOCAL/lambda.log" \
   cargo-lambda lambda watch -p inferencehub-functions --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
   "${watch_flags[@]}"
 
+# The Open Inference Protocol's binary tensors are not UTF-8, which cargo lambda's HTTP
+# emulator cannot carry (API Gateway base64-encodes them): the same three handlers also
+# serve on a plain HTTP port, where /v2/... takes binary bodies.
+echo "== the same functions over plain HTTP on 127.0.0.1:$V2_PORT for /v2 (log: $LOCAL/gateway.log)"
+start_group gateway "$LOCAL/gateway.log" "$BIN/inferencehub-dev" gateway --listen "127.0.0.1:$V2_PORT"
+
 BASE="http://127.0.0.1:$API_PORT/lambda-url"
 echo "== waiting for $BASE/health/healthz"
 for i in $(seq 1 600); do
@@ -156,12 +163,14 @@ for i in $(seq 1 600); do
   fi
   sleep 1
 done
+wait_port "$V2_PORT" 120
 
 TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" --sub dev-user --scope predict --ttl 1h)"
 cat >"$LOCAL/dev.env" <<ENV
 IHUB_PREDICT_URL=$BASE/predict/v1/predict
 IHUB_MODELS_URL=$BASE/models/v1/models
 IHUB_HEALTH_URL=$BASE/health/healthz
+IHUB_V2_URL=http://127.0.0.1:$V2_PORT
 IHUB_TOKEN=$TOKEN
 IHUB_JWT_PRIVATE_KEY=$PWD/$LOCAL/jwt/dev-jwt.pem
 IHUB_JWKS_FILE=$PWD/$LOCAL/jwt/dev-jwks.json

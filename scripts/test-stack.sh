@@ -44,6 +44,11 @@ check "no token gets 401" \
 check "health answers 200" \
   test "$(curl -s -o /dev/null -w '%{http_code}' -m 60 "$IHUB_HEALTH_URL")" = 200
 
+check "Open Inference Protocol: tritonclient[http] in binary and JSON modes on \$IHUB_V2_URL" \
+  .cache/oip/bin/python tools/python/oip_client_test.py
+check "OIP infer over cargo lambda (JSON)" \
+  bash -c "curl -s -m 60 '${IHUB_PREDICT_URL%/v1/predict}/v2/models/iris/infer' -H 'Authorization: Bearer $IHUB_TOKEN' -H 'Content-Type: application/json' -d '{\"inputs\":[{\"name\":\"features\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[5.1,3.5,1.4,0.2]}]}' | grep -q setosa"
+
 check "logs written to files carry no terminal colour codes" \
   bash -c "! grep -l \$'\\x1b\\[' .local/*.log"
 groups="$(cat .local/pids/*.pid 2>/dev/null | tr '\n' ' ')"
@@ -54,7 +59,7 @@ trap - EXIT
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 sleep 1
 check "SIGTERM stops every listener it started" \
-  bash -c "$(declare -f port_free); port_free 9000 && port_free 50051 && port_free 4566 && port_free 9464"
+  bash -c "$(declare -f port_free); port_free 9000 && port_free 9001 && port_free 50051 && port_free 4566 && port_free 9464"
 alive=""
 for g in $groups; do kill -0 -- "-$g" 2>/dev/null && alive="$alive $g"; done
 check "SIGTERM leaves no process of its groups behind" test -z "$alive"

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod config;
 pub mod emf;
 pub mod layers;
+pub mod oip;
 pub mod problem;
 pub mod ratelimit;
 pub mod request;

@@ -29,6 +29,9 @@ struct ProblemBody<'a> {
     title: &'a str,
     status: u16,
     detail: &'a str,
+    /// The detail again under the name Open Inference Protocol clients read
+    /// (`tritonclient` shows `error`); an RFC 9457 extension member.
+    error: &'a str,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
     request_id: &'a str,
@@ -147,6 +150,7 @@ impl Problem {
             title: self.kind.title(),
             status: self.kind.http_status(),
             detail: &self.detail,
+            error: &self.detail,
             errors: &self.errors,
             request_id,
         };
@@ -189,6 +193,7 @@ mod tests {
         assert_eq!(v["type"], "urn:inferencehub:problem:invalid-argument");
         assert_eq!(v["errors"][0]["field"], "features[1]");
         assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["error"], v["detail"]);
     }
 
     #[test]

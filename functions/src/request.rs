@@ -71,6 +71,30 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 /// `field.name`, or `name` at the top level.
+/// The checks the gateway runs for `model`: its advertised signature, with prompts capped
+/// by the gateway's own `max_prompt_bytes` as well.
+pub fn gateway_signature(
+    model: &ModelInfo,
+    max_prompt_bytes: usize,
+) -> Result<InputSignature, Vec<FieldError>> {
+    let mut signature = InputSignature::from_info(model).ok_or_else(|| {
+        vec![FieldError::new(
+            "model_name",
+            "this model has no usable input signature",
+        )]
+    })?;
+    if let InputSignature::Text {
+        max_prompt_bytes: worker_cap,
+    } = &mut signature
+    {
+        *worker_cap = match *worker_cap {
+            0 => max_prompt_bytes,
+            cap => cap.min(max_prompt_bytes),
+        };
+    }
+    Ok(signature)
+}
+
 /// The path of member `name` under `field`: `field.name` for plain names, else the name
 /// as a JSON string in brackets (`field[""]`, `["a.b"]`), so an empty or odd key still
 /// names a field unambiguously. Long keys are cut (the path is echoed in problems).
@@ -252,21 +276,7 @@ pub fn validate(
     max_prompt_bytes: usize,
     max_inputs: usize,
 ) -> Result<Validated, Vec<FieldError>> {
-    let mut signature = InputSignature::from_info(model).ok_or_else(|| {
-        vec![FieldError::new(
-            "model_name",
-            "this model has no usable input signature",
-        )]
-    })?;
-    if let InputSignature::Text {
-        max_prompt_bytes: worker_cap,
-    } = &mut signature
-    {
-        *worker_cap = match *worker_cap {
-            0 => max_prompt_bytes,
-            cap => cap.min(max_prompt_bytes),
-        };
-    }
+    let signature = gateway_signature(model, max_prompt_bytes)?;
     let (batch, inputs) = match body.inputs {
         Some(inputs) => {
             let mut errors = Vec::new();

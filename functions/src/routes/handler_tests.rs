@@ -352,3 +352,92 @@ async fn the_model_metric_dimension_names_only_catalogued_models() {
     assert_eq!(a.status, 200);
     assert_eq!(last_model().as_deref(), Some("iris"));
 }
+
+#[tokio::test]
+async fn the_open_inference_protocol_routes_share_auth_limits_and_problems() {
+    let app = TestApp::new(
+        FakeWorker::default(),
+        FakeLimiter::Memory(MemoryLimiter::default()),
+        5,
+        false,
+    );
+    let token = app.token("predict");
+    // Health: no token, like /healthz.
+    assert_eq!(
+        call(&app, "GET", "/v2/health/live", None, "").await.status,
+        200
+    );
+    let ready = call(&app, "GET", "/v2/health/ready", None, "").await;
+    assert_eq!(
+        (ready.status, &ready.body["ready"]),
+        (200, &Value::from(true))
+    );
+    // Everything else needs the token.
+    let a = call(&app, "GET", "/v2", None, "").await;
+    assert_eq!((a.status, a.body["error"].is_string()), (401, true));
+    let a = call(&app, "GET", "/v2", Some(&token), "").await;
+    assert_eq!(a.body["extensions"][0], "binary_tensor_data");
+    let meta = call(&app, "GET", "/v2/models/iris", Some(&token), "").await;
+    assert_eq!(meta.body["inputs"][0]["shape"], serde_json::json!([-1, 4]));
+    assert_eq!(
+        call(
+            &app,
+            "GET",
+            "/v2/models/iris/versions/nope/ready",
+            Some(&token),
+            ""
+        )
+        .await
+        .status,
+        404
+    );
+
+    let infer = |rows: usize| {
+        serde_json::json!({"id": "abc", "inputs": [{"name": "features", "shape": [rows, 4],
+            "datatype": "FP32", "data": vec![1.0; rows * 4]}]})
+        .to_string()
+    };
+    let a = call(
+        &app,
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&token),
+        &infer(3),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["id"], "abc");
+    assert_eq!(a.body["outputs"][0]["shape"], serde_json::json!([3]));
+    assert_eq!(calls(&app), 1, "one batch call for three rows");
+    // The three rows cost three: two more fit the limit of 5, three do not.
+    let a = call(
+        &app,
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&token),
+        &infer(3),
+    )
+    .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    // A bad request names its field and never reaches the worker.
+    let a = call(
+        &app,
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&token),
+        &infer(0),
+    )
+    .await;
+    assert_eq!((a.status, a.fields()), (400, vec!["inputs[0].shape"]));
+    assert_eq!(a.body["error"], a.body["detail"]);
+    let a = call(
+        &app,
+        "POST",
+        "/v2/models/nope/infer",
+        Some(&token),
+        &infer(1),
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(calls(&app), 1);
+}

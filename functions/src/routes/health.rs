@@ -1,4 +1,6 @@
-//! `GET /healthz` (no auth): 200 when a worker answers SERVING, 503 otherwise.
+//! `GET /healthz` (no auth): 200 when a worker answers SERVING, 503 otherwise. The Open
+//! Inference Protocol's `GET /v2/health/ready` is the same check; `GET /v2/health/live`
+//! answers 200 while the function runs, without asking the worker.
 
 use http::header;
 use inferencehub_proto::ErrorKind;
@@ -29,10 +31,17 @@ impl Health<GrpcWorker> {
 impl<W: Worker> Handler for Health<W> {
     const FUNCTION: Function = Function::Health;
 
-    async fn handle(&self, _req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
+    async fn handle(&self, req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
         // Never cached, neither the 200 nor the 503.
         cx.header(header::CACHE_CONTROL, "no-store");
+        let path = crate::routes::pattern_of(req.uri().path());
+        if path == Some("/v2/health/live") {
+            return Ok(json_response(200, &json!({"live": true})));
+        }
         match cx.time("worker", self.worker.serving()).await {
+            Ok(true) if path == Some("/v2/health/ready") => {
+                Ok(json_response(200, &json!({"ready": true})))
+            }
             Ok(true) => Ok(json_response(
                 200,
                 &json!({"status": "ok", "worker": "SERVING"}),

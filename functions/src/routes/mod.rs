@@ -31,6 +31,23 @@ pub async fn caller(auth: &Authenticator, req: &Request) -> Result<Caller, Probl
     })
 }
 
+/// 404 unless the path's `{version}`, when there is one, is the version `model` serves.
+pub fn check_version(
+    req: &Request,
+    model: &inferencehub_proto::pb::ModelInfo,
+) -> Result<(), Problem> {
+    match path_param(req, "version") {
+        Some(version) if version != model.version => Err(Problem::new(
+            inferencehub_proto::ErrorKind::NotFound,
+            format!(
+                "model {:?} has no version {version:?}; it serves {:?}",
+                model.name, model.version
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The Lambda functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Function {
@@ -90,7 +107,66 @@ pub const ROUTES: &[Route] = &[
         path: "/healthz",
         function: Function::Health,
     },
+    Route {
+        method: "GET",
+        path: "/v2",
+        function: Function::Models,
+    },
+    Route {
+        method: "GET",
+        path: "/v2/health/live",
+        function: Function::Health,
+    },
+    Route {
+        method: "GET",
+        path: "/v2/health/ready",
+        function: Function::Health,
+    },
+    Route {
+        method: "GET",
+        path: "/v2/models/{name}",
+        function: Function::Models,
+    },
+    Route {
+        method: "GET",
+        path: "/v2/models/{name}/versions/{version}",
+        function: Function::Models,
+    },
+    Route {
+        method: "GET",
+        path: "/v2/models/{name}/ready",
+        function: Function::Models,
+    },
+    Route {
+        method: "GET",
+        path: "/v2/models/{name}/versions/{version}/ready",
+        function: Function::Models,
+    },
+    Route {
+        method: "POST",
+        path: V2_INFER,
+        function: Function::Predict,
+    },
+    Route {
+        method: "POST",
+        path: V2_INFER_VERSION,
+        function: Function::Predict,
+    },
 ];
+
+/// Open Inference Protocol inference, latest version.
+pub const V2_INFER: &str = "/v2/models/{name}/infer";
+/// Open Inference Protocol inference, one version.
+pub const V2_INFER_VERSION: &str = "/v2/models/{name}/versions/{version}/infer";
+
+/// The route pattern `path` matches, if any (`/v2/models/{name}/ready` for
+/// `/v2/models/iris/ready`).
+pub fn pattern_of(path: &str) -> Option<&'static str> {
+    ROUTES
+        .iter()
+        .find(|r| match_path(r.path, path).is_some())
+        .map(|r| r.path)
+}
 
 /// The parameters `path` binds in `pattern`, or `None` when it does not match. A trailing
 /// slash is ignored.

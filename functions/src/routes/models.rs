@@ -1,5 +1,7 @@
 //! `GET /v1/models` and `GET /v1/models/{name}`: the worker catalogue, for any valid token;
-//! `model:<name>` scopes hide the other models.
+//! `model:<name>` scopes hide the other models. The Open Inference Protocol's metadata
+//! routes too: `GET /v2` (server), `GET /v2/models/{name}[/versions/{version}]` (model) and
+//! `.../ready`.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use crate::catalog::Catalog;
 use crate::config::ModelsConfig;
 use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
-use crate::routes::{Function, caller, path_param};
+use crate::routes::{Function, caller, check_version, path_param, pattern_of};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The catalogue handler over a worker client.
@@ -70,22 +72,42 @@ impl<W: Worker> Handler for Models<W> {
 
     async fn handle(&self, req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
         let caller = cx.time("auth", caller(&self.auth, &req)).await?;
+        let pattern = pattern_of(req.uri().path());
+        if pattern == Some("/v2") {
+            return Ok(json_response(
+                200,
+                &json!({
+                    "name": "inferencehub",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data"],
+                }),
+            ));
+        }
         let models = cx
             .time("worker", self.catalog.models(&self.worker))
             .await
             .map_err(|e| Problem::from_worker(&e))?;
         let visible = models.iter().filter(|m| caller.may_use_model(&m.name));
-        let mut response = match path_param(&req, "name") {
-            None => json_response(
-                200,
-                &json!({"models": visible.map(model_json).collect::<Vec<_>>()}),
-            ),
-            Some(name) => {
-                let model = visible.clone().find(|m| m.name == name).ok_or_else(|| {
-                    Problem::new(ErrorKind::NotFound, format!("no model named {name:?}"))
-                })?;
-                json_response(200, &model_json(model))
+        let one = |name: &str| {
+            visible.clone().find(|m| m.name == name).ok_or_else(|| {
+                Problem::new(ErrorKind::NotFound, format!("no model named {name:?}"))
+            })
+        };
+        let mut response = match (pattern, path_param(&req, "name")) {
+            (Some(p), Some(name)) if p.starts_with("/v2/models/") => {
+                let model = one(&name)?;
+                check_version(&req, model)?;
+                if p.ends_with("/ready") {
+                    json_response(200, &json!({"name": model.name, "ready": true}))
+                } else {
+                    json_response(200, &crate::oip::model_metadata(model))
+                }
             }
+            (_, None) => json_response(
+                200,
+                &json!({"models": visible.clone().map(model_json).collect::<Vec<_>>()}),
+            ),
+            (_, Some(name)) => json_response(200, &model_json(one(&name)?)),
         };
         response.headers_mut().insert(
             header::CACHE_CONTROL,

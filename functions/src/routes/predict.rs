@@ -1,4 +1,5 @@
-//! `POST /v1/predict`: auth -> body checks and validation (against the cached catalogue) ->
+//! `POST /v1/predict` and the Open Inference Protocol's `POST /v2/models/{name}[/versions/
+//! {version}]/infer`: auth -> body checks and validation (against the cached catalogue) ->
 //! rate limit -> worker. Invalid requests never reach DynamoDB or the worker, a client's
 //! bug does not eat its quota, and unauthenticated requests are refused before any of it.
 
@@ -6,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use http::header;
-use inferencehub_proto::pb::PredictResponse;
+use inferencehub_proto::pb::{PredictBatchRequest, PredictResponse};
 use inferencehub_proto::{ErrorKind, FieldError};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Map, Value, json};
@@ -20,8 +21,10 @@ use crate::ratelimit::{
     AnyLimiter, Decision, DynamoLimiter, MemoryLimiter, Policy, RateLimiter, StoreUnavailable,
     policy_header, state_header,
 };
-use crate::request::{Validated, parse, validate};
-use crate::routes::{Function, caller};
+use crate::request::{Validated, gateway_signature, is_model_name, parse, validate};
+use crate::routes::{
+    Function, V2_INFER, V2_INFER_VERSION, caller, check_version, path_param, pattern_of,
+};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The predict handler over a rate limiter and a worker client.
@@ -197,6 +200,90 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         }
     }
 
+    /// The Open Inference Protocol's infer: the same checks, limit and worker call as
+    /// `/v1/predict`, in the protocol's JSON or binary form.
+    async fn infer(
+        &self,
+        req: &Request,
+        caller: &Caller,
+        policy: &Policy,
+        cx: &mut Context,
+    ) -> Result<Response<Body>, Problem> {
+        check_size(req, self.api.max_body_bytes)?;
+        cx.metrics.model = Some(UNKNOWN_MODEL.into());
+        let name = path_param(req, "name").unwrap_or_default();
+        if !is_model_name(&name) {
+            return Err(Problem::invalid(vec![FieldError::new(
+                "name",
+                "a model name is 1 to 64 of A-Z a-z 0-9 . _ -",
+            )]));
+        }
+        if !caller.may_use_model(&name) {
+            return Err(Problem::forbidden(
+                format!("this token may not use model {name:?}"),
+                &format!("model:{name}"),
+            ));
+        }
+        let model = self
+            .catalog
+            .model(&self.worker, &name)
+            .await
+            .map_err(|e| Problem::from_worker(&e))?
+            .ok_or_else(|| Problem::new(ErrorKind::NotFound, format!("no model named {name:?}")))?;
+        check_version(req, &model)?;
+        cx.metrics.model = Some(model.name.clone());
+        let header = req
+            .headers()
+            .get(crate::oip::HEADER_LENGTH)
+            .map(|v| v.to_str().unwrap_or("invalid"));
+        let request =
+            crate::oip::parse_infer(req.body(), header, &model, self.api.max_batch_inputs)
+                .map_err(Problem::invalid)?;
+        let signature =
+            gateway_signature(&model, self.api.max_prompt_bytes).map_err(Problem::invalid)?;
+        let errors = signature.check_all(request.tensor.inputs(), |i, _| {
+            format!("inputs[0].data[{i}]")
+        });
+        if !errors.is_empty() {
+            return Err(Problem::invalid(errors));
+        }
+        let cost = request.tensor.len() as u32;
+        let decision = cx
+            .time("ratelimit", self.limiter.check(&caller.sub, policy, cost))
+            .await;
+        self.admit(decision, policy, caller, cx)?;
+        let request_id = cx.request_id().to_string();
+        let (prompts, rows) = request.tensor.clone().into_batch();
+        let message = PredictBatchRequest {
+            model_name: model.name.clone(),
+            prompts,
+            rows,
+            request_id: request_id.clone(),
+        };
+        let answer = cx
+            .time("worker", self.worker.predict_batch(message, &request_id))
+            .await
+            .map_err(|e| Problem::from_worker(&e))?;
+        cx.metrics.predictions = cost;
+        let (body, binary) = crate::oip::infer_response(&model, &request, &answer);
+        if binary.is_empty() {
+            return Ok(json_response(200, &body));
+        }
+        let json = body.to_string();
+        let length = json.len();
+        let mut bytes = json.into_bytes();
+        bytes.extend_from_slice(&binary);
+        let mut response = Response::new(Body::Binary(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        response
+            .headers_mut()
+            .insert(crate::oip::HEADER_LENGTH, http::HeaderValue::from(length));
+        Ok(response)
+    }
+
     /// Calls the worker and shapes its answer.
     async fn predict(
         &self,
@@ -261,6 +348,12 @@ impl<L: RateLimiter, W: Worker> Handler for Predict<L, W> {
             HeaderName::from_static("ratelimit-policy"),
             policy_header(&policy),
         );
+        if matches!(
+            pattern_of(req.uri().path()),
+            Some(V2_INFER | V2_INFER_VERSION)
+        ) {
+            return self.infer(&req, &caller, &policy, cx).await;
+        }
         let validated = self.validated(&req, &caller, cx).await?;
         // A request costs its number of inputs: a batch of 32 uses what 32 single calls do.
         let cost = match &validated {
