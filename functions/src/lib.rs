@@ -14,6 +14,7 @@ pub mod config;
 pub mod emf;
 pub mod layers;
 pub mod oip;
+pub mod openapi;
 pub mod problem;
 pub mod ratelimit;
 pub mod request;

@@ -372,6 +372,13 @@ async fn the_open_inference_protocol_routes_share_auth_limits_and_problems() {
         (ready.status, &ready.body["ready"]),
         (200, &Value::from(true))
     );
+    // The API's description is public and is the generated document.
+    let a = call(&app, "GET", "/openapi.json", None, "").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.body,
+        serde_json::from_str::<Value>(&crate::openapi::document()).unwrap()
+    );
     // Everything else needs the token.
     let a = call(&app, "GET", "/v2", None, "").await;
     assert_eq!((a.status, a.body["error"].is_string()), (401, true));

@@ -109,6 +109,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/openapi.json",
+        function: Function::Models,
+    },
+    Route {
+        method: "GET",
         path: "/v2",
         function: Function::Models,
     },

@@ -71,8 +71,17 @@ impl<W: Worker> Handler for Models<W> {
     const FUNCTION: Function = Function::Models;
 
     async fn handle(&self, req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
-        let caller = cx.time("auth", caller(&self.auth, &req)).await?;
         let pattern = pattern_of(req.uri().path());
+        if pattern == Some("/openapi.json") {
+            // The API's description is public, like the routes it describes.
+            let mut response = Response::new(Body::Text(crate::openapi::document()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
+        let caller = cx.time("auth", caller(&self.auth, &req)).await?;
         if pattern == Some("/v2") {
             return Ok(json_response(
                 200,
