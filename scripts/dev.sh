@@ -172,6 +172,7 @@ IHUB_MODELS_URL=$BASE/models/v1/models
 IHUB_HEALTH_URL=$BASE/health/healthz
 IHUB_V2_URL=http://127.0.0.1:$V2_PORT
 IHUB_OPENAPI_URL=$BASE/models/openapi.json
+IHUB_DOCS_URL=http://127.0.0.1:$V2_PORT/docs
 IHUB_TOKEN=$TOKEN
 IHUB_JWT_PRIVATE_KEY=$PWD/$LOCAL/jwt/dev-jwt.pem
 IHUB_JWKS_FILE=$PWD/$LOCAL/jwt/dev-jwks.json

@@ -49,6 +49,9 @@ check "Open Inference Protocol: tritonclient[http] in binary and JSON modes on \
 check "OIP infer over cargo lambda (JSON)" \
   bash -c "curl -s -m 60 '${IHUB_PREDICT_URL%/v1/predict}/v2/models/iris/infer' -H 'Authorization: Bearer $IHUB_TOKEN' -H 'Content-Type: application/json' -d '{\"inputs\":[{\"name\":\"features\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[5.1,3.5,1.4,0.2]}]}' | grep -q setosa"
 
+check "the /docs page in headless Chromium: every operation, a try-it prediction, nothing from elsewhere" \
+  node tools/browser/docs_test.mjs "${IHUB_DOCS_SCREENSHOT:-.local/docs-page.png}"
+
 check "logs written to files carry no terminal colour codes" \
   bash -c "! grep -l \$'\\x1b\\[' .local/*.log"
 groups="$(cat .local/pids/*.pid 2>/dev/null | tr '\n' ' ')"

@@ -62,6 +62,7 @@ pub struct PredictRequest {
     /// Features, for tabular models.
     features: Option<Vec<f64>>,
     /// A batch (at most `IHUB_MAX_BATCH_INPUTS`).
+    #[schema(min_items = 1)]
     inputs: Option<Vec<PredictInput>>,
 }
 
@@ -174,8 +175,13 @@ pub struct ModelMetadata {
 /// One input tensor of an infer request.
 #[derive(ToSchema)]
 pub struct InferInput {
+    /// The model's input name (see its metadata).
     name: String,
+    /// `[N]` for text, `[N, F]` for tabular models.
+    #[schema(min_items = 1, max_items = 2)]
     shape: Vec<i64>,
+    /// `BYTES` for text, `FP32` for tabular models.
+    #[schema(pattern = "^(BYTES|FP32)$")]
     datatype: String,
     /// `binary_data_size` when the data follows the JSON (binary extension).
     #[schema(value_type = Option<Object>)]
@@ -202,6 +208,8 @@ pub struct InferRequest {
     /// `binary_data_output: true` for every output in binary.
     #[schema(value_type = Option<Object>)]
     parameters: Value,
+    /// Exactly one: the model's input.
+    #[schema(min_items = 1, max_items = 1)]
     inputs: Vec<InferInput>,
     outputs: Option<Vec<RequestedOutput>>,
 }
@@ -277,6 +285,12 @@ fn healthz() {}
 #[utoipa::path(get, path = "/openapi.json", tag = "docs",
     responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
 fn openapi_json() {}
+
+/// Interactive API documentation built from this document (no token): every operation,
+/// and a form that calls it with a pasted token.
+#[utoipa::path(get, path = "/docs", tag = "docs",
+    responses((status = 200, description = "An HTML page", content_type = "text/html", body = String)))]
+fn docs() {}
 
 /// Open Inference Protocol: liveness (no token).
 #[utoipa::path(get, path = "/v2/health/live", tag = "v2",
@@ -403,7 +417,7 @@ impl Modify for BearerScheme {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "InferenceHub", description = "ML models behind JWT auth, per-caller rate limits and mutual-TLS gRPC workers: InferenceHub's own JSON (`/v1`) and the Open Inference Protocol v2 (`/v2`)."),
-    paths(predict, models, model, healthz, openapi_json, v2_live, v2_ready, v2_server,
+    paths(predict, models, model, healthz, openapi_json, docs, v2_live, v2_ready, v2_server,
         v2_model, v2_model_version, v2_model_ready, v2_model_version_ready, v2_infer, v2_infer_version),
     modifiers(&BearerScheme),
 )]

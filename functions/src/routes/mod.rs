@@ -114,6 +114,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/docs",
+        function: Function::Models,
+    },
+    Route {
+        method: "GET",
         path: "/v2",
         function: Function::Models,
     },

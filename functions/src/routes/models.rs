@@ -40,6 +40,9 @@ impl Models<GrpcWorker> {
     }
 }
 
+/// `GET /docs`: the API page, built in the browser from `/openapi.json`.
+const DOCS_PAGE: &str = include_str!("../docs.html");
+
 /// One model as the API shows it.
 pub fn model_json(m: &ModelInfo) -> Value {
     let (kind, input) = match m.kind() {
@@ -78,6 +81,22 @@ impl<W: Worker> Handler for Models<W> {
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
+        if pattern == Some("/docs") {
+            let mut response = Response::new(Body::Text(DOCS_PAGE.into()));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            // The page loads nothing from anywhere but this API.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ),
             );
             return Ok(response);
         }
