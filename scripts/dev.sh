@@ -212,8 +212,8 @@ InferenceHub is up. Everything is in $LOCAL/dev.env (token valid for 1 hour).
 
 Open Inference Protocol v2 (tritonclient[http] works against it, binary or JSON):
 
-  curl -s http://127.0.0.1:$V2_PORT/v2/models/iris/infer \
-    -H "Authorization: Bearer $TOKEN" \
+  curl -s http://127.0.0.1:$V2_PORT/v2/models/iris/infer \\
+    -H "Authorization: Bearer $TOKEN" \\
     -d '{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
 
 API page (paste the token, try any route): http://127.0.0.1:$V2_PORT/docs
