@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{start_worker, worker_config};
+use common::{answered, start_worker, worker_config};
 use inferencehub_devkit::certs;
 use inferencehub_devkit::proxy::{Mode, Proxy};
 use inferencehub_functions::config::WorkerConfig;
@@ -25,20 +25,6 @@ fn iris() -> PredictRequest {
     }
 }
 
-/// Predict calls a worker has answered, from its metrics endpoint.
-async fn answered(worker: &RunningWorker) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", worker.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("inferencehub_worker_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `n` predictions, `concurrency` at a time: how many failed.
 async fn load(client: &GrpcWorker, n: usize, concurrency: usize) -> usize {
     use futures::StreamExt;
@@ -52,6 +38,17 @@ async fn load(client: &GrpcWorker, n: usize, concurrency: usize) -> usize {
         .inspect(|e| eprintln!("failed: {e}"))
         .count()
         .await
+}
+
+/// Sends light load until `worker` answers some of it (bounded): true when it did.
+async fn gets_traffic_back(client: &GrpcWorker, worker: &RunningWorker) -> bool {
+    let before = answered(worker).await;
+    let started = Instant::now();
+    while answered(worker).await == before && started.elapsed() < Duration::from_secs(60) {
+        assert_eq!(load(client, 20, 2).await, 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    answered(worker).await > before
 }
 
 struct Pair {
@@ -104,14 +101,8 @@ async fn a_killed_replica_costs_no_request_and_is_used_again_when_back() {
 
     // Back: after its ejection ends it gets calls again, without a new client.
     p.proxy.set(Mode::Forward);
-    let before_a = answered(&p.a).await;
-    let started = Instant::now();
-    while answered(&p.a).await == before_a && started.elapsed() < Duration::from_secs(60) {
-        assert_eq!(load(&p.client, 20, 2).await, 0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert!(
-        answered(&p.a).await > before_a,
+        gets_traffic_back(&p.client, &p.a).await,
         "the replica never got traffic back"
     );
 }
@@ -141,14 +132,8 @@ async fn a_frozen_replica_is_skipped_and_no_request_fails() {
 
     // Thawed: a probe brings it back and it answers live calls again.
     p.proxy.set(Mode::Forward);
-    let before = answered(&p.a).await;
-    let started = Instant::now();
-    while answered(&p.a).await == before && started.elapsed() < Duration::from_secs(60) {
-        assert_eq!(load(&p.client, 20, 2).await, 0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert!(
-        answered(&p.a).await > before,
+        gets_traffic_back(&p.client, &p.a).await,
         "the thawed replica never got traffic back"
     );
 }

@@ -122,9 +122,7 @@ impl Dynalite {
             "{} missing: run `make dynalite` (make test does)",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let child = Command::new(&bin)
             .args(["--port", &port.to_string()])
             .stdout(std::process::Stdio::null())
@@ -133,17 +131,7 @@ impl Dynalite {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        let ready = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), ready)
-            .await
-            .context("dynalite did not listen within 10 s")?;
+        crate::wait_listening(port, Duration::from_secs(10), "dynalite").await?;
         ensure_table(&local_client(&endpoint, Duration::from_secs(5)), table).await?;
         Ok(Dynalite {
             endpoint,

@@ -13,3 +13,29 @@ pub mod http;
 pub mod keys;
 pub mod proxy;
 pub mod secrets;
+
+/// A free loopback TCP port (bound, then released for a server to take).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something listens on loopback `port`, at most `within`.
+pub(crate) async fn wait_listening(
+    port: u16,
+    within: std::time::Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let ready = async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    };
+    tokio::time::timeout(within, ready)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not listen within {} s", within.as_secs()))
+}

@@ -32,9 +32,7 @@ impl Moto {
             "{} missing: run `make moto` (make test does)",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
@@ -42,17 +40,7 @@ impl Moto {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let ready = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), ready)
-            .await
-            .context("moto_server did not listen within 30 s")?;
+        crate::wait_listening(port, Duration::from_secs(30), "moto_server").await?;
         Ok(Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             _child: child,

@@ -271,21 +271,22 @@ impl Stack {
 
     /// Predict calls the worker has answered (any code), from its metrics endpoint.
     pub async fn worker_calls(&self) -> f64 {
-        let worker = self.worker.as_ref().unwrap();
-        let text = self
-            .http
-            .get(format!("http://{}/metrics", worker.metrics_addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("inferencehub_worker_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        answered(self.worker.as_ref().unwrap()).await
     }
+}
+
+/// Predict calls `worker` has answered (any code), from its metrics endpoint.
+pub async fn answered(worker: &RunningWorker) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", worker.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("inferencehub_worker_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A response's JSON body.
