@@ -16,7 +16,9 @@ OUT=.local/cost
 rm -rf "$OUT"
 mkdir -p "$OUT"
 . scripts/lib/stack.sh
-stack_up "$OUT" WORKERS=1
+# The worker as it ships: an optimised build (a debug one would bill the function for a
+# slow encoder).
+stack_up "$OUT" WORKERS=1 IHUB_DEV_WORKER_PROFILE=release
 
 cut -f1 tools/data/sentiment.tsv | tail -n +2 >"$OUT/sentiment.inputs"
 cut -d, -f1-4 tools/data/iris.csv | tail -n +2 >"$OUT/iris.inputs"
@@ -28,7 +30,7 @@ for m in sentiment iris wine; do
   "$BIN/inferencehub-dev" load --models "$m" --rate 20 --duration 15 --quiet --json >"$OUT/$m.load.json"
   sleep 1
   tail -n +"$((start + 1))" .local/lambda.log >"$OUT/$m.lambda.log"
-  "$BIN/inferencehub-worker" load --addr "${IHUB_WORKER_ADDR%%,*}" \
+  "${BIN%/debug}/release/inferencehub-worker" load --addr "${IHUB_WORKER_ADDR%%,*}" \
     --tls-ca "$IHUB_CERTS_DIR/ca.pem" --tls-cert "$IHUB_CERTS_DIR/client.pem" --tls-key "$IHUB_CERTS_DIR/client.key" \
     --model "$m" --inputs "$OUT/$m.inputs" --callers 32 --seconds 10 >"$OUT/$m.worker.json"
 done

@@ -22,7 +22,16 @@ case "$WORKERS" in
   '' | *[!0-9]* | 0) echo "WORKERS must be a positive number, not '$WORKERS'" >&2; exit 1 ;;
 esac
 # Where cargo puts the binaries (honours CARGO_TARGET_DIR), asked of cargo itself.
-BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+BIN="$TARGET/debug"
+# IHUB_DEV_WORKER_PROFILE=release runs the workers as an optimised build (measurements of
+# the whole stack, e.g. make cost-report); the default debug build starts sooner.
+WORKER_PROFILE="${IHUB_DEV_WORKER_PROFILE:-debug}"
+case "$WORKER_PROFILE" in
+  debug) WORKER_BIN="$BIN/inferencehub-worker" ;;
+  release) WORKER_BIN="$TARGET/release/inferencehub-worker" ;;
+  *) echo "IHUB_DEV_WORKER_PROFILE must be debug or release, not '$WORKER_PROFILE'" >&2; exit 1 ;;
+esac
 mkdir -p "$LOCAL"
 rm -rf "$LOCAL/pids"
 mkdir -p "$LOCAL/pids"
@@ -91,6 +100,7 @@ echo "== build (a fresh clone compiles for about five minutes; cargo shows its p
 # One package at a time: `cargo lambda watch` runs `cargo run -p inferencehub-functions`,
 # whose feature set is the functions package's own, so this build is the one it reuses.
 cargo build -p inferencehub-worker --bins
+[ "$WORKER_PROFILE" = debug ] || cargo build --release -p inferencehub-worker --bin inferencehub-worker
 cargo build -p inferencehub-tools --bin inferencehub-dev
 cargo build -p inferencehub-functions --bins
 
@@ -118,7 +128,7 @@ for i in $(seq 0 $((WORKERS - 1))); do
   log="$LOCAL/worker.log"
   [ "$WORKERS" = 1 ] || log="$LOCAL/worker-$n.log"
   echo "== worker $n of $WORKERS on 127.0.0.1:${worker_ports[$i]} (log: $log)"
-  start_group "worker-$n" "$log" "$BIN/inferencehub-worker" serve \
+  start_group "worker-$n" "$log" "$WORKER_BIN" serve \
     --listen "127.0.0.1:${worker_ports[$i]}" --metrics-listen "127.0.0.1:${metrics_ports[$i]}" \
     --model-dir models \
     --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
