@@ -212,6 +212,16 @@ impl TestApp {
         )
     }
 
+    /// A healthy fake worker and an in-memory limiter of `limit` inputs per window.
+    pub fn with_limit(limit: u32) -> Self {
+        Self::new(
+            FakeWorker::default(),
+            FakeLimiter::Memory(MemoryLimiter::default()),
+            limit,
+            false,
+        )
+    }
+
     pub fn token(&self, scope: &str) -> String {
         self.key
             .sign(&claims(ISSUER, AUDIENCE, "alice", scope, 300, None))

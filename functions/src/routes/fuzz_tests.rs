@@ -13,9 +13,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
 
-use crate::fakes::{FakeLimiter, FakeWorker, TestApp};
+use crate::fakes::TestApp;
 use crate::problem::Problem;
-use crate::ratelimit::MemoryLimiter;
 use inferencehub_proto::{ErrorKind, FieldError, is_sane_request_id};
 
 fn runner() -> TestRunner {
@@ -32,12 +31,7 @@ fn runner() -> TestRunner {
 
 fn app() -> TestApp {
     // A limit no run reaches: every request must be judged on its content.
-    TestApp::new(
-        FakeWorker::default(),
-        FakeLimiter::Memory(MemoryLimiter::default()),
-        u32::MAX,
-        false,
-    )
+    TestApp::with_limit(u32::MAX)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

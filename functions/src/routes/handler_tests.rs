@@ -9,7 +9,6 @@ use serde_json::Value;
 use tonic::{Code, Status};
 
 use crate::fakes::{FakeLimiter, FakeWorker, TestApp};
-use crate::ratelimit::MemoryLimiter;
 use crate::worker::WorkerError;
 
 struct Answer {
@@ -201,12 +200,7 @@ async fn invalid_bodies_name_the_field_and_use_no_quota() {
 
 #[tokio::test]
 async fn the_limit_answers_429_with_retry_after() {
-    let app = TestApp::new(
-        FakeWorker::default(),
-        FakeLimiter::Memory(MemoryLimiter::default()),
-        2,
-        false,
-    );
+    let app = TestApp::with_limit(2);
     let token = app.token("predict");
     let mut statuses = Vec::new();
     for _ in 0..3 {
@@ -337,12 +331,7 @@ async fn models_and_health_follow_the_worker() {
 #[tokio::test]
 async fn the_model_metric_dimension_names_only_catalogued_models() {
     // A caller must not mint CloudWatch metrics (billed per metric) with made-up names.
-    let app = TestApp::new(
-        FakeWorker::default(),
-        FakeLimiter::Memory(MemoryLimiter::default()),
-        10,
-        false,
-    );
+    let app = TestApp::with_limit(10);
     let last_model =
         || crate::emf::EMITTED.with(|e| e.borrow().last().and_then(|m| m.model.clone()));
     let a = predict(&app, r#"{"model_name":"made-up-42","features":[1,2,3,4]}"#).await;
@@ -355,12 +344,7 @@ async fn the_model_metric_dimension_names_only_catalogued_models() {
 
 #[tokio::test]
 async fn the_open_inference_protocol_routes_share_auth_limits_and_problems() {
-    let app = TestApp::new(
-        FakeWorker::default(),
-        FakeLimiter::Memory(MemoryLimiter::default()),
-        5,
-        false,
-    );
+    let app = TestApp::with_limit(5);
     let token = app.token("predict");
     // Health: no token, like /healthz.
     assert_eq!(
