@@ -70,17 +70,15 @@ localstack/node_modules/.bin/dynalite: localstack/package.json localstack/packag
 
 dynalite: localstack/node_modules/.bin/dynalite ## Install the local DynamoDB-compatible server (dynalite)
 
-MOTO := $(CACHE)/moto
-$(MOTO)/bin/moto_server: tools/python/requirements-moto.txt
-	$(PYTHON) -m venv $(MOTO)
-	$(MOTO)/bin/pip install --quiet --disable-pip-version-check -r $<
+# One virtual environment per tool, .cache/<name>, from tools/python/requirements-<name>.txt.
+$(CACHE)/%/.installed: tools/python/requirements-%.txt
+	$(PYTHON) -m venv $(CACHE)/$*
+	$(CACHE)/$*/bin/pip install --quiet --disable-pip-version-check -r $<
 	@touch $@
 
+MOTO := $(CACHE)/moto
+
 OIP_CLIENT := $(CACHE)/oip
-$(OIP_CLIENT)/.installed: tools/python/requirements-oip.txt
-	$(PYTHON) -m venv $(OIP_CLIENT)
-	$(OIP_CLIENT)/bin/pip install --quiet --disable-pip-version-check -r $<
-	@touch $@
 
 tools/browser/node_modules/.installed: tools/browser/package.json tools/browser/package-lock.json
 	npm ci --prefix tools/browser --no-audit --no-fund --silent
@@ -91,7 +89,7 @@ browser: tools/browser/node_modules/.installed ## Install playwright-core, and D
 
 oip-client: $(OIP_CLIENT)/.installed ## Install tritonclient[http] for the Open Inference Protocol stack test
 
-moto: $(MOTO)/bin/moto_server ## Install the local Secrets Manager-compatible server (moto) for the tests
+moto: $(MOTO)/.installed ## Install the local Secrets Manager-compatible server (moto) for the tests
 
 test: models dynalite moto oip-client browser ## Run every test (unit, worker, gateway, events, and the whole stack)
 	$(CARGO) test --workspace
@@ -112,16 +110,8 @@ fuzz: models ## Generated inputs: 25,000 cases per gateway property (100,000 in 
 	IHUB_FUZZ_CASES=2500 $(CARGO) test -p inferencehub-worker --test fuzz
 
 LINT_VENV := $(CACHE)/lint
-$(LINT_VENV)/.installed: tools/python/requirements-lint.txt
-	$(PYTHON) -m venv $(LINT_VENV)
-	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
-	@touch $@
 
 SCHEMATHESIS := $(CACHE)/schemathesis
-$(SCHEMATHESIS)/.installed: tools/python/requirements-schemathesis.txt
-	$(PYTHON) -m venv $(SCHEMATHESIS)
-	$(SCHEMATHESIS)/bin/pip install --quiet --disable-pip-version-check -r $<
-	@touch $@
 
 EXAMPLES ?= 200
 fuzz-api: models dynalite $(SCHEMATHESIS)/.installed ## schemathesis against the local stack from docs/openapi.json (EXAMPLES per operation, default 200)
