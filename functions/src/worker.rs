@@ -365,26 +365,34 @@ impl GrpcWorker {
             };
             // A retry on the same worker (the only one) goes over a new connection.
             let channel = self.channel(slot, Some(slot) == tried);
-            match tokio::time::timeout(budget, call(channel, metadata.clone(), budget)).await {
-                Ok(Ok(value)) => {
+            // `None`: the attempt ran out of time, by our timer or the channel's own
+            // grpc-timeout, which may fire a moment before it.
+            let outcome =
+                match tokio::time::timeout(budget, call(channel, metadata.clone(), budget)).await {
+                    Ok(Err(status)) if client_timeout(&status) => None,
+                    Ok(result) => Some(result),
+                    Err(_) => None,
+                };
+            match outcome {
+                Some(Ok(value)) => {
                     self.succeeded(slot);
                     return Ok(value);
                 }
-                Ok(Err(status)) if transport_failure(&status) => {
+                Some(Err(status)) if transport_failure(&status) => {
                     tracing::warn!(worker = %self.inner.addrs[slot], error = %status.message(), "worker unavailable");
                     self.failed(slot, false);
                     let mut error = WorkerError::from_status(&status);
                     error.code = Code::Unavailable;
                     last = Some(error);
                 }
-                Ok(Err(status)) => {
+                Some(Err(status)) => {
                     // The worker answered: it is alive, whatever it said.
                     if status.code() != Code::DeadlineExceeded {
                         self.succeeded(slot);
                     }
                     return Err(WorkerError::from_status(&status));
                 }
-                Err(_) if budget < left => {
+                None if budget < left => {
                     tracing::warn!(worker = %self.inner.addrs[slot], timeout_ms = budget.as_millis() as u64, "worker attempt timed out; retrying on another");
                     self.failed(slot, true);
                     last = Some(WorkerError::new(
@@ -392,7 +400,7 @@ impl GrpcWorker {
                         "worker attempt timed out",
                     ));
                 }
-                Err(_) => {
+                None => {
                     self.failed(slot, false);
                     return Err(WorkerError::new(
                         Code::DeadlineExceeded,
@@ -408,8 +416,8 @@ impl GrpcWorker {
 }
 
 /// Whether a failed call says the worker or its connection is gone, rather than the worker
-/// answering: UNAVAILABLE; CANCELLED (this client never cancels a call, so the connection
-/// went away under it); UNKNOWN raised by the transport itself (a connection reset
+/// answering: UNAVAILABLE; CANCELLED (this client never cancels a call, and its own
+/// timeouts are sorted out before, so the connection went away under it); UNKNOWN raised by the transport itself (a connection reset
 /// mid-call: it carries the transport error as its source, which a status sent by a
 /// worker never does). Predictions are idempotent, so such a call is safe to retry.
 fn transport_failure(status: &Status) -> bool {
@@ -419,6 +427,19 @@ fn transport_failure(status: &Status) -> bool {
         Code::Unknown => status.source().is_some(),
         _ => false,
     }
+}
+
+/// Whether a failed call is this client's own timeout (tonic reports the expiry of a
+/// request's grpc-timeout as CANCELLED "Timeout expired", with the cause as its source).
+fn client_timeout(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn request<T>(
@@ -498,5 +519,20 @@ impl Worker for GrpcWorker {
             Ok(status == ServingStatus::Serving)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channels_own_timeout_counts_as_a_timeout_and_nothing_else_does() {
+        let expired = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(expired.code(), Code::Cancelled);
+        assert!(client_timeout(&expired));
+        assert!(!client_timeout(&Status::cancelled("Timeout expired")));
+        assert!(!client_timeout(&Status::deadline_exceeded("worker busy")));
+        assert!(!client_timeout(&Status::unavailable("connection refused")));
     }
 }
