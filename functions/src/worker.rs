@@ -417,9 +417,9 @@ impl GrpcWorker {
 
 /// Whether a failed call says the worker or its connection is gone, rather than the worker
 /// answering: UNAVAILABLE; CANCELLED (this client never cancels a call, and its own
-/// timeouts are sorted out before, so the connection went away under it); UNKNOWN raised by the transport itself (a connection reset
-/// mid-call: it carries the transport error as its source, which a status sent by a
-/// worker never does). Predictions are idempotent, so such a call is safe to retry.
+/// timeouts are sorted out before, so the connection went away under it); UNKNOWN raised
+/// by the transport itself (a connection reset mid-call: it carries the transport error as
+/// its source, which a status sent by a worker never does). Predictions are idempotent, so such a call is safe to retry.
 fn transport_failure(status: &Status) -> bool {
     use std::error::Error;
     match status.code() {
@@ -432,14 +432,8 @@ fn transport_failure(status: &Status) -> bool {
 /// Whether a failed call is this client's own timeout (tonic reports the expiry of a
 /// request's grpc-timeout as CANCELLED "Timeout expired", with the cause as its source).
 fn client_timeout(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
+        .any(|e| e.is::<tonic::TimeoutExpired>())
 }
 
 fn request<T>(
