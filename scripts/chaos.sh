@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make chaos`: faults injected into the real local stack under steady load, each scenario
-# measured with `inferencehub-dev load` (HTTP through cargo lambda, 2 worker replicas):
+# measured with `inferencehub-bench load` (HTTP through cargo lambda, 2 worker replicas):
 #   baseline, a replica killed (SIGKILL), a replica frozen (SIGSTOP), a rolling restart
 #   (SIGTERM one, start a new one, then the other), every replica down then one back,
 #   DynamoDB killed then back (table recreated), the functions frozen past the idle
@@ -29,7 +29,7 @@ stack_before_down() {
   fi
 }
 # Short idle rebuild so the frozen-Lambda scenario is quick; a per-attempt timeout of 1 s.
-stack_up "$OUT" WORKERS=2 IHUB_WORKER_IDLE_REBUILD_SECS=3 IHUB_WORKER_ATTEMPT_TIMEOUT_MS=1000
+stack_up "$OUT" WORKERS=2 IHUB_GATEWAY_WORKER_IDLE_REBUILD=3 IHUB_GATEWAY_WORKER_ATTEMPT_TIMEOUT=1000
 
 group() { cat "$IHUB_PIDS_DIR/$1.pid"; }
 signal() { kill "-$1" -- "-$(group "$2")" 2>/dev/null || true; } # SIG, name
@@ -51,7 +51,7 @@ start_worker() { # N: a new replica on worker N's ports, in its own process grou
   echo $! >"$IHUB_PIDS_DIR/worker-$n.pid"
 }
 load() { # name, seconds: the load in the background; sets LOAD_PID
-  "$BIN/inferencehub-dev" load --rate "$RATE" --concurrency 64 --duration "$2" \
+  "$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "$2" \
     --timeout-ms 15000 --quiet --json --csv "$OUT/$1.csv" >"$OUT/$1.json" 2>"$OUT/$1.err" &
   LOAD_PID=$!
 }
@@ -152,7 +152,7 @@ if want dynamodb; then
   extra+=($!)
   disown $!
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-  "$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$IHUB_RATE_LIMIT_TABLE" >/dev/null
+  "$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$IHUB_GATEWAY_RATE_LIMIT_TABLE" >/dev/null
   wait "$LOAD_PID"
   python3 - "$OUT/dynamodb.csv" <<'PY' >"$OUT/dynamodb.check"
 import csv, sys

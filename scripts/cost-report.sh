@@ -27,12 +27,12 @@ echo "13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650" >"$OUT/win
 for m in sentiment iris wine; do
   echo "== $m: the predict function's duration (20 req/s, 15 s), then the worker's throughput (32 callers, 10 s)"
   start=$(wc -l <.local/lambda.log)
-  "$BIN/inferencehub-dev" load --models "$m" --rate 20 --duration 15 --quiet --json >"$OUT/$m.load.json"
+  "$BIN/inferencehub-bench" load --models "$m" --rate 20 --duration 15 --quiet --json >"$OUT/$m.load.json"
   sleep 1
   tail -n +"$((start + 1))" .local/lambda.log >"$OUT/$m.lambda.log"
-  "${BIN%/debug}/release/inferencehub-worker" load --addr "${IHUB_WORKER_ADDR%%,*}" \
+  "$BIN/inferencehub-bench" load --worker-addr "${IHUB_GATEWAY_WORKER_ADDRS%%,*}" \
     --tls-ca "$IHUB_CERTS_DIR/ca.pem" --tls-cert "$IHUB_CERTS_DIR/client.pem" --tls-key "$IHUB_CERTS_DIR/client.key" \
-    --model "$m" --inputs "$OUT/$m.inputs" --callers 32 --seconds 10 >"$OUT/$m.worker.json"
+    --models "$m" --inputs "$OUT/$m.inputs" --rate 0 --concurrency 32 --duration 10 --quiet --json >"$OUT/$m.worker.json"
 done
 
 python3 - "$OUT" <<'PY'
@@ -56,7 +56,7 @@ for m in ("sentiment", "iris", "wine"):
     if m == "sentiment" and gpu:
         per_s, source = float(gpu.group(1)), "H200, docs/bench-gpu-h200.md"
     else:
-        per_s, source = worker["per_second"], "this machine's 2 CPU cores"
+        per_s, source = worker["rps"], "this machine's 2 CPU cores"
     models.append({
         "model": m,
         "requests_measured": len(lat),
@@ -69,7 +69,7 @@ for m in ("sentiment", "iris", "wine"):
         "bytes_per_request": 2048,
         "worker_predictions_per_s": per_s,
         "worker_source": source,
-        "worker_cpu_predictions_per_s": worker["per_second"],
+        "worker_cpu_predictions_per_s": worker["rps"],
     })
 json.dump({"min_workers": 1, "models": models, "assumed": {
     "bytes_per_request": "2 KiB through the load balancer per request, both ways (not measured)",

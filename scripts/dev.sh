@@ -14,9 +14,9 @@ WORKER_PORT="${IHUB_DEV_WORKER_PORT:-50051}"
 METRICS_PORT="${IHUB_DEV_METRICS_PORT:-9464}"
 DYNAMODB_PORT="${IHUB_DEV_DYNAMODB_PORT:-4566}"
 V2_PORT="${IHUB_DEV_V2_PORT:-9001}"
-ISSUER="${IHUB_JWT_ISSUER:-https://inferencehub.local/dev}"
-AUDIENCE="${IHUB_JWT_AUDIENCE:-inferencehub}"
-TABLE="${IHUB_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
+ISSUER="${IHUB_GATEWAY_JWT_ISSUER:-https://inferencehub.local/dev}"
+AUDIENCE="${IHUB_GATEWAY_JWT_AUDIENCE:-inferencehub}"
+TABLE="${IHUB_GATEWAY_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
 WORKERS="${WORKERS:-1}"
 case "$WORKERS" in
   '' | *[!0-9]* | 0) echo "WORKERS must be a positive number, not '$WORKERS'" >&2; exit 1 ;;
@@ -113,7 +113,7 @@ export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DYNAMODB_PORT"
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
 if [ "$DYNAMODB_PORT" = 4566 ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   compose=1
-  IHUB_RATE_LIMIT_TABLE="$TABLE" docker compose -f localstack/docker-compose.yml up -d
+  IHUB_GATEWAY_RATE_LIMIT_TABLE="$TABLE" docker compose -f localstack/docker-compose.yml up -d
   echo "LocalStack started"
 else
   start_group dynamodb "$LOCAL/dynamodb.log" localstack/dynalite.sh "$DYNAMODB_PORT"
@@ -141,13 +141,13 @@ WORKER_ADDRS="$(IFS=,; echo "${worker_urls[*]}")"
 METRICS_URLS="$(IFS=,; echo "${metrics_urls[*]}")"
 
 echo "== functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambda.log)"
-export IHUB_JWT_ISSUER="$ISSUER" IHUB_JWT_AUDIENCE="$AUDIENCE"
-export IHUB_JWKS_FILE="$PWD/$LOCAL/jwt/dev-jwks.json"
-export IHUB_WORKER_ADDR="$WORKER_ADDRS"
-export IHUB_WORKER_CLIENT_TLS_CA="$PWD/$LOCAL/certs/ca.pem"
-export IHUB_WORKER_CLIENT_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
-export IHUB_WORKER_CLIENT_TLS_KEY="$PWD/$LOCAL/certs/client.key"
-export IHUB_RATE_LIMIT_TABLE="$TABLE"
+export IHUB_GATEWAY_JWT_ISSUER="$ISSUER" IHUB_GATEWAY_JWT_AUDIENCE="$AUDIENCE"
+export IHUB_GATEWAY_JWKS_FILE="$PWD/$LOCAL/jwt/dev-jwks.json"
+export IHUB_GATEWAY_WORKER_ADDRS="$WORKER_ADDRS"
+export IHUB_GATEWAY_WORKER_TLS_CA="$PWD/$LOCAL/certs/ca.pem"
+export IHUB_GATEWAY_WORKER_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
+export IHUB_GATEWAY_WORKER_TLS_KEY="$PWD/$LOCAL/certs/client.key"
+export IHUB_GATEWAY_RATE_LIMIT_TABLE="$TABLE"
 # Up to IHUB_DEV_CONCURRENCY instances per function, as Lambda scales out under load.
 # cargo lambda rebuilds and restarts the functions when the code changes; measurements
 # (chaos, soak) set IHUB_DEV_NO_RELOAD=1 so an edit elsewhere cannot disturb them.
@@ -185,17 +185,17 @@ IHUB_OPENAPI_URL=$BASE/models/openapi.json
 IHUB_DOCS_URL=http://127.0.0.1:$V2_PORT/docs
 IHUB_TOKEN=$TOKEN
 IHUB_JWT_PRIVATE_KEY=$PWD/$LOCAL/jwt/dev-jwt.pem
-IHUB_JWKS_FILE=$PWD/$LOCAL/jwt/dev-jwks.json
-IHUB_JWT_ISSUER=$ISSUER
-IHUB_JWT_AUDIENCE=$AUDIENCE
-IHUB_WORKER_ADDR=$WORKER_ADDRS
+IHUB_GATEWAY_JWKS_FILE=$PWD/$LOCAL/jwt/dev-jwks.json
+IHUB_GATEWAY_JWT_ISSUER=$ISSUER
+IHUB_GATEWAY_JWT_AUDIENCE=$AUDIENCE
+IHUB_GATEWAY_WORKER_ADDRS=$WORKER_ADDRS
 IHUB_WORKER_METRICS_URL=${metrics_urls[0]}
 IHUB_WORKER_METRICS_URLS=$METRICS_URLS
 IHUB_WORKERS=$WORKERS
 IHUB_PIDS_DIR=$PWD/$LOCAL/pids
 IHUB_CERTS_DIR=$PWD/$LOCAL/certs
 AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
-IHUB_RATE_LIMIT_TABLE=$TABLE
+IHUB_GATEWAY_RATE_LIMIT_TABLE=$TABLE
 ENV
 
 cat <<MSG

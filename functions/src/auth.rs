@@ -87,11 +87,18 @@ pub struct Authenticator {
     http: Option<reqwest::Client>,
 }
 
+/// The `Authorization` header of `req`, when it is text.
+pub fn authorization<B>(req: &http::Request<B>) -> Option<&str> {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
 impl Authenticator {
     /// Loads the key set: a file must parse; a URL that cannot be fetched now is logged
     /// and fetched again on the first token (at most once a minute).
     pub async fn new(config: AuthConfig) -> anyhow::Result<Self> {
-        crate::install_crypto_provider();
+        crate::crypto::install_crypto_provider();
         let jwks = config.jwks()?;
         let http = match &jwks {
             JwksSource::Url(_) => Some(
@@ -292,7 +299,7 @@ impl Authenticator {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = self.config.leeway_secs;
+        validation.leeway = self.config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let claims =

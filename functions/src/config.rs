@@ -1,6 +1,7 @@
-//! Configuration, read once per cold start from environment variables into typed structs
-//! (clap with `env`, the same style as the worker's flags) and validated there. Every
-//! variable, its default and its meaning is listed in the README's configuration table.
+//! The gateway's configuration, read once per cold start from `IHUB_GATEWAY_*` environment
+//! variables into typed structs (clap with `env`, the same style as the worker's flags) and
+//! validated there. Each default is written once, in its `#[arg]`; durations carry their
+//! unit (`5s`, `250ms`). `docs/configuration.md` is generated from these definitions.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, ValueEnum};
-use inferencehub_proto::settings::{self, Renamed};
+use inferencehub_proto::settings::{self, duration};
 
 /// Where the JWT verification keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,22 +21,8 @@ pub enum JwksSource {
     File(PathBuf),
 }
 
-fn millis(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .parse()
-        .map(Duration::from_millis)
-        .map_err(|e| format!("{text:?} is not a whole number of milliseconds: {e}"))
-}
-
-fn secs(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .parse()
-        .map(Duration::from_secs)
-        .map_err(|e| format!("{text:?} is not a whole number of seconds: {e}"))
-}
-
-fn window_secs(text: &str) -> Result<Duration, String> {
-    match secs(text)? {
+fn window(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
         d if d.is_zero() => Err("the window must be at least 1 second".into()),
         d => Ok(d),
     }
@@ -45,69 +32,48 @@ fn window_secs(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     /// Exact `iss` every token must carry.
-    #[arg(long = "jwt-issuer", env = "IHUB_JWT_ISSUER")]
+    #[arg(long = "jwt-issuer", env = "IHUB_GATEWAY_JWT_ISSUER")]
     pub issuer: String,
     /// Exact `aud` every token must carry.
-    #[arg(long = "jwt-audience", env = "IHUB_JWT_AUDIENCE")]
+    #[arg(long = "jwt-audience", env = "IHUB_GATEWAY_JWT_AUDIENCE")]
     pub audience: String,
     /// JWKS URL, fetched at cold start and refetched when a token names an unknown `kid`.
-    #[arg(long, env = "IHUB_JWKS_URL")]
+    #[arg(long, env = "IHUB_GATEWAY_JWKS_URL")]
     pub jwks_url: Option<String>,
     /// JWKS file instead of a URL (development).
-    #[arg(long, env = "IHUB_JWKS_FILE")]
+    #[arg(long, env = "IHUB_GATEWAY_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
-    /// Clock skew allowed on `exp`/`nbf`, in seconds.
-    #[arg(
-        long = "jwt-leeway-secs",
-        env = "IHUB_JWT_LEEWAY_SECS",
-        default_value_t = 30
-    )]
-    pub leeway_secs: u64,
+    /// Clock skew allowed on `exp`/`nbf`.
+    #[arg(long = "jwt-leeway", env = "IHUB_GATEWAY_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    pub leeway: Duration,
     /// Claim that selects the rate-limit tier. It must come from an identity-provider
-    /// attribute users cannot write themselves (see the README).
+    /// attribute users cannot write themselves (see docs/security.md).
     #[arg(
         long = "rate-limit-tier-claim",
-        env = "IHUB_RATE_LIMIT_TIER_CLAIM",
+        env = "IHUB_GATEWAY_RATE_LIMIT_TIER_CLAIM",
         default_value = "tier"
     )]
     pub tier_claim: String,
     /// When set, the token header's `typ` must equal it (e.g. `at+jwt`, RFC 9068), so an
     /// ID token or another kind of JWT from the same issuer is not taken for an access token.
-    #[arg(long = "jwt-required-typ", env = "IHUB_JWT_REQUIRED_TYP")]
+    #[arg(long = "jwt-required-typ", env = "IHUB_GATEWAY_JWT_REQUIRED_TYP")]
     pub required_typ: Option<String>,
     /// When set, the `token_use` claim must equal it (Amazon Cognito: `access`).
-    #[arg(long = "jwt-required-token-use", env = "IHUB_JWT_REQUIRED_TOKEN_USE")]
+    #[arg(
+        long = "jwt-required-token-use",
+        env = "IHUB_GATEWAY_JWT_REQUIRED_TOKEN_USE"
+    )]
     pub required_token_use: Option<String>,
-    /// Least time between two JWKS fetches triggered by unknown `kid`s, in seconds.
-    #[arg(long = "jwks-refetch-secs", env = "IHUB_JWKS_REFETCH_SECS", default_value = "60", value_parser = secs)]
+    /// Least time between two JWKS fetches triggered by unknown `kid`s.
+    #[arg(long = "jwks-refetch", env = "IHUB_GATEWAY_JWKS_REFETCH", default_value = "60s", value_parser = duration)]
     pub refetch_interval: Duration,
-    /// Age, in seconds, after which a fetched JWKS is fetched again, so a key the identity
-    /// provider removed stops being trusted by warm instances.
-    #[arg(long = "jwks-refresh-secs", env = "IHUB_JWKS_REFRESH_SECS", default_value = "600", value_parser = secs)]
+    /// Age after which a fetched JWKS is fetched again, so a key the identity provider
+    /// removed stops being trusted by warm instances.
+    #[arg(long = "jwks-refresh", env = "IHUB_GATEWAY_JWKS_REFRESH", default_value = "10m", value_parser = duration)]
     pub refresh_interval: Duration,
 }
 
 impl AuthConfig {
-    /// Settings for a fixed key source (tests, benchmarks); the rest at their defaults.
-    pub fn new(issuer: &str, audience: &str, jwks: JwksSource) -> Self {
-        let (jwks_url, jwks_file) = match jwks {
-            JwksSource::Url(url) => (Some(url), None),
-            JwksSource::File(file) => (None, Some(file)),
-        };
-        Self {
-            issuer: issuer.into(),
-            audience: audience.into(),
-            jwks_url,
-            jwks_file,
-            leeway_secs: 30,
-            tier_claim: "tier".into(),
-            required_typ: None,
-            required_token_use: None,
-            refetch_interval: Duration::from_secs(60),
-            refresh_interval: Duration::from_secs(600),
-        }
-    }
-
     /// The key source: the URL when set, else the file. The URL must be `https://`
     /// (plain `http://` only to a loopback host, for development): keys fetched in the
     /// clear could be swapped on the way.
@@ -116,14 +82,16 @@ impl AuthConfig {
             (Some(url), _) => {
                 if !secure_or_loopback(url) {
                     bail!(
-                        "IHUB_JWKS_URL must be an https:// URL (http:// is accepted only for \
+                        "IHUB_GATEWAY_JWKS_URL must be an https:// URL (http:// is accepted only for \
                          a loopback host, in development): got {url:?}"
                     );
                 }
                 Ok(JwksSource::Url(url.clone()))
             }
             (None, Some(file)) => Ok(JwksSource::File(file.clone())),
-            (None, None) => bail!("set IHUB_JWKS_URL (or IHUB_JWKS_FILE for development)"),
+            (None, None) => {
+                bail!("set IHUB_GATEWAY_JWKS_URL (or IHUB_GATEWAY_JWKS_FILE for development)")
+            }
         }
     }
 }
@@ -164,7 +132,7 @@ pub struct RateLimitConfig {
     /// `dynamodb`, or `memory` for local development only.
     #[arg(
         long = "rate-limit-backend",
-        env = "IHUB_RATE_LIMIT_BACKEND",
+        env = "IHUB_GATEWAY_RATE_LIMIT_BACKEND",
         value_enum,
         default_value = "dynamodb"
     )]
@@ -172,29 +140,29 @@ pub struct RateLimitConfig {
     /// DynamoDB table name.
     #[arg(
         long = "rate-limit-table",
-        env = "IHUB_RATE_LIMIT_TABLE",
+        env = "IHUB_GATEWAY_RATE_LIMIT_TABLE",
         default_value = "inferencehub-rate-limits"
     )]
     pub table: String,
     /// Requests per window for callers without a known tier.
     #[arg(
         long = "rate-limit-default",
-        env = "IHUB_RATE_LIMIT_DEFAULT",
+        env = "IHUB_GATEWAY_RATE_LIMIT_DEFAULT",
         default_value_t = 60
     )]
     pub default_limit: u32,
     /// Requests per window by tier name: `name=limit,...`.
-    #[arg(long = "rate-limit-tiers", env = "IHUB_RATE_LIMIT_TIERS", default_value = "", value_parser = parse_tiers_arg)]
+    #[arg(long = "rate-limit-tiers", env = "IHUB_GATEWAY_RATE_LIMIT_TIERS", default_value = "", value_parser = parse_tiers_arg)]
     pub tiers: HashMap<String, u32>,
-    /// Window length in seconds.
-    #[arg(long = "rate-limit-window-secs", env = "IHUB_RATE_LIMIT_WINDOW_SECS", default_value = "60", value_parser = window_secs)]
+    /// Window length (at least 1s).
+    #[arg(long = "rate-limit-window", env = "IHUB_GATEWAY_RATE_LIMIT_WINDOW", default_value = "60s", value_parser = window)]
     pub window: Duration,
     /// When DynamoDB cannot be reached: let requests through (logged, counted) instead of 503.
-    #[arg(long = "rate-limit-fail-open", env = "IHUB_RATE_LIMIT_FAIL_OPEN", default_value = "false",
+    #[arg(long = "rate-limit-fail-open", env = "IHUB_GATEWAY_RATE_LIMIT_FAIL_OPEN", default_value = "false",
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub fail_open: bool,
-    /// Budget of the DynamoDB call (including its one retry), in milliseconds.
-    #[arg(id = "rate_limit_timeout", long = "rate-limit-timeout-ms", env = "IHUB_RATE_LIMIT_TIMEOUT_MS", default_value = "1000", value_parser = millis)]
+    /// Budget of the DynamoDB call (including its one retry).
+    #[arg(id = "rate_limit_timeout", long = "rate-limit-timeout", env = "IHUB_GATEWAY_RATE_LIMIT_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub timeout: Duration,
 }
 
@@ -234,8 +202,8 @@ pub struct WorkerConfig {
     /// One or more worker URLs (`https://host:port`; a bare `host:port` means https),
     /// comma-separated, used round robin.
     #[arg(
-        long = "worker-addr",
-        env = "IHUB_WORKER_ADDR",
+        long = "worker-addrs",
+        env = "IHUB_GATEWAY_WORKER_ADDRS",
         value_delimiter = ',',
         required = true
     )]
@@ -245,27 +213,27 @@ pub struct WorkerConfig {
     pub tls: settings::WorkerClientTls,
     /// Secrets Manager secret (ARN or name) whose JSON holds `ca`, `client_cert` and
     /// `client_key` (PEM): read once per cold start with GetSecretValue, so the key never
-    /// sits in the function's configuration. Replaces the three IHUB_WORKER_CLIENT_TLS_*
-    /// values (setting both is refused).
+    /// sits in the function's configuration. Replaces the three IHUB_GATEWAY_WORKER_TLS_CA,
+    /// _CERT and _KEY values (setting both is refused).
     #[arg(
         long = "worker-tls-secret-id",
-        env = "IHUB_WORKER_CLIENT_TLS_SECRET_ID"
+        env = "IHUB_GATEWAY_WORKER_TLS_SECRET_ID"
     )]
     pub tls_secret_id: Option<String>,
-    /// Deadline of every worker call, in milliseconds (one retry on UNAVAILABLE inside it).
-    #[arg(id = "worker_timeout", long = "worker-timeout-ms", env = "IHUB_WORKER_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
+    /// Deadline of every worker call (one retry on another worker inside it).
+    #[arg(id = "worker_timeout", long = "worker-timeout", env = "IHUB_GATEWAY_WORKER_TIMEOUT", default_value = settings::DEFAULT_WORKER_TIMEOUT, value_parser = duration)]
     pub timeout: Duration,
-    /// Longest wait for one attempt on one worker, in milliseconds, before the call is
-    /// retried once on another (a frozen worker holds TCP open and never answers). The
-    /// second attempt gets what is left of the deadline.
-    #[arg(long = "worker-attempt-timeout-ms", env = "IHUB_WORKER_ATTEMPT_TIMEOUT_MS", default_value = "2000", value_parser = millis)]
+    /// Longest wait for one attempt on one worker before the call is retried once on
+    /// another (a frozen worker holds TCP open and never answers). The second attempt gets
+    /// what is left of the deadline.
+    #[arg(long = "worker-attempt-timeout", env = "IHUB_GATEWAY_WORKER_ATTEMPT_TIMEOUT", default_value = "2s", value_parser = duration)]
     pub attempt_timeout: Duration,
-    /// TCP + TLS connect budget, in milliseconds.
-    #[arg(long = "worker-connect-timeout-ms", env = "IHUB_WORKER_CONNECT_TIMEOUT_MS", default_value = "1000", value_parser = millis)]
+    /// TCP + TLS connect budget.
+    #[arg(long = "worker-connect-timeout", env = "IHUB_GATEWAY_WORKER_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub connect_timeout: Duration,
-    /// Rebuild a connection unused for this many seconds (load balancers drop idle
-    /// connections while a Lambda is frozen).
-    #[arg(long = "worker-idle-rebuild-secs", env = "IHUB_WORKER_IDLE_REBUILD_SECS", default_value = "60", value_parser = secs)]
+    /// Rebuild a connection unused for this long (load balancers drop idle connections
+    /// while a Lambda is frozen).
+    #[arg(long = "worker-idle-rebuild", env = "IHUB_GATEWAY_WORKER_IDLE_REBUILD", default_value = "60s", value_parser = duration)]
     pub idle_rebuild: Duration,
 }
 
@@ -281,19 +249,6 @@ impl std::fmt::Debug for WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Settings for `addrs` with the given TLS material; the rest at their defaults.
-    pub fn new(addrs: Vec<String>, tls: settings::WorkerClientTls) -> Self {
-        Self {
-            addrs,
-            tls,
-            tls_secret_id: None,
-            timeout: Duration::from_millis(5000),
-            attempt_timeout: Duration::from_millis(2000),
-            connect_timeout: Duration::from_millis(1000),
-            idle_rebuild: Duration::from_secs(60),
-        }
-    }
-
     /// The worker URLs, `https://` added where no scheme was given; any other scheme is
     /// refused (the worker speaks mutual TLS only, and a plaintext URL would send the
     /// caller's inputs in the clear).
@@ -305,7 +260,9 @@ impl WorkerConfig {
             .map(|a| match a.split_once("://") {
                 None => Ok(format!("https://{a}")),
                 Some(("https", _)) => Ok(a.to_string()),
-                Some(_) => bail!("IHUB_WORKER_ADDR {a:?}: workers are reached over https:// only"),
+                Some(_) => {
+                    bail!("IHUB_GATEWAY_WORKER_ADDRS {a:?}: workers are reached over https:// only")
+                }
             })
             .collect()
     }
@@ -315,68 +272,22 @@ impl WorkerConfig {
 #[derive(Debug, Clone, Args)]
 pub struct ApiConfig {
     /// Largest body accepted, in bytes (413 beyond).
-    #[arg(long = "max-body-bytes", env = "IHUB_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long = "max-body-bytes", env = "IHUB_GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
     /// Largest prompt accepted, in bytes (the worker's advertised cap applies too).
-    #[arg(long = "max-prompt-bytes", env = "IHUB_MAX_PROMPT_BYTES", default_value_t = settings::DEFAULT_MAX_PROMPT_BYTES)]
+    #[arg(long = "max-prompt-bytes", env = "IHUB_GATEWAY_MAX_PROMPT_BYTES", default_value_t = settings::DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
     /// Most inputs in one batch request.
     #[arg(
         long = "max-batch-inputs",
-        env = "IHUB_MAX_BATCH_INPUTS",
+        env = "IHUB_GATEWAY_MAX_BATCH_INPUTS",
         default_value_t = 32
     )]
     pub max_batch_inputs: usize,
-    /// How long the model catalogue is cached, in seconds.
-    #[arg(long = "catalog-ttl-secs", env = "IHUB_CATALOG_TTL_SECS", default_value = "60", value_parser = secs)]
+    /// How long the model catalogue is cached.
+    #[arg(long = "catalog-ttl", env = "IHUB_GATEWAY_CATALOG_TTL", default_value = "60s", value_parser = duration)]
     pub catalog_ttl: Duration,
 }
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 64 * 1024,
-            max_prompt_bytes: settings::DEFAULT_MAX_PROMPT_BYTES,
-            max_batch_inputs: 32,
-            catalog_ttl: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Environment variables renamed in this release; the old names still work, with a
-/// warning, until the next one.
-pub const RENAMED: &[Renamed] = &[
-    Renamed {
-        old: "IHUB_WORKER_CA_PEM",
-        new: "IHUB_WORKER_CLIENT_TLS_CA",
-        arg: "ca",
-    },
-    Renamed {
-        old: "IHUB_WORKER_CA_FILE",
-        new: "IHUB_WORKER_CLIENT_TLS_CA",
-        arg: "ca",
-    },
-    Renamed {
-        old: "IHUB_WORKER_CLIENT_CERT_PEM",
-        new: "IHUB_WORKER_CLIENT_TLS_CERT",
-        arg: "cert",
-    },
-    Renamed {
-        old: "IHUB_WORKER_CLIENT_CERT_FILE",
-        new: "IHUB_WORKER_CLIENT_TLS_CERT",
-        arg: "cert",
-    },
-    Renamed {
-        old: "IHUB_WORKER_CLIENT_KEY_PEM",
-        new: "IHUB_WORKER_CLIENT_TLS_KEY",
-        arg: "key",
-    },
-    Renamed {
-        old: "IHUB_WORKER_CLIENT_KEY_FILE",
-        new: "IHUB_WORKER_CLIENT_TLS_KEY",
-        arg: "key",
-    },
-];
 
 /// Settings of the `predict` function.
 #[derive(Debug, Clone, Parser)]
@@ -420,19 +331,30 @@ pub struct HealthConfig {
     pub worker: WorkerConfig,
 }
 
-/// Reads a function's settings from the environment alone (a Lambda has no arguments),
-/// logging a warning for every renamed variable still in use.
+/// Reads a function's settings from the environment alone (a Lambda has no arguments).
 pub fn from_env<T: Parser>() -> anyhow::Result<T> {
-    let (config, warnings) = settings::parse::<T>(
-        [T::command().get_name().to_string()],
-        RENAMED,
-        settings::env_var,
-    )
-    .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    for warning in warnings {
-        tracing::warn!("{warning}");
-    }
-    Ok(config)
+    T::try_parse_from([T::command().get_name().to_string()])
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+/// Settings from `vars` (variable name, value) alone, the process environment unread, the
+/// rest at their defaults: how tests and tools build a function's configuration.
+pub fn from_vars<T: Parser>(vars: &[(&str, &str)]) -> anyhow::Result<T> {
+    settings::parse_vars([T::command().get_name().to_string()], vars)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+/// One group of settings ([`AuthConfig`], [`ApiConfig`], ...) from `vars` alone, as
+/// [`from_vars`] reads a function's.
+pub fn group_from_vars<T: Args>(vars: &[(&str, &str)]) -> anyhow::Result<T> {
+    from_vars::<Only<T>>(vars).map(|only| only.group)
+}
+
+#[derive(Parser)]
+#[command(name = "settings")]
+struct Only<T: Args> {
+    #[command(flatten)]
+    group: T,
 }
 
 #[cfg(test)]
@@ -447,60 +369,43 @@ mod tests {
         assert_eq!(tiers["pro"], 600);
         assert!(parse_tiers("free").is_err());
         assert!(parse_tiers("free=x").is_err());
-        let config = RateLimitConfig {
-            backend: LimiterBackend::Memory,
-            table: String::new(),
-            default_limit: 5,
-            tiers,
-            window: Duration::from_secs(60),
-            fail_open: false,
-            timeout: Duration::from_secs(1),
-        };
-        assert_eq!(config.limit_for(Some("pro")), ("pro".into(), 600));
-        assert_eq!(config.limit_for(Some("gold")), ("default".into(), 5));
-        assert_eq!(config.limit_for(None), ("default".into(), 5));
-    }
-
-    fn parse_with(vars: &[(&str, &str)]) -> Result<(PredictConfig, Vec<String>), clap::Error> {
-        let env = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
-        // The process environment is not touched (setting it is unsafe under threads):
-        // the variables arrive as the flags clap would fill from them.
-        let mut args = vec!["predict".to_string()];
-        let command = PredictConfig::command();
-        for (name, value) in vars {
-            if let Some(arg) = command
-                .get_arguments()
-                .find(|a| a.get_env().is_some_and(|e| e == *name))
-            {
-                args.push(format!("--{}={value}", arg.get_long().unwrap()));
-            }
-        }
-        settings::parse::<PredictConfig>(args, RENAMED, env)
+        let config: PredictConfig = from_vars(&[
+            ("IHUB_GATEWAY_JWT_ISSUER", "iss"),
+            ("IHUB_GATEWAY_JWT_AUDIENCE", "aud"),
+            ("IHUB_GATEWAY_WORKER_ADDRS", "w:1"),
+            ("IHUB_GATEWAY_RATE_LIMIT_DEFAULT", "5"),
+            ("IHUB_GATEWAY_RATE_LIMIT_TIERS", "pro=600"),
+        ])
+        .unwrap();
+        let limits = config.limits;
+        assert_eq!(limits.limit_for(Some("pro")), ("pro".into(), 600));
+        assert_eq!(limits.limit_for(Some("gold")), ("default".into(), 5));
+        assert_eq!(limits.limit_for(None), ("default".into(), 5));
     }
 
     const BASE: &[(&str, &str)] = &[
-        ("IHUB_JWT_ISSUER", "iss"),
-        ("IHUB_JWT_AUDIENCE", "aud"),
-        ("IHUB_JWKS_FILE", "/jwks.json"),
-        ("IHUB_WORKER_ADDR", "127.0.0.1:1, https://w2:2"),
+        ("IHUB_GATEWAY_JWT_ISSUER", "iss"),
+        ("IHUB_GATEWAY_JWT_AUDIENCE", "aud"),
+        ("IHUB_GATEWAY_JWKS_FILE", "/jwks.json"),
+        ("IHUB_GATEWAY_WORKER_ADDRS", "127.0.0.1:1, https://w2:2"),
     ];
+
+    fn parse_with(vars: &[(&str, &str)]) -> anyhow::Result<PredictConfig> {
+        from_vars(vars)
+    }
 
     #[test]
     fn settings_have_types_defaults_and_clear_errors() {
         let mut vars = BASE.to_vec();
         vars.extend([
-            ("IHUB_WORKER_CLIENT_TLS_CA", "/ca.pem"),
-            ("IHUB_WORKER_CLIENT_TLS_CERT", "/c.pem"),
-            ("IHUB_WORKER_CLIENT_TLS_KEY", "/c.key"),
-            ("IHUB_RATE_LIMIT_FAIL_OPEN", "yes"),
-            ("IHUB_RATE_LIMIT_TIERS", "pro=600"),
+            ("IHUB_GATEWAY_WORKER_TLS_CA", "/ca.pem"),
+            ("IHUB_GATEWAY_WORKER_TLS_CERT", "/c.pem"),
+            ("IHUB_GATEWAY_WORKER_TLS_KEY", "/c.key"),
+            ("IHUB_GATEWAY_RATE_LIMIT_FAIL_OPEN", "yes"),
+            ("IHUB_GATEWAY_RATE_LIMIT_TIERS", "pro=600"),
+            ("IHUB_GATEWAY_WORKER_TIMEOUT", "1500ms"),
         ]);
-        let (config, warnings) = parse_with(&vars).unwrap();
-        assert!(warnings.is_empty());
+        let config = parse_with(&vars).unwrap();
         assert_eq!(
             config.worker.urls().unwrap(),
             ["https://127.0.0.1:1", "https://w2:2"]
@@ -508,6 +413,8 @@ mod tests {
         assert!(config.limits.fail_open);
         assert_eq!(config.limits.tiers["pro"], 600);
         assert_eq!(config.limits.window, Duration::from_secs(60));
+        assert_eq!(config.worker.timeout, Duration::from_millis(1500));
+        assert_eq!(config.worker.attempt_timeout, Duration::from_secs(2));
         assert_eq!(config.api.max_prompt_bytes, 16 * 1024);
         assert_eq!(config.worker.tls.server_name, "localhost");
         assert_eq!(
@@ -515,25 +422,28 @@ mod tests {
             JwksSource::File("/jwks.json".into())
         );
 
-        vars.push(("IHUB_RATE_LIMIT_WINDOW_SECS", "0"));
+        vars.push(("IHUB_GATEWAY_RATE_LIMIT_WINDOW", "0"));
         let err = parse_with(&vars).unwrap_err().to_string();
         assert!(err.contains("at least 1 second"), "{err}");
+        // A duration without its unit is refused, naming the setting.
+        let mut bare = BASE.to_vec();
+        bare.push(("IHUB_GATEWAY_WORKER_TIMEOUT", "5000"));
+        let err = parse_with(&bare).unwrap_err().to_string();
+        assert!(
+            err.contains("worker-timeout") && err.contains("no unit"),
+            "{err}"
+        );
     }
 
     #[test]
     fn keys_and_workers_are_reached_over_tls_only() {
         let mut vars = BASE.to_vec();
-        vars.retain(|(k, _)| *k != "IHUB_JWKS_FILE" && *k != "IHUB_WORKER_ADDR");
-        vars.extend([
-            ("IHUB_WORKER_CLIENT_TLS_CA", "/ca.pem"),
-            ("IHUB_WORKER_CLIENT_TLS_CERT", "/c.pem"),
-            ("IHUB_WORKER_CLIENT_TLS_KEY", "/c.key"),
-        ]);
+        vars.retain(|(k, _)| *k != "IHUB_GATEWAY_JWKS_FILE" && *k != "IHUB_GATEWAY_WORKER_ADDRS");
         let url = |jwks: &str, worker: &str| {
             let mut v = vars.clone();
-            v.push(("IHUB_JWKS_URL", jwks));
-            v.push(("IHUB_WORKER_ADDR", worker));
-            let (config, _) = parse_with(&v).unwrap();
+            v.push(("IHUB_GATEWAY_JWKS_URL", jwks));
+            v.push(("IHUB_GATEWAY_WORKER_ADDRS", worker));
+            let config = parse_with(&v).unwrap();
             (
                 config.auth.jwks().map_err(|e| e.to_string()),
                 config.worker.urls(),
@@ -549,7 +459,7 @@ mod tests {
         ] {
             let err = url(insecure, "w:1").0.unwrap_err();
             assert!(
-                err.contains("IHUB_JWKS_URL must be an https:// URL"),
+                err.contains("IHUB_GATEWAY_JWKS_URL must be an https:// URL"),
                 "{err}"
             );
         }
@@ -573,22 +483,21 @@ mod tests {
         HealthConfig::command().debug_assert();
     }
 
+    /// Every setting of every function is the gateway's own: `IHUB_GATEWAY_*`.
     #[test]
-    fn renamed_tls_variables_still_work_with_a_warning() {
-        let mut vars = BASE.to_vec();
-        vars.extend([
-            ("IHUB_WORKER_CA_FILE", "/old-ca.pem"),
-            ("IHUB_WORKER_CLIENT_CERT_PEM", "-----BEGIN CERTIFICATE-----"),
-            ("IHUB_WORKER_CLIENT_TLS_KEY", "/new.key"),
-        ]);
-        let (config, warnings) = parse_with(&vars).unwrap();
-        assert_eq!(config.worker.tls.ca, Some(PathBuf::from("/old-ca.pem")));
-        assert_eq!(
-            config.worker.tls.cert,
-            Some(PathBuf::from("-----BEGIN CERTIFICATE-----"))
-        );
-        assert_eq!(config.worker.tls.key, Some(PathBuf::from("/new.key")));
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("IHUB_WORKER_CA_FILE is deprecated"));
+    fn every_gateway_setting_has_the_gateways_prefix() {
+        for command in [
+            PredictConfig::command(),
+            ModelsConfig::command(),
+            HealthConfig::command(),
+        ] {
+            for arg in command.get_arguments() {
+                let Some(env) = arg.get_env() else {
+                    continue;
+                };
+                let env = env.to_string_lossy();
+                assert!(env.starts_with("IHUB_GATEWAY_"), "{env}");
+            }
+        }
     }
 }

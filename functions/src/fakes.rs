@@ -8,28 +8,29 @@ use std::time::Duration;
 
 use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_proto::pb::{
-    LabelScore, ModelInfo, ModelKind, PredictBatchRequest, PredictBatchResponse, PredictRequest,
-    PredictResponse,
+    LabelScore, ModelInfo, ModelKind, PredictBatchRequest, PredictBatchResponse, PredictResponse,
 };
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::JwkSet;
 
+use crate::app::App;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
-use crate::config::{ApiConfig, AuthConfig, JwksSource, LimiterBackend, RateLimitConfig};
+use crate::config::{PredictConfig, from_vars};
 use crate::ratelimit::{Decision, MemoryLimiter, Policy, RateLimiter, StoreUnavailable};
-use crate::routes::{App, Health, Models, Predict};
+use crate::routes::{Health, Models, Predict};
 use crate::worker::{Worker, WorkerError};
 
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "inferencehub-test";
 
 /// A worker with the two demo models' signatures that answers from a script: the next
-/// queued error if any, else a fixed prediction. It counts the predictions it was asked for.
+/// queued error if any, else a fixed prediction. It keeps every call it was sent.
 #[derive(Default)]
 pub struct FakeWorker {
     pub errors: Mutex<Vec<WorkerError>>,
     pub calls: AtomicUsize,
+    pub sent: Mutex<Vec<PredictBatchRequest>>,
     pub down: bool,
 }
 
@@ -62,24 +63,13 @@ fn answer(model: &str) -> PredictResponse {
 }
 
 impl Worker for FakeWorker {
-    async fn predict(
-        &self,
-        request: PredictRequest,
-        _request_id: &str,
-    ) -> Result<PredictResponse, WorkerError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        match self.next_error() {
-            Some(e) => Err(e),
-            None => Ok(answer(&request.model_name)),
-        }
-    }
-
     async fn predict_batch(
         &self,
         request: PredictBatchRequest,
         _request_id: &str,
     ) -> Result<PredictBatchResponse, WorkerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.sent.lock().unwrap().push(request.clone());
         if let Some(e) = self.next_error() {
             return Err(e);
         }
@@ -127,13 +117,28 @@ impl Worker for FakeWorker {
     }
 }
 
-/// A limiter whose store is down, or an in-memory one.
+/// A limiter whose store is down, or an in-memory one that keeps every charge.
 pub enum FakeLimiter {
-    Memory(MemoryLimiter),
+    Memory(MemoryLimiter, Mutex<Vec<(String, u32)>>),
     /// Times out (a transient failure).
     Down,
     /// Answers, but refuses the write (throttled, say).
     Refusing,
+}
+
+impl FakeLimiter {
+    /// An in-memory limiter.
+    pub fn memory() -> Self {
+        Self::Memory(MemoryLimiter::default(), Mutex::default())
+    }
+
+    /// Every charge so far: caller and cost.
+    pub fn charges(&self) -> Vec<(String, u32)> {
+        match self {
+            Self::Memory(_, charges) => charges.lock().unwrap().clone(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl RateLimiter for FakeLimiter {
@@ -144,7 +149,10 @@ impl RateLimiter for FakeLimiter {
         cost: u32,
     ) -> Result<Decision, StoreUnavailable> {
         match self {
-            Self::Memory(m) => m.check(caller, policy, cost).await,
+            Self::Memory(m, charges) => {
+                charges.lock().unwrap().push((caller.to_string(), cost));
+                m.check(caller, policy, cost).await
+            }
             Self::Down => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Err(StoreUnavailable::transient("timed out"))
@@ -167,21 +175,22 @@ impl TestApp {
     pub fn new(worker: FakeWorker, limiter: FakeLimiter, limit: u32, fail_open: bool) -> Self {
         let key = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
         let set: JwkSet = serde_json::from_value(jwks(&[&key])).unwrap();
-        let auth = Arc::new(Authenticator::with_jwks(
-            AuthConfig::new(ISSUER, AUDIENCE, JwksSource::File("unused".into())),
-            &set,
-        ));
+        let limit = limit.to_string();
+        let config: PredictConfig = from_vars(&[
+            ("IHUB_GATEWAY_JWT_ISSUER", ISSUER),
+            ("IHUB_GATEWAY_JWT_AUDIENCE", AUDIENCE),
+            ("IHUB_GATEWAY_JWKS_FILE", "unused"),
+            ("IHUB_GATEWAY_WORKER_ADDRS", "unused:1"),
+            ("IHUB_GATEWAY_RATE_LIMIT_BACKEND", "memory"),
+            ("IHUB_GATEWAY_RATE_LIMIT_DEFAULT", &limit),
+            ("IHUB_GATEWAY_RATE_LIMIT_FAIL_OPEN", &fail_open.to_string()),
+            ("IHUB_GATEWAY_RATE_LIMIT_TIMEOUT", "100ms"),
+        ])
+        .unwrap();
+        let auth = Arc::new(Authenticator::with_jwks(config.auth, &set));
         let worker = Arc::new(worker);
-        let api = ApiConfig::default();
-        let limits = RateLimitConfig {
-            backend: LimiterBackend::Memory,
-            table: String::new(),
-            default_limit: limit,
-            tiers: Default::default(),
-            window: Duration::from_secs(60),
-            fail_open,
-            timeout: Duration::from_millis(100),
-        };
+        let (api, limits) = (config.api, config.limits);
+        let api_ttl = api.catalog_ttl;
         let app = App {
             predict: Predict {
                 auth: auth.clone(),
@@ -194,7 +203,7 @@ impl TestApp {
             models: Models {
                 auth,
                 worker: worker.clone(),
-                catalog: Catalog::new(Duration::from_secs(60)),
+                catalog: Catalog::new(api_ttl),
             },
             health: Health {
                 worker: worker.clone(),
@@ -204,22 +213,12 @@ impl TestApp {
     }
 
     pub fn with_worker(worker: FakeWorker) -> Self {
-        Self::new(
-            worker,
-            FakeLimiter::Memory(MemoryLimiter::default()),
-            100,
-            false,
-        )
+        Self::new(worker, FakeLimiter::memory(), 100, false)
     }
 
     /// A healthy fake worker and an in-memory limiter of `limit` inputs per window.
     pub fn with_limit(limit: u32) -> Self {
-        Self::new(
-            FakeWorker::default(),
-            FakeLimiter::Memory(MemoryLimiter::default()),
-            limit,
-            false,
-        )
+        Self::new(FakeWorker::default(), FakeLimiter::memory(), limit, false)
     }
 
     pub fn token(&self, scope: &str) -> String {

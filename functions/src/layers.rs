@@ -1,7 +1,8 @@
 //! The concerns every route shares, written once around each handler: the request id, the
-//! tracing span, the method check against the route table, problem rendering, the
-//! `Server-Timing` and `x-request-id` headers, and one metrics line per request. A handler
-//! ([`Handler`]) holds only its own logic and reports into the [`Context`] it is given.
+//! tracing span, the route match (method and path against [`crate::router::ROUTES`], once),
+//! problem rendering, the `Server-Timing` and `x-request-id` headers, and one metrics line
+//! per request. A handler ([`Handler`]) holds only its own logic and reports into the
+//! [`Context`] it is given.
 
 use std::future::Future;
 use std::time::Instant;
@@ -9,23 +10,31 @@ use std::time::Instant;
 use http::header::{self, HeaderName, HeaderValue};
 use inferencehub_proto::{ErrorKind, REQUEST_ID_METADATA, is_sane_request_id};
 use lambda_http::{Body, Request, RequestExt, Response};
-use serde_json::Value;
+use serde::Serialize;
 use tracing::Instrument;
 
 use crate::emf::RequestMetrics;
 use crate::problem::Problem;
-use crate::routes::{self, Function};
+use crate::router::{Function, Matched, NoRoute, Operation};
 
-/// One route's own logic; [`serve`] wraps it in the shared concerns.
+/// One function's own logic; [`serve`] wraps it in the shared concerns.
 pub trait Handler: Send + Sync {
     /// The function this handler is (its span, metrics and routes).
     const FUNCTION: Function;
 
-    /// Answers a request whose method the route table allows. A problem is an answer
-    /// too (4xx/5xx), rendered by the layer, never a function error.
+    /// What the function does at one of its routes.
+    type Op: Copy + Send;
+
+    /// The function's own operation, if `op` is one.
+    fn op(op: Operation) -> Option<Self::Op>;
+
+    /// Answers a request routed to `op`. A problem is an answer too (4xx/5xx), rendered
+    /// by the layer, never a function error.
     fn handle(
         &self,
+        op: Self::Op,
         req: Request,
+        route: &Matched,
         cx: &mut Context,
     ) -> impl Future<Output = Result<Response<Body>, Problem>> + Send;
 }
@@ -102,8 +111,9 @@ pub fn request_id(req: &Request) -> String {
 }
 
 /// A JSON answer.
-pub fn json_response(status: u16, body: &Value) -> Response<Body> {
-    let mut response = Response::new(Body::Text(body.to_string()));
+pub fn json_response(status: u16, body: &impl Serialize) -> Response<Body> {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+    let mut response = Response::new(Body::Text(text));
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -120,11 +130,13 @@ pub async fn serve<H: Handler>(handler: &H, req: Request) -> Response<Body> {
     async move {
         let started = Instant::now();
         let mut cx = Context::new(H::FUNCTION.name(), request_id);
-        let allowed = routes::methods_for(H::FUNCTION, req.uri().path());
-        let result = if routes::method_allowed(&allowed, req.method()) {
-            handler.handle(req, &mut cx).await
-        } else {
-            Err(method_not_allowed(&allowed))
+        let result = match Matched::find(H::FUNCTION, &req) {
+            Ok(route) => match H::op(route.route.op) {
+                Some(op) => handler.handle(op, req, &route, &mut cx).await,
+                None => Err(Problem::new(ErrorKind::NotFound, "no such route")),
+            },
+            Err(NoRoute::Method(allowed)) => Err(method_not_allowed(&allowed)),
+            Err(NoRoute::NotFound) => Err(Problem::new(ErrorKind::NotFound, "no such route")),
         };
         let total = started.elapsed().as_secs_f64() * 1e3;
         cx.timings.push(("total", total));

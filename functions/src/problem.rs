@@ -1,12 +1,16 @@
 //! RFC 9457 `application/problem+json` answers. Every 4xx/5xx the gateway sends is built
 //! here from the shared [`ErrorKind`] table, so status, title and type never drift.
+//! [`ProblemBody`] is both what is written and what the OpenAPI document describes.
 
 use http::header::{HeaderName, HeaderValue};
-use inferencehub_proto::{ErrorKind, FieldError};
+use inferencehub_proto::signature::parse_batch_field;
+use inferencehub_proto::{ErrorKind, FieldError, InputError};
 use lambda_http::{Body, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::request::api_field;
+use crate::auth::AuthError;
+use crate::command::{Invalid, Place};
 use crate::worker::WorkerError;
 
 /// One problem answer.
@@ -22,19 +26,44 @@ pub struct Problem {
     pub headers: Vec<(HeaderName, String)>,
 }
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
+/// An RFC 9457 problem: the body of every 4xx and 5xx answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemBody<'a> {
+    /// `urn:inferencehub:problem:<kind>`.
     #[serde(rename = "type")]
-    type_: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    /// The detail again under the name Open Inference Protocol clients read
+    pub kind: String,
+    /// Short, fixed per kind.
+    pub title: &'a str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: &'a str,
+    /// The detail again, under the name Open Inference Protocol clients read
     /// (`tritonclient` shows `error`); an RFC 9457 extension member.
-    error: &'a str,
+    pub error: &'a str,
+    /// The fields at fault (validation problems only).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [FieldError],
-    request_id: &'a str,
+    #[schema(value_type = Option<Vec<FieldError>>)]
+    pub errors: &'a [FieldError],
+    /// This request's id (also in `X-Request-Id`).
+    pub request_id: &'a str,
+}
+
+/// How a protocol names the places of its requests.
+pub trait NamePlace {
+    /// The protocol's name of `place`.
+    fn name(&self, place: &Place) -> String;
+}
+
+/// A refused token as a client sees it: 401 with the RFC 6750 challenge.
+impl From<AuthError> for Problem {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Problem::unauthorized("a bearer token is required", false),
+            AuthError::Invalid(why) => Problem::unauthorized(why, true),
+        }
+    }
 }
 
 impl Problem {
@@ -55,6 +84,16 @@ impl Problem {
             errors,
             ..Self::new(ErrorKind::InvalidArgument, detail)
         }
+    }
+
+    /// A 400 naming the places at fault in a protocol's terms.
+    pub fn at(errors: Vec<Invalid>, names: &impl NamePlace) -> Self {
+        Self::invalid(
+            errors
+                .into_iter()
+                .map(|e| FieldError::new(names.name(&e.place), e.message))
+                .collect(),
+        )
     }
 
     /// A 401 with the RFC 6750 challenge.
@@ -82,6 +121,16 @@ impl Problem {
         )
     }
 
+    /// A 404 for a model the catalogue does not hold, naming where the request named it.
+    pub fn no_model(name: &str, field: Option<String>) -> Self {
+        let mut p = Self::new(ErrorKind::NotFound, format!("no model named {name:?}"));
+        p.errors = field
+            .map(|f| FieldError::new(f, "no such model (see GET /v1/models)"))
+            .into_iter()
+            .collect();
+        p
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
@@ -93,33 +142,38 @@ impl Problem {
         self.with_header(http::header::RETRY_AFTER, seconds.max(1).to_string())
     }
 
-    /// A worker failure as a client sees it: invalid inputs name the fields the worker
-    /// reported in its status details (in the API's terms), an unknown model names
-    /// `model_name`; anything else is generic, with the worker's message in the log only.
-    pub fn from_worker(e: &WorkerError) -> Self {
+    /// A worker failure as a client sees it: invalid inputs name, in the protocol's terms,
+    /// the inputs the worker reported in its status details; an unknown model names the
+    /// model; anything else is generic, with the worker's message in the log only.
+    pub fn from_worker(e: &WorkerError, names: &impl NamePlace) -> Self {
         let kind = e.kind();
         match kind {
             ErrorKind::InvalidArgument => {
-                let errors: Vec<FieldError> = e
+                let errors: Vec<Invalid> = e
                     .fields
                     .iter()
-                    .map(|f| FieldError::new(api_field(&f.field), f.message.clone()))
+                    .filter_map(|f| {
+                        let (index, field, element) = parse_batch_field(&f.field)?;
+                        let error = InputError {
+                            field,
+                            element,
+                            message: f.message.clone(),
+                        };
+                        Some(Invalid::new(Place::Input(index, error), f.message.clone()))
+                    })
                     .collect();
                 if errors.is_empty() {
-                    tracing::warn!(error = %e.message, "worker refused the input without naming a field");
+                    tracing::warn!(error = %e.message, "worker refused the input without naming an input");
                     Self::new(kind, "the model refused the input")
                 } else {
-                    Self::invalid(errors)
+                    Self::at(errors, names)
                 }
             }
-            ErrorKind::NotFound => {
-                let mut p = Self::new(kind, "the model worker does not serve this model");
-                p.errors = vec![FieldError::new(
-                    "model_name",
-                    "no such model (see GET /v1/models)",
-                )];
-                p
-            }
+            ErrorKind::NotFound => Self::no_model(
+                "",
+                Some(names.name(&Place::Model)).filter(|f| !f.is_empty()),
+            )
+            .with_detail("the model worker does not serve this model"),
             _ => {
                 tracing::error!(code = ?e.code, error = %e.message, "worker call failed");
                 let detail = match kind {
@@ -138,6 +192,11 @@ impl Problem {
         }
     }
 
+    fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         self.kind.http_status()
@@ -146,7 +205,7 @@ impl Problem {
     /// The response, with the request id in the body.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let body = ProblemBody {
-            type_: format!("urn:inferencehub:problem:{}", self.kind.slug()),
+            kind: format!("urn:inferencehub:problem:{}", self.kind.slug()),
             title: self.kind.title(),
             status: self.kind.http_status(),
             detail: &self.detail,
@@ -207,5 +266,34 @@ mod tests {
             .into_response("r");
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "7");
+    }
+
+    struct Plain;
+    impl NamePlace for Plain {
+        fn name(&self, place: &Place) -> String {
+            match place {
+                Place::Input(i, e) => format!("in{i}.{}", e.path()),
+                Place::Model => "model".into(),
+                other => format!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn worker_field_errors_are_named_by_the_protocol() {
+        let status = inferencehub_proto::invalid_argument(&[
+            FieldError::new("rows[2].features[1]", "must be finite"),
+            FieldError::new("prompts[0]", "empty"),
+        ]);
+        let p = Problem::from_worker(&WorkerError::from_status(&status), &Plain);
+        let fields: Vec<&str> = p.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["in2.features[1]", "in0.prompt"]);
+        let missing = WorkerError::new(tonic::Code::NotFound, "no model");
+        let p = Problem::from_worker(&missing, &Plain);
+        assert_eq!((p.status(), p.errors[0].field.as_str()), (404, "model"));
+        // A refusal that names no input of ours names nothing.
+        let odd = inferencehub_proto::invalid_argument(&[FieldError::new("weird", "x")]);
+        let p = Problem::from_worker(&WorkerError::from_status(&odd), &Plain);
+        assert!(p.errors.is_empty() && p.status() == 400);
     }
 }

@@ -44,7 +44,7 @@ pub fn parse_client_secret(text: &str) -> anyhow::Result<ClientPems> {
 }
 
 /// The PEM texts the worker client presents: from the secret when
-/// `IHUB_WORKER_CLIENT_TLS_SECRET_ID` is set (one GetSecretValue on that id, with the
+/// `IHUB_GATEWAY_WORKER_TLS_SECRET_ID` is set (one GetSecretValue on that id, with the
 /// standard AWS environment: region, credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`),
 /// else from the three `IHUB_WORKER_CLIENT_TLS_*` values.
 pub async fn worker_client_pems(config: &WorkerConfig) -> anyhow::Result<ClientPems> {
@@ -53,7 +53,7 @@ pub async fn worker_client_pems(config: &WorkerConfig) -> anyhow::Result<ClientP
     };
     anyhow::ensure!(
         !config.tls.any_set(),
-        "set either IHUB_WORKER_CLIENT_TLS_SECRET_ID or the IHUB_WORKER_CLIENT_TLS_CA/CERT/KEY values, not both"
+        "set either IHUB_GATEWAY_WORKER_TLS_SECRET_ID or the IHUB_GATEWAY_WORKER_TLS_CA/CERT/KEY values, not both"
     );
     let sdk = aws_config::from_env()
         .timeout_config(

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{
-    ListModelsRequest, ModelInfo, PredictBatchRequest, PredictBatchResponse, PredictRequest,
-    PredictResponse,
+    ListModelsRequest, ModelInfo, PredictBatchRequest, PredictBatchResponse,
 };
 use inferencehub_proto::settings::ClientPems;
 use inferencehub_proto::{ErrorKind, FieldError, REQUEST_ID_METADATA, field_errors};
@@ -76,13 +75,7 @@ impl std::fmt::Display for WorkerError {
 
 /// What the handlers need from the workers.
 pub trait Worker: Send + Sync {
-    /// One prediction.
-    fn predict(
-        &self,
-        request: PredictRequest,
-        request_id: &str,
-    ) -> impl Future<Output = Result<PredictResponse, WorkerError>> + Send;
-    /// Many inputs for one model.
+    /// Inputs for one model, one result each (a single input is a batch of one).
     fn predict_batch(
         &self,
         request: PredictBatchRequest,
@@ -96,13 +89,6 @@ pub trait Worker: Send + Sync {
 
 /// A shared worker client is a worker client.
 impl<W: Worker> Worker for Arc<W> {
-    fn predict(
-        &self,
-        request: PredictRequest,
-        request_id: &str,
-    ) -> impl Future<Output = Result<PredictResponse, WorkerError>> + Send {
-        self.as_ref().predict(request, request_id)
-    }
     fn predict_batch(
         &self,
         request: PredictBatchRequest,
@@ -164,7 +150,7 @@ impl GrpcWorker {
 
     /// [`GrpcWorker::connect`] with TLS material already read.
     pub async fn connect_with(config: WorkerConfig, pems: ClientPems) -> anyhow::Result<Self> {
-        crate::install_crypto_provider();
+        crate::crypto::install_crypto_provider();
         let addrs = config.urls()?;
         if addrs.is_empty() {
             anyhow::bail!("no worker address configured");
@@ -448,24 +434,6 @@ fn request<T>(
 }
 
 impl Worker for GrpcWorker {
-    async fn predict(
-        &self,
-        message: PredictRequest,
-        request_id: &str,
-    ) -> Result<PredictResponse, WorkerError> {
-        self.call(request_id, |channel, metadata, timeout| {
-            let message = message.clone();
-            async move {
-                let mut client = ModelInferenceClient::new(channel);
-                Ok(client
-                    .predict(request(message, metadata, timeout))
-                    .await?
-                    .into_inner())
-            }
-        })
-        .await
-    }
-
     async fn predict_batch(
         &self,
         message: PredictBatchRequest,

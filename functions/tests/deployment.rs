@@ -79,9 +79,9 @@ fn no_function_configuration_holds_the_worker_client_key() {
     let template = yaml("template.yaml");
     let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
     for var in [
-        "IHUB_WORKER_CLIENT_TLS_KEY",
-        "IHUB_WORKER_CLIENT_TLS_CERT",
-        "IHUB_WORKER_CLIENT_TLS_CA",
+        "IHUB_GATEWAY_WORKER_TLS_KEY",
+        "IHUB_GATEWAY_WORKER_TLS_CERT",
+        "IHUB_GATEWAY_WORKER_TLS_CA",
     ] {
         assert!(globals[var].is_null(), "Globals set {var}");
     }
@@ -89,10 +89,13 @@ fn no_function_configuration_holds_the_worker_client_key() {
     for name in ["PredictFunction", "ModelsFunction", "HealthFunction"] {
         let props = &template["Resources"][name]["Properties"];
         let vars = &props["Environment"]["Variables"];
-        for var in ["IHUB_WORKER_CLIENT_TLS_KEY", "IHUB_WORKER_CLIENT_TLS_CERT"] {
+        for var in [
+            "IHUB_GATEWAY_WORKER_TLS_KEY",
+            "IHUB_GATEWAY_WORKER_TLS_CERT",
+        ] {
             assert!(vars[var].is_null(), "{name} sets {var}");
         }
-        let secret = reference(&vars["IHUB_WORKER_CLIENT_TLS_SECRET_ID"])
+        let secret = reference(&vars["IHUB_GATEWAY_WORKER_TLS_SECRET_ID"])
             .unwrap_or_else(|| panic!("{name} reads no secret"));
         // The role may read that secret and no other.
         let readable: Vec<String> = props["Policies"]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::{AuthError, Authenticator};
-use inferencehub_functions::config::{AuthConfig, JwksSource};
+use inferencehub_functions::config::{AuthConfig, group_from_vars};
+use inferencehub_proto::settings::format_duration;
 use jsonwebtoken::Algorithm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,15 +66,13 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
     let hits = Arc::new(AtomicUsize::new(0));
     let port = jwks_server(body.clone(), hits.clone()).await;
 
-    let auth = Authenticator::new(AuthConfig {
-        leeway_secs: 0,
-        refetch_interval: Duration::from_millis(500),
-        ..AuthConfig::new(
-            "iss",
-            "aud",
-            JwksSource::Url(format!("http://127.0.0.1:{port}/.well-known/jwks.json")),
-        )
-    })
+    let auth = Authenticator::new(auth_config(
+        &format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
+        &[
+            ("IHUB_GATEWAY_JWT_LEEWAY", "0"),
+            ("IHUB_GATEWAY_JWKS_REFETCH", "500ms"),
+        ],
+    ))
     .await
     .unwrap();
     assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched at cold start");
@@ -136,10 +135,9 @@ async fn a_redirecting_jwks_url_is_not_followed() {
         Some(format!("http://127.0.0.1:{elsewhere}/jwks.json")),
     )
     .await;
-    let auth = Authenticator::new(AuthConfig::new(
-        "iss",
-        "aud",
-        JwksSource::Url(format!("http://127.0.0.1:{redirecting}/jwks.json")),
+    let auth = Authenticator::new(auth_config(
+        &format!("http://127.0.0.1:{redirecting}/jwks.json"),
+        &[],
     ))
     .await
     .unwrap();
@@ -164,17 +162,27 @@ fn bearer(key: &SigningKey) -> String {
     )
 }
 
+/// Settings for issuer `iss`, audience `aud` and the JWKS at `url`, with `more`.
+fn auth_config(url: &str, more: &[(&str, &str)]) -> AuthConfig {
+    let mut vars = vec![
+        ("IHUB_GATEWAY_JWT_ISSUER", "iss"),
+        ("IHUB_GATEWAY_JWT_AUDIENCE", "aud"),
+        ("IHUB_GATEWAY_JWKS_URL", url),
+    ];
+    vars.extend_from_slice(more);
+    group_from_vars(&vars).unwrap()
+}
+
 async fn authenticator(port: u16, refetch: Duration, refresh: Duration) -> Authenticator {
-    Authenticator::new(AuthConfig {
-        leeway_secs: 0,
-        refetch_interval: refetch,
-        refresh_interval: refresh,
-        ..AuthConfig::new(
-            "iss",
-            "aud",
-            JwksSource::Url(format!("http://127.0.0.1:{port}/.well-known/jwks.json")),
-        )
-    })
+    let (refetch, refresh) = (format_duration(refetch), format_duration(refresh));
+    Authenticator::new(auth_config(
+        &format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
+        &[
+            ("IHUB_GATEWAY_JWT_LEEWAY", "0"),
+            ("IHUB_GATEWAY_JWKS_REFETCH", &refetch),
+            ("IHUB_GATEWAY_JWKS_REFRESH", &refresh),
+        ],
+    ))
     .await
     .unwrap()
 }

@@ -4,21 +4,22 @@
 
 use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::{AuthError, Authenticator};
-use inferencehub_functions::config::{AuthConfig, JwksSource};
+use inferencehub_functions::config::{AuthConfig, group_from_vars};
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::json;
 
 fn authenticator(key: &SigningKey, typ: Option<&str>, token_use: Option<&str>) -> Authenticator {
     let set: JwkSet = serde_json::from_value(jwks(&[key])).unwrap();
-    Authenticator::with_jwks(
-        AuthConfig {
-            required_typ: typ.map(str::to_string),
-            required_token_use: token_use.map(str::to_string),
-            ..AuthConfig::new("iss", "aud", JwksSource::File("unused".into()))
-        },
-        &set,
-    )
+    let mut vars = vec![
+        ("IHUB_GATEWAY_JWT_ISSUER", "iss"),
+        ("IHUB_GATEWAY_JWT_AUDIENCE", "aud"),
+        ("IHUB_GATEWAY_JWKS_FILE", "unused"),
+    ];
+    vars.extend(typ.map(|t| ("IHUB_GATEWAY_JWT_REQUIRED_TYP", t)));
+    vars.extend(token_use.map(|t| ("IHUB_GATEWAY_JWT_REQUIRED_TOKEN_USE", t)));
+    let config: AuthConfig = group_from_vars(&vars).unwrap();
+    Authenticator::with_jwks(config, &set)
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! - a scheduler task, woken by a `Notify`, that starts a batch when it is full or when
 //!   its oldest input has waited `max_wait`, skipping inputs whose caller went away or
 //!   whose deadline passed;
-//! - a model thread that owns the [`Classifier`] and runs one forward pass at a time, so
+//! - a model thread that owns the [`Model`] and runs one forward pass at a time, so
 //!   the async runtime never blocks on compute. While it computes, the next batch fills.
 
 use std::collections::VecDeque;
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::backend::{Classifier, ModelInput};
 use crate::metrics::Metrics;
+use crate::models::{Model, ModelInput};
 
 /// Batching knobs of one model.
 #[derive(Debug, Clone, Copy)]
@@ -130,8 +130,8 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the model thread and the scheduler task (call inside a Tokio runtime).
     pub fn start(
-        model: &str,
-        classifier: Box<dyn Classifier>,
+        name: &str,
+        model: Box<dyn Model>,
         config: BatchConfig,
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
@@ -142,9 +142,9 @@ impl Batcher {
         };
         let (jobs_tx, jobs_rx) = mpsc::channel(1);
         std::thread::Builder::new()
-            .name(format!("model-{model}"))
-            .spawn(move || model_thread(classifier, jobs_rx))?;
-        let labels = [model];
+            .name(format!("model-{name}"))
+            .spawn(move || model_thread(model, jobs_rx))?;
+        let labels = [name];
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::with_capacity(config.max_waiting)),
             notify: Notify::new(),
@@ -156,8 +156,8 @@ impl Batcher {
                 batch_size: metrics.batch_size.with_label_values(&labels),
                 depth: metrics.queue_depth.with_label_values(&labels),
                 in_flight: metrics.in_flight.clone(),
-                dropped_cancelled: metrics.dropped.with_label_values(&[model, "cancelled"]),
-                dropped_deadline: metrics.dropped.with_label_values(&[model, "deadline"]),
+                dropped_cancelled: metrics.dropped.with_label_values(&[name, "cancelled"]),
+                dropped_deadline: metrics.dropped.with_label_values(&[name, "deadline"]),
             },
         });
         tokio::spawn(schedule(shared.clone(), jobs_tx));
@@ -332,12 +332,11 @@ async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
     }
 }
 
-fn model_thread(mut classifier: Box<dyn Classifier>, mut jobs: mpsc::Receiver<Job>) {
+fn model_thread(mut model: Box<dyn Model>, mut jobs: mpsc::Receiver<Job>) {
     while let Some(job) = jobs.blocking_recv() {
         let started = Instant::now();
-        let result =
-            std::panic::catch_unwind(AssertUnwindSafe(|| classifier.classify(&job.inputs)))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the forward pass panicked")));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(&job.inputs)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the forward pass panicked")));
         let _ = job.reply.send((result, started.elapsed()));
     }
 }
@@ -353,8 +352,8 @@ mod tests {
         delay: Duration,
     }
 
-    impl Classifier for Echo {
-        fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+    impl Model for Echo {
+        fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
             self.sizes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -16,7 +16,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::config::{ClientArgs, PredictArgs, ProbeArgs};
 
 /// Connects to `addr` (an `https://` URL) over mutual TLS with the client settings the
-/// gateway uses too (the same `IHUB_WORKER_CLIENT_TLS_*` variables).
+/// gateway uses too (the same `IHUB_GATEWAY_WORKER_TLS_*` variables).
 pub async fn connect(
     addr: &str,
     tls: &WorkerClientTls,
@@ -38,12 +38,7 @@ pub async fn connect(
 }
 
 async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
-    connect(
-        &args.addr,
-        &args.tls,
-        Duration::from_millis(args.timeout_ms),
-    )
-    .await
+    connect(&args.addr, &args.tls, args.timeout).await
 }
 
 /// `health`: exits 0 when the worker answers SERVING, 1 otherwise.

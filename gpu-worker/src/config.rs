@@ -1,18 +1,21 @@
-//! Command line and environment, read once at start. Every flag of `serve` can also be
-//! set through an environment variable: `IHUB_WORKER_*` for the worker's own settings,
-//! and the gateway's names where both sides share a setting (`IHUB_MAX_PROMPT_BYTES`,
-//! `IHUB_WORKER_CLIENT_TLS_*` for the CLI client, `RUST_LOG`).
+//! Command line and environment, read once at start. Every flag of `serve` can also be set
+//! through an `IHUB_WORKER_*` environment variable; the operator client subcommands read
+//! the gateway's worker-client variables (`IHUB_GATEWAY_WORKER_TLS_*`), so one environment
+//! serves both. Each default is written once, in its `#[arg]`; durations carry their unit
+//! (`5s`, `250ms`). `docs/configuration.md` is generated from these definitions.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use inferencehub_proto::settings::{self, DEFAULT_MAX_PROMPT_BYTES, Renamed, WorkerClientTls};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use inferencehub_proto::settings::{
+    self, DEFAULT_MAX_PROMPT_BYTES, DEFAULT_WORKER_TIMEOUT, WorkerClientTls, duration,
+};
 
 use crate::batching::BatchConfig;
 
-/// InferenceHub model worker: serves Candle models over mutual-TLS gRPC.
+/// InferenceHub model worker: serves models over mutual-TLS gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "inferencehub-worker", version, about)]
 pub struct Cli {
@@ -35,15 +38,6 @@ pub enum Command {
     /// Check the plain-HTTP health mirror on the metrics port (container health checks,
     /// which hold no client certificate): exit 0 when it answers 200.
     Probe(ProbeArgs),
-    /// Answer a file of inputs with one model, as JSON lines (CPU vs GPU checks).
-    #[command(hide = true)]
-    Classify(crate::tools::ClassifyArgs),
-    /// Time a text encoder's forward pass, driven over stdin (the GPU benchmark).
-    #[command(hide = true)]
-    BenchEncoder(crate::tools::BenchEncoderArgs),
-    /// Send concurrent Predict calls for a while and print throughput and latency.
-    #[command(hide = true)]
-    Load(crate::tools::LoadArgs),
 }
 
 /// Flags of `probe`.
@@ -58,18 +52,14 @@ pub struct ProbeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Worker URL.
-    #[arg(
-        long,
-        env = "IHUB_WORKER_ADDR",
-        default_value = "https://127.0.0.1:50051"
-    )]
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
     pub addr: String,
     /// Mutual-TLS material (the gateway's variables).
     #[command(flatten)]
     pub tls: WorkerClientTls,
-    /// Connect and call timeout, in milliseconds.
-    #[arg(long, env = "IHUB_WORKER_TIMEOUT_MS", default_value_t = 10_000)]
-    pub timeout_ms: u64,
+    /// Connect and call timeout.
+    #[arg(long, default_value = DEFAULT_WORKER_TIMEOUT, value_parser = duration)]
+    pub timeout: Duration,
 }
 
 /// Flags of `predict`.
@@ -134,11 +124,10 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_TLS_HEALTH_NAMES", value_delimiter = ',')]
     pub tls_health_names: Vec<String>,
 
-    /// Longest time, in milliseconds, from accepting a TCP connection to a finished TLS
-    /// handshake; slower connections are closed.
-    #[arg(long, env = "IHUB_WORKER_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub tls_handshake_timeout_ms: u64,
+    /// Longest time from accepting a TCP connection to a finished TLS handshake; slower
+    /// connections are closed.
+    #[arg(long, env = "IHUB_WORKER_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub tls_handshake_timeout: Duration,
 
     /// Most connections open at once (handshaking or established); more are closed at once.
     #[arg(long, env = "IHUB_WORKER_MAX_CONNECTIONS", default_value_t = 1_024,
@@ -169,30 +158,38 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch_size: u32,
 
-    /// Longest wait, in milliseconds, before a partial batch runs. 0 runs whatever is
-    /// queued as soon as the model is free (batches still form while it computes).
-    #[arg(long, env = "IHUB_WORKER_MAX_WAIT_MS", default_value_t = 0)]
-    pub max_wait_ms: u64,
+    /// Longest wait before a partial batch runs. 0 runs whatever is queued as soon as the
+    /// model is free (batches still form while it computes).
+    #[arg(long, env = "IHUB_WORKER_MAX_WAIT", default_value = "0", value_parser = duration)]
+    pub max_wait: Duration,
 
     /// Most inputs waiting per model; beyond it calls fail at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "IHUB_WORKER_MAX_WAITING", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_waiting: u32,
 
-    /// Largest prompt accepted by text models, in bytes (the gateway's setting of the
-    /// same name caps what it forwards).
-    #[arg(long, env = "IHUB_MAX_PROMPT_BYTES", default_value_t = DEFAULT_MAX_PROMPT_BYTES)]
+    /// Largest prompt accepted by text models, in bytes (the gateway's
+    /// IHUB_GATEWAY_MAX_PROMPT_BYTES caps what it forwards).
+    #[arg(long, env = "IHUB_WORKER_MAX_PROMPT_BYTES", default_value_t = DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
 
-    /// On SIGTERM, longest wait in seconds for in-flight calls (and open health watches)
-    /// to finish before the worker exits anyway.
-    #[arg(long, env = "IHUB_WORKER_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
-    pub drain_timeout_secs: u64,
+    /// On SIGTERM, longest wait for in-flight calls (and open health watches) to finish
+    /// before the worker exits anyway.
+    #[arg(long, env = "IHUB_WORKER_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
 
-    /// Every N seconds, print a CloudWatch Embedded Metric Format line with the in-flight
-    /// and queued inputs (the autoscaling signal on ECS); 0 turns it off.
-    #[arg(long, env = "IHUB_WORKER_EMF_INTERVAL_SECS", default_value_t = 0)]
-    pub emf_interval_secs: u64,
+    /// How often to print a CloudWatch Embedded Metric Format line with the in-flight and
+    /// queued inputs (the autoscaling signal on ECS); 0 turns it off.
+    #[arg(long, env = "IHUB_WORKER_EMF_INTERVAL", default_value = "0", value_parser = duration)]
+    pub emf_interval: Duration,
+
+    /// The `ServiceName` dimension of those EMF lines.
+    #[arg(
+        long,
+        env = "IHUB_WORKER_SERVICE_NAME",
+        default_value = "inferencehub-worker"
+    )]
+    pub service_name: String,
 
     /// Log format.
     #[arg(
@@ -208,7 +205,7 @@ impl ServeArgs {
     /// The edge's limits.
     pub fn edge_limits(&self) -> crate::tls::EdgeLimits {
         crate::tls::EdgeLimits {
-            handshake_timeout: Duration::from_millis(self.tls_handshake_timeout_ms),
+            handshake_timeout: self.tls_handshake_timeout,
             max_connections: self.max_connections as usize,
         }
     }
@@ -232,27 +229,41 @@ impl ServeArgs {
     pub fn batch_config(&self) -> BatchConfig {
         BatchConfig {
             max_batch_size: self.max_batch_size as usize,
-            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_wait: self.max_wait,
             max_waiting: self.max_waiting as usize,
         }
     }
 }
 
-/// Environment variables renamed in this release; the old names still work, with a
-/// warning, until the next one.
-pub const RENAMED: &[Renamed] = &[Renamed {
-    old: "IHUB_WORKER_MAX_PROMPT_BYTES",
-    new: "IHUB_MAX_PROMPT_BYTES",
-    arg: "max_prompt_bytes",
-}];
+impl ServeArgs {
+    /// `serve`'s settings from `flags` alone (tests, benchmarks): every other setting at
+    /// its default, the process environment unread.
+    pub fn from_flags<I: Into<std::ffi::OsString> + Clone>(
+        flags: impl IntoIterator<Item = I>,
+    ) -> Result<Self, clap::Error> {
+        let args = ["inferencehub-worker".into(), "serve".into()]
+            .into_iter()
+            .chain(flags.into_iter().map(Into::into));
+        let cli: Cli = settings::parse_vars(args.collect::<Vec<std::ffi::OsString>>(), &[])?;
+        match cli.command {
+            Command::Serve(args) => Ok(args),
+            _ => Err(Cli::command().error(clap::error::ErrorKind::InvalidSubcommand, "not serve")),
+        }
+    }
+}
+
+/// A duration of at least 1 ms.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}
 
 impl Cli {
-    /// Parses the command line and the environment; also returns the deprecation
-    /// warnings to log once logging is up. Exits with clap's message on bad input.
-    pub fn read() -> (Self, Vec<String>) {
-        match settings::parse::<Self>(std::env::args_os(), RENAMED, settings::env_var) {
-            Ok(parsed) => parsed,
-            Err(e) => e.exit(),
-        }
+    /// Parses the command line and the environment; exits with clap's message on bad
+    /// input.
+    pub fn read() -> Self {
+        Self::parse()
     }
 }

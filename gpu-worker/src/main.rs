@@ -5,23 +5,11 @@
 use std::io::IsTerminal;
 
 use inferencehub_worker::config::{Cli, Command, LogFormat};
-use inferencehub_worker::{client, server, tools};
+use inferencehub_worker::{client, server};
 
-/// Logs on stderr; level from `RUST_LOG` (the gateway's variable; the old
-/// `IHUB_WORKER_LOG` still works for one release), colour only on a terminal.
-fn init_tracing(format: LogFormat, mut warnings: Vec<String>) {
-    let directives = match (std::env::var("RUST_LOG"), std::env::var("IHUB_WORKER_LOG")) {
-        (Ok(level), _) => level,
-        (Err(_), Ok(level)) => {
-            warnings.push(
-                "IHUB_WORKER_LOG is deprecated and will stop working in the next release: use RUST_LOG"
-                    .into(),
-            );
-            level
-        }
-        _ => "info".into(),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+/// Logs on stderr; level from `RUST_LOG` (default `info`), colour only on a terminal.
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -30,9 +18,6 @@ fn init_tracing(format: LogFormat, mut warnings: Vec<String>) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
-    }
-    for warning in warnings {
-        tracing::warn!("{warning}");
     }
 }
 
@@ -84,12 +69,9 @@ fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (cli, warnings) = Cli::read();
+    let cli = Cli::read();
     match cli.command {
         Command::Predict(args) => client::predict(&args).await,
-        Command::Classify(args) => tools::classify(&args),
-        Command::BenchEncoder(args) => tools::bench_encoder(&args),
-        Command::Load(args) => tools::load(&args).await,
         Command::Models(args) => client::models(&args).await,
         Command::Health(args) => {
             if client::health(&args).await? {
@@ -106,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Serve(args) => {
-            init_tracing(args.log_format, warnings);
+            init_tracing(args.log_format);
             let mut worker = server::start(args).await?;
             // A machine-readable line for scripts and tests that start the worker on port 0.
             println!(

@@ -179,9 +179,11 @@ pub async fn serve(
 
 /// Prints one CloudWatch Embedded Metric Format line every `every`: inputs in flight and
 /// queued, which CloudWatch turns into the metrics the ECS service scales on.
-pub async fn emit_emf(metrics: std::sync::Arc<Metrics>, every: std::time::Duration) {
-    let service = std::env::var("IHUB_WORKER_SERVICE_NAME")
-        .unwrap_or_else(|_| "inferencehub-worker".to_string());
+pub async fn emit_emf(
+    metrics: std::sync::Arc<Metrics>,
+    every: std::time::Duration,
+    service: String,
+) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;

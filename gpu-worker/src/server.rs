@@ -14,10 +14,10 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::backend::{LoadOptions, device::parse_device, load_model_dir};
 use crate::batching::Batcher;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
+use crate::models::{LoadOptions, device::parse_device, load_model_dir};
 use crate::service::{InferenceService, ModelSet, ServedModel};
 use crate::tls::{Acceptor, TlsSources};
 
@@ -122,7 +122,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         args.client_names(),
     )?);
     let device = parse_device(&args.device)?;
-    let drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
+    let drain_timeout = args.drain_timeout;
     let metrics = Arc::new(Metrics::new()?);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -175,10 +175,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         Ok(())
     });
 
-    if args.emf_interval_secs > 0 {
+    if !args.emf_interval.is_zero() {
         tokio::spawn(crate::metrics::emit_emf(
             metrics.clone(),
-            std::time::Duration::from_secs(args.emf_interval_secs),
+            args.emf_interval,
+            args.service_name.clone(),
         ));
     }
     let loader_health = health.clone();
@@ -221,7 +222,7 @@ async fn load(
     device: candle_core::Device,
     metrics: &Metrics,
 ) -> anyhow::Result<ModelSet> {
-    let dtype = crate::backend::device::parse_dtype(args.dtype.as_deref(), &device)?;
+    let dtype = crate::models::device::parse_dtype(args.dtype.as_deref(), &device)?;
     tracing::info!(?device, ?dtype, "loading models");
     let opts = LoadOptions {
         device,
@@ -235,9 +236,9 @@ async fn load(
             let started = std::time::Instant::now();
             model.warm_up()?;
             tracing::info!(
-                model = %model.spec.name,
-                version = %model.spec.version,
-                architecture = %model.spec.architecture,
+                model = %model.info.name,
+                version = %model.info.version,
+                architecture = %model.info.architecture,
                 warm_up_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );
@@ -247,16 +248,11 @@ async fn load(
     .await??;
     let mut set = ModelSet::new();
     for model in loaded {
-        let batcher = Batcher::start(
-            &model.spec.name,
-            model.classifier,
-            args.batch_config(),
-            metrics,
-        )?;
+        let batcher = Batcher::start(&model.info.name, model.model, args.batch_config(), metrics)?;
         set.insert(
-            model.spec.name.clone(),
+            model.info.name.clone(),
             Arc::new(ServedModel {
-                spec: model.spec,
+                info: model.info,
                 tokenizer: model.tokenizer,
                 batcher,
             }),

@@ -7,25 +7,27 @@ use std::time::{Duration, Instant};
 
 use inferencehub_proto::pb::model_inference_server::ModelInference;
 use inferencehub_proto::pb::{
-    LabelScore, ListModelsRequest, ListModelsResponse, ModelTask, PredictBatchRequest,
+    LabelScore, ListModelsRequest, ListModelsResponse, ModelInfo, ModelTask, PredictBatchRequest,
     PredictBatchResponse, PredictRequest, PredictResponse,
 };
+use inferencehub_proto::signature::{batch_field, batch_list};
 use inferencehub_proto::{
-    ErrorKind, FieldError, Input, InputSignature, REQUEST_ID_METADATA, invalid_argument,
-    is_sane_request_id,
+    ErrorKind, FieldError, Input, InputField, InputSignature, REQUEST_ID_METADATA,
+    invalid_argument, is_sane_request_id,
 };
 use tokenizers::Tokenizer;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
-use crate::backend::{ModelInput, ModelSpec, argmax, prepare_input};
 use crate::batching::{BatchError, Batcher, Prediction};
 use crate::metrics::Metrics;
+use crate::models::model::{prepare_input, signature};
+use crate::models::{ModelInput, argmax};
 
 /// One model being served.
 pub struct ServedModel {
-    /// What it is.
-    pub spec: ModelSpec,
+    /// What it is: its `ListModels` entry.
+    pub info: ModelInfo,
     /// Text models: its tokenizer.
     pub tokenizer: Option<Arc<Tokenizer>>,
     /// Its queue.
@@ -95,13 +97,13 @@ impl InferenceService {
         let receivers = model
             .batcher
             .submit(inputs, deadline)
-            .map_err(|e| batch_status(e, model.spec.signature()))?;
+            .map_err(|e| batch_status(e, signature(&model.info)))?;
         let mut predictions = Vec::with_capacity(receivers.len());
         for rx in receivers {
             let prediction = rx
                 .await
                 .map_err(|_| ErrorKind::Unavailable.status("the model is shutting down"))?
-                .map_err(|e| batch_status(e, model.spec.signature()))?;
+                .map_err(|e| batch_status(e, signature(&model.info)))?;
             predictions.push(prediction);
         }
         Ok(predictions)
@@ -128,21 +130,16 @@ impl InferenceService {
         started: Instant,
     ) -> Result<PredictResponse, Status> {
         let model = self.model(&req.model_name)?;
-        model
-            .spec
-            .signature()
-            .check(
-                Input::from_proto(&req.prompt, &req.features),
-                str::to_string,
-            )
-            .map_err(|e| e.to_status())?;
+        signature(&model.info)
+            .check(Input::from_proto(&req.prompt, &req.features))
+            .map_err(|e| FieldError::new(e.path(), e.message).to_status())?;
         let mut predictions = self
             .run(&model, vec![req.prompt], vec![req.features], deadline)
             .await?;
         let prediction = predictions
             .pop()
             .ok_or_else(|| ErrorKind::Internal.status("no prediction"))?;
-        let mut answer = to_response(&model.spec, &prediction, request_id);
+        let mut answer = to_response(&model.info, &prediction, request_id);
         answer.latency_ms = millis(started.elapsed());
         Ok(answer)
     }
@@ -155,13 +152,11 @@ impl InferenceService {
         started: Instant,
     ) -> Result<PredictBatchResponse, Status> {
         let model = self.model(&req.model_name)?;
-        let signature = model.spec.signature();
+        let signature = signature(&model.info);
         // The proto's batch fields: `prompts` for text models, `rows` for tabular ones.
-        let (wanted, unwanted, sent, stray) = match signature {
-            InputSignature::Text { .. } => ("prompts", "rows", req.prompts.len(), req.rows.len()),
-            InputSignature::Tabular { .. } => {
-                ("rows", "prompts", req.rows.len(), req.prompts.len())
-            }
+        let (wanted, unwanted, sent, stray) = match signature.field() {
+            InputField::Prompt => ("prompts", "rows", req.prompts.len(), req.rows.len()),
+            InputField::Features => ("rows", "prompts", req.rows.len(), req.prompts.len()),
         };
         if stray > 0 {
             return Err(FieldError::new(
@@ -179,10 +174,11 @@ impl InferenceService {
             .iter()
             .map(|p| Input::from_proto(p, &[]))
             .chain(req.rows.iter().map(|r| Input::from_proto("", &r.features)));
-        let errors = signature.check_all(inputs, |i, field| match field {
-            "prompt" => format!("prompts[{i}]"),
-            _ => format!("rows[{i}].{field}"),
-        });
+        let errors: Vec<FieldError> = signature
+            .check_all(inputs)
+            .iter()
+            .map(|(i, e)| batch_field(*i, e))
+            .collect();
         if !errors.is_empty() {
             return Err(invalid_argument(&errors));
         }
@@ -191,13 +187,13 @@ impl InferenceService {
         let predictions = self.run(&model, prompts, rows, deadline).await?;
         let results = predictions
             .iter()
-            .map(|p| to_response(&model.spec, p, request_id.clone()))
+            .map(|p| to_response(&model.info, p, request_id.clone()))
             .collect();
         Ok(PredictBatchResponse {
             results,
             request_id,
-            model_name: model.spec.name.clone(),
-            model_version: model.spec.version.clone(),
+            model_name: model.info.name.clone(),
+            model_version: model.info.version.clone(),
             latency_ms: millis(started.elapsed()),
         })
     }
@@ -243,32 +239,32 @@ impl ModelInference for InferenceService {
     ) -> Result<Response<ListModelsResponse>, Status> {
         let models = self.loaded()?;
         Ok(Response::new(ListModelsResponse {
-            models: models.values().map(|m| m.spec.info()).collect(),
+            models: models.values().map(|m| m.info.clone()).collect(),
         }))
     }
 }
 
 /// A prediction as an answer: label, probability and scores for a classifier; values
 /// (and an empty label) for a regressor.
-fn to_response(spec: &ModelSpec, prediction: &Prediction, request_id: String) -> PredictResponse {
+fn to_response(info: &ModelInfo, prediction: &Prediction, request_id: String) -> PredictResponse {
     let mut answer = PredictResponse {
         latency_ms: millis(prediction.queue + prediction.compute),
         request_id,
-        model_version: spec.version.clone(),
+        model_version: info.version.clone(),
         queue_ms: millis(prediction.queue),
         compute_ms: millis(prediction.compute),
         batch_size: prediction.batch_size as u32,
-        model_name: spec.name.clone(),
+        model_name: info.name.clone(),
         ..Default::default()
     };
-    if spec.task == ModelTask::Regression {
+    if info.task() == ModelTask::Regression {
         answer.values = prediction.probabilities.clone();
         return answer;
     }
     let (best, probability) = argmax(&prediction.probabilities);
     answer.probability = probability;
-    answer.label = spec.labels.get(best).cloned().unwrap_or_default();
-    answer.scores = spec
+    answer.label = info.labels.get(best).cloned().unwrap_or_default();
+    answer.scores = info
         .labels
         .iter()
         .zip(&prediction.probabilities)
@@ -305,11 +301,7 @@ fn batch_status(e: BatchError, signature: InputSignature) -> Status {
     match e {
         BatchError::QueueFull { .. } => ErrorKind::Overloaded.status(e.to_string()),
         BatchError::TooManyInputs { .. } => {
-            let field = match signature {
-                InputSignature::Text { .. } => "prompts",
-                InputSignature::Tabular { .. } => "rows",
-            };
-            FieldError::new(field, e.to_string()).to_status()
+            FieldError::new(batch_list(signature.field()), e.to_string()).to_status()
         }
         BatchError::DeadlineExceeded => ErrorKind::DeadlineExceeded.status(e.to_string()),
         BatchError::Closed => ErrorKind::Unavailable.status(e.to_string()),

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use inferencehub_worker::backend::text::sequence_classifier;
-use inferencehub_worker::backend::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::bert::classifier::sequence_classifier;
+use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 
 const VOCAB: [&str; 16] = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "hello", "world", "good",
@@ -314,9 +314,9 @@ fn bert_for_sequence_classification_matches_the_reference() {
         max_prompt_bytes: 1000,
     };
     let mut model = load_model(dir.path(), "tiny", &opts).unwrap();
-    assert_eq!(model.spec.labels, ["negative", "neutral", "positive"]);
-    assert_eq!(model.spec.architecture, "bert-sequence-classification");
-    assert_eq!(model.spec.max_tokens, POSITIONS);
+    assert_eq!(model.info.labels, ["negative", "neutral", "positive"]);
+    assert_eq!(model.info.architecture, "bert-sequence-classification");
+    assert_eq!(model.info.max_tokens as usize, POSITIONS);
 
     // The tokenizer follows tokenizer.json: lowercasing, WordPiece, [CLS] ... [SEP].
     let prompts = [
@@ -342,7 +342,7 @@ fn bert_for_sequence_classification_matches_the_reference() {
     // Logits of the padded batch equal the reference run on each unpadded sequence.
     let (classifier, _, _) = sequence_classifier(dir.path(), &Device::Cpu, DType::F32).unwrap();
     let logits = classifier.logits(&inputs).unwrap();
-    let probabilities = model.classifier.classify(&inputs).unwrap();
+    let probabilities = model.model.forward(&inputs).unwrap();
     for (i, ids) in expected_ids.iter().enumerate() {
         let want = reference.logits(ids);
         for (got, want) in logits[i].iter().zip(&want) {

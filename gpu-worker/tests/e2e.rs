@@ -50,7 +50,7 @@ fn assert_distribution(r: &PredictResponse, labels: &[&str]) {
 
 #[tokio::test]
 async fn predicts_sentiment_and_iris_over_mutual_tls() {
-    let worker = Worker::serving(&demo_models(), &["--max-wait-ms", "1"]).await;
+    let worker = Worker::serving(&demo_models(), &["--max-wait", "1ms"]).await;
     let mut client = worker.client().await;
 
     for prompt in [
@@ -276,7 +276,7 @@ async fn hostile_inputs_get_invalid_argument_naming_the_field() {
 async fn concurrent_requests_share_forward_passes_with_identical_results() {
     let worker = Worker::serving(
         &demo_models(),
-        &["--max-batch-size", "8", "--max-wait-ms", "2000"],
+        &["--max-batch-size", "8", "--max-wait", "2000ms"],
     )
     .await;
     let prompts = [
@@ -351,8 +351,8 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
         &[
             "--max-batch-size",
             "64",
-            "--max-wait-ms",
-            "3000",
+            "--max-wait",
+            "3000ms",
             "--max-waiting",
             "4",
         ],
@@ -412,7 +412,7 @@ async fn an_abandoned_request_is_dropped_before_compute() {
     let dir = model_subset(&["iris"]);
     let worker = Worker::serving(
         dir.path(),
-        &["--max-batch-size", "64", "--max-wait-ms", "1500"],
+        &["--max-batch-size", "64", "--max-wait", "1500ms"],
     )
     .await;
     let mut client = worker.client().await;
@@ -446,7 +446,7 @@ async fn health_turns_serving_after_load_and_sigterm_drains_in_flight_requests()
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let mut worker = Worker::spawn(&demo_models(), &["--max-wait-ms", "1500"]).await;
+    let mut worker = Worker::spawn(&demo_models(), &["--max-wait", "1500ms"]).await;
     // Watch from the first moment: NOT_SERVING while the models load, then SERVING.
     let mut health = HealthClient::new(worker.channel().await);
     let mut stream = health

@@ -134,8 +134,8 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
     let worker = Worker::serving(
         dir.path(),
         &[
-            "--tls-handshake-timeout-ms",
-            "3000",
+            "--tls-handshake-timeout",
+            "3000ms",
             "--max-connections",
             "3",
         ],

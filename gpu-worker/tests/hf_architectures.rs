@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use inferencehub_worker::backend::text::sequence_classifier;
-use inferencehub_worker::backend::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::bert::classifier::sequence_classifier;
+use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -56,7 +56,7 @@ fn check_served(name: &str, architecture: &str) {
         },
     )
     .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-    assert_eq!(model.spec.labels, ["negative", "neutral", "positive"]);
+    assert_eq!(model.info.labels, ["negative", "neutral", "positive"]);
     let mut inputs = Vec::new();
     for case in &expected.cases {
         let input = model.prepare(&case.prompt, &[]).unwrap();
@@ -69,9 +69,9 @@ fn check_served(name: &str, architecture: &str) {
         inputs.push(input);
     }
     // Prompts of different lengths in one batch: padding must not leak into the answer.
-    let batch = model.classifier.classify(&inputs).unwrap();
+    let batch = model.model.forward(&inputs).unwrap();
     for (i, case) in expected.cases.iter().enumerate() {
-        let alone = model.classifier.classify(&inputs[i..=i]).unwrap();
+        let alone = model.model.forward(&inputs[i..=i]).unwrap();
         let want = softmax(&case.logits);
         for (got, label) in [(&alone[0], "alone"), (&batch[i], "in a batch")] {
             for (g, w) in got.iter().zip(&want) {

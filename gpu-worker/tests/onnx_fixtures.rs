@@ -11,7 +11,7 @@ use common::Worker;
 use inferencehub_proto::pb::{
     FeatureRow, ListModelsRequest, ModelTask, PredictBatchRequest, PredictRequest,
 };
-use inferencehub_worker::backend::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde::Deserialize;
 use tonic::Code;
 
@@ -72,17 +72,21 @@ fn every_export_matches_its_framework() {
     for (name, dir, expected) in fixtures() {
         let mut model = load_model(&dir, &name, &options())
             .unwrap_or_else(|e| panic!("{name} does not load: {e:#}"));
-        let spec = model.spec.clone();
-        assert_eq!(spec.feature_count, expected.inputs[0].len(), "{name}");
+        let info = model.info.clone();
+        assert_eq!(
+            info.feature_count as usize,
+            expected.inputs[0].len(),
+            "{name}"
+        );
         let inputs: Vec<ModelInput> = expected
             .inputs
             .iter()
             .map(|row| ModelInput::Features(row.clone()))
             .collect();
-        let out = model.classifier.classify(&inputs).unwrap();
+        let out = model.model.forward(&inputs).unwrap();
         assert_eq!(out.len(), inputs.len(), "{name}");
         // The batch of all rows and each row alone agree: no state leaks between rows.
-        let alone = model.classifier.classify(&inputs[3..4]).unwrap();
+        let alone = model.model.forward(&inputs[3..4]).unwrap();
         assert_eq!(
             alone[0], out[3],
             "{name}: row 3 alone differs from in a batch"
@@ -90,15 +94,15 @@ fn every_export_matches_its_framework() {
         let mut worst = 0.0f64;
         match expected.task.as_str() {
             "classification" => {
-                assert_eq!(spec.task, ModelTask::Classification, "{name}");
+                assert_eq!(info.task(), ModelTask::Classification, "{name}");
                 for (i, (got, want)) in out.iter().zip(&expected.probabilities).enumerate() {
                     assert_eq!(got.len(), want.len(), "{name} row {i}: width");
                     for (g, w) in got.iter().zip(want) {
                         worst = worst.max((f64::from(*g) - w).abs());
                     }
-                    let (best, _) = inferencehub_worker::backend::argmax(got);
+                    let (best, _) = inferencehub_worker::models::argmax(got);
                     assert_eq!(
-                        spec.labels[best], expected.labels[i],
+                        info.labels[best], expected.labels[i],
                         "{name} row {i}: label differs from the framework's predict"
                     );
                 }
@@ -108,8 +112,8 @@ fn every_export_matches_its_framework() {
                 );
             }
             "regression" => {
-                assert_eq!(spec.task, ModelTask::Regression, "{name}");
-                assert!(spec.labels.is_empty());
+                assert_eq!(info.task(), ModelTask::Regression, "{name}");
+                assert!(info.labels.is_empty());
                 for (i, (got, want)) in out.iter().zip(&expected.values).enumerate() {
                     assert_eq!(got.len(), want.len(), "{name} row {i}: width");
                     for (g, w) in got.iter().zip(want) {
@@ -122,7 +126,7 @@ fn every_export_matches_its_framework() {
         }
         report.push(format!(
             "{name:40} {:24} worst {worst:.1e}",
-            spec.architecture
+            info.architecture
         ));
     }
     println!("{}", report.join("\n"));
@@ -219,7 +223,7 @@ async fn exports_are_served_over_grpc_with_their_signature() {
         "pytorch-gru",
     ];
     let models = fixture_dir(&names);
-    let worker = Worker::serving(models.path(), &["--max-wait-ms", "1"]).await;
+    let worker = Worker::serving(models.path(), &["--max-wait", "1ms"]).await;
     let mut client = worker.client().await;
 
     let listed = client

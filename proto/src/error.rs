@@ -139,8 +139,10 @@ impl fmt::Display for ErrorKind {
 
 /// A problem with one named field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct FieldError {
-    /// Path of the field, e.g. `features[2]` or `prompts[0]`.
+    /// Path of the field in the request, e.g. `features[2]`, `inputs[0].shape` or
+    /// `prompts[0]`.
     pub field: String,
     /// What is wrong with it, in words a caller can act on.
     pub message: String,

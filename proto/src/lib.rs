@@ -16,7 +16,7 @@ pub mod pb {
 }
 
 pub use error::{ErrorKind, FieldError, field_errors, invalid_argument};
-pub use signature::{Input, InputSignature};
+pub use signature::{Input, InputError, InputField, InputSignature};
 
 /// Metadata key that carries the request id between gateway and worker.
 pub const REQUEST_ID_METADATA: &str = "x-request-id";

@@ -1,47 +1,96 @@
-//! Configuration conventions both sides share: settings are typed clap structs read once
-//! at start (flags and environment variables), PEM material is given the same way
-//! everywhere (a file path or the PEM text itself), and renamed environment variables keep
-//! working for one release with a warning.
+//! Configuration conventions both sides share. Settings are typed clap structs read once at
+//! start from flags and environment variables: the worker's under `IHUB_WORKER_`, the
+//! gateway's under `IHUB_GATEWAY_`. Each default is written once, in its `#[arg]`; every
+//! duration is a number with a unit ([`duration`]: `250ms`, `5s`, `10m`, `1h`); PEM
+//! material is a file path or the PEM text itself ([`read_pem`]). The reference page
+//! (`docs/configuration.md`) is generated from these definitions.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser};
 
 /// Largest prompt, in bytes, both the gateway and the worker accept unless configured
-/// otherwise (`IHUB_MAX_PROMPT_BYTES` on either side).
+/// otherwise.
 pub const DEFAULT_MAX_PROMPT_BYTES: usize = 16 * 1024;
 
-/// How a client proves itself to the workers and checks them: the same variables for the
-/// gateway functions and the worker's own CLI client. Each PEM value is a path or the
-/// PEM text itself.
+/// Deadline of one call to a worker, for the gateway and the worker's own CLI client.
+pub const DEFAULT_WORKER_TIMEOUT: &str = "5s";
+
+/// Parses a duration: a whole number with a unit, `ms`, `s`, `m` or `h` (`250ms`, `5s`,
+/// `10m`, `1h`); `0` alone is zero. A bare number is refused: its unit would be a guess.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: write it as 250ms, 5s, 10m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number with a unit (250ms, 5s, 10m, 1h)"))?;
+    let seconds = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        other => Err(format!(
+            "{text:?}: unknown unit {other:?}; use ms, s, m or h"
+        )),
+    }
+}
+
+/// A duration as [`duration`] reads it back, in the largest whole unit.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// How a client proves itself to the workers and checks them: the gateway's variables,
+/// which the worker's own CLI client (`predict`, `models`, `health`) and the load
+/// generator read too, so one environment serves them all. Each PEM value is a path or
+/// the PEM text itself.
 #[derive(Clone, Args)]
 pub struct WorkerClientTls {
     /// CA that signed the worker certificates (path or PEM text).
     #[arg(
         long = "tls-ca",
-        env = "IHUB_WORKER_CLIENT_TLS_CA",
+        env = "IHUB_GATEWAY_WORKER_TLS_CA",
         hide_env_values = true
     )]
     pub ca: Option<PathBuf>,
     /// Client certificate (path or PEM text).
     #[arg(
         long = "tls-cert",
-        env = "IHUB_WORKER_CLIENT_TLS_CERT",
+        env = "IHUB_GATEWAY_WORKER_TLS_CERT",
         hide_env_values = true
     )]
     pub cert: Option<PathBuf>,
     /// Client private key (path or PEM text). Never logged.
     #[arg(
         long = "tls-key",
-        env = "IHUB_WORKER_CLIENT_TLS_KEY",
+        env = "IHUB_GATEWAY_WORKER_TLS_KEY",
         hide_env_values = true
     )]
     pub key: Option<PathBuf>,
     /// Name the worker certificates must be valid for.
     #[arg(
         long = "tls-server-name",
-        env = "IHUB_WORKER_TLS_SERVER_NAME",
+        env = "IHUB_GATEWAY_WORKER_TLS_SERVER_NAME",
         default_value = "localhost"
     )]
     pub server_name: String,
@@ -99,24 +148,11 @@ impl WorkerClientTls {
             None => Err(format!("{var} is not set (a path or the PEM text)")),
         };
         Ok(ClientPems {
-            ca: one(&self.ca, "IHUB_WORKER_CLIENT_TLS_CA")?,
-            cert: one(&self.cert, "IHUB_WORKER_CLIENT_TLS_CERT")?,
-            key: one(&self.key, "IHUB_WORKER_CLIENT_TLS_KEY")?,
+            ca: one(&self.ca, "IHUB_GATEWAY_WORKER_TLS_CA")?,
+            cert: one(&self.cert, "IHUB_GATEWAY_WORKER_TLS_CERT")?,
+            key: one(&self.key, "IHUB_GATEWAY_WORKER_TLS_KEY")?,
         })
     }
-}
-
-/// Parses `T` from `args` and the environment, honouring `renamed` variables (looked up
-/// through `env`). Returns the settings and the deprecation warnings to log.
-pub fn parse<T: Parser>(
-    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    renamed: &[Renamed],
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<(T, Vec<String>), clap::Error> {
-    let command = T::command().color(clap::ColorChoice::Never);
-    let (command, warnings) = apply_renamed(command, renamed, env);
-    let matches = command.try_get_matches_from(args)?;
-    Ok((T::from_arg_matches(&matches)?, warnings))
 }
 
 /// A PEM value given as a file path, or as the PEM text itself (how ECS and Lambda inject
@@ -129,103 +165,70 @@ pub fn read_pem(value: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(value).map_err(|e| format!("reading {}: {e}", value.display()))
 }
 
-/// An environment variable renamed in this release. The old name still sets the argument
-/// `arg` (a clap argument id) when the new one is unset, and logs a deprecation warning.
-#[derive(Debug, Clone, Copy)]
-pub struct Renamed {
-    /// The name that still works, for one release.
-    pub old: &'static str,
-    /// The name to use now.
-    pub new: &'static str,
-    /// Id of the clap argument the variable sets (the field name).
-    pub arg: &'static str,
-}
-
-/// Applies `renamed` to `command` and every subcommand below it: where only an old
-/// variable is set, its value becomes the argument's default, so a flag or the new
-/// variable still win over it. Returns the warnings to log once logging is up.
-pub fn apply_renamed(
-    mut command: clap::Command,
-    renamed: &[Renamed],
-    env: impl Fn(&str) -> Option<String>,
-) -> (clap::Command, Vec<String>) {
-    let mut warnings = Vec::new();
-    for r in renamed {
-        let (Some(value), None) = (env(r.old), env(r.new)) else {
-            continue;
+/// Parses `T` from `args` alone: the environment variables named in `vars` become the
+/// flags they stand for, and the process environment is not read. Tests and tools build
+/// settings this way, so every default stays the one in the `#[arg]`.
+pub fn parse_vars<T: Parser>(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    vars: &[(&str, &str)],
+) -> Result<T, clap::Error> {
+    let mut command = T::command().color(clap::ColorChoice::Never);
+    let mut argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    for (name, value) in vars {
+        let Some(long) = find_long(&command, name) else {
+            return Err(command.error(
+                clap::error::ErrorKind::UnknownArgument,
+                format!("no setting reads {name}"),
+            ));
         };
-        warnings.push(format!(
-            "{} is deprecated and will stop working in the next release: use {}",
-            r.old, r.new
-        ));
-        // Read once per process at start, so leaking the few bytes is fine.
-        let value: &'static str = Box::leak(value.into_boxed_str());
-        command = set_default(command, r.arg, value);
+        argv.push(format!("--{long}={value}").into());
     }
-    (command, warnings)
+    // Every other argument's environment variable is ignored: strip them.
+    command = without_env(command);
+    let matches = command.try_get_matches_from(argv)?;
+    T::from_arg_matches(&matches)
 }
 
-fn set_default(command: clap::Command, arg: &'static str, value: &'static str) -> clap::Command {
+fn find_long(command: &clap::Command, var: &str) -> Option<String> {
     command
-        .mut_args(|a| {
-            if a.get_id() == arg {
-                // Secrets must not show up in --help.
-                a.default_value(value)
-                    .hide_default_value(true)
-                    .required(false)
-            } else {
-                a
-            }
-        })
-        .mut_subcommands(|s| set_default(s, arg, value))
+        .get_arguments()
+        .find(|a| a.get_env().is_some_and(|e| e == var))
+        .and_then(|a| a.get_long().map(str::to_string))
+        .or_else(|| command.get_subcommands().find_map(|s| find_long(s, var)))
 }
 
-/// The process environment, with blank values treated as unset.
-pub fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+fn without_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|a| a.env(None::<&str>))
+        .mut_subcommands(without_env)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{Arg, Command};
-
-    fn command() -> Command {
-        Command::new("t")
-            .arg(
-                Arg::new("cap")
-                    .long("cap")
-                    .env("NEW_CAP")
-                    .default_value("1"),
-            )
-            .subcommand(Command::new("serve").arg(Arg::new("cap2").long("cap2")))
-    }
-
-    const RENAMED: &[Renamed] = &[Renamed {
-        old: "OLD_CAP",
-        new: "NEW_CAP",
-        arg: "cap",
-    }];
 
     #[test]
-    fn an_old_name_still_sets_the_value_with_a_warning() {
-        let env = |k: &str| (k == "OLD_CAP").then(|| "7".to_string());
-        let (cmd, warnings) = apply_renamed(command(), RENAMED, env);
-        let m = cmd.try_get_matches_from(["t"]).unwrap();
-        assert_eq!(m.get_one::<String>("cap").unwrap(), "7");
-        assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("use NEW_CAP"), "{warnings:?}");
-        // A flag still wins over the old variable.
-        let (cmd, _) = apply_renamed(command(), RENAMED, env);
-        let m = cmd.try_get_matches_from(["t", "--cap", "9"]).unwrap();
-        assert_eq!(m.get_one::<String>("cap").unwrap(), "9");
-    }
-
-    #[test]
-    fn the_new_name_wins_and_nothing_is_said() {
-        let env = |k: &str| Some(if k == "OLD_CAP" { "7" } else { "8" }.to_string());
-        let (_, warnings) = apply_renamed(command(), RENAMED, env);
-        assert!(warnings.is_empty());
+    fn durations_need_a_unit() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration(" 5s "), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for bad in [
+            "5",
+            "",
+            "s",
+            "5 s",
+            "1.5s",
+            "-1s",
+            "5d",
+            "99999999999999999999h",
+        ] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+        for d in ["0", "250ms", "1500ms", "5s", "10m", "1h", "90m"] {
+            assert_eq!(format_duration(duration(d).unwrap()), d);
+        }
     }
 
     #[test]
@@ -234,5 +237,23 @@ mod tests {
         assert_eq!(inline, b"-----BEGIN X-----\nAAAA\n-----END X-----");
         let err = read_pem(Path::new("/nonexistent/ca.pem")).unwrap_err();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[derive(Debug, Parser)]
+    struct Example {
+        #[arg(long, env = "EXAMPLE_CAP", default_value_t = 3)]
+        cap: u32,
+        #[arg(long, env = "EXAMPLE_WAIT", default_value = "2s", value_parser = duration)]
+        wait: Duration,
+    }
+
+    #[test]
+    fn settings_parse_from_variables_alone() {
+        let e: Example = parse_vars(["t"], &[("EXAMPLE_WAIT", "250ms")]).unwrap();
+        assert_eq!((e.cap, e.wait), (3, Duration::from_millis(250)));
+        let err = parse_vars::<Example>(["t"], &[("EXAMPLE_NOPE", "1")]).unwrap_err();
+        assert!(err.to_string().contains("EXAMPLE_NOPE"), "{err}");
+        let err = parse_vars::<Example>(["t"], &[("EXAMPLE_WAIT", "2")]).unwrap_err();
+        assert!(err.to_string().contains("no unit"), "{err}");
     }
 }

@@ -1,14 +1,16 @@
 """The GPU check of `scripts/bench-gpu.sh run`, on a bare GPU machine (CUDA driver, PyTorch,
 transformers; no Rust, no network). Everything else comes in the run folder that
-`scripts/bench-gpu.sh prepare` made: the CUDA worker binary, the demo models (the sentence
-encoder in f16), development certificates, the demo data and the CPU f32 answers.
+`scripts/bench-gpu.sh prepare` made: the CUDA worker binary and the CUDA build of
+`inferencehub-bench` (classify, bench-encoder, the load generator), the demo models (the
+sentence encoder in f16), development certificates, the demo data and the CPU f32 answers.
 
 1. correctness: the worker on the GPU in f16 and f32 answers the demo sets; labels and
    probabilities against the CPU f32 answers computed where the binary was built;
 2. forward pass: the worker's encoder against PyTorch + transformers fp16 (the model's own
    AutoModel, same weights, same token ids, mean pooling on both sides, every result copied
    to the host), interleaved, at batch {1, 32, 128} x {16, 128} tokens;
-3. gRPC: 1 and 64 concurrent Predict callers over mutual TLS against `serve --device cuda`.
+3. gRPC: 1 and 64 concurrent callers (the project's load generator) over mutual TLS against
+   `serve --device cuda`.
 
 Writes bench-gpu.md (the table) and bench-gpu.json into --out; every stage reports its own
 failure and the others still run.
@@ -162,22 +164,22 @@ def forward(run, binary, report):
     report["forward"] = rows
 
 
-def grpc(run, binary, report):
-    log("gRPC: 1 and 64 concurrent Predict callers, serve --device cuda")
+def grpc(run, binary, bench, report):
+    log("gRPC: 1 and 64 concurrent callers, serve --device cuda")
     certs = run / "certs"
     serve = subprocess.Popen(
         [binary, "serve", "--device", DEVICE, "--model-dir", str(run / "models"),
          "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
          "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
-         "--tls-client-ca", str(certs / "ca.pem"), "--max-batch-size", "64", "--max-wait-ms", "2"],
+         "--tls-client-ca", str(certs / "ca.pem"), "--max-batch-size", "64", "--max-wait", "2ms"],
         stdout=subprocess.PIPE, stderr=open(run / "serve.log", "w"), text=True,
     )
     try:
         line = serve.stdout.readline()
         port = line.split("grpc=")[1].split()[0].rsplit(":", 1)[1]
-        env = dict(os.environ, IHUB_WORKER_CLIENT_TLS_CA=str(certs / "ca.pem"),
-                   IHUB_WORKER_CLIENT_TLS_CERT=str(certs / "client.pem"),
-                   IHUB_WORKER_CLIENT_TLS_KEY=str(certs / "client.key"))
+        env = dict(os.environ, IHUB_GATEWAY_WORKER_TLS_CA=str(certs / "ca.pem"),
+                   IHUB_GATEWAY_WORKER_TLS_CERT=str(certs / "client.pem"),
+                   IHUB_GATEWAY_WORKER_TLS_KEY=str(certs / "client.key"))
         addr = f"https://127.0.0.1:{port}"
         for _ in range(240):
             if subprocess.run([binary, "health", "--addr", addr], env=env, capture_output=True).returncode == 0:
@@ -186,13 +188,17 @@ def grpc(run, binary, report):
         rows = []
         for callers in [1, 64]:
             out = subprocess.run(
-                [binary, "load", "--addr", addr, "--model", "sentiment", "--prompts",
-                 str(run / "data" / "sentiment.tsv"), "--callers", str(callers), "--seconds", str(LOAD_SECONDS)],
+                [bench, "load", "--worker-addr", addr, "--models", "sentiment", "--inputs",
+                 str(run / "data" / "sentiment.tsv"), "--rate", "0", "--concurrency", str(callers),
+                 "--duration", str(LOAD_SECONDS), "--quiet", "--json"],
                 env=env, capture_output=True, text=True, timeout=120,
             )
             if out.returncode != 0:
                 raise RuntimeError(out.stderr[-2000:])
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            summary = json.loads(out.stdout.strip().splitlines()[-1])
+            row = {"callers": callers, "per_second": summary["rps"], "p50_ms": summary["p50_ms"],
+                   "p99_ms": summary["p99_ms"], "mean_batch": summary.get("mean_batch") or 0.0,
+                   "errors": summary["failed"]}
             rows.append(row)
             log(f"  {callers:2} callers: {row['per_second']:.0f} predictions/s, p50 {row['p50_ms']:.2f} ms, "
                 f"p99 {row['p99_ms']:.2f} ms, mean batch {row['mean_batch']:.1f}, errors {row['errors']}")
@@ -239,6 +245,7 @@ def main():
     parser.add_argument("--only", action="append", choices=["correctness", "forward", "grpc"])
     parser.add_argument("--device", default="cuda", help="cpu: a dry run where the binary was built")
     parser.add_argument("--binary", help="worker binary (default: RUN_DIR/inferencehub-worker)")
+    parser.add_argument("--bench-binary", help="measurement binary (default: RUN_DIR/inferencehub-bench)")
     parser.add_argument("--seconds", type=float, default=8.0, help="per gRPC load level")
     args = parser.parse_args()
     global DEVICE, CELLS, LOAD_SECONDS
@@ -248,6 +255,7 @@ def main():
         CELLS = [(1, 16), (4, 16)]
     run = args.run_dir.resolve()
     binary = str(Path(args.binary).resolve()) if args.binary else str(run / "inferencehub-worker")
+    bench = str(Path(args.bench_binary).resolve()) if args.bench_binary else str(run / "inferencehub-bench")
     report = {
         "gpu": sh("nvidia-smi --query-gpu=name --format=csv,noheader") or DEVICE,
         "driver": sh("nvidia-smi --query-gpu=driver_version --format=csv,noheader") or "none",
@@ -260,11 +268,16 @@ def main():
     except ImportError as e:
         report["torch"] = f"missing ({e})"
     log(f"{report['gpu']} driver {report['driver']}")
-    for name, stage in [("correctness", correctness), ("forward", forward), ("grpc", grpc)]:
+    stages = [
+        ("correctness", lambda: correctness(run, bench, report)),
+        ("forward", lambda: forward(run, bench, report)),
+        ("grpc", lambda: grpc(run, binary, bench, report)),
+    ]
+    for name, stage in stages:
         if args.only and name not in args.only:
             continue
         try:
-            stage(run, binary, report)
+            stage()
         except Exception as e:  # one stage's failure must not hide the others' results
             traceback.print_exc()
             report.setdefault("errors", {})[name] = str(e)[-1500:]

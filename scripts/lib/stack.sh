@@ -8,8 +8,9 @@ BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys
 
 stack_up() {
   local out=$1; shift
+  cargo build -q -p inferencehub-bench --bin inferencehub-bench
   rm -f .local/dev.env
-  env IHUB_DEV_NO_RELOAD=1 IHUB_RATE_LIMIT_TIERS=load=1000000000 "$@" \
+  env IHUB_DEV_NO_RELOAD=1 IHUB_GATEWAY_RATE_LIMIT_TIERS=load=1000000000 "$@" \
     setsid scripts/dev.sh >"$out/dev.log" 2>&1 &
   STACK_PID=$!
   trap stack_down EXIT
@@ -20,8 +21,8 @@ stack_up() {
   done
   [ -f .local/dev.env ] || { echo "the stack did not come up in 15 minutes"; exit 1; }
   set -a; . .local/dev.env; set +a
-  IHUB_TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir .local/jwt --issuer "$IHUB_JWT_ISSUER" \
-    --audience "$IHUB_JWT_AUDIENCE" --sub load --scope predict --tier load --ttl 4h)"
+  IHUB_TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir .local/jwt --issuer "$IHUB_GATEWAY_JWT_ISSUER" \
+    --audience "$IHUB_GATEWAY_JWT_AUDIENCE" --sub load --scope predict --tier load --ttl 4h)"
   export IHUB_TOKEN
 }
 

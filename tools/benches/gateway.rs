@@ -17,16 +17,14 @@ use common::{AUDIENCE, ISSUER, Options, Stack};
 use inferencehub_devkit::keys::{SigningKey, claims, jwks};
 use inferencehub_functions::auth::Authenticator;
 use inferencehub_functions::catalog::Catalog;
-use inferencehub_functions::config::{
-    ApiConfig, AuthConfig, JwksSource, LimiterBackend, RateLimitConfig,
-};
+use inferencehub_functions::config::{PredictConfig, from_vars};
 use inferencehub_functions::layers::serve;
 use inferencehub_functions::ratelimit::MemoryLimiter;
 use inferencehub_functions::routes::Predict;
 use inferencehub_functions::worker::{Worker, WorkerError};
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{
-    LabelScore, ModelInfo, ModelKind, PredictBatchRequest, PredictBatchResponse, PredictRequest,
+    FeatureRow, LabelScore, ModelInfo, ModelKind, PredictBatchRequest, PredictBatchResponse,
     PredictResponse,
 };
 use inferencehub_proto::settings::WorkerClientTls;
@@ -37,12 +35,16 @@ use lambda_http::Body;
 struct InstantWorker;
 
 impl Worker for InstantWorker {
-    async fn predict(&self, r: PredictRequest, _: &str) -> Result<PredictResponse, WorkerError> {
-        Ok(PredictResponse {
+    async fn predict_batch(
+        &self,
+        r: PredictBatchRequest,
+        _: &str,
+    ) -> Result<PredictBatchResponse, WorkerError> {
+        let answer = PredictResponse {
             probability: 0.97,
             label: "setosa".into(),
             latency_ms: 0.1,
-            request_id: r.request_id,
+            request_id: r.request_id.clone(),
             model_version: "0123456789ab".into(),
             scores: ["setosa", "versicolor", "virginica"]
                 .iter()
@@ -52,16 +54,16 @@ impl Worker for InstantWorker {
                     probability: p,
                 })
                 .collect(),
-            model_name: r.model_name,
+            model_name: r.model_name.clone(),
             ..Default::default()
+        };
+        Ok(PredictBatchResponse {
+            results: vec![answer; r.prompts.len() + r.rows.len()],
+            request_id: r.request_id,
+            model_name: r.model_name,
+            model_version: "0123456789ab".into(),
+            latency_ms: 0.1,
         })
-    }
-    async fn predict_batch(
-        &self,
-        _: PredictBatchRequest,
-        _: &str,
-    ) -> Result<PredictBatchResponse, WorkerError> {
-        Ok(PredictBatchResponse::default())
     }
     async fn list_models(&self) -> Result<Vec<ModelInfo>, WorkerError> {
         Ok(vec![
@@ -96,29 +98,26 @@ async fn own_cost(alg: Algorithm, body: &str, n: usize) -> Vec<Duration> {
     let key = SigningKey::generate(alg, "bench").unwrap();
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, jwks(&[&key]).to_string()).unwrap();
+    let jwks_file = jwks_file.to_string_lossy().into_owned();
+    let limit = u32::MAX.to_string();
+    let config: PredictConfig = from_vars(&[
+        ("IHUB_GATEWAY_JWT_ISSUER", ISSUER),
+        ("IHUB_GATEWAY_JWT_AUDIENCE", AUDIENCE),
+        ("IHUB_GATEWAY_JWKS_FILE", &jwks_file),
+        ("IHUB_GATEWAY_WORKER_ADDRS", "unused:1"),
+        ("IHUB_GATEWAY_RATE_LIMIT_BACKEND", "memory"),
+        ("IHUB_GATEWAY_RATE_LIMIT_DEFAULT", &limit),
+        ("IHUB_GATEWAY_RATE_LIMIT_WINDOW", "1h"),
+        ("IHUB_GATEWAY_CATALOG_TTL", "1h"),
+    ])
+    .unwrap();
     let handler = Predict {
-        auth: Arc::new(
-            Authenticator::new(AuthConfig::new(
-                ISSUER,
-                AUDIENCE,
-                JwksSource::File(jwks_file),
-            ))
-            .await
-            .unwrap(),
-        ),
+        auth: Arc::new(Authenticator::new(config.auth).await.unwrap()),
         limiter: MemoryLimiter::default(),
         worker: InstantWorker,
-        catalog: Catalog::new(Duration::from_secs(3600)),
-        limits: RateLimitConfig {
-            backend: LimiterBackend::Memory,
-            table: String::new(),
-            default_limit: u32::MAX,
-            tiers: Default::default(),
-            window: Duration::from_secs(3600),
-            fail_open: false,
-            timeout: Duration::from_secs(1),
-        },
-        api: ApiConfig::default(),
+        catalog: Catalog::new(config.api.catalog_ttl),
+        limits: config.limits,
+        api: config.api,
     };
     let token = format!(
         "Bearer {}",
@@ -206,18 +205,20 @@ async fn main() {
         (
             "iris",
             iris,
-            PredictRequest {
+            PredictBatchRequest {
                 model_name: "iris".into(),
-                features: vec![6.3, 3.3, 6.0, 2.5],
+                rows: vec![FeatureRow {
+                    features: vec![6.3, 3.3, 6.0, 2.5],
+                }],
                 ..Default::default()
             },
         ),
         (
             "sentiment",
             sentiment,
-            PredictRequest {
+            PredictBatchRequest {
                 model_name: "sentiment".into(),
-                prompt: "The support team fixed my problem in minutes, thank you!".into(),
+                prompts: vec!["The support team fixed my problem in minutes, thank you!".into()],
                 ..Default::default()
             },
         ),
@@ -226,7 +227,7 @@ async fn main() {
         let mut gateway_samples = Vec::new();
         for i in 0..e2e_n + 20 {
             let t = Instant::now();
-            direct.predict(message.clone()).await.unwrap();
+            direct.predict_batch(message.clone()).await.unwrap();
             let d = t.elapsed();
             let t = Instant::now();
             let r = stack.post(Some(&token), body).await;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use inferencehub_devkit::http::Handler;
+use inferencehub_functions::app::App;
 use inferencehub_functions::problem::Problem;
 use inferencehub_functions::ratelimit::RateLimiter;
-use inferencehub_functions::routes::App;
 use inferencehub_functions::worker::Worker;
 use inferencehub_proto::ErrorKind;
 use lambda_http::{Body, Request, Response};

@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use inferencehub_devkit::dynamo::{ensure_table, local_client};
 use inferencehub_devkit::keys::{claims, ensure_dev_keys, parse_ttl};
+use inferencehub_functions::app::App;
 use inferencehub_functions::config::{PredictConfig, from_env};
-use inferencehub_functions::routes::{App, Health, Models, Predict};
+use inferencehub_functions::routes::{Health, Models, Predict};
 use inferencehub_tools::training::{Report, train_iris, train_sentiment};
 
 /// InferenceHub development tooling.
@@ -34,9 +35,6 @@ enum Command {
     /// Serve the three functions over plain HTTP on one port, configured from the same
     /// environment variables as the Lambda functions (no `cargo lambda` needed).
     Gateway(Gateway),
-    /// Send a steady mixed load of predictions to the local stack and print requests,
-    /// failures and latency (the chaos, soak and load figures).
-    Load(inferencehub_tools::load::LoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,15 +71,19 @@ struct MintToken {
     /// Rate-limit tier claim.
     #[arg(long)]
     tier: Option<String>,
-    /// Issuer (must match the functions' IHUB_JWT_ISSUER).
+    /// Issuer (must match the functions' IHUB_GATEWAY_JWT_ISSUER).
     #[arg(
         long,
-        env = "IHUB_JWT_ISSUER",
+        env = "IHUB_GATEWAY_JWT_ISSUER",
         default_value = "https://inferencehub.local/dev"
     )]
     issuer: String,
-    /// Audience (must match the functions' IHUB_JWT_AUDIENCE).
-    #[arg(long, env = "IHUB_JWT_AUDIENCE", default_value = "inferencehub")]
+    /// Audience (must match the functions' IHUB_GATEWAY_JWT_AUDIENCE).
+    #[arg(
+        long,
+        env = "IHUB_GATEWAY_JWT_AUDIENCE",
+        default_value = "inferencehub"
+    )]
     audience: String,
     /// Folder with dev-jwt.pem and dev-jwks.json (created when missing).
     #[arg(long, default_value = ".local/jwt")]
@@ -100,7 +102,7 @@ struct CreateTable {
     /// Table name.
     #[arg(
         long,
-        env = "IHUB_RATE_LIMIT_TABLE",
+        env = "IHUB_GATEWAY_RATE_LIMIT_TABLE",
         default_value = "inferencehub-rate-limits"
     )]
     table: String,
@@ -140,7 +142,7 @@ fn make_models(args: MakeModels) -> anyhow::Result<()> {
 }
 
 async fn gateway(args: Gateway) -> anyhow::Result<()> {
-    inferencehub_functions::init_tracing();
+    inferencehub_functions::runtime::init_tracing();
     // One configuration for all three: the predict function's is the superset.
     let config: PredictConfig = from_env()?;
     let catalog_ttl = config.api.catalog_ttl;
@@ -210,6 +212,5 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(args) => gateway(args).await,
-        Command::Load(args) => inferencehub_tools::load::run(args).await,
     }
 }

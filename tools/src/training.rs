@@ -13,11 +13,12 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, loss};
 
-use inferencehub_worker::backend::tabular::{CONFIG_FILE, MlpClassifier, TabularConfig};
-use inferencehub_worker::backend::text::{
-    HEAD_FILE, HeadConfig, load_body, load_tokenizer, write_head,
-};
-use inferencehub_worker::backend::{ModelInput, prepare_input};
+use inferencehub_worker::models::ModelInput;
+use inferencehub_worker::models::bert::encoder::load_body;
+use inferencehub_worker::models::bert::sentence::{HEAD_FILE, HEAD_METADATA_KEY, HeadConfig};
+use inferencehub_worker::models::model::prepare_input;
+use inferencehub_worker::models::tabular::{CONFIG_FILE, MlpClassifier, TabularConfig};
+use inferencehub_worker::models::tokens::load_tokenizer;
 
 /// Accuracy of a trained model on its two splits.
 #[derive(Debug, Clone)]
@@ -312,4 +313,23 @@ pub fn train_iris(csv: &Path, out: &Path) -> anyhow::Result<Report> {
         train_accuracy: accuracy(&mlp.logits(&x_train)?, &y_train)?,
         test_accuracy: accuracy(&mlp.logits(&x_test)?, &y_test)?,
     })
+}
+
+/// Writes a head file in the format the worker's `read_head` reads: `weight`, `bias` and
+/// the [`HeadConfig`] as JSON in the metadata.
+pub fn write_head(
+    path: &Path,
+    weight: &Tensor,
+    bias: &Tensor,
+    config: &HeadConfig,
+) -> anyhow::Result<()> {
+    let metadata = HashMap::from([(
+        HEAD_METADATA_KEY.to_string(),
+        serde_json::to_string(config)?,
+    )]);
+    let weight = weight.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let bias = bias.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    safetensors::serialize_to_file([("bias", &bias), ("weight", &weight)], Some(metadata), path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
 }

@@ -14,12 +14,15 @@ use inferencehub_devkit::certs;
 use inferencehub_devkit::proxy::{Mode, Proxy};
 use inferencehub_functions::config::WorkerConfig;
 use inferencehub_functions::worker::{GrpcWorker, Worker};
-use inferencehub_proto::pb::PredictRequest;
+use inferencehub_proto::pb::{FeatureRow, PredictBatchRequest};
 use inferencehub_worker::server::RunningWorker;
 
-fn iris() -> PredictRequest {
-    PredictRequest {
-        features: vec![5.1, 3.5, 1.4, 0.2],
+/// One iris row, as the gateway sends every request: a batch.
+fn iris() -> PredictBatchRequest {
+    PredictBatchRequest {
+        rows: vec![FeatureRow {
+            features: vec![5.1, 3.5, 1.4, 0.2],
+        }],
         model_name: "iris".into(),
         ..Default::default()
     }
@@ -31,7 +34,7 @@ async fn load(client: &GrpcWorker, n: usize, concurrency: usize) -> usize {
     futures::stream::iter(0..n)
         .map(|i| {
             let client = client.clone();
-            async move { client.predict(iris(), &format!("req-{i}")).await }
+            async move { client.predict_batch(iris(), &format!("req-{i}")).await }
         })
         .buffer_unordered(concurrency)
         .filter_map(|r| std::future::ready(r.err()))
@@ -61,7 +64,7 @@ struct Pair {
 
 /// Two workers, the first behind the fault proxy, and a client over both.
 async fn pair(tune: impl FnOnce(&mut WorkerConfig)) -> Pair {
-    inferencehub_functions::install_crypto_provider();
+    inferencehub_functions::crypto::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let certs = certs::generate(&dir.path().join("certs")).unwrap();
     let a = start_worker(&certs, None).await;
@@ -150,7 +153,7 @@ async fn every_replica_down_fails_within_the_deadline_then_recovers() {
     p.proxy.set(Mode::Dead);
     p.b.stop().await.unwrap();
     let started = Instant::now();
-    let err = p.client.predict(iris(), "r").await.unwrap_err();
+    let err = p.client.predict_batch(iris(), "r").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(4), "{err}");
     assert_eq!(err.code, tonic::Code::Unavailable, "{err}");
 
@@ -159,7 +162,7 @@ async fn every_replica_down_fails_within_the_deadline_then_recovers() {
     let started = Instant::now();
     let mut ok = false;
     while started.elapsed() < Duration::from_secs(60) {
-        if p.client.predict(iris(), "r").await.is_ok() {
+        if p.client.predict_batch(iris(), "r").await.is_ok() {
             ok = true;
             break;
         }
@@ -170,7 +173,7 @@ async fn every_replica_down_fails_within_the_deadline_then_recovers() {
 
 #[tokio::test]
 async fn connections_idle_past_the_rebuild_time_are_rebuilt_after_a_freeze() {
-    inferencehub_functions::install_crypto_provider();
+    inferencehub_functions::crypto::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let certs = certs::generate(&dir.path().join("certs")).unwrap();
     let worker = start_worker(&certs, None).await;
@@ -185,16 +188,16 @@ async fn connections_idle_past_the_rebuild_time_are_rebuilt_after_a_freeze() {
     };
     let rebuilding = client_with(Duration::from_millis(500)).await.unwrap();
     let keeping = client_with(Duration::from_secs(600)).await.unwrap();
-    rebuilding.predict(iris(), "r").await.unwrap();
-    keeping.predict(iris(), "r").await.unwrap();
+    rebuilding.predict_batch(iris(), "r").await.unwrap();
+    keeping.predict_batch(iris(), "r").await.unwrap();
 
     // The Lambda is frozen; meanwhile the load balancer forgets its connections.
     proxy.set(Mode::DropExisting);
     tokio::time::sleep(Duration::from_millis(800)).await;
 
-    let answer = rebuilding.predict(iris(), "r").await;
-    assert_eq!(answer.unwrap().label, "setosa");
+    let answer = rebuilding.predict_batch(iris(), "r").await;
+    assert_eq!(answer.unwrap().results[0].label, "setosa");
     // Without the rebuild the call waits on the dead connection until its deadline.
-    let stuck = keeping.predict(iris(), "r").await;
+    let stuck = keeping.predict_batch(iris(), "r").await;
     assert!(stuck.is_err(), "a dropped connection answered: {stuck:?}");
 }

@@ -10,7 +10,7 @@ use inferencehub_devkit::certs::{self, CertPaths};
 use inferencehub_devkit::secrets::Moto;
 use inferencehub_functions::secrets::{fetch_client_pems, worker_client_pems};
 use inferencehub_functions::worker::{GrpcWorker, Worker};
-use inferencehub_proto::pb::PredictRequest;
+use inferencehub_proto::pb::{FeatureRow, PredictBatchRequest};
 use inferencehub_proto::settings::WorkerClientTls;
 use tonic::Code;
 
@@ -24,9 +24,12 @@ fn secret_json(certs: &CertPaths, cert: &std::path::Path, key: &std::path::Path)
     .to_string()
 }
 
-fn iris() -> PredictRequest {
-    PredictRequest {
-        features: vec![5.1, 3.5, 1.4, 0.2],
+/// One iris row, as the gateway sends every request: a batch.
+fn iris() -> PredictBatchRequest {
+    PredictBatchRequest {
+        rows: vec![FeatureRow {
+            features: vec![5.1, 3.5, 1.4, 0.2],
+        }],
         model_name: "iris".into(),
         ..Default::default()
     }
@@ -34,7 +37,7 @@ fn iris() -> PredictRequest {
 
 #[tokio::test]
 async fn the_client_key_comes_from_secrets_manager_and_the_health_identity_only_checks_health() {
-    inferencehub_functions::install_crypto_provider();
+    inferencehub_functions::crypto::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let certs = certs::generate(&dir.path().join("certs")).unwrap();
     let worker = start_worker(&certs, None).await;
@@ -75,8 +78,8 @@ async fn the_client_key_comes_from_secrets_manager_and_the_health_identity_only_
     let gateway = GrpcWorker::connect_with(config(&predict_arn), pems)
         .await
         .unwrap();
-    let answer = gateway.predict(iris(), "req-1").await.unwrap();
-    assert_eq!(answer.label, "setosa");
+    let answer = gateway.predict_batch(iris(), "req-1").await.unwrap();
+    assert_eq!(answer.results[0].label, "setosa");
     assert!(gateway.serving().await.unwrap());
 
     // The health function's identity: health yes, predictions refused by the worker.
@@ -85,7 +88,7 @@ async fn the_client_key_comes_from_secrets_manager_and_the_health_identity_only_
         .await
         .unwrap();
     assert!(health.serving().await.unwrap());
-    let refused = health.predict(iris(), "req-2").await.unwrap_err();
+    let refused = health.predict_batch(iris(), "req-2").await.unwrap_err();
     assert_eq!(refused.code, Code::PermissionDenied, "{refused}");
 
     // A secret that is not the expected JSON, or one that does not exist, fails the cold

@@ -5,8 +5,8 @@ use inferencehub_functions::routes::Health;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    inferencehub_functions::init_tracing();
+    inferencehub_functions::runtime::init_tracing();
     // Built once per cold start; warm invocations reuse the clients and connections.
     let handler = Health::connect(from_env::<HealthConfig>()?).await?;
-    inferencehub_functions::run(handler).await
+    inferencehub_functions::runtime::run(handler).await
 }

@@ -5,8 +5,8 @@ use inferencehub_functions::routes::Predict;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    inferencehub_functions::init_tracing();
+    inferencehub_functions::runtime::init_tracing();
     // Built once per cold start; warm invocations reuse the clients and connections.
     let handler = Predict::connect(from_env::<PredictConfig>()?).await?;
-    inferencehub_functions::run(handler).await
+    inferencehub_functions::runtime::run(handler).await
 }

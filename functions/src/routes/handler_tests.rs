@@ -282,15 +282,15 @@ async fn a_worker_bad_request_names_the_same_field() {
         invalid_argument(errors).add_header(&mut headers).unwrap();
         WorkerError::from_status(&Status::from_header_map(&headers).unwrap())
     };
+    // The gateway always calls the batch RPC; its fields come back in each protocol's terms.
     let app = TestApp::with_worker(FakeWorker::failing(wire(&[FieldError::new(
-        "features[2]",
+        "rows[0].features[2]",
         "must be finite",
     )])));
     let a = predict(&app, IRIS).await;
     assert_eq!((a.status, a.fields()), (400, vec!["features[2]"]));
     assert_eq!(a.body["errors"][0]["message"], "must be finite");
 
-    // Batch fields come back in the request's terms.
     let app = TestApp::with_worker(FakeWorker::failing(wire(&[FieldError::new(
         "prompts[1]",
         "too long",
@@ -431,4 +431,53 @@ async fn the_open_inference_protocol_routes_share_auth_limits_and_problems() {
     .await;
     assert_eq!(a.status, 404);
     assert_eq!(calls(&app), 1);
+}
+
+/// One path for every protocol: the same inputs sent as v1 (single and batch) and as
+/// Open Inference Protocol v2 (JSON and binary) make one limiter charge of their input
+/// count and one identical worker call each.
+#[tokio::test]
+async fn the_same_input_through_every_protocol_makes_the_same_charge_and_call() {
+    let app = TestApp::with_limit(100);
+    let token = app.token("predict");
+    let v2_json = serde_json::json!({"inputs": [{"name": "features", "shape": [1, 4],
+        "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
+    .to_string();
+    let header = serde_json::json!({"inputs": [{"name": "features", "shape": [1, 4],
+        "datatype": "FP32", "parameters": {"binary_data_size": 16}}]})
+    .to_string();
+    let mut v2_binary = header.clone().into_bytes();
+    for x in [5.1f32, 3.5, 1.4, 0.2] {
+        v2_binary.extend_from_slice(&x.to_le_bytes());
+    }
+    let v1_batch = r#"{"model_name":"iris","inputs":[{"features":[5.1,3.5,1.4,0.2]}]}"#;
+    let sends: Vec<(&str, Body, Option<usize>)> = vec![
+        ("/v1/predict", Body::Text(IRIS.into()), None),
+        ("/v1/predict", Body::Text(v1_batch.into()), None),
+        ("/v2/models/iris/infer", Body::Text(v2_json), None),
+        (
+            "/v2/models/iris/infer",
+            Body::Binary(v2_binary),
+            Some(header.len()),
+        ),
+    ];
+    for (path, body, json_length) in sends {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-request-id", "same");
+        if let Some(n) = json_length {
+            req = req.header(crate::protocol::v2::HEADER_LENGTH, n);
+        }
+        let response = app.app.handle(req.body(body).unwrap()).await;
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let charges = app.app.predict.limiter.charges();
+    assert_eq!(charges, vec![("alice".to_string(), 1); 4]);
+    let sent = app.worker.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 4);
+    assert!(sent.iter().all(|m| *m == sent[0]), "{sent:?}");
+    assert_eq!(sent[0].rows[0].features, [5.1, 3.5, 1.4, 0.2]);
+    assert_eq!(sent[0].request_id, "same");
 }

@@ -1,22 +1,34 @@
-//! `GET /healthz` (no auth): 200 when a worker answers SERVING, 503 otherwise. The Open
-//! Inference Protocol's `GET /v2/health/ready` is the same check; `GET /v2/health/live`
-//! answers 200 while the function runs, without asking the worker.
+//! The `health` function (no auth): `GET /healthz` and the Open Inference Protocol's
+//! `GET /v2/health/ready` answer 200 when a worker answers SERVING, 503 otherwise;
+//! `GET /v2/health/live` answers 200 while the function runs, without asking the worker.
 
 use http::header;
 use inferencehub_proto::ErrorKind;
 use lambda_http::{Body, Request, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::HealthConfig;
 use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
-use crate::routes::Function;
+use crate::protocol::v2::{Live, Ready};
+use crate::router::{Function, HealthOp, Matched, Operation};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The health handler over a worker client.
 pub struct Health<W> {
     /// Worker client.
     pub worker: W,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct Status {
+    /// `ok`.
+    pub status: &'static str,
+    /// `SERVING`.
+    pub worker: &'static str,
 }
 
 impl Health<GrpcWorker> {
@@ -30,21 +42,35 @@ impl Health<GrpcWorker> {
 
 impl<W: Worker> Handler for Health<W> {
     const FUNCTION: Function = Function::Health;
+    type Op = HealthOp;
 
-    async fn handle(&self, req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
+    fn op(op: Operation) -> Option<HealthOp> {
+        match op {
+            Operation::Health(op) => Some(op),
+            _ => None,
+        }
+    }
+
+    async fn handle(
+        &self,
+        op: HealthOp,
+        _req: Request,
+        _route: &Matched,
+        cx: &mut Context,
+    ) -> Result<Response<Body>, Problem> {
         // Never cached, neither the 200 nor the 503.
         cx.header(header::CACHE_CONTROL, "no-store");
-        let path = crate::routes::pattern_of(req.uri().path());
-        if path == Some("/v2/health/live") {
-            return Ok(json_response(200, &json!({"live": true})));
+        if op == HealthOp::V2Live {
+            return Ok(json_response(200, &Live { live: true }));
         }
         match cx.time("worker", self.worker.serving()).await {
-            Ok(true) if path == Some("/v2/health/ready") => {
-                Ok(json_response(200, &json!({"ready": true})))
-            }
+            Ok(true) if op == HealthOp::V2Ready => Ok(json_response(200, &Ready { ready: true })),
             Ok(true) => Ok(json_response(
                 200,
-                &json!({"status": "ok", "worker": "SERVING"}),
+                &Status {
+                    status: "ok",
+                    worker: "SERVING",
+                },
             )),
             Ok(false) => Err(Problem::new(
                 ErrorKind::Unavailable,

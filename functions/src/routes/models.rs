@@ -1,22 +1,22 @@
-//! `GET /v1/models` and `GET /v1/models/{name}`: the worker catalogue, for any valid token;
-//! `model:<name>` scopes hide the other models. The Open Inference Protocol's metadata
-//! routes too: `GET /v2` (server), `GET /v2/models/{name}[/versions/{version}]` (model) and
-//! `.../ready`.
+//! The `models` function: the worker catalogue for any valid token (`model:<name>` scopes
+//! hide the other models), in `/v1` and Open Inference Protocol terms, and the API's own
+//! description (`/openapi.json`, `/docs`, no token).
 
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use inferencehub_proto::ErrorKind;
-use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask};
+use inferencehub_proto::pb::ModelInfo;
 use lambda_http::{Body, Request, Response};
-use serde_json::{Value, json};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, authorization};
 use crate::catalog::Catalog;
 use crate::config::ModelsConfig;
 use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
-use crate::routes::{Function, caller, check_version, path_param, pattern_of};
+use crate::protocol::v1::{ModelList, ModelView, V1};
+use crate::protocol::v2::{ModelMetadata, ModelReady, ServerMetadata};
+use crate::router::{Function, Matched, ModelsOp, Operation};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The catalogue handler over a worker client.
@@ -43,99 +43,123 @@ impl Models<GrpcWorker> {
 /// `GET /docs`: the API page, built in the browser from `/openapi.json`.
 const DOCS_PAGE: &str = include_str!("../docs.html");
 
-/// One model as the API shows it.
-pub fn model_json(m: &ModelInfo) -> Value {
-    let (kind, input) = match m.kind() {
-        ModelKind::Tabular => (
-            "tabular",
-            json!({"features": m.feature_count, "feature_names": m.feature_names}),
-        ),
-        _ => (
-            "text",
-            json!({"prompt": {"max_tokens": m.max_tokens, "max_bytes": m.max_prompt_bytes}}),
-        ),
-    };
-    let task = match m.task() {
-        ModelTask::Regression => "regression",
-        _ => "classification",
-    };
-    let tensor = m
-        .input
-        .as_ref()
-        .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}));
-    json!({
-        "name": m.name, "version": m.version, "kind": kind, "task": task,
-        "labels": m.labels, "values": m.value_count,
-        "input": input, "tensor": tensor, "architecture": m.architecture,
-    })
+fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+impl<W: Worker> Models<W> {
+    /// The models the caller may see, and the one `route` names if it names one.
+    async fn visible(
+        &self,
+        req: &Request,
+        route: &Matched,
+        cx: &mut Context,
+    ) -> Result<(Vec<ModelInfo>, Option<ModelInfo>), Problem> {
+        let caller = cx
+            .time("auth", self.auth.authenticate(authorization(req)))
+            .await?;
+        let models = cx
+            .time("worker", self.catalog.models(&self.worker))
+            .await
+            .map_err(|e| Problem::from_worker(&e, &V1::default()))?;
+        let visible: Vec<ModelInfo> = models
+            .iter()
+            .filter(|m| caller.may_use_model(&m.name))
+            .cloned()
+            .collect();
+        let Some(name) = route.param("name") else {
+            return Ok((visible, None));
+        };
+        let model = visible
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .ok_or_else(|| Problem::new(ErrorKind::NotFound, format!("no model named {name:?}")))?;
+        if let Some(version) = route.param("version")
+            && version != model.version
+        {
+            return Err(Problem::new(
+                ErrorKind::NotFound,
+                format!(
+                    "model {:?} has no version {version:?}; it serves {:?}",
+                    model.name, model.version
+                ),
+            ));
+        }
+        Ok((visible, Some(model)))
+    }
 }
 
 impl<W: Worker> Handler for Models<W> {
     const FUNCTION: Function = Function::Models;
+    type Op = ModelsOp;
 
-    async fn handle(&self, req: Request, cx: &mut Context) -> Result<Response<Body>, Problem> {
-        let pattern = pattern_of(req.uri().path());
-        if pattern == Some("/openapi.json") {
+    fn op(op: Operation) -> Option<ModelsOp> {
+        match op {
+            Operation::Models(op) => Some(op),
+            _ => None,
+        }
+    }
+
+    async fn handle(
+        &self,
+        op: ModelsOp,
+        req: Request,
+        route: &Matched,
+        cx: &mut Context,
+    ) -> Result<Response<Body>, Problem> {
+        let mut response = match op {
             // The API's description is public, like the routes it describes.
-            let mut response = Response::new(Body::Text(crate::openapi::document()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return Ok(response);
-        }
-        if pattern == Some("/docs") {
-            let mut response = Response::new(Body::Text(DOCS_PAGE.into()));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            // The page loads nothing from anywhere but this API.
-            headers.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
-                ),
-            );
-            return Ok(response);
-        }
-        let caller = cx.time("auth", caller(&self.auth, &req)).await?;
-        if pattern == Some("/v2") {
-            return Ok(json_response(
-                200,
-                &json!({
-                    "name": "inferencehub",
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": ["binary_tensor_data"],
-                }),
-            ));
-        }
-        let models = cx
-            .time("worker", self.catalog.models(&self.worker))
-            .await
-            .map_err(|e| Problem::from_worker(&e))?;
-        let visible = models.iter().filter(|m| caller.may_use_model(&m.name));
-        let one = |name: &str| {
-            visible.clone().find(|m| m.name == name).ok_or_else(|| {
-                Problem::new(ErrorKind::NotFound, format!("no model named {name:?}"))
-            })
-        };
-        let mut response = match (pattern, path_param(&req, "name")) {
-            (Some(p), Some(name)) if p.starts_with("/v2/models/") => {
-                let model = one(&name)?;
-                check_version(&req, model)?;
-                if p.ends_with("/ready") {
-                    json_response(200, &json!({"name": model.name, "ready": true}))
-                } else {
-                    json_response(200, &crate::oip::model_metadata(model))
-                }
+            ModelsOp::OpenApi => {
+                return Ok(with_type(
+                    Response::new(Body::Text(crate::openapi::document())),
+                    "application/json",
+                ));
             }
-            (_, None) => json_response(
-                200,
-                &json!({"models": visible.clone().map(model_json).collect::<Vec<_>>()}),
-            ),
-            (_, Some(name)) => json_response(200, &model_json(one(&name)?)),
+            ModelsOp::Docs => {
+                let mut response = with_type(
+                    Response::new(Body::Text(DOCS_PAGE.into())),
+                    "text/html; charset=utf-8",
+                );
+                // The page loads nothing from anywhere but this API.
+                response.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    ),
+                );
+                return Ok(response);
+            }
+            ModelsOp::V2Server => {
+                cx.time("auth", self.auth.authenticate(authorization(&req)))
+                    .await?;
+                return Ok(json_response(200, &ServerMetadata::ours()));
+            }
+            ModelsOp::List => {
+                let (visible, _) = self.visible(&req, route, cx).await?;
+                json_response(
+                    200,
+                    &ModelList {
+                        models: visible.iter().map(ModelView::from).collect(),
+                    },
+                )
+            }
+            ModelsOp::Get => {
+                let (_, model) = self.visible(&req, route, cx).await?;
+                json_response(200, &model.as_ref().map(ModelView::from))
+            }
+            ModelsOp::V2Model => {
+                let (_, model) = self.visible(&req, route, cx).await?;
+                json_response(200, &model.as_ref().map(ModelMetadata::from))
+            }
+            ModelsOp::V2ModelReady => {
+                let (_, model) = self.visible(&req, route, cx).await?;
+                let name = model.map(|m| m.name).unwrap_or_default();
+                json_response(200, &ModelReady { name, ready: true })
+            }
         };
         response.headers_mut().insert(
             header::CACHE_CONTROL,

@@ -2,7 +2,7 @@
 # Runs inside LocalStack once it is ready: creates the rate-limit table with the key
 # schema and TTL of template.yaml (pk: string hash key, on-demand, TTL on expires_at).
 set -euo pipefail
-table="${IHUB_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
+table="${IHUB_GATEWAY_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
 if ! awslocal dynamodb describe-table --table-name "$table" >/dev/null 2>&1; then
   awslocal dynamodb create-table \
     --table-name "$table" \

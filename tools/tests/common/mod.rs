@@ -6,21 +6,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use inferencehub_devkit::certs::{self, CertPaths, GATEWAY_CLIENT_NAME, HEALTH_CLIENT_NAME};
 use inferencehub_devkit::dynamo::{Dynalite, local_client};
 use inferencehub_devkit::keys::{SigningKey, claims, jwks};
+use inferencehub_functions::app::App;
 use inferencehub_functions::auth::Authenticator;
 use inferencehub_functions::catalog::Catalog;
-use inferencehub_functions::config::{
-    ApiConfig, AuthConfig, JwksSource, LimiterBackend, RateLimitConfig, WorkerConfig,
-};
+use inferencehub_functions::config::{PredictConfig, WorkerConfig, from_vars, group_from_vars};
 use inferencehub_functions::ratelimit::DynamoLimiter;
-use inferencehub_functions::routes::{App, Health, Models, Predict};
+use inferencehub_functions::routes::{Health, Models, Predict};
 use inferencehub_functions::worker::GrpcWorker;
 use inferencehub_proto::settings::WorkerClientTls;
-use inferencehub_worker::config::{LogFormat, ServeArgs};
+use inferencehub_worker::config::ServeArgs;
 use inferencehub_worker::server::{self, RunningWorker};
 use jsonwebtoken::Algorithm;
 
@@ -118,29 +116,30 @@ pub async fn start_worker(certs: &CertPaths, model_dir: Option<PathBuf>) -> Runn
         assert!(demo.join("wine").is_dir(), "run `make models` first");
         demo
     });
-    let mut worker = server::start(ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        model_dir: models,
-        tls_cert: certs.server_cert.clone(),
-        tls_key: certs.server_key.clone(),
-        tls_client_ca: certs.ca.clone(),
-        tls_client_names: vec![GATEWAY_CLIENT_NAME.into()],
-        tls_health_names: vec![HEALTH_CLIENT_NAME.into()],
-        tls_handshake_timeout_ms: 5_000,
-        max_connections: 1_024,
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        device: "cpu".into(),
-        dtype: None,
-        max_batch_size: 32,
-        max_wait_ms: 0,
-        max_waiting: 512,
-        max_prompt_bytes: 65_536,
-        drain_timeout_secs: 5,
-        emf_interval_secs: 0,
-        log_format: LogFormat::Text,
-    })
-    .await
+    let args = ServeArgs::from_flags([
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--metrics-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--model-dir".as_ref(),
+        models.as_os_str(),
+        "--tls-cert".as_ref(),
+        certs.server_cert.as_os_str(),
+        "--tls-key".as_ref(),
+        certs.server_key.as_os_str(),
+        "--tls-client-ca".as_ref(),
+        certs.ca.as_os_str(),
+        "--tls-client-names".as_ref(),
+        GATEWAY_CLIENT_NAME.as_ref(),
+        "--tls-health-names".as_ref(),
+        HEALTH_CLIENT_NAME.as_ref(),
+        "--max-prompt-bytes".as_ref(),
+        "65536".as_ref(),
+        "--drain-timeout".as_ref(),
+        "5s".as_ref(),
+    ] as [&std::ffi::OsStr; 20])
     .unwrap();
+    let mut worker = server::start(args).await.unwrap();
     worker.ready().await.unwrap();
     worker
 }
@@ -148,12 +147,13 @@ pub async fn start_worker(certs: &CertPaths, model_dir: Option<PathBuf>) -> Runn
 /// The gateway's worker settings, with the predict client certificate.
 pub fn worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
     WorkerConfig {
-        timeout: Duration::from_secs(3),
-        connect_timeout: Duration::from_millis(500),
-        ..WorkerConfig::new(
-            vec![addr.to_string()],
-            WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key),
-        )
+        tls: WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key),
+        ..group_from_vars(&[
+            ("IHUB_GATEWAY_WORKER_ADDRS", addr),
+            ("IHUB_GATEWAY_WORKER_TIMEOUT", "3s"),
+            ("IHUB_GATEWAY_WORKER_CONNECT_TIMEOUT", "500ms"),
+        ])
+        .unwrap()
     }
 }
 
@@ -168,7 +168,7 @@ pub fn health_worker_config(addr: &str, certs: &CertPaths) -> WorkerConfig {
 
 impl Stack {
     pub async fn start(options: Options) -> Stack {
-        inferencehub_functions::install_crypto_provider();
+        inferencehub_functions::crypto::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(&dir.path().join("certs")).unwrap();
         let keys = Keys::new(dir.path());
@@ -188,27 +188,31 @@ impl Stack {
             (Some(d), e)
         };
 
-        let auth = Arc::new(
-            Authenticator::new(AuthConfig {
-                leeway_secs: 5,
-                ..AuthConfig::new(ISSUER, AUDIENCE, JwksSource::File(keys.jwks_file.clone()))
-            })
-            .await
-            .unwrap(),
-        );
+        let jwks_file = keys.jwks_file.to_string_lossy().into_owned();
+        let limit = options.limit.to_string();
+        let tiers = format!("pro={}", options.limit * 2);
+        let config: PredictConfig = from_vars(&[
+            ("IHUB_GATEWAY_JWT_ISSUER", ISSUER),
+            ("IHUB_GATEWAY_JWT_AUDIENCE", AUDIENCE),
+            ("IHUB_GATEWAY_JWKS_FILE", &jwks_file),
+            ("IHUB_GATEWAY_JWT_LEEWAY", "5s"),
+            ("IHUB_GATEWAY_WORKER_ADDRS", &worker_addr),
+            ("IHUB_GATEWAY_RATE_LIMIT_TABLE", TABLE),
+            ("IHUB_GATEWAY_RATE_LIMIT_DEFAULT", &limit),
+            ("IHUB_GATEWAY_RATE_LIMIT_TIERS", &tiers),
+            ("IHUB_GATEWAY_RATE_LIMIT_WINDOW", "1h"),
+            (
+                "IHUB_GATEWAY_RATE_LIMIT_FAIL_OPEN",
+                &options.fail_open.to_string(),
+            ),
+            ("IHUB_GATEWAY_RATE_LIMIT_TIMEOUT", "800ms"),
+        ])
+        .unwrap();
+        let auth = Arc::new(Authenticator::new(config.auth).await.unwrap());
         let worker_client = GrpcWorker::connect(worker_config(&worker_addr, &certs))
             .await
             .unwrap();
-        let limits = RateLimitConfig {
-            backend: LimiterBackend::DynamoDb,
-            table: TABLE.into(),
-            default_limit: options.limit,
-            tiers: [("pro".to_string(), options.limit * 2)].into(),
-            window: Duration::from_secs(3600),
-            fail_open: options.fail_open,
-            timeout: Duration::from_millis(800),
-        };
-        let api = ApiConfig::default();
+        let (limits, api) = (config.limits, config.api);
         let gateway = App {
             predict: Predict {
                 auth: auth.clone(),

@@ -14,20 +14,22 @@
 //!   `"softmax": true`), labels from `model.json`; a single-column output is a regression.
 //!
 //! Only the nodes that output needs are kept (the label branch and `ZipMap` go). Graphs
-//! that still hold an `ai.onnx.ml` operator run on the interpreter in [`super::onnx_ml`];
+//! that still hold an `ai.onnx.ml` operator run on the interpreter in [`ml`];
 //! the others on tract. An operator neither implements fails the load, naming it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use inferencehub_proto::pb::{ModelKind, ModelTask, TensorInfo};
+use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask, TensorInfo};
 use serde::Deserialize;
 use tract_onnx::pb::{ModelProto, NodeProto, type_proto};
 use tract_onnx::prelude::*;
 
-use super::onnx_ml::{self, Program, Value, op_key};
-use super::{Classifier, LoadOptions, LoadedModel, ModelInput, ModelSpec, feature_matrix};
+use self::ml::{Program, Value, op_key, softmax_in_place};
+use super::model::{LoadOptions, LoadedModel, Model, ModelInput, feature_matrix};
+
+pub mod ml;
 
 /// The graph file of an ONNX model folder.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -63,7 +65,7 @@ enum Engine {
     Interpreter(Program),
 }
 
-/// A loaded ONNX graph behind the [`Classifier`] trait.
+/// A loaded ONNX graph behind the [`Model`] trait.
 pub struct OnnxModel {
     engine: Engine,
     features: usize,
@@ -76,15 +78,15 @@ const ONNX_FLOAT: i32 = 1;
 const ONNX_INT64: i32 = 7;
 const ONNX_DOUBLE: i32 = 11;
 
-impl Classifier for OnnxModel {
-    fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+impl Model for OnnxModel {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
         let flat = feature_matrix(inputs, self.features)?;
         let n = inputs.len();
         let out = match &self.engine {
             Engine::Interpreter(program) => {
                 let output = program.run(Value::f32(vec![n, self.features], flat))?;
                 match output.data {
-                    onnx_ml::Data::F32(v) => v,
+                    ml::Data::F32(v) => v,
                     _ => bail!("the served output is not a float tensor"),
                 }
             }
@@ -110,22 +112,12 @@ impl Classifier for OnnxModel {
             .map(|row| {
                 let mut row = row.to_vec();
                 if self.softmax {
-                    softmax(&mut row);
+                    softmax_in_place(&mut row, false);
                 }
                 row
             })
             .collect())
     }
-}
-
-fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    row.iter_mut().for_each(|x| *x /= sum);
 }
 
 /// What loading found in the graph.
@@ -224,7 +216,7 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
         (name.clone(), None)
     } else if let Some(zipmap) = zipmap {
         let from = zipmap.input.first().context("ZipMap without input")?;
-        (from.clone(), Some(onnx_ml::class_labels(zipmap)))
+        (from.clone(), Some(ml::class_labels(zipmap)))
     } else {
         let floats: Vec<&str> = graph
             .output
@@ -269,7 +261,7 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
         .find(|n| REGRESSORS.contains(&op_key(n).as_str()));
     let task = if classifier.is_some() {
         if labels.is_none() {
-            labels = classifier.map(|n| onnx_ml::class_labels(n));
+            labels = classifier.map(|n| ml::class_labels(n));
         }
         Some(ModelTask::Classification)
     } else if regressor.is_some() {
@@ -385,19 +377,19 @@ pub fn load(
         let constants = graph
             .initializer
             .iter()
-            .map(|t| Ok((t.name.clone(), onnx_ml::tensor_value(t)?)))
+            .map(|t| Ok((t.name.clone(), ml::tensor_value(t)?)))
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
         let unsupported: Vec<String> = plan
             .nodes
             .iter()
             .map(|n| op_key(n))
-            .filter(|k| !onnx_ml::SUPPORTED.contains(&k.as_str()))
+            .filter(|k| !ml::SUPPORTED.contains(&k.as_str()))
             .collect();
         if let Some(op) = unsupported.first() {
             bail!(
                 "unsupported operator {op} in model {name:?}: the worker runs these ONNX \
                  operators in classical-ML graphs: {}",
-                onnx_ml::SUPPORTED.join(", ")
+                ml::SUPPORTED.join(", ")
             );
         }
         let program = Program::compile(&plan.nodes, &constants, &plan.input, &plan.output)?;
@@ -481,29 +473,28 @@ pub fn load(
         _ => f32::datum_type(),
     };
     Ok(LoadedModel {
-        spec: ModelSpec {
+        info: ModelInfo {
             name: name.to_string(),
             version,
-            kind: ModelKind::Tabular,
+            kind: ModelKind::Tabular as i32,
             labels,
-            feature_count: plan.features,
-            max_tokens: 0,
-            max_prompt_bytes: 0,
+            feature_count: plan.features as u32,
             architecture,
-            task,
-            input: TensorInfo {
+            task: task as i32,
+            input: Some(TensorInfo {
                 name: plan.input.clone(),
                 datatype: datatype.into(),
                 shape: vec![-1, plan.features as i64],
-            },
+            }),
             value_count: if task == ModelTask::Regression {
-                width
+                width as u32
             } else {
                 0
             },
             feature_names: settings.feature_names.clone(),
+            ..Default::default()
         },
-        classifier: Box::new(OnnxModel {
+        model: Box::new(OnnxModel {
             engine,
             features: plan.features,
             input_type,

@@ -19,6 +19,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{LayerNorm, Module};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 
+use super::weights::encoder_prefix;
+use crate::models::tokens::pad_batch;
+
 /// Added to the attention scores of padding positions: far below any real score, and
 /// representable in f16 (whose largest magnitude is 65 504).
 const MASK_BIAS: f64 = -10_000.0;
@@ -82,18 +85,6 @@ pub struct TensorBert {
     pad_id: u32,
     dtype: DType,
     device: Device,
-}
-
-/// The prefix (`""`, `bert.`, `<model_type>.`) under which a checkpoint stores the encoder.
-pub fn encoder_prefix(
-    tensors: &HashMap<String, Tensor>,
-    config: &BertConfig,
-) -> anyhow::Result<String> {
-    ["".to_string(), "bert.".to_string()]
-        .into_iter()
-        .chain(config.model_type.as_ref().map(|m| format!("{m}.")))
-        .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
-        .context("no embeddings.word_embeddings.weight in the checkpoint")
 }
 
 impl TensorBert {
@@ -189,6 +180,11 @@ impl TensorBert {
         })
     }
 
+    /// The device the encoder runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The dtype the encoder computes in.
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -197,31 +193,12 @@ impl TensorBert {
     /// Last hidden states `[batch, longest, hidden]` (in f32) of one padded batch and its
     /// mask `[batch, longest]` (1 for real tokens).
     pub fn forward_padded(&self, rows: &[&[u32]]) -> anyhow::Result<(Tensor, Tensor)> {
-        self.forward_timed(rows, &mut |_| Ok(()))
+        self.forward_observed(rows, &mut |_| Ok(()))
     }
 
-    /// Seconds spent in each stage of one forward pass over `rows`, the device synchronised
-    /// after every stage (so the stages cost a little more than in a plain pass).
-    pub fn profile(&self, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static str, f64)>> {
-        let mut stages: Vec<(&'static str, f64)> = Vec::new();
-        let mut last = std::time::Instant::now();
-        self.device.synchronize()?;
-        self.forward_timed(rows, &mut |stage| {
-            self.device.synchronize()?;
-            let now = std::time::Instant::now();
-            let spent = (now - last).as_secs_f64();
-            last = now;
-            match stages.iter_mut().find(|(s, _)| *s == stage) {
-                Some((_, total)) => *total += spent,
-                None => stages.push((stage, spent)),
-            }
-            Ok(())
-        })?;
-        Ok(stages)
-    }
-
-    /// The forward pass; `mark` is called at the end of every stage with its name.
-    fn forward_timed(
+    /// The forward pass; `mark` is called at the end of every stage with its name (where a
+    /// profiler synchronises the device and reads its clock).
+    pub fn forward_observed(
         &self,
         rows: &[&[u32]],
         mark: &mut dyn FnMut(&'static str) -> anyhow::Result<()>,
@@ -234,7 +211,7 @@ impl TensorBert {
             );
         }
         let (b, t, h) = (rows.len(), longest, self.hidden);
-        let (ids, mask) = super::text::pad_batch(rows, self.pad_id, &self.device)?;
+        let (ids, mask) = pad_batch(rows, self.pad_id, &self.device)?;
         let ids = ids.flatten_all()?;
         let mask = mask.to_dtype(DType::F32)?;
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();

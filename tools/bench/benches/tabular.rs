@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::{PyBridge, ratio_svg};
-use inferencehub_worker::backend::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Held-out wine rows (from the scikit-learn forest fixture), repeated to `n`.
@@ -74,8 +74,8 @@ fn main() {
     // Same answers first: a benchmark of different results measures nothing.
     let check = rows(64);
     let ours = model
-        .classifier
-        .classify(
+        .model
+        .forward(
             &check
                 .iter()
                 .cloned()
@@ -98,7 +98,7 @@ fn main() {
     );
     println!(
         "wine forest ({}), ONNX Runtime {}: probabilities agree within {worst:.1e}",
-        model.spec.architecture, ort1.version
+        model.info.architecture, ort1.version
     );
 
     let mut table = Vec::new();
@@ -107,14 +107,14 @@ fn main() {
         let inputs: Vec<ModelInput> = data.iter().cloned().map(ModelInput::Features).collect();
         // About 0.3 s per measurement; five interleaved rounds, best of each.
         let started = Instant::now();
-        model.classifier.classify(&inputs).unwrap();
+        model.model.forward(&inputs).unwrap();
         let one = started.elapsed().as_secs_f64().max(1e-6);
         let reps = ((0.3 / one) as usize).clamp(3, 200_000);
         let (mut w, mut o1, mut o2) = (f64::MAX, f64::MAX, f64::MAX);
         for round in 0..5 {
             let started = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(model.classifier.classify(&inputs).unwrap());
+                std::hint::black_box(model.model.forward(&inputs).unwrap());
             }
             w = w.min(started.elapsed().as_secs_f64() / reps as f64);
             o1 = o1.min(ort1.seconds("rows", json!(data), reps) / reps as f64);

@@ -10,10 +10,10 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, Module};
-use inferencehub_proto::pb::{ModelKind, ModelTask};
+use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask};
 use serde::{Deserialize, Serialize};
 
-use super::{Classifier, LoadOptions, LoadedModel, ModelInput, ModelSpec, feature_matrix};
+use super::model::{LoadOptions, LoadedModel, Model, ModelInput, feature_matrix, features_input};
 
 /// Name of the file describing a tabular model.
 pub const CONFIG_FILE: &str = "tabular.json";
@@ -105,8 +105,8 @@ impl MlpClassifier {
     }
 }
 
-impl Classifier for MlpClassifier {
-    fn classify(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+impl Model for MlpClassifier {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
         let flat = feature_matrix(inputs, self.feature_count)?;
         let x = Tensor::from_vec(flat, (inputs.len(), self.feature_count), &self.device)?;
         let logits = self.logits(&x)?;
@@ -141,21 +141,19 @@ pub fn load(
         );
     }
     Ok(LoadedModel {
-        spec: ModelSpec {
+        info: ModelInfo {
             name: name.to_string(),
             version,
-            kind: ModelKind::Tabular,
+            kind: ModelKind::Tabular as i32,
             labels: config.labels,
-            feature_count: config.feature_count,
-            max_tokens: 0,
-            max_prompt_bytes: 0,
+            feature_count: config.feature_count as u32,
             architecture: format!("mlp-{}-layers", mlp.layers.len()),
-            task: ModelTask::Classification,
-            input: ModelSpec::features_input("features", config.feature_count),
-            value_count: 0,
+            task: ModelTask::Classification as i32,
+            input: Some(features_input("features", config.feature_count)),
             feature_names: config.feature_names,
+            ..Default::default()
         },
-        classifier: Box::new(mlp),
+        model: Box::new(mlp),
         tokenizer: None,
     })
 }

@@ -283,7 +283,8 @@ fn probit(p: f32) -> f32 {
     x as f32
 }
 
-fn softmax_in_place(row: &mut [f32], zero: bool) {
+/// Softmax of one row; with `zero`, zero scores stay zero (ONNX-ML's `SOFTMAX_ZERO`).
+pub(crate) fn softmax_in_place(row: &mut [f32], zero: bool) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in row.iter_mut() {

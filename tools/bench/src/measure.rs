@@ -1,27 +1,24 @@
-//! Measurement subcommands of the worker binary, for machines that have no Rust toolchain
-//! (the GPU check in `scripts/bench-gpu.sh` carries only this binary):
+//! Measurements of one model on one device, for machines that have no Rust toolchain (the
+//! GPU check in `scripts/bench-gpu.sh` carries this binary, built with `--features cuda`):
 //!
 //! - `classify`: one model's answers for a file of inputs, as JSON lines (the correctness
 //!   half: the same file on CPU f32 and GPU f16 must agree);
 //! - `bench-encoder`: the text encoder's forward pass, timed over stdin/stdout so a Python
-//!   driver can interleave it with PyTorch on the same token ids;
-//! - `load`: concurrent `Predict` callers over mutual TLS, for throughput and latency.
+//!   driver can interleave it with PyTorch on the same token ids, and profiled stage by
+//!   stage on the tensor encoder.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use inferencehub_proto::pb::PredictRequest;
-use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_worker::models::bert::encoder::{BertBody, load_body};
+use inferencehub_worker::models::bert::tensor::TensorBert;
+use inferencehub_worker::models::device::{parse_device, parse_dtype};
+use inferencehub_worker::models::model::token_rows;
+use inferencehub_worker::models::{LoadOptions, ModelInput, argmax, load_model};
 use serde_json::json;
-
-use crate::backend::device::{parse_device, parse_dtype};
-use crate::backend::text::load_body;
-use crate::backend::{LoadOptions, ModelInput, argmax, load_model};
-use crate::config::ClientArgs;
 
 /// One model folder and where it runs.
 #[derive(Debug, Clone, Args)]
@@ -81,7 +78,7 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     )?;
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let features = model.spec.feature_count;
+    let features = model.info.feature_count as usize;
     let mut inputs = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if model.tokenizer.is_some() {
@@ -106,9 +103,9 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for chunk in inputs.chunks(args.batch.max(1)) {
-        for probabilities in model.classifier.classify(chunk)? {
+        for probabilities in model.model.forward(chunk)? {
             let (best, _) = argmax(&probabilities);
-            let label = model.spec.labels.get(best).cloned().unwrap_or_default();
+            let label = model.info.labels.get(best).cloned().unwrap_or_default();
             writeln!(
                 out,
                 "{}",
@@ -162,7 +159,7 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
                 let reps = request["reps"].as_u64().unwrap_or(1).max(1) as usize;
                 let mut totals: Vec<(&str, f64)> = Vec::new();
                 for _ in 0..reps {
-                    for (stage, s) in body.profile(&inputs)?.unwrap_or_default() {
+                    for (stage, s) in profile(&body, &inputs)? {
                         match totals.iter_mut().find(|(n, _)| *n == stage) {
                             Some((_, t)) => *t += s / reps as f64,
                             None => totals.push((stage, s / reps as f64)),
@@ -187,117 +184,31 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flags of `load`.
-#[derive(Debug, Clone, Args)]
-pub struct LoadArgs {
-    /// Connection.
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Model name.
-    #[arg(long)]
-    pub model: String,
-    /// Inputs, one per line (a TSV's first column): text, or comma-separated features for
-    /// a tabular model. Callers cycle through them.
-    #[arg(long, alias = "inputs")]
-    pub prompts: PathBuf,
-    /// Concurrent callers, each with one request in flight.
-    #[arg(long, default_value_t = 1)]
-    pub callers: usize,
-    /// How long to send, in seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
-}
-
-/// `load`: prints `{"callers", "requests", "errors", "per_second", "p50_ms", "p99_ms",
-/// "mean_batch"}`.
-pub async fn load(args: &LoadArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.prompts)?;
-    // A line of numbers is a feature row; anything else is a prompt.
-    let prompts: Arc<Vec<(String, Vec<f32>)>> = Arc::new(
-        text.lines()
-            .filter_map(|l| l.split('\t').next())
-            .filter(|p| !p.trim().is_empty())
-            .map(|line| {
-                let numbers: Result<Vec<f32>, _> =
-                    line.split(',').map(|x| x.trim().parse::<f32>()).collect();
-                match numbers {
-                    Ok(features) => (String::new(), features),
-                    Err(_) => (line.to_string(), Vec::new()),
-                }
-            })
-            .collect(),
-    );
-    if prompts.is_empty() {
-        bail!("no prompts in {}", args.prompts.display());
-    }
-    let channel = crate::client::connect(
-        &args.client.addr,
-        &args.client.tls,
-        Duration::from_millis(args.client.timeout_ms),
-    )
-    .await?;
-    let until = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for caller in 0..args.callers {
-        let mut client = ModelInferenceClient::new(channel.clone());
-        let prompts = prompts.clone();
-        let model = args.model.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let (mut errors, mut batch_sum) = (0usize, 0u64);
-            let mut i = caller;
-            while Instant::now() < until {
-                let sent = Instant::now();
-                let (prompt, features) = prompts[i % prompts.len()].clone();
-                let r = client
-                    .predict(PredictRequest {
-                        model_name: model.clone(),
-                        prompt,
-                        features,
-                        ..Default::default()
-                    })
-                    .await;
-                match r {
-                    Ok(r) => {
-                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                        batch_sum += u64::from(r.into_inner().batch_size);
-                    }
-                    Err(_) => errors += 1,
-                }
-                i += STRIDE;
-            }
-            (latencies, errors, batch_sum)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let (mut errors, mut batch_sum) = (0, 0);
-    for task in tasks {
-        let (l, e, b) = task.await?;
-        latencies.extend(l);
-        errors += e;
-        batch_sum += b;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
+/// Seconds spent in each stage of one forward pass of the tensor encoder over `inputs`,
+/// the device synchronised after every stage (so the stages cost a little more than in a
+/// plain pass); empty for the CPU encoder, which has no stages to observe.
+pub fn profile(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let Some(bert) = body.tensor() else {
+        return Ok(Vec::new());
     };
-    println!(
-        "{}",
-        json!({
-            "callers": args.callers, "requests": latencies.len(), "errors": errors,
-            "per_second": latencies.len() as f64 / elapsed,
-            "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "mean_batch": batch_sum as f64 / latencies.len().max(1) as f64,
-        })
-    );
-    Ok(())
+    stages(bert, &token_rows(inputs)?)
 }
 
-/// Callers step through the prompts with a prime stride, so they do not all send the
-/// same prompt at once.
-const STRIDE: usize = 7;
+fn stages(bert: &TensorBert, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let device = bert.device().clone();
+    let mut stages: Vec<(&'static str, f64)> = Vec::new();
+    device.synchronize()?;
+    let mut last = Instant::now();
+    bert.forward_observed(rows, &mut |stage| {
+        device.synchronize()?;
+        let now = Instant::now();
+        let spent = (now - last).as_secs_f64();
+        last = now;
+        match stages.iter_mut().find(|(s, _)| *s == stage) {
+            Some((_, total)) => *total += spent,
+            None => stages.push((stage, spent)),
+        }
+        Ok(())
+    })?;
+    Ok(stages)
+}

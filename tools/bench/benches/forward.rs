@@ -8,9 +8,10 @@
 //! 2. Cells batch {1, 8, 32} x {short sentences, 128 tokens}, plus a batch mixing both:
 //!    sentences/s of ONNX Runtime, of the worker's encoder and of candle's `BertModel` (the
 //!    engine it replaced), best of three interleaved rounds each.
-//! 3. 1 and 32 concurrent `Predict` callers through mutual-TLS gRPC to the release worker
-//!    binary, against the encoder's own offline batch-32 throughput, and the worker's
-//!    resident memory before and after the load.
+//! 3. 1 and 32 concurrent callers (the project's load generator, one input per
+//!    `PredictBatch` call as the gateway sends) through mutual-TLS gRPC to the release
+//!    worker binary, against the encoder's own offline batch-32 throughput, and the
+//!    worker's resident memory before and after the load.
 //!
 //! Writes the table to `target/bench-worker.md` and the plot to `docs/bench-worker-cpu.svg`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -21,24 +22,73 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use common::{PyBridge, ratio_svg};
+use inferencehub_bench::load::{Grpc, Input, Target, closed_loop, connect};
 use inferencehub_devkit::certs;
-use inferencehub_proto::pb::PredictRequest;
-use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::settings::WorkerClientTls;
-use inferencehub_worker::backend::ModelInput;
-use inferencehub_worker::backend::text::{
-    BertBody, load_body, load_body_on_candle, load_tokenizer,
-};
+use inferencehub_worker::models::ModelInput;
+use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
+use inferencehub_worker::models::tokens::{load_tokenizer, pad_batch};
 use serde_json::json;
-use tonic::transport::Channel;
 
 const SECONDS_PER_SAMPLE: f64 = 0.6;
 const ROUNDS: usize = 3;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// An encoder the cells time: the worker's, or candle-transformers' `BertModel` (the engine
+/// the CPU encoder replaced, run here only), both mean-pooled and normalised.
+trait Encoder {
+    fn embed(&self, ids: &[Vec<u32>]);
+}
+
+impl Encoder for BertBody {
+    fn embed(&self, ids: &[Vec<u32>]) {
+        std::hint::black_box(BertBody::embed(self, &inputs(ids), true).unwrap());
+    }
+}
+
+/// candle-transformers' `BertModel` on padded batches.
+struct CandleBert {
+    model: BertModel,
+    pad_id: u32,
+}
+
+impl CandleBert {
+    fn load(dir: &Path) -> CandleBert {
+        let config: BertConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let tensors = read_weights(dir, &Device::Cpu).unwrap();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        CandleBert {
+            model: BertModel::load(vb, &config).unwrap(),
+            pad_id: config.pad_token_id as u32,
+        }
+    }
+}
+
+impl Encoder for CandleBert {
+    fn embed(&self, ids: &[Vec<u32>]) {
+        let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let (ids, mask) = pad_batch(&rows, self.pad_id, &Device::Cpu).unwrap();
+        let hidden = self
+            .model
+            .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
+            .unwrap();
+        let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+        let summed = hidden.broadcast_mul(&mask).unwrap().sum(1).unwrap();
+        let mean = summed.broadcast_div(&mask.sum(1).unwrap()).unwrap();
+        let norm = mean.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+        std::hint::black_box(mean.broadcast_div(&norm).unwrap().to_vec2::<f32>().unwrap());
+    }
 }
 
 /// The ONNX Runtime process (`ort_encoder.py`).
@@ -73,11 +123,10 @@ fn inputs(ids: &[Vec<u32>]) -> Vec<ModelInput> {
     ids.iter().map(|r| ModelInput::Tokens(r.clone())).collect()
 }
 
-fn encoder_seconds(body: &BertBody, ids: &[Vec<u32>], reps: usize) -> f64 {
-    let inputs = inputs(ids);
+fn encoder_seconds(encoder: &dyn Encoder, ids: &[Vec<u32>], reps: usize) -> f64 {
     let started = Instant::now();
     for _ in 0..reps {
-        std::hint::black_box(body.embed(&inputs, true).unwrap());
+        encoder.embed(ids);
     }
     started.elapsed().as_secs_f64()
 }
@@ -132,7 +181,7 @@ struct Measured {
     candle: f64,
 }
 
-fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: &BertBody) -> Measured {
+fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: &CandleBert) -> Measured {
     let n = cell.ids.len() as f64;
     // One warm-up call each, which also sizes the samples.
     let t_ort = ort.seconds(&cell.ids, 1);
@@ -189,7 +238,16 @@ struct WorkerProcess {
 
 async fn spawn_worker(models: &Path, certs: &certs::CertPaths) -> WorkerProcess {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"))
+    // The release worker binary beside this benchmark's own (`make bench-worker` builds it).
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("inferencehub-worker");
+    assert!(binary.is_file(), "build {} first", binary.display());
+    let mut child = tokio::process::Command::new(binary)
         .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .arg("--model-dir")
@@ -228,41 +286,6 @@ fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Predictions/s of `callers` concurrent callers, and the mean batch they were computed in.
-async fn callers(
-    channel: &Channel,
-    prompts: &[String],
-    callers: usize,
-    per_caller: usize,
-) -> (f64, f64) {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|c| {
-            let mut client = ModelInferenceClient::new(channel.clone());
-            let prompts = prompts.to_vec();
-            tokio::spawn(async move {
-                let mut batch_sum = 0u64;
-                for i in 0..per_caller {
-                    let req = PredictRequest {
-                        model_name: "sentiment".into(),
-                        prompt: prompts[(c * per_caller + i) % prompts.len()].clone(),
-                        ..Default::default()
-                    };
-                    let r = client.predict(req).await.expect("prediction").into_inner();
-                    batch_sum += u64::from(r.batch_size);
-                }
-                batch_sum
-            })
-        })
-        .collect();
-    let mut batch_sum = 0;
-    for t in tasks {
-        batch_sum += t.await.unwrap();
-    }
-    let n = (callers * per_caller) as f64;
-    (n / started.elapsed().as_secs_f64(), batch_sum as f64 / n)
-}
-
 fn svg(rows: &[Measured]) -> String {
     let groups: Vec<(String, Vec<f64>)> = rows
         .iter()
@@ -287,7 +310,7 @@ async fn main() {
         .unwrap_or(1);
     let (short, long) = token_sets(&model_dir);
     let (worker, _) = load_body(&model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
-    let candle = load_body_on_candle(&model_dir, &Device::Cpu).unwrap();
+    let candle = CandleBert::load(&model_dir);
     let mut ort = Ort::start(&model_dir);
 
     let mut check_ids: Vec<Vec<u32>> = short[..8].to_vec();
@@ -391,26 +414,24 @@ async fn main() {
     let tls = WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key);
     let mut channel = None;
     for _ in 0..600 {
-        if let Ok(c) =
-            inferencehub_worker::client::connect(&process.addr, &tls, Duration::from_secs(30)).await
-        {
-            let mut probe = ModelInferenceClient::new(c.clone());
-            let ok = probe
-                .predict(PredictRequest {
-                    model_name: "sentiment".into(),
-                    prompt: "warm up".into(),
-                    ..Default::default()
-                })
+        if let Ok(c) = connect(&process.addr, &tls, Duration::from_secs(30)).await {
+            let probe = Grpc::new(vec![c.clone()], Duration::from_secs(30));
+            if probe
+                .send("sentiment", &Input::Text("warm up".into()))
                 .await
-                .is_ok();
-            if ok {
+                .status
+                == 200
+            {
                 channel = Some(c);
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let channel = channel.expect("the worker answers");
+    let target = Arc::new(Grpc::new(
+        vec![channel.expect("the worker answers")],
+        Duration::from_secs(60),
+    ));
     let rss_loaded = rss_mb(pid);
     let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
     let prompts: Vec<String> = text
@@ -419,13 +440,24 @@ async fn main() {
         .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
         .collect();
     eprintln!("gRPC: 1 caller, then 32");
-    callers(&channel, &prompts, 4, 10).await;
-    let (one, _) = callers(&channel, &prompts, 1, 200).await;
+    let inputs: Vec<Input> = prompts.iter().map(|p| Input::Text(p.clone())).collect();
+    let load = |callers, requests| {
+        closed_loop(
+            target.clone(),
+            "sentiment",
+            inputs.clone(),
+            callers,
+            requests,
+        )
+    };
+    load(4, 40).await;
+    let one = load(1, 200).await.rps;
     let (mut many, mut batch) = (0f64, 0f64);
     for _ in 0..ROUNDS {
-        let (rate, mean_batch) = callers(&channel, &prompts, 32, 20).await;
-        if rate > many {
-            (many, batch) = (rate, mean_batch);
+        let s = load(32, 640).await;
+        assert_eq!(s.failed, 0, "{:?}", s.statuses);
+        if s.rps > many {
+            (many, batch) = (s.rps, s.mean_batch.unwrap_or(0.0));
         }
     }
     let rss_after = rss_mb(pid);

@@ -1,0 +1,773 @@
+//! The Open Inference Protocol v2 (KServe V2 / Triton) on the HTTP API: `infer` requests and
+//! responses in JSON or with the binary tensor extension (`Inference-Header-Content-Length`:
+//! a JSON header, then raw little-endian tensors; `BYTES` elements as a 4-byte
+//! little-endian length and the bytes), and the metadata documents.
+//!
+//! Problems name fields by their place in the request (`inputs[0].shape`,
+//! `inputs[0].data[3]`: the data of input 3 of the batch).
+
+use inferencehub_proto::FieldError;
+use inferencehub_proto::pb::{ModelInfo, TensorInfo};
+use lambda_http::{Body, Request, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::{Answer, Protocol, finite_f32, json_body};
+use crate::command::{self, Command, Inputs, Place, Tensor, TensorData};
+use crate::layers::json_response;
+use crate::problem::{NamePlace, Problem};
+use crate::router::Matched;
+
+/// The header that announces the binary extension: the length of the JSON part.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Parameters of a tensor or request: `binary_data_size`, `binary_data`,
+/// `binary_data_output`; others are ignored.
+pub type Parameters = Map<String, Value>;
+
+/// One input tensor of an infer request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InferInput {
+    /// The model's input name (see its metadata).
+    pub name: String,
+    /// `[N]` for text, `[N, F]` for tabular models.
+    #[schema(min_items = 1)]
+    pub shape: Vec<i64>,
+    /// `BYTES` for text, `FP32` for tabular models.
+    #[schema(pattern = "^(BYTES|FP32)$")]
+    pub datatype: String,
+    /// `binary_data_size` when the data follows the JSON (binary extension).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Parameters>,
+    /// Row-major elements, flat or nested (JSON form).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub data: Option<Value>,
+}
+
+/// An output the client wants.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RequestedOutput {
+    /// `label`, `probability`, `scores` or `values`.
+    pub name: String,
+    /// `binary_data: true` for the binary extension.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Parameters>,
+}
+
+/// `POST /v2/models/{name}/infer` (JSON form; the binary form sends this as the JSON part).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InferRequest {
+    /// Echoed in the answer.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `binary_data_output: true` for every output in binary.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Parameters>,
+    /// Exactly one: the model's input.
+    #[schema(min_items = 1, max_items = 1)]
+    pub inputs: Vec<InferInput>,
+    /// The outputs wanted (default: all).
+    #[serde(default)]
+    pub outputs: Option<Vec<RequestedOutput>>,
+}
+
+/// An output tensor's elements.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OutputData {
+    /// `BYTES` elements.
+    Text(Vec<String>),
+    /// `FP32` elements.
+    Float(Vec<f32>),
+}
+
+impl OutputData {
+    fn write_binary(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Text(t) => {
+                for s in t {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+            Self::Float(f) => f
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        }
+    }
+}
+
+/// `binary_data_size` of an output sent as binary data.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct BinaryParameters {
+    /// Bytes of this output after the JSON.
+    pub binary_data_size: usize,
+}
+
+/// One output tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct OutputTensor {
+    /// Its name.
+    pub name: &'static str,
+    /// `BYTES` or `FP32`.
+    pub datatype: &'static str,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Row-major elements (absent when the output went as binary data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<OutputData>,
+    /// Where binary data says its size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BinaryParameters>,
+}
+
+/// The answer to an infer request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InferResponse {
+    /// The model that answered.
+    pub model_name: String,
+    /// Its version.
+    pub model_version: String,
+    /// The request's `id`, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The outputs asked for.
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// A tensor's name, datatype and shape (-1: any size).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TensorMetadata {
+    /// Its name.
+    pub name: String,
+    /// `BYTES`, `FP32`, ...
+    pub datatype: String,
+    /// Its shape.
+    pub shape: Vec<i64>,
+}
+
+impl From<&TensorInfo> for TensorMetadata {
+    fn from(t: &TensorInfo) -> Self {
+        Self {
+            name: t.name.clone(),
+            datatype: t.datatype.clone(),
+            shape: t.shape.clone(),
+        }
+    }
+}
+
+/// `GET /v2/models/{name}`: name, versions, platform, inputs and outputs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelMetadata {
+    /// Its name.
+    pub name: String,
+    /// The versions served.
+    pub versions: Vec<String>,
+    /// `inferencehub/<architecture>`.
+    pub platform: String,
+    /// Its inputs.
+    pub inputs: Vec<TensorMetadata>,
+    /// Its outputs.
+    pub outputs: Vec<TensorMetadata>,
+}
+
+impl From<&ModelInfo> for ModelMetadata {
+    fn from(m: &ModelInfo) -> Self {
+        Self {
+            name: m.name.clone(),
+            versions: vec![m.version.clone()],
+            platform: format!("inferencehub/{}", m.architecture),
+            inputs: vec![TensorMetadata {
+                name: command::input_name(m),
+                datatype: command::input_datatype(m).into(),
+                shape: command::input_shape(m),
+            }],
+            outputs: command::outputs(m)
+                .into_iter()
+                .map(|o| TensorMetadata {
+                    name: o.name.into(),
+                    datatype: o.datatype.into(),
+                    shape: o.shape,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /v2`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerMetadata {
+    /// `inferencehub`.
+    pub name: &'static str,
+    /// The gateway's version.
+    pub version: &'static str,
+    /// The protocol extensions served.
+    pub extensions: Vec<&'static str>,
+}
+
+impl ServerMetadata {
+    /// This server's.
+    pub fn ours() -> Self {
+        Self {
+            name: "inferencehub",
+            version: env!("CARGO_PKG_VERSION"),
+            extensions: vec!["binary_tensor_data"],
+        }
+    }
+}
+
+/// `GET /v2/models/{name}/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelReady {
+    /// The model.
+    pub name: String,
+    /// Whether it answers.
+    pub ready: bool,
+}
+
+/// `GET /v2/health/live`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Live {
+    /// Always true while the gateway answers.
+    pub live: bool,
+}
+
+/// `GET /v2/health/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Whether a worker answers SERVING.
+    pub ready: bool,
+}
+
+/// `POST /v2/models/{name}[/versions/{version}]/infer` as a [`Protocol`].
+pub struct V2 {
+    id: Option<String>,
+    /// Each requested output with whether it goes as binary data; `None`: every output,
+    /// binary when `binary_data_output` asked for it.
+    outputs: Option<Vec<(String, bool)>>,
+    binary_default: bool,
+}
+
+impl NamePlace for V2 {
+    fn name(&self, place: &Place) -> String {
+        match place {
+            Place::Model => "name".into(),
+            Place::Batch => "inputs[0].shape".into(),
+            Place::Input(i, e) => match e.element {
+                Some(j) => format!("inputs[0].data[{i}][{j}]"),
+                None => format!("inputs[0].data[{i}]"),
+            },
+            Place::Tensor(k, member) => format!("inputs[{k}].{member}"),
+            Place::Tensors => "inputs".into(),
+            Place::Output(i) => format!("outputs[{i}].name"),
+            Place::Named(name) => name.clone(),
+        }
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem::invalid(vec![FieldError::new(field, message)])
+}
+
+fn flag(parameters: &Option<Parameters>, name: &str) -> Option<bool> {
+    parameters.as_ref()?.get(name)?.as_bool()
+}
+
+/// Flattens nested JSON arrays into their leaves.
+fn leaves<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
+        other => out.push(other),
+    }
+}
+
+/// Decodes tensor `k`'s elements from JSON or from `binary`, taking what it uses.
+fn tensor(k: usize, input: InferInput, binary: &mut &[u8]) -> Result<Tensor, Problem> {
+    let at = |member: &str| format!("inputs[{k}].{member}");
+    let shape: Vec<usize> = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| err(at("shape"), "dimensions must be 0 or more"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| err(at("shape"), "is too large"))?;
+    // Elements per input (the first dimension counts the inputs): names `data[row]`.
+    let per_row = shape.iter().skip(1).product::<usize>().max(1);
+    let element = |e: usize| format!("inputs[{k}].data[{}]", e / per_row);
+    let text = match input.datatype.as_str() {
+        "BYTES" => true,
+        "FP32" => false,
+        _ => return Err(err(at("datatype"), "must be BYTES or FP32")),
+    };
+    let binary_size = input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"));
+    let data = match (binary_size, input.data) {
+        (Some(size), None) => {
+            let size = size
+                .as_u64()
+                .ok_or_else(|| err(at("parameters.binary_data_size"), "must be a byte count"))?
+                as usize;
+            if size > binary.len() {
+                return Err(err(
+                    at("parameters.binary_data_size"),
+                    format!("is {size}, but {} bytes follow the JSON", binary.len()),
+                ));
+            }
+            let (data, rest) = binary.split_at(size);
+            *binary = rest;
+            if text {
+                TensorData::Bytes(decode_bytes(data, count, at("data"), &element)?)
+            } else {
+                if data.len() != count * 4 {
+                    return Err(err(
+                        at("parameters.binary_data_size"),
+                        format!(
+                            "shape {shape:?} needs {} bytes of FP32, got {}",
+                            count * 4,
+                            data.len()
+                        ),
+                    ));
+                }
+                let values: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                TensorData::Fp32(values)
+            }
+        }
+        (None, Some(data)) => {
+            let mut values = Vec::new();
+            leaves(&data, &mut values);
+            if values.len() != count {
+                return Err(err(
+                    at("data"),
+                    format!("shape says {count} elements, data has {}", values.len()),
+                ));
+            }
+            if text {
+                let texts = values
+                    .iter()
+                    .enumerate()
+                    .map(|(e, v)| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| err(element(e), "must be a string"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                TensorData::Bytes(texts)
+            } else {
+                let numbers = values
+                    .iter()
+                    .enumerate()
+                    .map(|(e, v)| {
+                        let x = v
+                            .as_f64()
+                            .ok_or_else(|| err(element(e), "must hold numbers"))?;
+                        finite_f32::narrow::<serde_json::Error>(x)
+                            .map_err(|_| err(element(e), "a value is beyond the FP32 range"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                TensorData::Fp32(numbers)
+            }
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                at("data"),
+                "send `data` or `parameters.binary_data_size`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(err(
+                at("data"),
+                "is required (or binary data with `parameters.binary_data_size`)",
+            ));
+        }
+    };
+    Ok(Tensor {
+        name: input.name,
+        shape,
+        data,
+    })
+}
+
+fn decode_bytes(
+    mut data: &[u8],
+    n: usize,
+    whole: String,
+    element: &dyn Fn(usize) -> String,
+) -> Result<Vec<String>, Problem> {
+    let mut out = Vec::with_capacity(n.min(4096));
+    while !data.is_empty() {
+        let field = element(out.len());
+        if data.len() < 4 {
+            return Err(err(field, "a BYTES element needs a 4-byte length"));
+        }
+        let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if data.len() - 4 < len {
+            return Err(err(field, format!("says {len} bytes, fewer follow")));
+        }
+        let text =
+            std::str::from_utf8(&data[4..4 + len]).map_err(|_| err(field, "must be UTF-8 text"))?;
+        out.push(text.to_string());
+        data = &data[4 + len..];
+    }
+    if out.len() != n {
+        return Err(err(
+            whole,
+            format!(
+                "shape says {n} elements, the binary data holds {}",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+impl Protocol for V2 {
+    fn decode(req: &Request, route: &Matched) -> Result<(Self, Command), Problem> {
+        let body = req.body().as_ref();
+        let header = req
+            .headers()
+            .get(HEADER_LENGTH)
+            .map(|v| v.to_str().unwrap_or("invalid"));
+        let (json_part, mut binary) = match header {
+            None => (body, &[][..]),
+            Some(text) => {
+                let n: usize = text.trim().parse().map_err(|_| {
+                    err(
+                        "Inference-Header-Content-Length",
+                        "must be the length in bytes of the JSON part",
+                    )
+                })?;
+                if n > body.len() {
+                    return Err(err(
+                        "Inference-Header-Content-Length",
+                        format!("is {n}, longer than the {}-byte body", body.len()),
+                    ));
+                }
+                body.split_at(n)
+            }
+        };
+        let request: InferRequest = json_body(json_part).map_err(|e| Problem::invalid(vec![e]))?;
+        let binary_default = flag(&request.parameters, "binary_data_output").unwrap_or(false);
+        let tensors = request
+            .inputs
+            .into_iter()
+            .enumerate()
+            .map(|(k, input)| tensor(k, input, &mut binary))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !binary.is_empty() {
+            return Err(err(
+                "Inference-Header-Content-Length",
+                format!("{} bytes after the JSON belong to no input", binary.len()),
+            ));
+        }
+        let outputs: Option<Vec<(String, bool)>> = request.outputs.map(|requested| {
+            requested
+                .into_iter()
+                .map(|o| {
+                    let binary = flag(&o.parameters, "binary_data").unwrap_or(binary_default);
+                    (o.name, binary)
+                })
+                .collect()
+        });
+        let command = Command {
+            model: route.param("name").unwrap_or_default().to_string(),
+            version: route.param("version").map(str::to_string),
+            inputs: Inputs::Tensors(tensors),
+            outputs: outputs
+                .as_ref()
+                .map(|o| o.iter().map(|(name, _)| name.clone()).collect()),
+        };
+        let protocol = Self {
+            id: request.id,
+            outputs,
+            binary_default,
+        };
+        Ok((protocol, command))
+    }
+
+    fn encode(self, answer: Answer<'_>) -> Response<Body> {
+        let results = &answer.batch.results;
+        let n = results.len();
+        let wanted: Vec<(&'static str, bool)> = command::outputs(answer.model)
+            .into_iter()
+            .filter_map(|spec| match &self.outputs {
+                None => Some((spec.name, self.binary_default)),
+                Some(asked) => asked
+                    .iter()
+                    .find(|(name, _)| name == spec.name)
+                    .map(|(_, binary)| (spec.name, *binary)),
+            })
+            .collect();
+        // In the order asked for, else the model's.
+        let order = |name: &str| {
+            self.outputs
+                .as_ref()
+                .and_then(|o| o.iter().position(|(n, _)| n == name))
+                .unwrap_or(0)
+        };
+        let mut wanted = wanted;
+        wanted.sort_by_key(|(name, _)| order(name));
+        let mut binary = Vec::new();
+        let outputs = wanted
+            .into_iter()
+            .map(|(name, as_binary)| {
+                let (datatype, shape, data) = match name {
+                    "label" => (
+                        "BYTES",
+                        vec![n],
+                        OutputData::Text(results.iter().map(|r| r.label.clone()).collect()),
+                    ),
+                    "probability" => (
+                        "FP32",
+                        vec![n],
+                        OutputData::Float(results.iter().map(|r| r.probability).collect()),
+                    ),
+                    "scores" => {
+                        // The worker sends every label's score in the model's label order.
+                        let width = results.first().map_or(0, |r| r.scores.len());
+                        let flat = results
+                            .iter()
+                            .flat_map(|r| r.scores.iter().map(|s| s.probability));
+                        ("FP32", vec![n, width], OutputData::Float(flat.collect()))
+                    }
+                    _ => {
+                        let width = results.first().map_or(0, |r| r.values.len());
+                        let flat = results.iter().flat_map(|r| r.values.iter().copied());
+                        ("FP32", vec![n, width], OutputData::Float(flat.collect()))
+                    }
+                };
+                let mut output = OutputTensor {
+                    name,
+                    datatype,
+                    shape,
+                    data: None,
+                    parameters: None,
+                };
+                if as_binary {
+                    let start = binary.len();
+                    data.write_binary(&mut binary);
+                    output.parameters = Some(BinaryParameters {
+                        binary_data_size: binary.len() - start,
+                    });
+                } else {
+                    output.data = Some(data);
+                }
+                output
+            })
+            .collect();
+        let body = InferResponse {
+            model_name: answer.batch.model_name,
+            model_version: answer.batch.model_version,
+            id: self.id,
+            outputs,
+        };
+        if binary.is_empty() {
+            return json_response(200, &body);
+        }
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        let length = json.len();
+        let mut bytes = json.into_bytes();
+        bytes.extend_from_slice(&binary);
+        let mut response = Response::new(Body::Binary(bytes));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        response
+            .headers_mut()
+            .insert(HEADER_LENGTH, http::HeaderValue::from(length));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inferencehub_proto::pb::{LabelScore, ModelKind, PredictBatchResponse, PredictResponse};
+    use serde_json::json;
+
+    fn iris() -> ModelInfo {
+        ModelInfo {
+            name: "iris".into(),
+            version: "1".into(),
+            kind: ModelKind::Tabular as i32,
+            feature_count: 4,
+            labels: vec!["setosa".into(), "versicolor".into(), "virginica".into()],
+            ..Default::default()
+        }
+    }
+
+    fn request(body: Vec<u8>, header: Option<usize>) -> Request {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri("/v2/models/iris/infer");
+        if let Some(n) = header {
+            req = req.header(HEADER_LENGTH, n.to_string());
+        }
+        req.body(Body::Binary(body)).unwrap()
+    }
+
+    fn decode(req: &Request) -> Result<(V2, Command), Problem> {
+        let route = crate::router::Matched::find(crate::router::Function::Predict, req)
+            .expect("a predict route");
+        V2::decode(req, &route)
+    }
+
+    fn fields(r: Result<(V2, Command), Problem>) -> Vec<String> {
+        r.err()
+            .unwrap()
+            .errors
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn json_and_binary_inputs_decode_to_the_same_command() {
+        let json_body = json!({"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32",
+            "data": [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]]}]});
+        let (a, ca) = decode(&request(json_body.to_string().into_bytes(), None)).unwrap();
+        let header = json!({"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32",
+            "parameters": {"binary_data_size": 32}}], "parameters": {"binary_data_output": true}})
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        for x in [5.1f32, 3.5, 1.4, 0.2, 6.0, 2.2, 5.0, 1.5] {
+            body.extend_from_slice(&x.to_le_bytes());
+        }
+        let (b, cb) = decode(&request(body, Some(header.len()))).unwrap();
+        assert_eq!(ca, cb);
+        assert_eq!(ca.model, "iris");
+        assert!(b.binary_default && !a.binary_default);
+        let sent = ca.inputs.bind(&iris()).unwrap();
+        assert_eq!(sent.len(), 2);
+
+        let header = json!({"inputs": [{"name": "prompt", "shape": [2], "datatype": "BYTES",
+            "parameters": {"binary_data_size": 15}}]})
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        for s in ["good", "bad"] {
+            body.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            body.extend_from_slice(s.as_bytes());
+        }
+        let (_, c) = decode(&request(body, Some(header.len()))).unwrap();
+        let Inputs::Tensors(t) = c.inputs else {
+            panic!()
+        };
+        assert_eq!(
+            t[0].data,
+            TensorData::Bytes(vec!["good".into(), "bad".into()])
+        );
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let req = |v: Value| decode(&request(v.to_string().into_bytes(), None));
+        let input = |shape: Value, data: Value| json!({"inputs": [{"name": "features", "shape": shape, "datatype": "FP32", "data": data}]});
+        assert_eq!(fields(decode(&request(b"{".to_vec(), None))), ["body"]);
+        assert_eq!(
+            fields(req(
+                json!({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]})
+            )),
+            ["inputs[0].datatype"]
+        );
+        assert_eq!(
+            fields(req(input(json!([-1, 4]), json!([])))),
+            ["inputs[0].shape"]
+        );
+        assert_eq!(
+            fields(req(input(json!([2, 4]), json!([1, 2, 3])))),
+            ["inputs[0].data"]
+        );
+        assert_eq!(
+            fields(req(input(json!([2, 4]), json!([1, 2, 3, 4, 5, "x", 7, 8])))),
+            ["inputs[0].data[1]"]
+        );
+        // Binary: a length that lies, and bytes that belong to nothing.
+        let header = json!({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
+            "parameters": {"binary_data_size": 16}}]})
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&[0u8; 20]);
+        assert_eq!(
+            fields(decode(&request(body.clone(), Some(9999)))),
+            ["Inference-Header-Content-Length"]
+        );
+        assert_eq!(
+            fields(decode(&request(body, Some(header.len())))),
+            ["Inference-Header-Content-Length"]
+        );
+        let text = json!({"inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES",
+            "parameters": {"binary_data_size": 6}}]})
+        .to_string();
+        let mut body = text.clone().into_bytes();
+        body.extend_from_slice(&[2, 0, 0, 0, 0xff, 0xfe]);
+        assert_eq!(
+            fields(decode(&request(body, Some(text.len())))),
+            ["inputs[0].data[0]"]
+        );
+    }
+
+    #[test]
+    fn responses_follow_the_requested_outputs_in_json_or_binary() {
+        let batch = PredictBatchResponse {
+            model_name: "iris".into(),
+            model_version: "1".into(),
+            results: vec![PredictResponse {
+                label: "setosa".into(),
+                probability: 0.9,
+                scores: ["setosa", "versicolor", "virginica"]
+                    .iter()
+                    .zip([0.9, 0.06, 0.04])
+                    .map(|(l, p)| LabelScore {
+                        label: l.to_string(),
+                        probability: p,
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let protocol = V2 {
+            id: Some("r1".into()),
+            outputs: Some(vec![("scores".into(), false), ("label".into(), true)]),
+            binary_default: false,
+        };
+        let model = iris();
+        let response = protocol.encode(Answer {
+            model: &model,
+            batch,
+            request_id: "x",
+        });
+        let Body::Binary(bytes) = response.body() else {
+            panic!("binary")
+        };
+        let n: usize = response.headers()[HEADER_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes[..n]).unwrap();
+        assert_eq!(body["id"], "r1");
+        assert_eq!(body["outputs"][0]["name"], "scores");
+        assert_eq!(body["outputs"][0]["shape"], json!([1, 3]));
+        let scores: Vec<f64> = serde_json::from_value(body["outputs"][0]["data"].clone()).unwrap();
+        assert!((scores[0] - 0.9).abs() < 1e-6 && (scores[2] - 0.04).abs() < 1e-6);
+        assert_eq!(body["outputs"][1]["parameters"]["binary_data_size"], 10);
+        assert_eq!(
+            &bytes[n..],
+            [6, 0, 0, 0, b's', b'e', b't', b'o', b's', b'a']
+        );
+    }
+}

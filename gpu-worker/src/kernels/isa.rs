@@ -1,0 +1,56 @@
+//! The instruction sets the kernels are compiled for, and running a kernel on one.
+
+/// An instruction set the kernels run on. Holding one proves the CPU has it.
+#[derive(Debug, Clone, Copy)]
+pub enum Isa {
+    /// Plain scalar code: every CPU.
+    Scalar,
+    /// AVX2 with FMA (x86-64-v3).
+    #[cfg(target_arch = "x86_64")]
+    Avx2(pulp::x86::V3),
+    /// AVX-512 (x86-64-v4).
+    #[cfg(target_arch = "x86_64")]
+    Avx512(pulp::x86::V4),
+}
+
+impl Isa {
+    /// The widest this CPU has.
+    pub fn best() -> Self {
+        Self::all().pop().unwrap_or(Self::Scalar)
+    }
+
+    /// Every instruction set this CPU runs, narrowest first.
+    pub fn all() -> Vec<Self> {
+        let mut all = vec![Self::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            all.extend(pulp::x86::V3::try_new().map(Self::Avx2));
+            all.extend(pulp::x86::V4::try_new().map(Self::Avx512));
+        }
+        all
+    }
+
+    /// Its name: `scalar`, `avx2`, `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2(_) => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(_) => "avx512",
+        }
+    }
+
+    /// Runs `op` compiled for this instruction set.
+    #[inline(always)]
+    pub fn run<Op: pulp::WithSimd>(self, op: Op) -> Op::Output {
+        use pulp::Simd;
+        match self {
+            Self::Scalar => Simd::vectorize(pulp::Scalar::new(), op),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2(simd) => Simd::vectorize(simd, op),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(simd) => Simd::vectorize(simd, op),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The CPU encoder's kernels: embeddings, bias + GELU, residual + LayerNorm and attention,
+//! written once over pulp's `Simd` trait and compiled for each instruction set. Which one
+//! runs is an [`Isa`] value chosen at load ([`Isa::best`]); tests and benchmarks pick each
+//! explicitly, and [`reference`] holds the plain scalar arithmetic every path is held to.
+//!
+//! Each entry point splits its rows over the rayon pool; each task runs one kernel struct
+//! (a `pulp::WithSimd`) whose `with_simd` is `#[inline(always)]`, as is everything its loops
+//! call, so the whole body is compiled inside pulp's target-feature function.
+
+mod isa;
+mod math;
+mod ops;
+pub mod reference;
+
+pub use isa::Isa;
+pub use math::{erf, exp, gelu};
+pub use ops::{Norm, attention, bias_gelu, embed, residual_norm};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Every kernel on every instruction set this CPU has (scalar, AVX2, AVX-512 on the
+//! machines this project is built on), each held to the plain reference.
+
+use super::math::{exp_simd, gelu_simd};
+use super::*;
+
+/// The vector forms of [`exp`] and [`gelu`] over `xs`, on one instruction set (tests).
+struct VectorMath(Vec<f32>);
+
+impl pulp::WithSimd for VectorMath {
+    type Output = (Vec<f32>, Vec<f32>);
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> Self::Output {
+        let mut g = self.0.clone();
+        let mut e = self.0;
+        let (head, tail) = S::as_mut_simd_f32s(&mut g);
+        head.iter_mut().for_each(|v| *v = gelu_simd(simd, *v));
+        tail.iter_mut().for_each(|v| *v = gelu(*v));
+        let (head, tail) = S::as_mut_simd_f32s(&mut e);
+        head.iter_mut().for_each(|v| *v = exp_simd(simd, *v));
+        tail.iter_mut().for_each(|v| *v = exp(*v));
+        (g, e)
+    }
+}
+
+/// A deterministic pseudo-random sequence in [-scale, scale).
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn norm(h: usize) -> Norm {
+    Norm {
+        gamma: values(h, 7, 1.5),
+        beta: values(h, 8, 0.5),
+        eps: 1e-12,
+    }
+}
+
+/// Largest |a - b| / max(1, |b|).
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_instruction_set_this_cpu_has_is_tested() {
+    let names: Vec<&str> = Isa::all().into_iter().map(Isa::name).collect();
+    eprintln!("kernels run here on: {names:?}");
+    assert_eq!(names[0], "scalar");
+    assert_eq!(Isa::best().name(), *names.last().unwrap());
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        assert_eq!(names, ["scalar", "avx2", "avx512"]);
+    }
+}
+
+#[test]
+fn exp_erf_and_gelu_match_the_reference() {
+    for i in -2000..=2000 {
+        let x = i as f32 / 50.0;
+        let want = f64::from(x).exp();
+        let got = f64::from(exp(x));
+        assert!(
+            ((got - want) / want).abs() < 1e-6,
+            "exp({x}) = {got}, want {want}"
+        );
+    }
+    for i in -600..=600 {
+        let x = i as f32 / 100.0;
+        let want = reference::erf(f64::from(x));
+        assert!((f64::from(erf(x)) - want).abs() < 1e-6, "erf({x})");
+    }
+    assert!(exp(-200.0) < 1e-37);
+    let xs = values(4099, 1, 8.0);
+    for isa in Isa::all() {
+        let (g, e) = isa.run(VectorMath(xs.clone()));
+        for ((x, g), e) in xs.iter().zip(g).zip(e) {
+            let want = reference::gelu(f64::from(*x)) as f32;
+            assert!(
+                (g - want).abs() <= 2e-6 * x.abs().max(1.0),
+                "{} gelu({x})",
+                isa.name()
+            );
+            assert!(
+                (e - exp(*x)).abs() <= 1e-6 * exp(*x),
+                "{} exp({x})",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn embeddings_match_the_reference() {
+    let (h, vocab, positions) = (40, 50, 20);
+    let word = values(vocab * h, 2, 1.0);
+    let position = values(positions * h, 3, 1.0);
+    let type0 = values(h, 4, 0.2);
+    let norm = norm(h);
+    let rows: Vec<(u32, usize)> = (0..37)
+        .map(|i| ((i * 7 % vocab) as u32, i % positions))
+        .collect();
+    let want = reference::embed(&rows, &word, &position, &type0, &norm);
+    for isa in Isa::all() {
+        let mut out = vec![0f32; rows.len() * h];
+        embed(isa, &mut out, &rows, &word, &position, &type0, &norm);
+        assert!(
+            worst(&out, &want) < 1e-5,
+            "{}: {}",
+            isa.name(),
+            worst(&out, &want)
+        );
+    }
+}
+
+#[test]
+fn bias_gelu_and_residual_norm_match_the_reference() {
+    // Widths that are and are not whole vectors, so the tails run too.
+    for w in [16, 37, 384] {
+        let rows = 21;
+        let input = values(rows * w, 5, 4.0);
+        let other = values(rows * w, 6, 4.0);
+        let bias = values(w, 9, 1.0);
+        let norm = norm(w);
+        let gelu_want = reference::bias_gelu(&input, &bias);
+        let norm_want = reference::residual_norm(&input, &other, &bias, &norm);
+        for isa in Isa::all() {
+            let mut out = vec![0f32; rows * w];
+            bias_gelu(isa, &mut out, &input, &bias);
+            assert!(worst(&out, &gelu_want) < 1e-5, "{} gelu w={w}", isa.name());
+            residual_norm(isa, &mut out, &input, &other, &bias, &norm);
+            assert!(worst(&out, &norm_want) < 1e-5, "{} norm w={w}", isa.name());
+        }
+    }
+}
+
+#[test]
+fn attention_matches_the_reference() {
+    // Sequences of 1, 5, 17 and 64 tokens; head sizes that are and are not whole vectors.
+    for (hidden, heads) in [(64, 4), (48, 4), (96, 3)] {
+        let offsets = [0, 1, 6, 23, 87];
+        let tokens = offsets[offsets.len() - 1];
+        let qkv = values(tokens * 3 * hidden, 10, 2.0);
+        let bias = values(3 * hidden, 11, 0.5);
+        let want = reference::attention(&qkv, &bias, &offsets, heads);
+        for isa in Isa::all() {
+            let got = attention(isa, &qkv, &bias, &offsets, heads);
+            let w = worst(&got, &want);
+            assert!(
+                w < 1e-5,
+                "{} hidden={hidden} heads={heads}: {w}",
+                isa.name()
+            );
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `inferencehub-bench`: measurements (`make bench-*`, the chaos, soak and load scripts, and
+//! the GPU check, which carries this binary). Nothing here ships.
+
+use clap::{Parser, Subcommand};
+use inferencehub_bench::{load, measure};
+
+/// InferenceHub measurement tooling.
+#[derive(Debug, Parser)]
+#[command(name = "inferencehub-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Answer a file of inputs with one model, as JSON lines (CPU vs GPU checks).
+    Classify(measure::ClassifyArgs),
+    /// Time (and profile) a text encoder's forward pass, driven over stdin (the GPU check).
+    BenchEncoder(measure::BenchEncoderArgs),
+    /// Send load to the gateway (HTTP) or a worker (gRPC) and print requests, failures,
+    /// latency and batch sizes.
+    Load(load::LoadArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Classify(args) => measure::classify(&args),
+        Command::BenchEncoder(args) => measure::bench_encoder(&args),
+        Command::Load(args) => load::run(args).await,
+    }
+}
