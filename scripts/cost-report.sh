@@ -27,12 +27,12 @@ echo "13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650" >"$OUT/win
 for m in sentiment iris wine; do
   echo "== $m: the predict function's duration (20 req/s, 15 s), then the worker's throughput (32 callers, 10 s)"
   start=$(wc -l <.local/lambda.log)
-  "$BIN/inferencehub-bench" load --models "$m" --rate 20 --duration 15 --quiet --json >"$OUT/$m.load.json"
+  "$BIN/inferencehub-bench" load --models "$m" --rate 20 --duration 15s --quiet --json >"$OUT/$m.load.json"
   sleep 1
   tail -n +"$((start + 1))" .local/lambda.log >"$OUT/$m.lambda.log"
   "$BIN/inferencehub-bench" load --worker-addr "${IHUB_GATEWAY_WORKER_ADDRS%%,*}" \
     --tls-ca "$IHUB_CERTS_DIR/ca.pem" --tls-cert "$IHUB_CERTS_DIR/client.pem" --tls-key "$IHUB_CERTS_DIR/client.key" \
-    --models "$m" --inputs "$OUT/$m.inputs" --rate 0 --concurrency 32 --duration 10 --quiet --json >"$OUT/$m.worker.json"
+    --models "$m" --inputs "$OUT/$m.inputs" --rate 0 --concurrency 32 --duration 10s --quiet --json >"$OUT/$m.worker.json"
 done
 
 python3 - "$OUT" <<'PY'

@@ -3,8 +3,11 @@
 #   local DynamoDB (LocalStack with Docker, else dynalite) + rate-limit table
 #   -> inferencehub-worker on CPU (mTLS, demo models); WORKERS=N replicas on their own ports
 #   -> `cargo lambda watch` serving the predict, models and health functions
+#   -> the same functions over plain HTTP for the binary Open Inference Protocol
 # Writes .local/dev.env for scripts and .local/pids/ (one file per process group it
-# started). Ctrl-C or SIGTERM stops exactly those process groups, nothing else.
+# started). When a process it started exits during start-up, it stops at once and shows
+# that process's log. Ctrl-C or SIGTERM stops exactly those process groups, nothing else:
+# SIGTERM first, SIGKILL for whatever is still there 10 s later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,7 @@ V2_PORT="${IHUB_DEV_V2_PORT:-9001}"
 ISSUER="${IHUB_GATEWAY_JWT_ISSUER:-https://inferencehub.local/dev}"
 AUDIENCE="${IHUB_GATEWAY_JWT_AUDIENCE:-inferencehub}"
 TABLE="${IHUB_GATEWAY_RATE_LIMIT_TABLE:-inferencehub-rate-limits}"
+MODEL_DIR="${IHUB_DEV_MODEL_DIR:-models}"
 WORKERS="${WORKERS:-1}"
 case "$WORKERS" in
   '' | *[!0-9]* | 0) echo "WORKERS must be a positive number, not '$WORKERS'" >&2; exit 1 ;;
@@ -36,33 +40,44 @@ mkdir -p "$LOCAL"
 rm -rf "$LOCAL/pids"
 mkdir -p "$LOCAL/pids"
 
+started_at=$SECONDS
+step() { printf '== [%3ds] %s\n' "$((SECONDS - started_at))" "$*"; }
+
 # Every long-running child starts in a process group of its own (setsid; its pid is the
 # group id), so stopping signals exactly what this script started, children included
 # (cargo lambda runs the functions as its children), and never the same command started
 # from another checkout.
-pids=()
-compose=""
+pids=() names=() logs=()
+compose="" prepare=""
 start_group() { # name, log file, command...
   local name=$1 log=$2; shift 2
   setsid "$@" >"$log" 2>&1 &
-  pids+=($!)
+  pids+=($!) names+=("$name") logs+=("$log")
   echo $! >"$LOCAL/pids/$name.pid"
 }
+alive() { kill -0 -- "-$1" 2>/dev/null; }
 cleanup() {
-  trap - EXIT INT TERM
+  # A second Ctrl-C or SIGTERM (make forwards one to its recipe too) must not cut the
+  # clean-up short: both are ignored from here on.
+  trap '' INT TERM
+  trap - EXIT
   echo
   echo "stopping the local stack..."
-  for pid in "${pids[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
+  [ -z "$prepare" ] || kill -TERM -- "-$prepare" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 10)) left
+  while :; do
+    left=""
+    for pid in "${pids[@]}"; do alive "$pid" && left="$left $pid"; done
+    [ -n "$left" ] && [ "$SECONDS" -lt "$deadline" ] || break
+    sleep 0.2
   done
   # Whatever ignored SIGTERM for 10 s (a stopped process, say) is killed.
-  for pid in "${pids[@]}"; do
+  for pid in $left; do
     kill -CONT -- "-$pid" 2>/dev/null || true
     kill -KILL -- "-$pid" 2>/dev/null || true
   done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$LOCAL/pids"
   if [ -n "$compose" ]; then
     docker compose -f localstack/docker-compose.yml down >/dev/null 2>&1 || true
@@ -70,15 +85,35 @@ cleanup() {
   echo "stopped."
 }
 trap cleanup EXIT
-trap 'exit 0' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
+# While starting: a process of the stack that exited takes the whole start-up with it,
+# with its log on screen.
+check_started() {
+  local i
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      local status=0
+      wait "${pids[$i]}" 2>/dev/null || status=$?
+      echo >&2
+      echo "${names[$i]} exited during start-up (status $status); its log (${logs[$i]}) ends:" >&2
+      tail -n 30 "${logs[$i]}" | sed 's/^/  | /' >&2
+      exit 1
+    fi
+  done
+}
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-  for _ in $(seq 1 "${2:-120}"); do
-    if ! port_free "$1"; then return 0; fi
+listening() { ! port_free "$1"; }
+wait_for() { # what, seconds, command...: polls the command every 0.5 s
+  local what=$1 seconds=$2; shift 2
+  local tries=$((seconds * 2))
+  for _ in $(seq 1 "$tries"); do
+    check_started
+    "$@" && return 0
     sleep 0.5
   done
-  echo "nothing answered on port $1" >&2
+  echo "$what did not come up in ${seconds}s; logs: $LOCAL/*.log" >&2
   return 1
 }
 worker_ports=() metrics_ports=()
@@ -90,25 +125,40 @@ for port in "$API_PORT" "$V2_PORT" "${worker_ports[@]}" "${metrics_ports[@]}" "$
   port_free "$port" || { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
 done
 
-echo "== tools"
-if ! command -v cargo-lambda >/dev/null 2>&1; then
-  python3 -m pip install --quiet cargo-lambda ziglang
-fi
-make --no-print-directory -s models dynalite
+# What only needs the network (pip, npm, the encoder's weights, the wine model's Python
+# environment) runs beside the build, which needs the CPUs.
+step "in the background: cargo-lambda, dynalite, the demo models' inputs (log: $LOCAL/prepare.log)"
+setsid bash -c '
+  set -e
+  command -v cargo-lambda >/dev/null 2>&1 || python3 -m pip install --quiet cargo-lambda ziglang
+  make --no-print-directory -s dynalite model-inputs
+' >"$LOCAL/prepare.log" 2>&1 &
+prepare=$!
 
-echo "== build (a fresh clone compiles for about five minutes; cargo shows its progress)"
-# One package at a time: `cargo lambda watch` runs `cargo run -p inferencehub-functions`,
-# whose feature set is the functions package's own, so this build is the one it reuses.
-cargo build -p inferencehub-worker --bins
+step "build: every binary in one cargo invocation (a fresh clone compiles for about four minutes)"
+# One invocation, no -p: every package's dependencies are built once with the workspace's
+# features, and `cargo lambda watch` below (also without -p) reuses them instead of
+# compiling another variant.
+cargo build --workspace --bins
 [ "$WORKER_PROFILE" = debug ] || cargo build --release -p inferencehub-worker --bin inferencehub-worker
-cargo build -p inferencehub-tools --bin inferencehub-dev
-cargo build -p inferencehub-functions --bins
 
-echo "== certificates and signing keys (.local/)"
+step "waiting for the background preparation"
+if ! wait "$prepare"; then
+  prepare=""
+  echo "preparing failed; $LOCAL/prepare.log ends:" >&2
+  tail -n 30 "$LOCAL/prepare.log" | sed 's/^/  | /' >&2
+  exit 1
+fi
+prepare=""
+
+step "demo models (models/)"
+make --no-print-directory -s models
+
+step "certificates and signing keys ($LOCAL/)"
 [ -f "$LOCAL/certs/health.pem" ] || "$BIN/inferencehub-dev" gen-certs --out "$LOCAL/certs" >/dev/null
 "$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" >/dev/null
 
-echo "== DynamoDB on 127.0.0.1:$DYNAMODB_PORT"
+step "DynamoDB on 127.0.0.1:$DYNAMODB_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DYNAMODB_PORT"
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
 if [ "$DYNAMODB_PORT" = 4566 ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
@@ -119,7 +169,7 @@ else
   start_group dynamodb "$LOCAL/dynamodb.log" localstack/dynalite.sh "$DYNAMODB_PORT"
   echo "no Docker engine: dynalite started (log: $LOCAL/dynamodb.log)"
 fi
-wait_port "$DYNAMODB_PORT" 240
+wait_for DynamoDB 240 listening "$DYNAMODB_PORT"
 "$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$TABLE"
 
 worker_urls=() metrics_urls=()
@@ -127,10 +177,10 @@ for i in $(seq 0 $((WORKERS - 1))); do
   n=$((i + 1))
   log="$LOCAL/worker.log"
   [ "$WORKERS" = 1 ] || log="$LOCAL/worker-$n.log"
-  echo "== worker $n of $WORKERS on 127.0.0.1:${worker_ports[$i]} (log: $log)"
+  step "worker $n of $WORKERS on 127.0.0.1:${worker_ports[$i]} (log: $log)"
   start_group "worker-$n" "$log" "$WORKER_BIN" serve \
     --listen "127.0.0.1:${worker_ports[$i]}" --metrics-listen "127.0.0.1:${metrics_ports[$i]}" \
-    --model-dir models \
+    --model-dir "$MODEL_DIR" \
     --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
     --tls-client-ca "$LOCAL/certs/ca.pem" \
     --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health
@@ -140,7 +190,7 @@ done
 WORKER_ADDRS="$(IFS=,; echo "${worker_urls[*]}")"
 METRICS_URLS="$(IFS=,; echo "${metrics_urls[*]}")"
 
-echo "== functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambda.log)"
+step "functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambda.log)"
 export IHUB_GATEWAY_JWT_ISSUER="$ISSUER" IHUB_GATEWAY_JWT_AUDIENCE="$AUDIENCE"
 export IHUB_GATEWAY_JWKS_FILE="$PWD/$LOCAL/jwt/dev-jwks.json"
 export IHUB_GATEWAY_WORKER_ADDRS="$WORKER_ADDRS"
@@ -154,26 +204,22 @@ export IHUB_GATEWAY_RATE_LIMIT_TABLE="$TABLE"
 watch_flags=(--concurrency "${IHUB_DEV_CONCURRENCY:-4}")
 [ -z "${IHUB_DEV_NO_RELOAD:-}" ] || watch_flags+=(--ignore-changes)
 start_group functions "$LOCAL/lambda.log" \
-  cargo-lambda lambda watch -p inferencehub-functions --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
+  cargo-lambda lambda watch --color never --invoke-address 127.0.0.1 --invoke-port "$API_PORT" \
   "${watch_flags[@]}"
 
 # The Open Inference Protocol's binary tensors are not UTF-8, which cargo lambda's HTTP
 # emulator cannot carry (API Gateway base64-encodes them): the same three handlers also
 # serve on a plain HTTP port, where /v2/... takes binary bodies.
-echo "== the same functions over plain HTTP on 127.0.0.1:$V2_PORT for /v2 (log: $LOCAL/gateway.log)"
+step "the same functions over plain HTTP on 127.0.0.1:$V2_PORT for /v2 (log: $LOCAL/gateway.log)"
 start_group gateway "$LOCAL/gateway.log" "$BIN/inferencehub-dev" gateway --listen "127.0.0.1:$V2_PORT"
 
 BASE="http://127.0.0.1:$API_PORT/lambda-url"
-echo "== waiting for $BASE/health/healthz"
-for i in $(seq 1 600); do
-  if curl -sf -o /dev/null "$BASE/health/healthz"; then break; fi
-  if [ "$i" = 600 ]; then
-    echo "the stack did not become healthy; see $LOCAL/*.log" >&2
-    exit 1
-  fi
-  sleep 1
+step "waiting for the workers to load their models and $BASE/health/healthz to answer"
+for port in "${metrics_ports[@]}"; do
+  wait_for "the worker on metrics port $port" 600 curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"
 done
-wait_port "$V2_PORT" 120
+wait_for "the health function" 600 curl -sf -o /dev/null -m 30 "$BASE/health/healthz"
+wait_for "the plain HTTP gateway" 120 listening "$V2_PORT"
 
 TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" --sub dev-user --scope predict --ttl 1h)"
 cat >"$LOCAL/dev.env" <<ENV
@@ -197,6 +243,7 @@ IHUB_CERTS_DIR=$PWD/$LOCAL/certs
 AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
 IHUB_GATEWAY_RATE_LIMIT_TABLE=$TABLE
 ENV
+step "up"
 
 cat <<MSG
 
@@ -233,4 +280,13 @@ A new token: $BIN/inferencehub-dev mint-token --keys-dir $LOCAL/jwt --sub alice 
 Press Ctrl-C to stop everything.
 MSG
 
-wait "${pids[@]}"
+# Until one of them stops (or a signal stops this script).
+while :; do
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "${names[$i]} stopped; its log: ${logs[$i]}" >&2
+      exit 1
+    fi
+  done
+  sleep 1
+done

@@ -13,10 +13,10 @@ mkdir -p "$OUT"
 . scripts/lib/stack.sh
 stack_up "$OUT" WORKERS="${WORKERS:-2}" IHUB_DEV_CONCURRENCY=8
 
-"$BIN/inferencehub-bench" load --rate 0 --concurrency 8 --duration 5 --quiet --json >/dev/null # warm-up
+"$BIN/inferencehub-bench" load --rate 0 --concurrency 8 --duration 5s --quiet --json >/dev/null # warm-up
 echo "| concurrency | requests | failed | req/s | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|---|"
 for c in 1 16 64; do
-  "$BIN/inferencehub-bench" load --rate 0 --concurrency "$c" --duration "$SECS" --quiet --json >"$OUT/c$c.json"
+  "$BIN/inferencehub-bench" load --rate 0 --concurrency "$c" --duration "${SECS}s" --quiet --json >"$OUT/c$c.json"
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); c=sys.argv[2]; print("| %s | %d | %d | %.1f | %.1f | %.1f |" % (c, s["sent"], s["failed"], s["rps"], s["p50_ms"], s["p99_ms"]))' "$OUT/c$c.json" "$c"
 done

@@ -48,10 +48,10 @@ PY
 }
 
 echo "== warm-up: ${WARMUP}s at $RATE req/s"
-"$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "$WARMUP" --quiet --json >"$OUT/warmup.json"
+"$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "${WARMUP}s" --quiet --json >"$OUT/warmup.json"
 sample start >"$OUT/samples.jsonl"
 echo "== soak: ${MINUTES} min at $RATE req/s (a progress line per second in $OUT/load.progress)"
-"$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "$((MINUTES * 60))" \
+"$BIN/inferencehub-bench" load --rate "$RATE" --concurrency 64 --duration "${MINUTES}m" \
   --json --csv "$OUT/load.csv" >"$OUT/load.json" 2>"$OUT/load.progress" &
 load=$!
 while kill -0 "$load" 2>/dev/null; do

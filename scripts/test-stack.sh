@@ -10,7 +10,14 @@ log=.local/test-stack.log
 
 scripts/dev.sh >"$log" 2>&1 &
 dev=$!
-stop() { kill -TERM "$dev" 2>/dev/null || true; wait "$dev" 2>/dev/null || true; }
+# Stopped the way process managers and `timeout` do, twice in a row (make forwards a
+# signal to its recipe too): the clean-up must still finish.
+stop() {
+  kill -TERM "$dev" 2>/dev/null || true
+  sleep 0.2
+  kill -TERM "$dev" 2>/dev/null || true
+  wait "$dev" 2>/dev/null || true
+}
 trap stop EXIT
 
 passed=0
@@ -66,6 +73,24 @@ check "SIGTERM stops every listener it started" \
 alive=""
 for g in $groups; do kill -0 -- "-$g" 2>/dev/null && alive="$alive $g"; done
 check "SIGTERM leaves no process of its groups behind" test -z "$alive"
+
+# A process of the stack that exits during start-up stops it at once, with its error: a
+# worker whose model folder holds a broken model.
+bad=$(mktemp -d)
+mkdir -p "$bad/broken"
+echo "not an ONNX graph" >"$bad/broken/model.onnx"
+started=$SECONDS
+set +e
+IHUB_DEV_MODEL_DIR="$bad" timeout 300 scripts/dev.sh >.local/test-stack-broken.log 2>&1
+status=$?
+set -e
+took=$((SECONDS - started))
+check "a worker refusing its model folder stops make dev at once (${took}s), showing why" \
+  bash -c "[ $status = 1 ] && grep -q 'worker-1 exited during start-up' .local/test-stack-broken.log \
+    && grep -q 'loading model .*broken' .local/test-stack-broken.log && [ $took -lt 120 ]"
+rm -rf "$bad"
+check "and leaves nothing listening" \
+  bash -c "$(declare -f port_free); port_free 9000 && port_free 9001 && port_free 50051 && port_free 4566 && port_free 9464"
 
 echo "stack: $passed passed, $failed failed"
 [ "$failed" = 0 ]

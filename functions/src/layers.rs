@@ -23,10 +23,7 @@ pub trait Handler: Send + Sync {
     const FUNCTION: Function;
 
     /// What the function does at one of its routes.
-    type Op: Copy + Send;
-
-    /// The function's own operation, if `op` is one.
-    fn op(op: Operation) -> Option<Self::Op>;
+    type Op: Copy + Send + TryFrom<Operation, Error = Operation>;
 
     /// Answers a request routed to `op`. A problem is an answer too (4xx/5xx), rendered
     /// by the layer, never a function error.
@@ -131,9 +128,9 @@ pub async fn serve<H: Handler>(handler: &H, req: Request) -> Response<Body> {
         let started = Instant::now();
         let mut cx = Context::new(H::FUNCTION.name(), request_id);
         let result = match Matched::find(H::FUNCTION, &req) {
-            Ok(route) => match H::op(route.route.op) {
-                Some(op) => handler.handle(op, req, &route, &mut cx).await,
-                None => Err(Problem::new(ErrorKind::NotFound, "no such route")),
+            Ok(route) => match H::Op::try_from(route.route.op) {
+                Ok(op) => handler.handle(op, req, &route, &mut cx).await,
+                Err(_) => Err(Problem::new(ErrorKind::NotFound, "no such route")),
             },
             Err(NoRoute::Method(allowed)) => Err(method_not_allowed(&allowed)),
             Err(NoRoute::NotFound) => Err(Problem::new(ErrorKind::NotFound, "no such route")),

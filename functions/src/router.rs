@@ -94,6 +94,23 @@ impl Operation {
     }
 }
 
+/// Each function's own operations, out of an [`Operation`] (the other functions' are errors).
+macro_rules! operations_of {
+    ($($function:ident => $op:ty),* $(,)?) => {
+        $(impl TryFrom<Operation> for $op {
+            type Error = Operation;
+            fn try_from(op: Operation) -> Result<Self, Operation> {
+                match op {
+                    Operation::$function(op) => Ok(op),
+                    other => Err(other),
+                }
+            }
+        })*
+    };
+}
+
+operations_of!(Predict => PredictOp, Models => ModelsOp, Health => HealthOp);
+
 /// One route of the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {

@@ -104,8 +104,8 @@ async fn main() -> anyhow::Result<()> {
                         tracing::info!("shutdown signal: NOT_SERVING, draining");
                         break;
                     }
-                    e = worker.failed() => {
-                        tracing::error!(error = %e, "stopping");
+                    _ = worker.failed() => {
+                        tracing::info!("models failed to load: NOT_SERVING, stopping");
                         break;
                     }
                     Some(()) = reload.recv() => match worker.reload_tls() {
@@ -114,7 +114,16 @@ async fn main() -> anyhow::Result<()> {
                     },
                 }
             }
-            worker.stop().await?;
+            // A worker that could not serve (a model it refused, say) exits non-zero, so a
+            // container scheduler or a script sees the failure, with the reason as the last
+            // log line rather than a backtrace.
+            if let Err(e) = worker.stop().await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "stopped: the worker could not serve"
+                );
+                std::process::exit(1);
+            }
             tracing::info!("stopped");
             Ok(())
         }

@@ -584,3 +584,21 @@ async fn tls_material_can_come_inline_from_the_environment() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("secret"));
 }
+
+/// A model folder the worker refuses stops it with a non-zero status and the reason in its
+/// log, so a scheduler (ECS, `make dev`) sees the failure instead of a worker that never
+/// serves.
+#[tokio::test]
+async fn a_refused_model_folder_exits_non_zero_naming_the_model() {
+    let models = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(models.path().join("broken")).unwrap();
+    std::fs::write(models.path().join("broken/model.onnx"), "not an ONNX graph").unwrap();
+    let mut worker = Worker::spawn(models.path(), &[]).await;
+    let status = tokio::time::timeout(Duration::from_secs(60), worker.child.wait())
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(worker.dir.path().join("worker.log")).unwrap();
+    assert!(log.contains("loading model \\\"broken\\\""), "{log}");
+}

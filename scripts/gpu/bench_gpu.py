@@ -190,7 +190,7 @@ def grpc(run, binary, bench, report):
             out = subprocess.run(
                 [bench, "load", "--worker-addr", addr, "--models", "sentiment", "--inputs",
                  str(run / "data" / "sentiment.tsv"), "--rate", "0", "--concurrency", str(callers),
-                 "--duration", str(LOAD_SECONDS), "--quiet", "--json"],
+                 "--duration", f"{int(LOAD_SECONDS * 1000)}ms", "--quiet", "--json"],
                 env=env, capture_output=True, text=True, timeout=120,
             )
             if out.returncode != 0:

@@ -60,15 +60,7 @@ pub fn configuration_md() -> String {
     out += "\n## The worker (`inferencehub-worker serve`)\n\n";
     out += "| variable | flag | default | meaning |\n|---|---|---|---|\n";
     for arg in serve.get_arguments() {
-        let Some(long) = arg.get_long().filter(|_| arg.get_id() != "help") else {
-            continue;
-        };
-        out += &format!(
-            "| {} | `--{long}` | {} | {} |\n",
-            env_of(arg).map_or("—".to_string(), |e| format!("`{e}`")),
-            default_of(arg),
-            help_of(arg)
-        );
+        out += &flag_row("", arg);
     }
     out += "\n## The worker's operator commands\n\n";
     out += "`inferencehub-worker predict | models | health | probe`: a mutual-TLS client of a\n";
@@ -77,18 +69,24 @@ pub fn configuration_md() -> String {
     out += "| command | variable | flag | default | meaning |\n|---|---|---|---|---|\n";
     for name in ["predict", "models", "health", "probe"] {
         for arg in subcommand(&worker, name).get_arguments() {
-            let Some(long) = arg.get_long().filter(|_| arg.get_id() != "help") else {
-                continue;
-            };
-            out += &format!(
-                "| {name} | {} | `--{long}` | {} | {} |\n",
-                env_of(arg).map_or("—".to_string(), |e| format!("`{e}`")),
-                default_of(arg),
-                help_of(arg)
-            );
+            out += &flag_row(&format!("| {name} "), arg);
         }
     }
     out
+}
+
+/// A table row for a command-line argument (none for `--help`): `prefix`, the variable, the
+/// flag, the default and the meaning.
+fn flag_row(prefix: &str, arg: &Arg) -> String {
+    let Some(long) = arg.get_long().filter(|_| arg.get_id() != "help") else {
+        return String::new();
+    };
+    format!(
+        "{prefix}| {} | `--{long}` | {} | {} |\n",
+        env_of(arg).map_or("—".to_string(), |e| format!("`{e}`")),
+        default_of(arg),
+        help_of(arg)
+    )
 }
 
 fn subcommand(command: &Command, name: &'static str) -> Command {

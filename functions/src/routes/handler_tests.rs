@@ -481,3 +481,31 @@ async fn the_same_input_through_every_protocol_makes_the_same_charge_and_call() 
     assert_eq!(sent[0].rows[0].features, [5.1, 3.5, 1.4, 0.2]);
     assert_eq!(sent[0].request_id, "same");
 }
+
+/// A model name that could add `WWW-Authenticate` parameters or unbounded metric
+/// dimensions is refused before anything else looks at it, in either protocol, naming where
+/// the request put it.
+#[tokio::test]
+async fn model_names_outside_the_allowed_set_are_refused_in_every_protocol() {
+    let app = TestApp::with_limit(100);
+    let token = app.token("predict");
+    let long = "m".repeat(65);
+    for name in ["", "iris\", scope=\"x", "a,b", "a b", long.as_str(), "ïris"] {
+        let body = serde_json::json!({"model_name": name, "features": [1, 2, 3, 4]});
+        let a = predict(&app, &body.to_string()).await;
+        assert_eq!(
+            (a.status, a.fields()),
+            (400, vec!["model_name"]),
+            "{name:?}"
+        );
+    }
+    for name in ["a,b", "x%22y", long.as_str()] {
+        let path = format!("/v2/models/{name}/infer");
+        let body =
+            r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+        let a = call(&app, "POST", &path, Some(&token), body).await;
+        assert_eq!((a.status, a.fields()), (400, vec!["name"]), "{name:?}");
+    }
+    assert_eq!(calls(&app), 0);
+    assert!(app.app.predict.limiter.charges().is_empty());
+}

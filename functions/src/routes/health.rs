@@ -12,7 +12,7 @@ use crate::config::HealthConfig;
 use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
 use crate::protocol::v2::{Live, Ready};
-use crate::router::{Function, HealthOp, Matched, Operation};
+use crate::router::{Function, HealthOp, Matched};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The health handler over a worker client.
@@ -43,13 +43,6 @@ impl Health<GrpcWorker> {
 impl<W: Worker> Handler for Health<W> {
     const FUNCTION: Function = Function::Health;
     type Op = HealthOp;
-
-    fn op(op: Operation) -> Option<HealthOp> {
-        match op {
-            Operation::Health(op) => Some(op),
-            _ => None,
-        }
-    }
 
     async fn handle(
         &self,

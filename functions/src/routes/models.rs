@@ -16,7 +16,7 @@ use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
 use crate::protocol::v1::{ModelList, ModelView, V1};
 use crate::protocol::v2::{ModelMetadata, ModelReady, ServerMetadata};
-use crate::router::{Function, Matched, ModelsOp, Operation};
+use crate::router::{Function, Matched, ModelsOp};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The catalogue handler over a worker client.
@@ -96,13 +96,6 @@ impl<W: Worker> Models<W> {
 impl<W: Worker> Handler for Models<W> {
     const FUNCTION: Function = Function::Models;
     type Op = ModelsOp;
-
-    fn op(op: Operation) -> Option<ModelsOp> {
-        match op {
-            Operation::Models(op) => Some(op),
-            _ => None,
-        }
-    }
 
     async fn handle(
         &self,

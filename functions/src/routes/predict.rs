@@ -27,7 +27,7 @@ use crate::ratelimit::{
     AnyLimiter, Decision, DynamoLimiter, MemoryLimiter, Policy, RateLimiter, StoreUnavailable,
     policy_header, state_header,
 };
-use crate::router::{Function, Matched, Operation, PredictOp};
+use crate::router::{Function, Matched, PredictOp};
 use crate::worker::{GrpcWorker, Worker};
 
 /// The predict handler over a rate limiter and a worker client.
@@ -289,13 +289,6 @@ impl<L: RateLimiter, W: Worker> Handler for Predict<L, W> {
     const FUNCTION: Function = Function::Predict;
 
     type Op = PredictOp;
-
-    fn op(op: Operation) -> Option<PredictOp> {
-        match op {
-            Operation::Predict(op) => Some(op),
-            _ => None,
-        }
-    }
 
     async fn handle(
         &self,

@@ -14,7 +14,7 @@ use clap::Args;
 use inferencehub_proto::ErrorKind;
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{FeatureRow, PredictBatchRequest};
-use inferencehub_proto::settings::WorkerClientTls;
+use inferencehub_proto::settings::{WorkerClientTls, duration};
 use tokio::sync::{Mutex, Semaphore};
 use tonic::transport::Channel;
 
@@ -40,15 +40,15 @@ pub struct LoadArgs {
     /// Most requests in flight.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// How long to send, in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// How long to send (`10s`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub duration: Duration,
     /// Stop after this many requests, whichever comes first.
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Per-request timeout, in milliseconds (a timeout counts as status 0).
-    #[arg(long, default_value_t = 10_000)]
-    pub timeout_ms: u64,
+    /// Per-request timeout (a timeout counts as status 0).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub timeout: Duration,
     /// Models to mix, comma-separated, one request each in turn.
     #[arg(long, value_delimiter = ',', default_value = "sentiment,iris,wine")]
     pub models: Vec<String>,
@@ -420,11 +420,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             .collect(),
         rate: args.rate,
         concurrency: args.concurrency,
-        duration: Duration::from_secs_f64(args.duration),
+        duration: args.duration,
         requests: args.requests.unwrap_or(u64::MAX),
         progress: !args.quiet,
     };
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let timeout = args.timeout;
     let (records, elapsed) = match (&args.worker_addr, &args.url) {
         (Some(addr), _) => {
             let channel = connect(addr, &args.tls, timeout).await?;

@@ -20,7 +20,7 @@ enum Command {
     BenchEncoder(measure::BenchEncoderArgs),
     /// Send load to the gateway (HTTP) or a worker (gRPC) and print requests, failures,
     /// latency and batch sizes.
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
 }
 
 #[tokio::main]
@@ -28,6 +28,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Classify(args) => measure::classify(&args),
         Command::BenchEncoder(args) => measure::bench_encoder(&args),
-        Command::Load(args) => load::run(args).await,
+        Command::Load(args) => load::run(*args).await,
     }
 }
