@@ -300,7 +300,12 @@ fn tensor(k: usize, input: InferInput, binary: &mut &[u8]) -> Result<Tensor, Pro
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| err(at("shape"), "is too large"))?;
     // Elements per input (the first dimension counts the inputs): names `data[row]`.
-    let per_row = shape.iter().skip(1).product::<usize>().max(1);
+    let per_row = shape
+        .iter()
+        .skip(1)
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+        .max(1);
     let element = |e: usize| format!("inputs[{k}].data[{}]", e / per_row);
     let text = match input.datatype.as_str() {
         "BYTES" => true,
@@ -328,12 +333,11 @@ fn tensor(k: usize, input: InferInput, binary: &mut &[u8]) -> Result<Tensor, Pro
             if text {
                 TensorData::Bytes(decode_bytes(data, count, at("data"), &element)?)
             } else {
-                if data.len() != count * 4 {
+                if count.checked_mul(4) != Some(data.len()) {
                     return Err(err(
                         at("parameters.binary_data_size"),
                         format!(
-                            "shape {shape:?} needs {} bytes of FP32, got {}",
-                            count * 4,
+                            "shape {shape:?} needs {count} FP32 values (4 bytes each), got {} bytes",
                             data.len()
                         ),
                     ));
@@ -693,6 +697,25 @@ mod tests {
         assert_eq!(
             fields(req(input(json!([2, 4]), json!([1, 2, 3, 4, 5, "x", 7, 8])))),
             ["inputs[0].data[1]"]
+        );
+        // Shapes whose element count overflows are refused, in JSON and in binary; an
+        // empty first dimension with huge others does not overflow either.
+        let (_, empty) = req(input(json!([0, i64::MAX, i64::MAX]), json!([]))).unwrap();
+        let refused = empty.inputs.bind(&iris()).unwrap_err();
+        assert_eq!(refused[0].place, Place::Tensor(0, "shape"));
+        assert_eq!(
+            fields(req(input(json!([i64::MAX, 4]), json!([])))),
+            ["inputs[0].shape"]
+        );
+        let huge =
+            json!({"inputs": [{"name": "features", "shape": [1u64 << 62, 1], "datatype": "FP32",
+            "parameters": {"binary_data_size": 4}}]})
+            .to_string();
+        let mut body = huge.clone().into_bytes();
+        body.extend_from_slice(&[0u8; 4]);
+        assert_eq!(
+            fields(decode(&request(body, Some(huge.len())))),
+            ["inputs[0].parameters.binary_data_size"]
         );
         // Binary: a length that lies, and bytes that belong to nothing.
         let header = json!({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
