@@ -22,7 +22,12 @@ mkdir -p "$OUT"
 . scripts/lib/stack.sh
 extra=() # process groups this script starts itself (replacement workers, DynamoDB)
 stack_before_down() {
-  for pid in "${extra[@]}"; do kill -CONT -- "-$pid" 2>/dev/null || true; kill -TERM -- "-$pid" 2>/dev/null || true; done
+  # The group, or the process itself when it has not made its group yet (setsid races the
+  # signal when a scenario fails right after starting it).
+  for pid in "${extra[@]}"; do
+    kill -CONT -- "-$pid" 2>/dev/null || kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
   if [ -d "${IHUB_PIDS_DIR:-/nonexistent}" ]; then
     for f in "$IHUB_PIDS_DIR"/*.pid; do kill -CONT -- "-$(cat "$f")" 2>/dev/null || true; done
     [ ! -f "$IHUB_PIDS_DIR/functions.pid" ] || pkill -CONT -P "$(cat "$IHUB_PIDS_DIR/functions.pid")" 2>/dev/null || true

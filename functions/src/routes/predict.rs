@@ -10,16 +10,16 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use http::header;
-use inferencehub_proto::pb::{FeatureRow, PredictBatchRequest};
+use inferencehub_proto::pb::{FeatureRow, ModelInfo, PredictBatchRequest};
 use inferencehub_proto::{ErrorKind, InputField, InputSignature};
 use lambda_http::{Body, Request, Response};
 
 use crate::auth::{Authenticator, Caller, authorization};
 use crate::catalog::Catalog;
-use crate::command::{self, Place};
+use crate::command::{self, Command, Invalid, Place, Sent};
 use crate::config::{ApiConfig, LimiterBackend, PredictConfig, RateLimitConfig};
 use crate::layers::{Context, Handler};
-use crate::problem::Problem;
+use crate::problem::{NamePlace, Problem};
 use crate::protocol::v1::V1;
 use crate::protocol::v2::V2;
 use crate::protocol::{Answer, Protocol};
@@ -131,38 +131,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         // mint CloudWatch metrics (billed per metric) with made-up names.
         cx.metrics.model = Some(UNKNOWN_MODEL.into());
         let (protocol, command) = P::decode(req, route)?;
-        if !is_model_name(&command.model) {
-            return Err(Problem::at(
-                vec![command::Invalid::new(
-                    Place::Model,
-                    "must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
-                )],
-                &protocol,
-            ));
-        }
-        if !caller.may_use_model(&command.model) {
-            return Err(Problem::forbidden(
-                format!("this token may not use model {:?}", command.model),
-                &format!("model:{}", command.model),
-            ));
-        }
-        let model = self
-            .catalog
-            .model(&self.worker, &command.model)
-            .await
-            .map_err(|e| Problem::from_worker(&e, &protocol))?
-            .ok_or_else(|| Problem::no_model(&command.model, Some(protocol.name(&Place::Model))))?;
-        if let Some(version) = &command.version
-            && *version != model.version
-        {
-            return Err(Problem::new(
-                ErrorKind::NotFound,
-                format!(
-                    "model {:?} has no version {version:?}; it serves {:?}",
-                    model.name, model.version
-                ),
-            ));
-        }
+        let model = self.model(&command, &caller, &protocol).await?;
         cx.metrics.model = Some(model.name.clone());
         let invalid = |errors| Problem::at(errors, &protocol);
         command::check_outputs(command.outputs.as_deref(), &model).map_err(invalid)?;
@@ -176,23 +145,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
             .await;
         self.admit(decision, &policy, &caller, cx)?;
         let request_id = cx.request_id().to_string();
-        let mut message = PredictBatchRequest {
-            model_name: model.name.clone(),
-            request_id: request_id.clone(),
-            ..Default::default()
-        };
-        match signature.field() {
-            InputField::Prompt => {
-                message.prompts = inputs.into_iter().filter_map(|i| i.prompt).collect();
-            }
-            InputField::Features => {
-                message.rows = inputs
-                    .into_iter()
-                    .filter_map(|i| i.features)
-                    .map(|features| FeatureRow { features })
-                    .collect();
-            }
-        }
+        let message = batch_request(&model.name, inputs, signature, &request_id);
         let batch = cx
             .time("worker", self.worker.predict_batch(message, &request_id))
             .await
@@ -203,6 +156,47 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
             batch,
             request_id: &request_id,
         }))
+    }
+
+    /// The model `command` names, if the caller may use it and the catalogue holds it (in
+    /// the version named, when one is).
+    async fn model(
+        &self,
+        command: &Command,
+        caller: &Caller,
+        protocol: &impl NamePlace,
+    ) -> Result<ModelInfo, Problem> {
+        if !is_model_name(&command.model) {
+            return Err(Problem::at(
+                vec![Invalid::new(
+                    Place::Model,
+                    "must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+                )],
+                protocol,
+            ));
+        }
+        if !caller.may_use_model(&command.model) {
+            return Err(Problem::forbidden(
+                format!("this token may not use model {:?}", command.model),
+                &format!("model:{}", command.model),
+            ));
+        }
+        let model = self
+            .catalog
+            .model(&self.worker, &command.model)
+            .await
+            .map_err(|e| Problem::from_worker(&e, protocol))?
+            .ok_or_else(|| Problem::no_model(&command.model, Some(protocol.name(&Place::Model))))?;
+        match &command.version {
+            Some(version) if *version != model.version => Err(Problem::new(
+                ErrorKind::NotFound,
+                format!(
+                    "model {:?} has no version {version:?}; it serves {:?}",
+                    model.name, model.version
+                ),
+            )),
+            _ => Ok(model),
+        }
     }
 
     /// The caller's rate-limit policy, from its tier.
@@ -260,10 +254,37 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
     }
 }
 
+/// The worker call for validated `inputs` of model `name`: its texts or its feature rows.
+fn batch_request(
+    name: &str,
+    inputs: Vec<Sent>,
+    signature: InputSignature,
+    request_id: &str,
+) -> PredictBatchRequest {
+    let mut message = PredictBatchRequest {
+        model_name: name.to_string(),
+        request_id: request_id.to_string(),
+        ..Default::default()
+    };
+    match signature.field() {
+        InputField::Prompt => {
+            message.prompts = inputs.into_iter().filter_map(|i| i.prompt).collect();
+        }
+        InputField::Features => {
+            message.rows = inputs
+                .into_iter()
+                .filter_map(|i| i.features)
+                .map(|features| FeatureRow { features })
+                .collect();
+        }
+    }
+    message
+}
+
 /// The checks the gateway runs for `model`: its advertised signature, with prompts capped
 /// by the gateway's own `max_prompt_bytes` as well.
 pub fn gateway_signature(
-    model: &inferencehub_proto::pb::ModelInfo,
+    model: &ModelInfo,
     max_prompt_bytes: usize,
 ) -> Result<InputSignature, Problem> {
     let mut signature = InputSignature::from_info(model).ok_or_else(|| {
