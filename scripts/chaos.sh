@@ -110,8 +110,12 @@ if want sigstop; then
   load sigstop "$((SECS + 10))"; sleep "$FAULT_AT"
   signal STOP worker-1
   wait "$LOAD_PID"; signal CONT worker-1
-  report sigstop "s['failed_late'] == 0 and s['p99_after'] <= 2 * max($BASE_P99, 1)" \
-    "a frozen replica is skipped within seconds; p99 back within 2x"
+  # Skipped: after the grace no answer takes an attempt timeout (1 s), which any call sent
+  # to the frozen replica would. The one replica left then carries both replicas' encoder
+  # calls on the same two cores, so its p99 may rise (CI measured 97.7 ms against a
+  # baseline of 49.8 ms): within 3x.
+  report sigstop "s['failed_late'] == 0 and s['max_after'] < 1000 and s['p99_after'] <= 3 * max($BASE_P99, 1)" \
+    "a frozen replica is skipped within seconds: after that no answer waits 1 s; p99 within 3x"
   wait_serving 1
 fi
 

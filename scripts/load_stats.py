@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Figures of one chaos scenario from `inferencehub-dev load --csv`: requests, failures,
 failures later than GRACE ms after the fault, p99 before the fault and over the run's
-last 5 seconds (where latency has had time to return to normal). Prints one JSON object."""
+last 5 seconds (where latency has had time to return to normal), the longest answer after
+the grace. Prints one JSON object."""
 import csv
 import json
 import sys
@@ -36,6 +37,7 @@ def main():
         "p99_before": round(p99(lat(before)), 1),
         "p99_after": round(p99(lat([r for r in last if ok(r)])), 1),
         "max": round(max(lat(rows) or [0.0]), 1),
+        "max_after": round(max(lat(after) or [0.0]), 1),
     }))
 
 
