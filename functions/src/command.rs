@@ -158,10 +158,21 @@ pub fn outputs(model: &ModelInfo) -> Vec<OutputSpec> {
     }
 }
 
-/// The shape of `model`'s one input tensor: `[-1]` for texts, `[-1, F]` for features.
+/// The shape of `model`'s one input tensor: `[-1]` for texts, `[-1, F]` for features, or
+/// the shape the model declares when its input has more dimensions (an image:
+/// `[-1, 1, 8, 8]`), its elements being the features in row-major order.
 pub fn input_shape(model: &ModelInfo) -> Vec<i64> {
     match model.kind() {
-        ModelKind::Tabular => vec![-1, i64::from(model.feature_count)],
+        ModelKind::Tabular => model
+            .input
+            .as_ref()
+            .map(|t| t.shape.clone())
+            .filter(|s| {
+                s.len() > 2
+                    && s[1..].iter().all(|&d| d > 0)
+                    && s[1..].iter().product::<i64>() == i64::from(model.feature_count)
+            })
+            .unwrap_or_else(|| vec![-1, i64::from(model.feature_count)]),
         _ => vec![-1],
     }
 }
@@ -207,6 +218,14 @@ impl Inputs {
             ));
         }
         let features = model.feature_count as usize;
+        let declared = input_shape(model);
+        let item_fits = |rest: &[usize]| {
+            rest.len() + 1 == declared.len()
+                && rest
+                    .iter()
+                    .zip(&declared[1..])
+                    .all(|(&a, &b)| a as i64 == b)
+        };
         match (tensor.data, tensor.shape.as_slice()) {
             (TensorData::Bytes(texts), [_]) => Ok(texts
                 .into_iter()
@@ -215,16 +234,19 @@ impl Inputs {
                     features: None,
                 })
                 .collect()),
-            (TensorData::Fp32(values), [_, f]) if *f == features && features > 0 => Ok(values
-                .chunks_exact(features)
-                .map(|row| Sent {
-                    prompt: None,
-                    features: Some(row.to_vec()),
-                })
-                .collect()),
+            (TensorData::Fp32(values), [_, rest @ ..]) if item_fits(rest) && features > 0 => {
+                Ok(values
+                    .chunks_exact(features)
+                    .map(|row| Sent {
+                        prompt: None,
+                        features: Some(row.to_vec()),
+                    })
+                    .collect())
+            }
             _ => {
+                let dims: Vec<String> = declared[1..].iter().map(i64::to_string).collect();
                 let want = match model.kind() {
-                    ModelKind::Tabular => format!("[N, {features}]"),
+                    ModelKind::Tabular => format!("[N, {}]", dims.join(", ")),
                     _ => "[N]".to_string(),
                 };
                 Err(err(
@@ -344,6 +366,45 @@ mod tests {
             places(Inputs::Tensors(vec![rows.clone(), rows]).bind(&iris())),
             [Place::Tensors]
         );
+    }
+
+    #[test]
+    fn an_image_input_binds_by_its_declared_dimensions() {
+        let digits = ModelInfo {
+            name: "digits".into(),
+            kind: ModelKind::Tabular as i32,
+            feature_count: 64,
+            input: Some(inferencehub_proto::pb::TensorInfo {
+                name: "image".into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, 1, 8, 8],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(input_shape(&digits), [-1, 1, 8, 8]);
+        let images = Tensor {
+            name: "image".into(),
+            shape: vec![2, 1, 8, 8],
+            data: TensorData::Fp32((0..128).map(|i| i as f32).collect()),
+        };
+        let sent = Inputs::Tensors(vec![images.clone()]).bind(&digits).unwrap();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].features.as_ref().unwrap()[0], 64.0);
+        // The same elements in another layout are refused, naming the shape wanted.
+        for shape in [vec![2, 64], vec![2, 8, 8, 1], vec![2, 1, 64]] {
+            let errors = Inputs::Tensors(vec![Tensor {
+                shape,
+                ..images.clone()
+            }])
+            .bind(&digits)
+            .unwrap_err();
+            assert_eq!(errors[0].place, Place::Tensor(0, "shape"));
+            assert!(
+                errors[0].message.contains("[N, 1, 8, 8]"),
+                "{}",
+                errors[0].message
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,34 @@ fn worker_tasks_cannot_reach_the_instance_metadata() {
     );
 }
 
+/// Each worker image carries ONNX Runtime from the wheel `make onnxruntime` fetches (the
+/// GPU image its `onnxruntime-gpu` build) and points the worker at it.
+#[test]
+fn the_worker_images_carry_the_pinned_onnxruntime() {
+    let makefile = read("Makefile");
+    let version = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("ORT_VERSION := "))
+        .expect("the Makefile pins ORT_VERSION")
+        .trim();
+    for (dockerfile, package) in [
+        ("infra/worker.Dockerfile", "onnxruntime"),
+        ("infra/worker-cuda.Dockerfile", "onnxruntime-gpu"),
+    ] {
+        let text = read(dockerfile);
+        let fetch = format!("fetch_onnxruntime.py {package} {version} /onnxruntime");
+        assert!(text.contains(&fetch), "{dockerfile} does not run {fetch}");
+        assert!(
+            text.contains("COPY --from=onnxruntime /onnxruntime /usr/local/lib/onnxruntime"),
+            "{dockerfile}"
+        );
+        let env = format!(
+            "IHUB_WORKER_ONNXRUNTIME=/usr/local/lib/onnxruntime/libonnxruntime.so.{version}"
+        );
+        assert!(text.contains(&env), "{dockerfile} does not set {env}");
+    }
+}
+
 #[test]
 fn the_runtime_user_cannot_change_the_models() {
     for dockerfile in ["infra/worker.Dockerfile", "infra/worker-cuda.Dockerfile"] {

@@ -148,6 +148,13 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_DEVICE", default_value = "cpu")]
     pub device: String,
 
+    /// ONNX Runtime's shared library (release 1.31, from the `onnxruntime` wheel on CPU,
+    /// `onnxruntime-gpu` for CUDA), loaded when the first ONNX model is. Default:
+    /// `libonnxruntime.so.1.31.1`, looked up on the loader's search path (as is any bare
+    /// file name). A missing library or an older release stops the start.
+    #[arg(long, env = crate::models::onnx::runtime::LIBRARY_VAR)]
+    pub onnxruntime: Option<PathBuf>,
+
     /// What text encoders compute in: f32, f16 or bf16. Default: f16 on CUDA, f32 on the
     /// CPU (where half precision is slower). Tabular and ONNX models always run in f32.
     #[arg(long, env = "IHUB_WORKER_DTYPE", value_parser = ["f32", "f16", "bf16"])]

@@ -222,6 +222,9 @@ async fn load(
     device: candle_core::Device,
     metrics: &Metrics,
 ) -> anyhow::Result<ModelSet> {
+    if let Some(library) = &args.onnxruntime {
+        crate::models::onnx::runtime::use_library(library.clone());
+    }
     let dtype = crate::models::device::parse_dtype(args.dtype.as_deref(), &device)?;
     tracing::info!(?device, ?dtype, "loading models");
     let opts = LoadOptions {

@@ -13,6 +13,7 @@ use inferencehub_proto::pb::{
 };
 use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde::Deserialize;
+use std::time::Duration;
 use tonic::Code;
 
 /// What the framework itself predicted for held-out rows.
@@ -85,12 +86,16 @@ fn every_export_matches_its_framework() {
             .collect();
         let out = model.model.forward(&inputs).unwrap();
         assert_eq!(out.len(), inputs.len(), "{name}");
-        // The batch of all rows and each row alone agree: no state leaks between rows.
+        // The batch of all rows and each row alone agree: no state leaks between rows (to
+        // the last bits a matrix product may order its sums in differently per batch size).
         let alone = model.model.forward(&inputs[3..4]).unwrap();
-        assert_eq!(
-            alone[0], out[3],
-            "{name}: row 3 alone differs from in a batch"
-        );
+        assert_eq!(alone[0].len(), out[3].len(), "{name}");
+        for (a, b) in alone[0].iter().zip(&out[3]) {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{name}: row 3 alone differs from in a batch: {a} vs {b}"
+            );
+        }
         let mut worst = 0.0f64;
         match expected.task.as_str() {
             "classification" => {
@@ -176,7 +181,7 @@ fn an_unsupported_operator_fails_the_load_naming_it() {
     assert!(err.contains("TreeEnsembleClassifiez"), "{err}");
     assert!(err.contains("forest"), "{err}");
 
-    // A neural network with an operator tract lacks names it the same way.
+    // A neural network with an operator ONNX Runtime lacks names it the same way.
     let src = fixtures_dir().join("pytorch-mlp");
     let bytes = std::fs::read(src.join("model.onnx")).unwrap();
     let edited = replace_all(&bytes, b"Relu", b"Relx");
@@ -221,6 +226,7 @@ async fn exports_are_served_over_grpc_with_their_signature() {
         "sklearn-random-forest-regressor",
         "keras-mlp",
         "pytorch-gru",
+        "pytorch-digits-cnn",
     ];
     let models = fixture_dir(&names);
     let worker = Worker::serving(models.path(), &["--max-wait", "1ms"]).await;
@@ -238,7 +244,13 @@ async fn exports_are_served_over_grpc_with_their_signature() {
         let info = listed.iter().find(|m| &m.name == name).unwrap();
         let input = info.input.as_ref().unwrap();
         assert_eq!(info.feature_count as usize, expected.inputs[0].len());
-        assert_eq!(input.shape, vec![-1, expected.inputs[0].len() as i64]);
+        // Images keep their declared layout; the rows are their pixels in row-major order.
+        let shape = if name == "pytorch-digits-cnn" {
+            vec![-1, 1, 8, 8]
+        } else {
+            vec![-1, expected.inputs[0].len() as i64]
+        };
+        assert_eq!(input.shape, shape, "{name}");
         assert_eq!(input.datatype, "FP32");
 
         // One row through Predict, all rows through PredictBatch.
@@ -304,5 +316,36 @@ async fn exports_are_served_over_grpc_with_their_signature() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}");
         assert!(err.message().contains("features"), "{}", err.message());
+    }
+}
+
+/// The ONNX Runtime library is checked when the first ONNX model loads: a missing file, or
+/// a library that is not ONNX Runtime, stops the worker with the path in its log.
+#[tokio::test]
+async fn a_missing_or_wrong_onnxruntime_library_stops_the_worker_naming_it() {
+    let models = fixture_dir(&["sklearn-random-forest"]);
+    // Any shared library that is not ONNX Runtime: the C library this test runs on.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
+        .expect("a C library is mapped")
+        .to_string();
+    for (library, says) in [
+        ("/nonexistent/libonnxruntime.so.1.31.1", "not found"),
+        (libc.as_str(), "OrtGetApiBase"),
+    ] {
+        let mut worker = Worker::spawn(models.path(), &["--onnxruntime", library]).await;
+        let status = tokio::time::timeout(Duration::from_secs(60), worker.child.wait())
+            .await
+            .expect("the worker exits")
+            .unwrap();
+        assert!(!status.success(), "{library}: {status:?}");
+        let log = std::fs::read_to_string(worker.dir.path().join("worker.log")).unwrap();
+        assert!(
+            log.contains(library) && log.contains(says),
+            "{library}: {log}"
+        );
     }
 }

@@ -319,7 +319,60 @@ def keras_fixtures(out: Path) -> None:
     write(out, "keras-mlp", onx.SerializeToString(), expected, {"labels": labels})
 
 
+def image_fixtures(out: Path) -> None:
+    """A 2-D CNN over the 8x8 digits bundled with scikit-learn: input `[N, 1, 8, 8]`."""
+    import io
+
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    log(f"PyTorch {torch.__version__} (images)")
+    torch.manual_seed(SEED)
+    x_train, x_test, y_train, _, _ = split(load_digits)
+    labels = [str(d) for d in range(10)]
+    image = lambda x: torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 2 * 2, 10),
+        nn.Softmax(-1),
+    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    xt, yt = image(x_train), torch.tensor(y_train)
+    for _ in range(120):
+        optimizer.zero_grad()
+        loss = nn.functional.nll_loss(torch.log(net(xt) + 1e-9), yt)
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        proba = net(image(x_test)).numpy()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net,
+        (image(x_test[:2]),),
+        buffer,
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    # The rows the worker takes: each image's 64 pixels (scaled to 0..1), row-major.
+    expected = classification(
+        (x_test / 16.0).astype(np.float32), proba, [labels[i] for i in proba.argmax(1)]
+    )
+    write(out, "pytorch-digits-cnn", buffer.getvalue(), expected, {"labels": labels})
+
+
 FAMILIES = {
+    "images": image_fixtures,
     "sklearn": sklearn_fixtures,
     "xgboost": xgboost_fixtures,
     "lightgbm": lightgbm_fixtures,

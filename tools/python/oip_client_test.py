@@ -2,6 +2,7 @@
 client, tritonclient[http], in its default binary mode and in JSON mode. Reads
 IHUB_V2_URL and IHUB_TOKEN (from .local/dev.env). Prints one line per check; exits 1
 when any fails."""
+import json
 import os
 import sys
 
@@ -87,6 +88,31 @@ def infer_wine_by_version(binary):
     assert (label.decode() if isinstance(label, bytes) else label) == "cultivar_3", label
 
 
+def infer_digits(binary):
+    """An image model: the 8x8-digits CNN exported by PyTorch, input [N, 1, 8, 8]."""
+    meta = client.get_model_metadata("digits", headers=headers())
+    (inp_meta,) = meta["inputs"]
+    assert inp_meta["shape"] == [-1, 1, 8, 8], meta
+    with open("gpu-worker/tests/fixtures/onnx/pytorch-digits-cnn/expected.json") as f:
+        expected = json.load(f)
+    images = np.array(expected["inputs"][:3], dtype=np.float32).reshape(3, 1, 8, 8)
+    inp = httpclient.InferInput(inp_meta["name"], [3, 1, 8, 8], "FP32")
+    inp.set_data_from_numpy(images, binary_data=binary)
+    result = client.infer("digits", [inp], outputs=outputs(binary), headers=headers())
+    labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+    assert labels == expected["labels"][:3], (labels, expected["labels"][:3])
+    scores = result.as_numpy("scores")
+    assert np.allclose(scores, np.array(expected["probabilities"][:3]), atol=1e-5), scores
+    # The same 64 values per image as [N, 64] are refused, naming the shape.
+    flat = httpclient.InferInput(inp_meta["name"], [3, 64], "FP32")
+    flat.set_data_from_numpy(images.reshape(3, 64), binary_data=binary)
+    try:
+        client.infer("digits", [flat], headers=headers())
+        raise AssertionError("a flattened image was answered")
+    except InferenceServerException as e:
+        assert e.status() == "400" and "inputs[0].shape" in e.message(), (e.status(), e.message())
+
+
 def refusals():
     inp = httpclient.InferInput("features", [1, 3], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
@@ -114,5 +140,6 @@ for binary in (True, False):
     check(f"iris, 2 rows, {mode}", lambda: infer_iris(binary))
     check(f"sentiment, 2 texts, {mode}", lambda: infer_sentiment(binary))
     check(f"wine by version, {mode}", lambda: infer_wine_by_version(binary))
+    check(f"digits (PyTorch CNN, [3, 1, 8, 8] images), {mode}", lambda: infer_digits(binary))
 check("bad shape 400 naming the field, no token 401, unknown version 404", refusals)
 sys.exit(1 if failed else 0)

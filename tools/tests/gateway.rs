@@ -115,7 +115,7 @@ async fn predicts_both_demo_models_through_the_gateway() {
         .iter()
         .map(|m| m["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["iris", "sentiment", "wine"]);
+    assert_eq!(names, ["digits", "iris", "sentiment", "wine"]);
     let iris = json(stack.get("/v1/models/iris", Some(&token)).await).await;
     assert_eq!(iris["kind"], "tabular");
     assert_eq!(iris["input"]["features"], 4);
@@ -460,6 +460,7 @@ async fn exports_from_every_framework_answer_through_the_gateway() {
         "lightgbm-binary",
         "pytorch-cnn",
         "keras-mlp",
+        "pytorch-digits-cnn",
     ];
     let models = tempfile::tempdir().unwrap();
     for name in names {
@@ -527,6 +528,64 @@ async fn exports_from_every_framework_answer_through_the_gateway() {
     assert_eq!(model["task"], "regression");
     assert_eq!(model["values"], 1);
     assert_eq!(model["labels"], json!([]));
+}
+
+/// A transformer exported to ONNX (and its int8 copy) answers prompts through the gateway
+/// as transformers (and ONNX Runtime, for int8) answered them.
+#[tokio::test]
+async fn a_transformer_export_answers_prompts_through_the_gateway() {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        prompt: String,
+        logits: Vec<f64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cases {
+        cases: Vec<Case>,
+    }
+    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx-text");
+    let models = tempfile::tempdir().unwrap();
+    for name in ["bert-onnx", "bert-onnx-int8"] {
+        std::os::unix::fs::symlink(fixtures.join(name), models.path().join(name)).unwrap();
+    }
+    let stack = Stack::start(Options {
+        model_dir: Some(models.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("alice", "predict");
+    for name in ["bert-onnx", "bert-onnx-int8"] {
+        let expected: Cases = serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(name).join("expected.json")).unwrap(),
+        )
+        .unwrap();
+        for case in &expected.cases {
+            let r = stack
+                .post(
+                    Some(&token),
+                    &json!({"model_name": name, "prompt": case.prompt}).to_string(),
+                )
+                .await;
+            assert_eq!(r.status(), 200, "{name}");
+            let body = json(r).await;
+            let max = case.logits.iter().copied().fold(f64::MIN, f64::max);
+            let sum: f64 = case.logits.iter().map(|l| (l - max).exp()).sum();
+            let best = case.logits.iter().position(|&l| l == max).unwrap();
+            let label = ["negative", "neutral", "positive"][best];
+            assert_eq!(body["label"], label, "{name} {:?}", case.prompt);
+            let probability = body["probability"].as_f64().unwrap();
+            assert!((probability - 1.0 / sum).abs() < 1e-5, "{name}: {body}");
+        }
+    }
+    // The gateway refuses what the model cannot take, naming the field.
+    let r = stack
+        .post(
+            Some(&token),
+            &json!({"model_name": "bert-onnx", "features": [1.0, 2.0]}).to_string(),
+        )
+        .await;
+    let problem = assert_problem(r, 400).await;
+    assert!(problem.to_string().contains("prompt"), "{problem}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Reads model folders. The layout decides the family: `model.onnx` -> an ONNX graph;
-//! `tabular.json` -> a tabular MLP; `head.safetensors` -> a sentence encoder with a
+//! Reads model folders. The layout decides the family: `model.onnx` -> an ONNX graph (with
+//! `tokenizer.json` beside it, a transformer export answering text); `tabular.json` -> a
+//! tabular MLP; `head.safetensors` -> a sentence encoder with a
 //! linear head; otherwise a transformers `*ForSequenceClassification` checkpoint.
 
 use std::path::Path;

@@ -19,7 +19,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -27,10 +26,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use common::{PyBridge, ratio_svg};
-use inferencehub_bench::load::{Grpc, Input, Target, closed_loop, connect};
+use common::{PyBridge, WorkerProcess, ratio_svg};
+use inferencehub_bench::load::{Input, closed_loop};
 use inferencehub_devkit::certs;
-use inferencehub_proto::settings::WorkerClientTls;
 use inferencehub_worker::models::ModelInput;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
 use inferencehub_worker::models::tokens::{load_tokenizer, pad_batch};
@@ -230,52 +228,6 @@ fn check_embeddings(ort: &mut Ort, worker: &BertBody, ids: &[Vec<u32>]) -> f32 {
     diff
 }
 
-/// The release worker binary serving `sentiment`, its gRPC address and pid.
-struct WorkerProcess {
-    child: tokio::process::Child,
-    addr: String,
-}
-
-async fn spawn_worker(models: &Path, certs: &certs::CertPaths) -> WorkerProcess {
-    use tokio::io::AsyncBufReadExt;
-    // The release worker binary beside this benchmark's own (`make bench-worker` builds it).
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("inferencehub-worker");
-    assert!(binary.is_file(), "build {} first", binary.display());
-    let mut child = tokio::process::Command::new(binary)
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .arg("--model-dir")
-        .arg(models)
-        .arg("--tls-cert")
-        .arg(&certs.server_cert)
-        .arg("--tls-key")
-        .arg(&certs.server_key)
-        .arg("--tls-client-ca")
-        .arg(&certs.ca)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let grpc = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .unwrap()
-        .to_string();
-    WorkerProcess {
-        child,
-        addr: format!("https://{grpc}"),
-    }
-}
-
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -409,29 +361,13 @@ async fn main() {
     .unwrap();
     let cert_dir = tempfile::tempdir().unwrap();
     let certs = certs::generate(cert_dir.path()).unwrap();
-    let process = spawn_worker(only.path(), &certs).await;
+    let process = WorkerProcess::start(only.path(), &certs).await;
     let pid = process.child.id().unwrap();
-    let tls = WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key);
-    let mut channel = None;
-    for _ in 0..600 {
-        if let Ok(c) = connect(&process.addr, &tls, Duration::from_secs(30)).await {
-            let probe = Grpc::new(vec![c.clone()], Duration::from_secs(30));
-            if probe
-                .send("sentiment", &Input::Text("warm up".into()))
-                .await
-                .status
-                == 200
-            {
-                channel = Some(c);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let target = Arc::new(Grpc::new(
-        vec![channel.expect("the worker answers")],
-        Duration::from_secs(60),
-    ));
+    let target = Arc::new(
+        process
+            .grpc(&certs, "sentiment", &Input::Text("warm up".into()))
+            .await,
+    );
     let rss_loaded = rss_mb(pid);
     let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
     let prompts: Vec<String> = text

@@ -1,23 +1,28 @@
 //! `make bench-tabular`: the tree-ensemble demo model (`models/wine`, a scikit-learn random
-//! forest exported by skl2onnx) on the worker's interpreter against ONNX Runtime on the same
-//! `.onnx` file, interleaved in one run, at batch 1 and 256.
+//! forest exported by skl2onnx), interleaved in one run:
 //!
-//! ONNX Runtime runs in a Python process of its own (`ort_tabular.py`) and times its own
-//! `session.run` calls, so neither side pays for the pipe. The worker's side is the
-//! `Classifier` the batcher calls (one thread, or every core through rayon for batches of
-//! 64 rows or more). ONNX Runtime is measured with one intra-op thread and with two
-//! (every core here).
+//! 1. In process, at batch 1 and 256: the worker's model (ONNX Runtime through `ort`, the
+//!    worker's shared thread pool) against ONNX Runtime from Python on the same `.onnx`
+//!    file (`ort_tabular.py`, timing its own `session.run` calls so neither side pays for
+//!    the pipe) with one intra-op thread and with two (every core here).
+//! 2. Over mutual-TLS gRPC: the release worker binary answering 1 caller and 32 concurrent
+//!    callers (one row per `PredictBatch` call, as the gateway sends), against the worker's
+//!    model in process at batch 1 and batch 32: what the server, TLS, the batcher and the
+//!    client cost, as a ratio.
 //!
-//! Writes the table to `target/bench-tabular.md` and a plot to `docs/bench-tabular.svg`.
+//! Writes the tables to `target/bench-tabular.md` and a plot to `docs/bench-tabular.svg`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use common::{PyBridge, ratio_svg};
+use common::{PyBridge, WorkerProcess, ratio_svg};
+use inferencehub_bench::load::{Input, closed_loop};
+use inferencehub_devkit::certs;
 use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde_json::{Value, json};
 
@@ -40,7 +45,25 @@ struct Row {
     ort2: f64,
 }
 
-fn main() {
+/// Seconds per call of `f`, best of five rounds of about 0.3 s.
+fn best_seconds(mut f: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    f();
+    let one = started.elapsed().as_secs_f64().max(1e-6);
+    let reps = ((0.3 / one) as usize).clamp(3, 200_000);
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(started.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
+}
+
+#[tokio::main]
+async fn main() {
     let model_dir = root().join("models/wine");
     assert!(
         model_dir.join("model.onnx").is_file(),
@@ -133,7 +156,7 @@ fn main() {
     let mut md = String::new();
     writeln!(
         md,
-        "| batch | worker (predictions/s) | ONNX Runtime 1 thread | ratio | ONNX Runtime 2 threads | ratio |"
+        "| batch | worker in process (predictions/s) | ONNX Runtime (Python) 1 thread | ratio | ONNX Runtime (Python) 2 threads | ratio |"
     )
     .unwrap();
     writeln!(md, "|---:|---:|---:|---:|---:|---:|").unwrap();
@@ -150,6 +173,59 @@ fn main() {
         )
         .unwrap();
     }
+
+    // 2. The worker binary over gRPC against its own model in process.
+    eprintln!("gRPC: the release worker binary, 1 caller, then 32");
+    let only = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(model_dir.canonicalize().unwrap(), only.path().join("wine"))
+        .unwrap();
+    let cert_dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(cert_dir.path()).unwrap();
+    let process = WorkerProcess::start(only.path(), &certs).await;
+    let held_out = rows(64);
+    let target = Arc::new(
+        process
+            .grpc(&certs, "wine", &Input::Features(held_out[0].clone()))
+            .await,
+    );
+    let inputs: Vec<Input> = held_out.iter().cloned().map(Input::Features).collect();
+    let load =
+        |callers, requests| closed_loop(target.clone(), "wine", inputs.clone(), callers, requests);
+    load(4, 200).await;
+    let (mut one, mut many, mut mean_batch) = (0f64, 0f64, 0f64);
+    let (mut p50_one, mut p50_many) = (0f64, 0f64);
+    for _ in 0..3 {
+        let s = load(1, 1_000).await;
+        assert_eq!(s.failed, 0, "{:?}", s.statuses);
+        if s.rps > one {
+            (one, p50_one) = (s.rps, s.p50_ms);
+        }
+        let s = load(32, 6_400).await;
+        assert_eq!(s.failed, 0, "{:?}", s.statuses);
+        if s.rps > many {
+            (many, p50_many, mean_batch) = (s.rps, s.p50_ms, s.mean_batch.unwrap_or(0.0));
+        }
+    }
+    drop(process);
+    let mut in_process = |n: usize| {
+        let batch: Vec<ModelInput> = rows(n).into_iter().map(ModelInput::Features).collect();
+        n as f64
+            / best_seconds(|| {
+                std::hint::black_box(model.model.forward(&batch).unwrap());
+            })
+    };
+    let (alone1, alone32) = (in_process(1), in_process(32));
+    writeln!(
+        md,
+        "\nThrough mutual-TLS gRPC (release worker binary, one row per call):\n\n\
+         | load | predictions/s | p50 ms | in process | predictions/s | gRPC / in process |\n\
+         |---|---:|---:|---|---:|---:|\n\
+         | 1 caller | {one:.0} | {p50_one:.2} | batch 1 | {alone1:.0} | {:.2}x |\n\
+         | 32 callers (mean batch {mean_batch:.1}) | {many:.0} | {p50_many:.2} | batch 32 | {alone32:.0} | {:.2}x |",
+        one / alone1,
+        many / alone32
+    )
+    .unwrap();
     print!("{md}");
     std::fs::write(root().join("target/bench-tabular.md"), &md).unwrap();
     std::fs::write(root().join("docs/bench-tabular.svg"), svg(&table)).unwrap();

@@ -20,7 +20,7 @@ use candle_nn::{LayerNorm, Module};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 
 use super::weights::encoder_prefix;
-use crate::models::tokens::pad_batch;
+use crate::models::tokens::{buckets, pad_batch};
 
 /// Added to the attention scores of padding positions: far below any real score, and
 /// representable in f16 (whose largest magnitude is 65 504).
@@ -335,75 +335,5 @@ impl TensorBert {
         }
         let index = Tensor::from_vec(inverse, order.len(), all.device())?;
         Ok(all.index_select(&index, 0)?.contiguous()?)
-    }
-}
-
-/// Splits inputs into groups to pad separately: sorted by length, a group closes when the
-/// next input would make its padded size exceed 1.25 × its real tokens and it already holds
-/// 8 inputs (smaller groups cost more in kernel launches than padding saves). Returns input
-/// indices per group, shortest inputs first.
-pub fn buckets(lengths: &[usize]) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|i| lengths[*i]);
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut real = 0usize;
-    for i in order {
-        let len = lengths[i];
-        let padded = (current.len() + 1) * len;
-        if current.len() >= 8 && padded * 4 > (real + len) * 5 {
-            groups.push(std::mem::take(&mut current));
-            real = 0;
-        }
-        current.push(i);
-        real += len;
-    }
-    if !current.is_empty() {
-        groups.push(current);
-    }
-    groups
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn equal_lengths_stay_in_one_bucket() {
-        assert_eq!(buckets(&[16; 40]), vec![(0..40).collect::<Vec<_>>()]);
-    }
-
-    #[test]
-    fn mixed_lengths_split_and_cover_every_input_once() {
-        let mut lengths = vec![8usize; 30];
-        lengths.extend(vec![128usize; 30]);
-        lengths.push(64);
-        let groups = buckets(&lengths);
-        assert!(groups.len() >= 2, "{groups:?}");
-        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
-        seen.sort_unstable();
-        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
-        // Padding is at most 25% over the real tokens in every group of 8 or more.
-        for g in &groups {
-            let longest = g.iter().map(|i| lengths[*i]).max().unwrap_or(0);
-            let real: usize = g.iter().map(|i| lengths[*i]).sum();
-            assert!(g.len() * longest * 4 <= real * 5 || g.len() <= 8, "{g:?}");
-        }
-        let padded: usize = groups
-            .iter()
-            .map(|g| g.len() * g.iter().map(|i| lengths[*i]).max().unwrap_or(0))
-            .sum();
-        // One padded batch would cost 61 x 128 = 7 808 tokens; the real ones are 4 144.
-        let real: usize = lengths.iter().sum();
-        assert!(
-            padded * 4 <= real * 5,
-            "{padded} padded for {real} real tokens"
-        );
-    }
-
-    #[test]
-    fn a_few_inputs_are_never_split() {
-        assert_eq!(buckets(&[3, 100, 7]).len(), 1);
-        assert!(buckets(&[]).is_empty());
     }
 }

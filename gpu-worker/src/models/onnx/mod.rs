@@ -1,35 +1,42 @@
 //! ONNX models, as PyTorch (`torch.onnx`), TensorFlow/Keras (`tf2onnx`), scikit-learn
-//! (`skl2onnx`), XGBoost and LightGBM (`onnxmltools`) export them.
+//! (`skl2onnx`), XGBoost and LightGBM (`onnxmltools`) export them, run by ONNX Runtime
+//! ([`runtime`]): standard and classical-ML (`ai.onnx.ml`) operators alike.
 //!
 //! Folder layout: `model.onnx`, and optionally `model.json` ([`OnnxSettings`]) for labels
 //! and settings the graph does not hold. The graph must take one tensor input of shape
-//! `[batch, features]` (float, double or int64); the worker feeds it the request's
-//! features.
+//! `[batch, features]`, or `[batch, d1, d2, …]` with every dimension but the batch fixed
+//! (an image: `[batch, channels, height, width]`), of float, double or int64; the worker
+//! feeds it the request's features, the elements of one input in row-major order.
 //!
 //! Loading picks the output to serve and what it means:
 //! - exported classifiers (`ZipMap`, `TreeEnsembleClassifier`, `LinearClassifier`): the
-//!   probability tensor, labels from the graph's `classlabels_*`;
+//!   probability tensor, labels from the graph's `classlabels_*` (the tensor in front of a
+//!   `ZipMap` is made a graph output, so no per-row maps are built);
 //! - exported regressors (`TreeEnsembleRegressor`, `LinearRegressor`): the values;
 //! - neural networks: the graph's float output, read as probabilities (or logits, with
 //!   `"softmax": true`), labels from `model.json`; a single-column output is a regression.
 //!
-//! Only the nodes that output needs are kept (the label branch and `ZipMap` go). Graphs
-//! that still hold an `ai.onnx.ml` operator run on the interpreter in [`ml`];
-//! the others on tract. An operator neither implements fails the load, naming it.
+//! A folder that also holds `tokenizer.json` is a transformer export answering text
+//! ([`text`]). An operator ONNX Runtime does not implement fails the load with its message,
+//! which names the operator.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask, TensorInfo};
+use ort::session::{OutputSelector, RunOptions, Session};
+use ort::value::{DynValue, Tensor};
 use serde::Deserialize;
-use tract_onnx::pb::{ModelProto, NodeProto, type_proto};
-use tract_onnx::prelude::*;
 
-use self::ml::{Program, Value, op_key, softmax_in_place};
+use self::graph::{DOUBLE, FLOAT, GraphProto, INT64, NodeProto};
+use self::session::{read_output, session, softmax_in_place};
 use super::model::{LoadOptions, LoadedModel, Model, ModelInput, feature_matrix};
 
-pub mod ml;
+pub mod graph;
+pub mod runtime;
+pub mod session;
+pub mod text;
 
 /// The graph file of an ONNX model folder.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -57,49 +64,59 @@ pub struct OnnxSettings {
     pub feature_names: Vec<String>,
 }
 
-/// Which engine runs the graph.
-enum Engine {
-    /// tract, for graphs of standard operators (neural networks).
-    Tract(Box<TypedRunnableModel<TypedModel>>),
-    /// The classical-ML interpreter.
-    Interpreter(Program),
+/// The element type the graph's input takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InputType {
+    F32,
+    F64,
+    I64,
 }
 
 /// A loaded ONNX graph behind the [`Model`] trait.
 pub struct OnnxModel {
-    engine: Engine,
+    session: Session,
+    /// Asks ONNX Runtime for the served output alone.
+    run_options: RunOptions<ort::session::HasSelectedOutputs>,
+    input: String,
+    input_type: InputType,
     features: usize,
-    input_type: DatumType,
+    /// `[batch, …]` with the batch left 0, filled per run.
+    shape: Vec<usize>,
+    output: String,
     width: usize,
     softmax: bool,
 }
 
-const ONNX_FLOAT: i32 = 1;
-const ONNX_INT64: i32 = 7;
-const ONNX_DOUBLE: i32 = 11;
+impl OnnxModel {
+    /// The served output of one run over `n` rows of features, row-major.
+    fn run(&mut self, flat: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        let mut shape = self.shape.clone();
+        shape[0] = n;
+        let value: DynValue = match self.input_type {
+            InputType::F32 => Tensor::from_array((shape, flat))?.into_dyn(),
+            InputType::F64 => {
+                let data: Vec<f64> = flat.into_iter().map(f64::from).collect();
+                Tensor::from_array((shape, data))?.into_dyn()
+            }
+            InputType::I64 => {
+                // Truncated toward zero, as a cast in the graph would.
+                let data: Vec<i64> = flat.into_iter().map(|x| x as i64).collect();
+                Tensor::from_array((shape, data))?.into_dyn()
+            }
+        };
+        let outputs = self.session.run_with_options(
+            ort::inputs![self.input.as_str() => value],
+            &self.run_options,
+        )?;
+        read_output(&outputs, &self.output)
+    }
+}
 
 impl Model for OnnxModel {
     fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
         let flat = feature_matrix(inputs, self.features)?;
         let n = inputs.len();
-        let out = match &self.engine {
-            Engine::Interpreter(program) => {
-                let output = program.run(Value::f32(vec![n, self.features], flat))?;
-                match output.data {
-                    ml::Data::F32(v) => v,
-                    _ => bail!("the served output is not a float tensor"),
-                }
-            }
-            Engine::Tract(plan) => {
-                let input = tract_ndarray::Array2::from_shape_vec((n, self.features), flat)?;
-                let tensor = Tensor::from(input)
-                    .cast_to_dt(self.input_type)?
-                    .into_owned();
-                let outputs = plan.run(tvec!(tensor.into()))?;
-                let out = outputs[0].cast_to::<f32>()?;
-                out.as_slice::<f32>()?.to_vec()
-            }
-        };
+        let out = self.run(flat, n)?;
         if out.len() != n * self.width {
             bail!(
                 "the model gave {} numbers for {n} inputs of width {}",
@@ -112,7 +129,7 @@ impl Model for OnnxModel {
             .map(|row| {
                 let mut row = row.to_vec();
                 if self.softmax {
-                    softmax_in_place(&mut row, false);
+                    softmax_in_place(&mut row);
                 }
                 row
             })
@@ -121,39 +138,19 @@ impl Model for OnnxModel {
 }
 
 /// What loading found in the graph.
-struct Plan<'a> {
+struct Plan {
     input: String,
     input_type: i32,
     features: usize,
+    /// The input's dimensions after the batch.
+    item_dims: Vec<usize>,
     output: String,
-    nodes: Vec<&'a NodeProto>,
+    /// The output is a value inside the graph, not one of its declared outputs.
+    internal: bool,
     labels: Option<Vec<String>>,
     task: Option<ModelTask>,
-}
-
-/// The element type and dimensions (None where symbolic) of a value declared by the graph.
-fn declared(info: &tract_onnx::pb::ValueInfoProto) -> Option<(i32, Vec<Option<i64>>)> {
-    let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref()?.value.as_ref() else {
-        return None;
-    };
-    let dims = t
-        .shape
-        .as_ref()
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v))
-                        if v > 0 =>
-                    {
-                        Some(v)
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some((t.elem_type, dims))
+    /// The operator that names the model (`TreeEnsembleClassifier`, …), if any.
+    main_op: Option<String>,
 }
 
 const CLASSIFIERS: [&str; 2] = [
@@ -165,8 +162,7 @@ const REGRESSORS: [&str; 2] = [
     "ai.onnx.ml:LinearRegressor",
 ];
 
-fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Plan<'a>> {
-    let graph = proto.graph.as_ref().context("the file holds no graph")?;
+fn plan(graph: &GraphProto, settings: &OnnxSettings) -> anyhow::Result<Plan> {
     let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs: Vec<_> = graph
         .input
@@ -185,23 +181,35 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
                 .join(", ")
         );
     };
-    let (input_type, dims) =
-        declared(input).with_context(|| format!("input {:?} is not a tensor", input.name))?;
-    if ![ONNX_FLOAT, ONNX_DOUBLE, ONNX_INT64].contains(&input_type) {
+    let (input_type, dims) = input
+        .tensor()
+        .with_context(|| format!("input {:?} is not a tensor", input.name))?;
+    if ![FLOAT, DOUBLE, INT64].contains(&input_type) {
         bail!(
             "input {:?} has ONNX element type {input_type}; float, double and int64 inputs \
              are served",
             input.name
         );
     }
-    let features = match dims.as_slice() {
-        [_, Some(f)] => *f as usize,
-        _ => bail!(
-            "input {:?} has shape {dims:?}; expected [batch, features] with a fixed \
-             feature count",
+    // [batch, features], or [batch, d1, d2, …] (an image: [batch, channels, height,
+    // width]) fed from its elements in row-major order; every dimension but the batch fixed.
+    let fixed: Option<Vec<usize>> = dims
+        .iter()
+        .skip(1)
+        .map(|d| d.and_then(|d| usize::try_from(d).ok()))
+        .collect();
+    let (Some(item_dims), true) = (fixed, dims.len() >= 2) else {
+        bail!(
+            "input {:?} has shape {dims:?}; expected [batch, features] or [batch, d1, …] with \
+             every dimension but the first fixed",
             input.name
-        ),
+        );
     };
+    let features = item_dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n > 0 && n <= 1 << 24)
+        .with_context(|| format!("input {:?} has shape {dims:?}: too large", input.name))?;
 
     // Which node (by index) computes each value.
     let producer: HashMap<&str, usize> = graph
@@ -210,18 +218,21 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
         .enumerate()
         .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
         .collect();
-    let zipmap = graph.node.iter().find(|n| op_key(n) == "ai.onnx.ml:ZipMap");
+    let zipmap = graph
+        .node
+        .iter()
+        .find(|n| n.op_key() == "ai.onnx.ml:ZipMap");
     // The served output, and labels the graph gives for it.
     let (output, mut labels) = if let Some(name) = &settings.output {
         (name.clone(), None)
     } else if let Some(zipmap) = zipmap {
         let from = zipmap.input.first().context("ZipMap without input")?;
-        (from.clone(), Some(ml::class_labels(zipmap)))
+        (from.clone(), Some(zipmap.class_labels()))
     } else {
         let floats: Vec<&str> = graph
             .output
             .iter()
-            .filter(|o| declared(o).is_some_and(|(t, _)| t == ONNX_FLOAT || t == ONNX_DOUBLE))
+            .filter(|o| o.tensor().is_some_and(|(t, _)| t == FLOAT || t == DOUBLE))
             .map(|o| o.name.as_str())
             .collect();
         let Some(last) = floats.last() else {
@@ -233,7 +244,7 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
         bail!("no node computes the output {output:?}");
     }
 
-    // Keep the nodes the output needs, in graph order.
+    // The nodes the output needs.
     let mut needed: HashSet<usize> = HashSet::new();
     let mut stack = vec![output.as_str()];
     while let Some(name) = stack.pop() {
@@ -250,18 +261,18 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
         .filter(|(i, _)| needed.contains(i))
         .map(|(_, n)| n)
         .collect();
-
-    let classifier = nodes
-        .iter()
-        .rev()
-        .find(|n| CLASSIFIERS.contains(&op_key(n).as_str()));
-    let regressor = nodes
-        .iter()
-        .rev()
-        .find(|n| REGRESSORS.contains(&op_key(n).as_str()));
-    let task = if classifier.is_some() {
+    let last_of = |ops: &[&str]| {
+        nodes
+            .iter()
+            .rev()
+            .find(|n| ops.contains(&n.op_key().as_str()))
+            .copied()
+    };
+    let classifier = last_of(&CLASSIFIERS);
+    let regressor = last_of(&REGRESSORS);
+    let task = if let Some(classifier) = classifier {
         if labels.is_none() {
-            labels = classifier.map(|n| ml::class_labels(n));
+            labels = Some(classifier.class_labels());
         }
         Some(ModelTask::Classification)
     } else if regressor.is_some() {
@@ -269,79 +280,19 @@ fn plan<'a>(proto: &'a ModelProto, settings: &OnnxSettings) -> anyhow::Result<Pl
     } else {
         None
     };
+    let main_op = classifier.or(regressor).map(|n| n.op_type.clone());
+    let internal = !graph.output.iter().any(|o| o.name == output);
     Ok(Plan {
         input: input.name.clone(),
         input_type,
         features,
+        item_dims,
         output,
-        nodes,
+        internal,
         labels,
         task,
+        main_op,
     })
-}
-
-/// Whether a node belongs to the default ONNX operator set.
-fn is_standard(node: &NodeProto) -> bool {
-    node.domain.is_empty() || node.domain == "ai.onnx"
-}
-
-/// The first operator of `nodes` that tract does not implement.
-fn unsupported_by_tract(onnx: &tract_onnx::Onnx, nodes: &[&NodeProto]) -> Option<String> {
-    nodes
-        .iter()
-        .find(|n| !is_standard(n) || !onnx.op_register.0.contains_key(&n.op_type))
-        .map(|n| op_key(n))
-}
-
-fn tract_engine(
-    onnx: &tract_onnx::Onnx,
-    proto: &ModelProto,
-    plan: &Plan,
-) -> anyhow::Result<(TypedRunnableModel<TypedModel>, usize)> {
-    let mut model = onnx
-        .model_for_proto_model(proto)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let batch = model.symbols.sym("batch");
-    let dt = match plan.input_type {
-        ONNX_DOUBLE => f64::datum_type(),
-        ONNX_INT64 => i64::datum_type(),
-        _ => f32::datum_type(),
-    };
-    model
-        .set_input_fact(
-            0,
-            InferenceFact::dt_shape(dt, tvec!(batch.to_dim(), plan.features.to_dim())),
-        )
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    model
-        .set_output_names([plan.output.as_str()])
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let typed = model
-        .into_optimized()
-        .map_err(|e| anyhow::anyhow!("preparing the graph: {e:?}"))?;
-    let fact = typed
-        .output_fact(0)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        .clone();
-    let width = match fact.shape.as_concrete() {
-        Some(_) => bail!("output {:?} has a fixed batch size", plan.output),
-        None => match fact.shape.dims().iter().as_slice() {
-            [_, w] => w
-                .to_i64()
-                .ok()
-                .and_then(|w| usize::try_from(w).ok())
-                .with_context(|| format!("output {:?} has no fixed width", plan.output))?,
-            [_] => 1,
-            other => bail!(
-                "output {:?} has shape {other:?}; expected [batch, outputs]",
-                plan.output
-            ),
-        },
-    };
-    let runnable = typed
-        .into_runnable()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok((runnable, width))
 }
 
 /// Loads an ONNX model folder.
@@ -349,7 +300,7 @@ pub fn load(
     dir: &Path,
     name: &str,
     version: String,
-    _opts: &LoadOptions,
+    opts: &LoadOptions,
 ) -> anyhow::Result<LoadedModel> {
     let settings_path = dir.join(SETTINGS_FILE);
     let settings: OnnxSettings = if settings_path.is_file() {
@@ -362,68 +313,53 @@ pub fn load(
         OnnxSettings::default()
     };
     let bytes = std::fs::read(dir.join(MODEL_FILE)).context("reading model.onnx")?;
-    let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_read(&mut bytes.as_slice())
-        .map_err(|e| anyhow::anyhow!("model.onnx is not an ONNX model: {e}"))?;
-    let plan = plan(&proto, &settings)?;
-
-    let ml = plan
-        .nodes
-        .iter()
-        .any(|n| !n.domain.is_empty() && n.domain != "ai.onnx");
-    let (engine, width, architecture) = if ml {
-        let graph = proto.graph.as_ref().context("no graph")?;
-        let constants = graph
-            .initializer
-            .iter()
-            .map(|t| Ok((t.name.clone(), ml::tensor_value(t)?)))
-            .collect::<anyhow::Result<HashMap<_, _>>>()?;
-        let unsupported: Vec<String> = plan
-            .nodes
-            .iter()
-            .map(|n| op_key(n))
-            .filter(|k| !ml::SUPPORTED.contains(&k.as_str()))
-            .collect();
-        if let Some(op) = unsupported.first() {
-            bail!(
-                "unsupported operator {op} in model {name:?}: the worker runs these ONNX \
-                 operators in classical-ML graphs: {}",
-                ml::SUPPORTED.join(", ")
-            );
-        }
-        let program = Program::compile(&plan.nodes, &constants, &plan.input, &plan.output)?;
-        // One row of zeros tells the output width.
-        let probe = program.run(Value::f32(vec![1, plan.features], vec![0.0; plan.features]))?;
-        let width = probe.shape.last().copied().unwrap_or(1);
-        let kinds: Vec<String> = plan
-            .nodes
-            .iter()
-            .filter(|n| n.domain == "ai.onnx.ml")
-            .map(|n| n.op_type.clone())
-            .collect();
-        // Named after its model operator; a pipeline of other operators is a "graph".
-        let main = kinds
-            .iter()
-            .find(|k| k.contains("Tree") || k.contains("Linear"))
-            .cloned()
-            .unwrap_or_else(|| "graph".into());
-        (
-            Engine::Interpreter(program),
-            width,
-            format!("onnx-ml-{main}"),
-        )
+    let graph = graph::read(&bytes)?;
+    if dir.join(text::TOKENIZER_FILE).is_file() {
+        return text::load(dir, name, version, opts, &bytes, &graph);
+    }
+    let plan = plan(&graph, &settings)?;
+    drop(graph);
+    let exposed;
+    let graph_bytes = if plan.internal {
+        exposed = graph::with_outputs(&bytes, &[plan.output.as_str()]);
+        exposed.as_slice()
     } else {
-        if let Some(op) = unsupported_by_tract(&onnx, &plan.nodes) {
-            bail!("unsupported operator {op} in model {name:?}: tract does not implement it");
-        }
-        let (runnable, width) = tract_engine(&onnx, &proto, &plan)?;
-        (
-            Engine::Tract(Box::new(runnable)),
-            width,
-            "onnx-tract".to_string(),
-        )
+        bytes.as_slice()
     };
+    let session = session(graph_bytes, opts).with_context(|| format!("model {name:?}"))?;
+    drop(bytes);
+    let input_type = match plan.input_type {
+        DOUBLE => InputType::F64,
+        INT64 => InputType::I64,
+        _ => InputType::F32,
+    };
+    let mut model = OnnxModel {
+        session,
+        run_options: RunOptions::new()?
+            .with_outputs(OutputSelector::no_default().with(plan.output.as_str())),
+        input: plan.input.clone(),
+        input_type,
+        features: plan.features,
+        shape: std::iter::once(0)
+            .chain(plan.item_dims.iter().copied())
+            .collect(),
+        output: plan.output.clone(),
+        width: 0,
+        softmax: settings.softmax,
+    };
+    // One row of zeros tells the output's width (the declared shape may leave it open).
+    let probe = model
+        .run(vec![0.0; plan.features], 1)
+        .with_context(|| format!("model {name:?}: a first run on one row of zeros"))?;
+    let width = probe.len();
+    if width == 0 {
+        bail!(
+            "model {name:?}: output {:?} is empty for one row",
+            plan.output
+        );
+    }
+    model.width = width;
+    let architecture = format!("onnxruntime-{}", plan.main_op.as_deref().unwrap_or("graph"));
 
     let task = match settings.task.as_deref() {
         Some("classification") => ModelTask::Classification,
@@ -462,15 +398,10 @@ pub fn load(
             plan.features
         );
     }
-    let datatype = match plan.input_type {
-        ONNX_DOUBLE => "FP64",
-        ONNX_INT64 => "INT64",
-        _ => "FP32",
-    };
-    let input_type = match plan.input_type {
-        ONNX_DOUBLE => f64::datum_type(),
-        ONNX_INT64 => i64::datum_type(),
-        _ => f32::datum_type(),
+    let datatype = match input_type {
+        InputType::F64 => "FP64",
+        InputType::I64 => "INT64",
+        InputType::F32 => "FP32",
     };
     Ok(LoadedModel {
         info: ModelInfo {
@@ -484,7 +415,9 @@ pub fn load(
             input: Some(TensorInfo {
                 name: plan.input.clone(),
                 datatype: datatype.into(),
-                shape: vec![-1, plan.features as i64],
+                shape: std::iter::once(-1)
+                    .chain(plan.item_dims.iter().map(|&d| d as i64))
+                    .collect(),
             }),
             value_count: if task == ModelTask::Regression {
                 width as u32
@@ -494,13 +427,7 @@ pub fn load(
             feature_names: settings.feature_names.clone(),
             ..Default::default()
         },
-        model: Box::new(OnnxModel {
-            engine,
-            features: plan.features,
-            input_type,
-            width,
-            softmax: settings.softmax,
-        }),
+        model: Box::new(model),
         tokenizer: None,
     })
 }

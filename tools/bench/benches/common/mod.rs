@@ -1,6 +1,6 @@
 //! What the benchmarks share: the ONNX Runtime side in a Python process of its own (JSON
-//! lines over stdin/stdout, so neither side pays for the pipe inside its timings), and the
-//! plot of speed ratios.
+//! lines over stdin/stdout, so neither side pays for the pipe inside its timings), the
+//! release worker binary over mutual-TLS gRPC, and the plot of speed ratios.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
@@ -8,7 +8,79 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use std::time::Duration;
+
+use inferencehub_bench::load::{Grpc, Input, Target, connect};
+use inferencehub_devkit::certs;
+use inferencehub_proto::settings::WorkerClientTls;
 use serde_json::{Value, json};
+
+/// The release worker binary (beside the benchmark's own; the make target builds it)
+/// serving a model folder over mutual TLS. Killed on drop.
+pub struct WorkerProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// `https://127.0.0.1:<port>`.
+    pub addr: String,
+}
+
+impl WorkerProcess {
+    /// Starts the worker on free ports with `certs`, serving every folder of `models`.
+    pub async fn start(models: &Path, certs: &certs::CertPaths) -> WorkerProcess {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().unwrap();
+        let binary = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("inferencehub-worker");
+        assert!(binary.is_file(), "build {} first", binary.display());
+        let mut child = tokio::process::Command::new(binary)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--model-dir")
+            .arg(models)
+            .arg("--tls-cert")
+            .arg(&certs.server_cert)
+            .arg("--tls-key")
+            .arg(&certs.server_key)
+            .arg("--tls-client-ca")
+            .arg(&certs.ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next_line().await.unwrap().unwrap();
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .unwrap()
+            .to_string();
+        WorkerProcess {
+            child,
+            addr: format!("https://{grpc}"),
+        }
+    }
+
+    /// A gRPC target on the worker, once `model` answers `warm_up` (the models load after
+    /// the ports open).
+    pub async fn grpc(&self, certs: &certs::CertPaths, model: &str, warm_up: &Input) -> Grpc {
+        let tls = WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key);
+        for _ in 0..600 {
+            if let Ok(c) = connect(&self.addr, &tls, Duration::from_secs(30)).await {
+                let probe = Grpc::new(vec![c.clone()], Duration::from_secs(30));
+                if probe.send(model, warm_up).await.status == 200 {
+                    return Grpc::new(vec![c], Duration::from_secs(60));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the worker never answered for {model}");
+    }
+}
 
 /// A `benches/*.py` script answering one JSON object per line; its first line is its
 /// readiness (with `"onnxruntime": version`). Told to quit on drop.

@@ -1,0 +1,254 @@
+//! Transformers exported to ONNX (`torch.onnx.export`, `optimum`, their int8 copies from
+//! ONNX Runtime's `quantize_dynamic`), answering `prompt` like the Hugging Face checkpoints:
+//! a folder with `model.onnx` taking `input_ids` and, where the export has them,
+//! `attention_mask` and `token_type_ids` (`[batch, sequence]`, int64 or int32), beside the
+//! `tokenizer.json` that made its ids and the `config.json` that names its labels
+//! (`id2label`). The output served is `logits` (else the graph's first float output),
+//! turned into probabilities by a softmax. A batch is split into the same length buckets as
+//! the worker's own encoders before padding.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use ort::value::{DynValue, Tensor};
+use serde::Deserialize;
+
+use super::graph::{FLOAT, GraphProto};
+use super::session::{read_output, session, softmax_in_place};
+use crate::models::hf_config::labels_from_id2label;
+use crate::models::model::{LoadOptions, LoadedModel, Model, ModelInput, text_info, token_rows};
+use crate::models::tokens::{buckets, load_tokenizer};
+
+/// The tokenizer beside `model.onnx` that makes it a text model.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// ONNX element type: int32.
+const INT32: i32 = 6;
+/// ONNX element type: int64.
+const INT64: i32 = 7;
+
+/// What the worker reads of the folder's `config.json`.
+#[derive(Debug, Deserialize)]
+struct TextConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    id2label: Option<std::collections::HashMap<String, String>>,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+}
+
+/// Which of the encoder inputs the graph takes, in its element type.
+#[derive(Debug, Clone, Copy)]
+struct Feeds {
+    mask: bool,
+    token_types: bool,
+    int32: bool,
+}
+
+/// A transformer classifier run by ONNX Runtime.
+pub struct OnnxTextClassifier {
+    session: Session,
+    run_options: RunOptions<HasSelectedOutputs>,
+    feeds: Feeds,
+    output: String,
+    pad_id: u32,
+}
+
+impl OnnxTextClassifier {
+    /// The logits of one padded group of token rows.
+    fn run_group(&mut self, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let shape = [rows.len(), longest];
+        let mut ids = Vec::with_capacity(rows.len() * longest);
+        let mut mask = Vec::with_capacity(rows.len() * longest);
+        for row in rows {
+            ids.extend(row.iter().map(|&t| i64::from(t)));
+            ids.extend(std::iter::repeat_n(
+                i64::from(self.pad_id),
+                longest - row.len(),
+            ));
+            mask.extend(std::iter::repeat_n(1i64, row.len()));
+            mask.extend(std::iter::repeat_n(0i64, longest - row.len()));
+        }
+        let tensor = |data: Vec<i64>| -> anyhow::Result<DynValue> {
+            Ok(if self.feeds.int32 {
+                let data: Vec<i32> = data.into_iter().map(|x| x as i32).collect();
+                Tensor::from_array((shape, data))?.into_dyn()
+            } else {
+                Tensor::from_array((shape, data))?.into_dyn()
+            })
+        };
+        let mut inputs = vec![("input_ids", tensor(ids)?)];
+        if self.feeds.token_types {
+            inputs.push(("token_type_ids", tensor(vec![0; shape[0] * shape[1]])?));
+        }
+        if self.feeds.mask {
+            inputs.push(("attention_mask", tensor(mask)?));
+        }
+        let outputs = self.session.run_with_options(inputs, &self.run_options)?;
+        let flat = read_output(&outputs, &self.output)?;
+        if rows.is_empty() || flat.len() % rows.len() != 0 {
+            bail!("{} logits for {} inputs", flat.len(), rows.len());
+        }
+        Ok(flat
+            .chunks_exact(flat.len() / rows.len())
+            .map(|row| {
+                let mut row = row.to_vec();
+                softmax_in_place(&mut row);
+                row
+            })
+            .collect())
+    }
+}
+
+impl Model for OnnxTextClassifier {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let rows = token_rows(inputs)?;
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let mut out = vec![Vec::new(); rows.len()];
+        for group in buckets(&lengths) {
+            let group_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i]).collect();
+            for (i, row) in group.iter().zip(self.run_group(&group_rows)?) {
+                out[*i] = row;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Which inputs the graph takes; anything but the three encoder inputs is refused.
+fn feeds(graph: &GraphProto) -> anyhow::Result<Feeds> {
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut feeds = Feeds {
+        mask: false,
+        token_types: false,
+        int32: false,
+    };
+    let mut has_ids = false;
+    let mut types = Vec::new();
+    for input in graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name.as_str()))
+    {
+        let (elem, dims) = input
+            .tensor()
+            .with_context(|| format!("input {:?} is not a tensor", input.name))?;
+        if dims.len() != 2 || ![INT32, INT64].contains(&elem) {
+            bail!(
+                "input {:?} is not an int64 or int32 [batch, sequence] tensor",
+                input.name
+            );
+        }
+        types.push(elem);
+        match input.name.as_str() {
+            "input_ids" => has_ids = true,
+            "attention_mask" => feeds.mask = true,
+            "token_type_ids" => feeds.token_types = true,
+            other => bail!(
+                "input {other:?}: a text model's graph takes input_ids, attention_mask and \
+                 token_type_ids only"
+            ),
+        }
+    }
+    if !has_ids {
+        bail!("the graph has no input_ids input, so a tokenizer beside it cannot feed it");
+    }
+    if types.windows(2).any(|w| w[0] != w[1]) {
+        bail!("the graph's inputs mix int32 and int64");
+    }
+    feeds.int32 = types.first() == Some(&INT32);
+    Ok(feeds)
+}
+
+/// Loads a transformer export folder (`model.onnx`, `tokenizer.json`, `config.json`).
+pub fn load(
+    dir: &Path,
+    name: &str,
+    version: String,
+    opts: &LoadOptions,
+    bytes: &[u8],
+    graph: &GraphProto,
+) -> anyhow::Result<LoadedModel> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: a text model's folder names its labels in config.json (id2label)",
+            path.display()
+        )
+    })?;
+    let config: TextConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let feeds = feeds(graph)?;
+    let output = graph
+        .output
+        .iter()
+        .find(|o| o.name == "logits")
+        .or_else(|| {
+            graph
+                .output
+                .iter()
+                .find(|o| o.tensor().is_some_and(|(t, _)| t == FLOAT))
+        })
+        .map(|o| o.name.clone())
+        .context("the graph has no logits (float) output")?;
+    // RoBERTa-family position tables hold two rows before the first token's.
+    let offset = match config.model_type.as_deref() {
+        Some("roberta" | "xlm-roberta" | "camembert") => 2,
+        _ => 0,
+    };
+    let max_tokens = config
+        .max_position_embeddings
+        .unwrap_or(512)
+        .saturating_sub(offset)
+        .max(2);
+    let tokenizer = load_tokenizer(dir, max_tokens)?;
+    let session = session(bytes, opts)?;
+    let mut model = OnnxTextClassifier {
+        session,
+        run_options: RunOptions::new()?
+            .with_outputs(OutputSelector::no_default().with(output.as_str())),
+        feeds,
+        output,
+        pad_id: config.pad_token_id.unwrap_or(0),
+    };
+    let probe_ids = tokenizer
+        .encode("warm-up pass", true)
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
+        .get_ids()
+        .to_vec();
+    let width = model
+        .forward(&[ModelInput::Tokens(probe_ids)])
+        .context("a first run on one prompt")?[0]
+        .len();
+    let labels = labels_from_id2label(config.id2label, width)?;
+    let architecture = config
+        .architectures
+        .first()
+        .map(|a| {
+            a.trim_end_matches("ForSequenceClassification")
+                .to_lowercase()
+        })
+        .or(config.model_type)
+        .unwrap_or_else(|| "transformer".into());
+    Ok(LoadedModel {
+        info: text_info(
+            name,
+            version,
+            labels,
+            max_tokens,
+            opts,
+            &format!("onnxruntime-{architecture}-sequence-classification"),
+        ),
+        model: Box::new(model),
+        tokenizer: Some(Arc::new(tokenizer)),
+    })
+}

@@ -1,0 +1,233 @@
+//! `make bench-onnx-text`: a transformer exported to ONNX against the worker's own encoder on
+//! the same weights, interleaved in one run. MiniLM-L6 (the demo encoder) as a
+//! `BertForSequenceClassification` with a fixed 2-label head, written as a Hugging Face
+//! checkpoint and as a `torch.onnx.export` of it (`tools/python/export_text_classifier.py`).
+//!
+//! 1. Both folders load as the worker loads them and must give the same probabilities
+//!    within 1e-4 for the demo set's sentences before anything is timed.
+//! 2. In process, sentences/s at batch 1, 8 and 32 of short sentences and batch 8 of 128
+//!    tokens: the export on ONNX Runtime (the worker's ONNX text model) and the checkpoint on
+//!    the worker's own encoder, best of three interleaved rounds each.
+//! 3. The export over mutual-TLS gRPC (the release worker binary, one prompt per call) at 1
+//!    and 32 callers, against the same model in process at batch 1 and 32: the worker's
+//!    overhead as a ratio.
+//!
+//! Writes the tables to `target/bench-onnx-text.md` and a plot to `docs/bench-onnx-text.svg`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{WorkerProcess, ratio_svg};
+use inferencehub_bench::load::{Input, closed_loop};
+use inferencehub_devkit::certs;
+use inferencehub_worker::models::{LoadOptions, LoadedModel, ModelInput, load_model};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn load(dir: &Path, name: &str) -> LoadedModel {
+    assert!(
+        dir.is_dir(),
+        "{} missing: run `make bench-onnx-text`",
+        dir.display()
+    );
+    load_model(
+        dir,
+        name,
+        &LoadOptions {
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
+            max_prompt_bytes: 1 << 20,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// Seconds per forward pass over `inputs`, best of `rounds` samples of about 0.5 s.
+fn seconds(model: &mut LoadedModel, inputs: &[ModelInput]) -> f64 {
+    let started = Instant::now();
+    model.model.forward(inputs).unwrap();
+    let one = started.elapsed().as_secs_f64().max(1e-6);
+    let reps = ((0.5 / one) as usize).clamp(1, 10_000);
+    let started = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(model.model.forward(inputs).unwrap());
+    }
+    started.elapsed().as_secs_f64() / reps as f64
+}
+
+struct Row {
+    label: String,
+    onnx: f64,
+    own: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = root().join(".cache/bench-text");
+    let mut onnx = load(&dir.join("onnx"), "minilm-onnx");
+    let mut own = load(&dir.join("hf"), "minilm-hf");
+    println!(
+        "export: {}; checkpoint: {}",
+        onnx.info.architecture, own.info.architecture
+    );
+
+    let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
+    let sentences: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
+        .collect();
+    let prepare = |model: &LoadedModel, s: &str| model.prepare(s, &[]).unwrap();
+    let short: Vec<ModelInput> = sentences
+        .iter()
+        .map(|s| prepare(&onnx, s))
+        .filter(|i| matches!(i, ModelInput::Tokens(ids) if (10..=25).contains(&ids.len())))
+        .take(32)
+        .collect();
+    let long: Vec<ModelInput> = (0..8)
+        .map(|i| {
+            let joined: Vec<&str> = sentences
+                .iter()
+                .cycle()
+                .skip(i * 7)
+                .take(20)
+                .map(String::as_str)
+                .collect();
+            // The first 128 tokens of 20 sentences.
+            match prepare(&onnx, &joined.join(" ")) {
+                ModelInput::Tokens(ids) => ModelInput::Tokens(ids[..128].to_vec()),
+                other => panic!("a text model gave {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(short.len(), 32);
+
+    // 1. Same answers first.
+    let a = onnx.model.forward(&short).unwrap();
+    let b = own.model.forward(&short).unwrap();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "the export and the checkpoint disagree by {worst}"
+    );
+    println!("probabilities agree within {worst:.1e}");
+
+    // 2. In process, interleaved.
+    let cells: Vec<(String, Vec<ModelInput>)> = vec![
+        ("batch 1, short".into(), short[..1].to_vec()),
+        ("batch 8, short".into(), short[..8].to_vec()),
+        ("batch 32, short".into(), short.clone()),
+        ("batch 8, 128 tokens".into(), long.clone()),
+    ];
+    let mut rows = Vec::new();
+    for (label, inputs) in &cells {
+        let (mut o, mut w) = (f64::MAX, f64::MAX);
+        for round in 0..3 {
+            o = o.min(seconds(&mut onnx, inputs));
+            w = w.min(seconds(&mut own, inputs));
+            eprintln!("  {label}: round {} of 3", round + 1);
+        }
+        let n = inputs.len() as f64;
+        rows.push(Row {
+            label: label.clone(),
+            onnx: n / o,
+            own: n / w,
+        });
+    }
+    let mut md = String::new();
+    writeln!(
+        md,
+        "| cell | export on ONNX Runtime (sentences/s) | checkpoint on the worker's encoder | ONNX Runtime / own |\n|---|---:|---:|---:|"
+    )
+    .unwrap();
+    for r in &rows {
+        writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.2}x |",
+            r.label,
+            r.onnx,
+            r.own,
+            r.onnx / r.own
+        )
+        .unwrap();
+    }
+
+    // 3. The export over gRPC.
+    eprintln!("gRPC: the release worker binary, 1 caller, then 32");
+    let only = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        dir.join("onnx").canonicalize().unwrap(),
+        only.path().join("m"),
+    )
+    .unwrap();
+    let cert_dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(cert_dir.path()).unwrap();
+    let process = WorkerProcess::start(only.path(), &certs).await;
+    let target = Arc::new(
+        process
+            .grpc(&certs, "m", &Input::Text("warm up".into()))
+            .await,
+    );
+    let short_texts: Vec<Input> = sentences
+        .iter()
+        .filter(|s| matches!(prepare(&onnx, s), ModelInput::Tokens(ids) if (10..=25).contains(&ids.len())))
+        .take(32)
+        .map(|s| Input::Text(s.clone()))
+        .collect();
+    let run = |callers, requests| {
+        closed_loop(target.clone(), "m", short_texts.clone(), callers, requests)
+    };
+    run(4, 40).await;
+    let (mut one, mut many, mut batch) = (0f64, 0f64, 0f64);
+    for _ in 0..3 {
+        let s = run(1, 100).await;
+        assert_eq!(s.failed, 0, "{:?}", s.statuses);
+        one = one.max(s.rps);
+        let s = run(32, 640).await;
+        assert_eq!(s.failed, 0, "{:?}", s.statuses);
+        if s.rps > many {
+            (many, batch) = (s.rps, s.mean_batch.unwrap_or(0.0));
+        }
+    }
+    drop(process);
+    let alone1 = 1.0 / seconds(&mut onnx, &short[..1]);
+    let alone32 = 32.0 / seconds(&mut onnx, &short);
+    writeln!(
+        md,
+        "\nThe export over mutual-TLS gRPC (release worker binary, one prompt per call):\n\n\
+         | load | predictions/s | in process | predictions/s | gRPC / in process |\n\
+         |---|---:|---|---:|---:|\n\
+         | 1 caller | {one:.1} | batch 1 | {alone1:.1} | {:.2}x |\n\
+         | 32 callers (mean batch {batch:.1}) | {many:.1} | batch 32 | {alone32:.1} | {:.2}x |",
+        one / alone1,
+        many / alone32
+    )
+    .unwrap();
+    print!("\n{md}");
+    std::fs::write(root().join("target/bench-onnx-text.md"), &md).unwrap();
+    let groups: Vec<(String, Vec<f64>)> = rows
+        .iter()
+        .map(|r| (r.label.clone(), vec![r.onnx / r.own]))
+        .collect();
+    std::fs::write(
+        root().join("docs/bench-onnx-text.svg"),
+        ratio_svg(
+            "MiniLM-L6 classifier: the ONNX export on ONNX Runtime relative to the worker's own encoder (same weights, same run)",
+            &groups,
+            &[("ONNX Runtime / worker's encoder, sentences/s", "#2b6cb0")],
+        ),
+    )
+    .unwrap();
+    println!("table: target/bench-onnx-text.md, plot: docs/bench-onnx-text.svg");
+}
