@@ -351,20 +351,27 @@ pub fn incoming(
             let tx = tx.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-                let stream = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        metrics.refused("handshake_failed");
-                        tracing::info!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.refused("handshake_timeout");
-                        tracing::info!(%remote, "TLS handshake timed out: closing");
-                        return;
-                    }
-                };
+                // A refusal is counted before its socket closes (the handshake future, and
+                // on failure the error, hold the socket until then): whoever sees the close
+                // also sees the count.
+                let handshake = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(tcp)
+                    .into_fallible();
+                tokio::pin!(handshake);
+                let stream =
+                    match tokio::time::timeout(limits.handshake_timeout, &mut handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err((e, _tcp))) => {
+                            metrics.refused("handshake_failed");
+                            tracing::info!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.refused("handshake_timeout");
+                            tracing::info!(%remote, "TLS handshake timed out: closing");
+                            return;
+                        }
+                    };
                 let role = stream
                     .get_ref()
                     .1
