@@ -81,12 +81,27 @@ pub fn architecture_of(extra: &ExtraConfig) -> anyhow::Result<&'static str> {
             ARCHITECTURES.join(", ")
         );
     };
+    single_label(extra)?;
+    Ok(arch)
+}
+
+/// Refuses problem types other than single-label classification (the worker's answers are
+/// a softmax over the labels).
+pub fn single_label(extra: &ExtraConfig) -> anyhow::Result<()> {
     if let Some(problem) = extra.problem_type.as_deref()
         && problem != "single_label_classification"
     {
         bail!("problem_type {problem:?} is not supported: only single_label_classification");
     }
-    Ok(arch)
+    Ok(())
+}
+
+/// `bert` of `BertForSequenceClassification`: the architecture's family, as `ListModels`
+/// shows it.
+pub fn family(architecture: &str) -> String {
+    architecture
+        .trim_end_matches("ForSequenceClassification")
+        .to_lowercase()
 }
 
 /// The number of outputs of the projection `name.weight`, at least 2.

@@ -11,7 +11,7 @@ use super::bert::classifier::sequence_classifier;
 use super::bert::encoder::{load_body, read_weights};
 pub use super::bert::sentence::HEAD_FILE;
 use super::bert::sentence::{SentenceClassifier, read_head};
-use super::hf_config::{ExtraConfig, architecture_of, label_count, labels_from_id2label};
+use super::hf_config::{ExtraConfig, architecture_of, family, label_count, labels_from_id2label};
 use super::model::{LoadOptions, LoadedModel, Model, text_info};
 use super::modernbert::ModernBertClassifier;
 use super::tokens::load_tokenizer;
@@ -41,9 +41,7 @@ pub fn load_sequence_classifier(
             (Box::new(classifier), labels, config.max_position_embeddings)
         };
     let tokenizer = load_tokenizer(dir, max_tokens)?;
-    let architecture = arch
-        .trim_end_matches("ForSequenceClassification")
-        .to_lowercase();
+    let architecture = family(arch);
     Ok(LoadedModel {
         info: text_info(
             name,

@@ -23,18 +23,25 @@ pub fn load_tokenizer(dir: &Path, max_tokens: usize) -> anyhow::Result<Tokenizer
     Ok(tokenizer)
 }
 
-/// `rows` padded with `pad` to the longest: token ids and mask (1 on real tokens), both
-/// `[batch, longest]` u32 tensors on `device`.
-pub fn pad_batch(rows: &[&[u32]], pad: u32, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+/// `rows` padded with `pad` to the longest, row-major: token ids, the mask (1 on real
+/// tokens, 0 on padding), and the longest length. In the element type the model takes.
+pub fn pad_rows<T: From<u32> + Copy>(rows: &[&[u32]], pad: u32) -> (Vec<T>, Vec<T>, usize) {
     let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(rows.len() * longest);
     let mut mask = Vec::with_capacity(rows.len() * longest);
+    let (pad, one, zero) = (T::from(pad), T::from(1), T::from(0));
     for row in rows {
-        ids.extend_from_slice(row);
+        ids.extend(row.iter().map(|&t| T::from(t)));
         ids.extend(std::iter::repeat_n(pad, longest - row.len()));
-        mask.extend(std::iter::repeat_n(1u32, row.len()));
-        mask.extend(std::iter::repeat_n(0u32, longest - row.len()));
+        mask.extend(std::iter::repeat_n(one, row.len()));
+        mask.extend(std::iter::repeat_n(zero, longest - row.len()));
     }
+    (ids, mask, longest)
+}
+
+/// [`pad_rows`] as `[batch, longest]` u32 tensors on `device`.
+pub fn pad_batch(rows: &[&[u32]], pad: u32, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+    let (ids, mask, longest) = pad_rows::<u32>(rows, pad);
     let shape = (rows.len(), longest);
     Ok((
         Tensor::from_vec(ids, shape, device)?,

@@ -130,10 +130,25 @@ pub struct Dimension {
 
 /// ONNX element type: float.
 pub const FLOAT: i32 = 1;
+/// ONNX element type: int32.
+pub const INT32: i32 = 6;
 /// ONNX element type: int64.
 pub const INT64: i32 = 7;
 /// ONNX element type: double.
 pub const DOUBLE: i32 = 11;
+
+impl GraphProto {
+    /// The inputs a caller feeds: the declared ones that are not constants (older
+    /// exporters list every initializer among the inputs too).
+    pub fn fed_inputs(&self) -> Vec<&ValueInfoProto> {
+        let constants: std::collections::HashSet<&str> =
+            self.initializer.iter().map(|t| t.name.as_str()).collect();
+        self.input
+            .iter()
+            .filter(|i| !constants.contains(i.name.as_str()))
+            .collect()
+    }
+}
 
 impl ValueInfoProto {
     /// The element type and dimensions (None where dynamic) of a tensor value.

@@ -30,7 +30,7 @@ use ort::value::{DynValue, Tensor};
 use serde::Deserialize;
 
 use self::graph::{DOUBLE, FLOAT, GraphProto, INT64, NodeProto};
-use self::session::{read_output, session, softmax_in_place};
+use self::session::{output_rows, read_output, session};
 use super::model::{LoadOptions, LoadedModel, Model, ModelInput, feature_matrix};
 
 pub mod graph;
@@ -124,16 +124,7 @@ impl Model for OnnxModel {
                 self.width
             );
         }
-        Ok(out
-            .chunks_exact(self.width)
-            .map(|row| {
-                let mut row = row.to_vec();
-                if self.softmax {
-                    softmax_in_place(&mut row);
-                }
-                row
-            })
-            .collect())
+        output_rows(&out, n, self.softmax)
     }
 }
 
@@ -163,12 +154,7 @@ const REGRESSORS: [&str; 2] = [
 ];
 
 fn plan(graph: &GraphProto, settings: &OnnxSettings) -> anyhow::Result<Plan> {
-    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<_> = graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains(i.name.as_str()))
-        .collect();
+    let inputs = graph.fed_inputs();
     let [input] = inputs.as_slice() else {
         bail!(
             "the graph takes {} inputs ({}); only models with one tensor input of shape \
@@ -302,6 +288,11 @@ pub fn load(
     version: String,
     opts: &LoadOptions,
 ) -> anyhow::Result<LoadedModel> {
+    let bytes = std::fs::read(dir.join(MODEL_FILE)).context("reading model.onnx")?;
+    let graph = graph::read(&bytes)?;
+    if dir.join(text::TOKENIZER_FILE).is_file() {
+        return text::load(dir, name, version, opts, &bytes, &graph);
+    }
     let settings_path = dir.join(SETTINGS_FILE);
     let settings: OnnxSettings = if settings_path.is_file() {
         serde_json::from_str(
@@ -312,11 +303,6 @@ pub fn load(
     } else {
         OnnxSettings::default()
     };
-    let bytes = std::fs::read(dir.join(MODEL_FILE)).context("reading model.onnx")?;
-    let graph = graph::read(&bytes)?;
-    if dir.join(text::TOKENIZER_FILE).is_file() {
-        return text::load(dir, name, version, opts, &bytes, &graph);
-    }
     let plan = plan(&graph, &settings)?;
     drop(graph);
     let exposed;

@@ -49,17 +49,19 @@ fn configured_library() -> PathBuf {
 }
 
 fn start(path: &Path) -> anyhow::Result<Environment> {
+    let fix = format!(
+        "set {LIBRARY_VAR} to its libonnxruntime.so; `make onnxruntime` fetches it from the \
+         pinned wheel"
+    );
     if path.components().count() > 1 && !path.is_file() {
         bail!(
-            "ONNX Runtime {VERSION} not found at {} (set {LIBRARY_VAR} to its \
-             libonnxruntime.so; `make onnxruntime` fetches it from the pinned wheel)",
+            "ONNX Runtime {VERSION} not found at {} ({fix})",
             path.display()
         );
     }
     let builder = ort::init_from(path).map_err(|e| {
         anyhow::anyhow!(
-            "loading ONNX Runtime {VERSION} from {}: {e} (set {LIBRARY_VAR} to its \
-             libonnxruntime.so; `make onnxruntime` fetches it from the pinned wheel)",
+            "loading ONNX Runtime {VERSION} from {}: {e} ({fix})",
             path.display()
         )
     })?;

@@ -1,5 +1,6 @@
 //! What every ONNX model does with ONNX Runtime: a session from the graph's bytes (on the
-//! device the worker runs on), a served output read as floats, logits made probabilities.
+//! device the worker runs on), a served output read as floats and split into one row per
+//! input, logits made probabilities.
 
 use anyhow::{Context, bail};
 use ort::session::{Session, SessionOutputs};
@@ -46,8 +47,26 @@ pub fn read_output(outputs: &SessionOutputs<'_>, name: &str) -> anyhow::Result<V
     bail!("output {name:?} is {:?}, not a float tensor", value.dtype())
 }
 
+/// `flat` as `n` rows of equal width, each through a softmax when `softmax` is set
+/// (outputs ending in logits); an output that does not split into `n` rows is an error.
+pub fn output_rows(flat: &[f32], n: usize, softmax: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+    if n == 0 || flat.is_empty() || !flat.len().is_multiple_of(n) {
+        bail!("the model gave {} numbers for {n} inputs", flat.len());
+    }
+    Ok(flat
+        .chunks_exact(flat.len() / n)
+        .map(|row| {
+            let mut row = row.to_vec();
+            if softmax {
+                softmax_in_place(&mut row);
+            }
+            row
+        })
+        .collect())
+}
+
 /// Softmax of one row.
-pub fn softmax_in_place(row: &mut [f32]) {
+fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in row.iter_mut() {

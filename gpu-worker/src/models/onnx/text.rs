@@ -15,29 +15,20 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::{DynValue, Tensor};
 use serde::Deserialize;
 
-use super::graph::{FLOAT, GraphProto};
-use super::session::{read_output, session, softmax_in_place};
-use crate::models::hf_config::labels_from_id2label;
+use super::graph::{FLOAT, GraphProto, INT32, INT64};
+use super::session::{output_rows, read_output, session};
+use crate::models::hf_config::{ExtraConfig, family, labels_from_id2label, single_label};
 use crate::models::model::{LoadOptions, LoadedModel, Model, ModelInput, text_info, token_rows};
-use crate::models::tokens::{buckets, load_tokenizer};
+use crate::models::tokens::{buckets, load_tokenizer, pad_rows};
 
 /// The tokenizer beside `model.onnx` that makes it a text model.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
-/// ONNX element type: int32.
-const INT32: i32 = 6;
-/// ONNX element type: int64.
-const INT64: i32 = 7;
-
-/// What the worker reads of the folder's `config.json`.
+/// What the worker reads of the folder's `config.json` beyond [`ExtraConfig`].
 #[derive(Debug, Deserialize)]
 struct TextConfig {
     #[serde(default)]
-    architectures: Vec<String>,
-    #[serde(default)]
     model_type: Option<String>,
-    #[serde(default)]
-    id2label: Option<std::collections::HashMap<String, String>>,
     #[serde(default)]
     max_position_embeddings: Option<usize>,
     #[serde(default)]
@@ -64,19 +55,8 @@ pub struct OnnxTextClassifier {
 impl OnnxTextClassifier {
     /// The logits of one padded group of token rows.
     fn run_group(&mut self, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let (ids, mask, longest) = pad_rows::<i64>(rows, self.pad_id);
         let shape = [rows.len(), longest];
-        let mut ids = Vec::with_capacity(rows.len() * longest);
-        let mut mask = Vec::with_capacity(rows.len() * longest);
-        for row in rows {
-            ids.extend(row.iter().map(|&t| i64::from(t)));
-            ids.extend(std::iter::repeat_n(
-                i64::from(self.pad_id),
-                longest - row.len(),
-            ));
-            mask.extend(std::iter::repeat_n(1i64, row.len()));
-            mask.extend(std::iter::repeat_n(0i64, longest - row.len()));
-        }
         let tensor = |data: Vec<i64>| -> anyhow::Result<DynValue> {
             Ok(if self.feeds.int32 {
                 let data: Vec<i32> = data.into_iter().map(|x| x as i32).collect();
@@ -93,18 +73,7 @@ impl OnnxTextClassifier {
             inputs.push(("attention_mask", tensor(mask)?));
         }
         let outputs = self.session.run_with_options(inputs, &self.run_options)?;
-        let flat = read_output(&outputs, &self.output)?;
-        if rows.is_empty() || flat.len() % rows.len() != 0 {
-            bail!("{} logits for {} inputs", flat.len(), rows.len());
-        }
-        Ok(flat
-            .chunks_exact(flat.len() / rows.len())
-            .map(|row| {
-                let mut row = row.to_vec();
-                softmax_in_place(&mut row);
-                row
-            })
-            .collect())
+        output_rows(&read_output(&outputs, &self.output)?, rows.len(), true)
     }
 }
 
@@ -125,8 +94,6 @@ impl Model for OnnxTextClassifier {
 
 /// Which inputs the graph takes; anything but the three encoder inputs is refused.
 fn feeds(graph: &GraphProto) -> anyhow::Result<Feeds> {
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut feeds = Feeds {
         mask: false,
         token_types: false,
@@ -134,11 +101,7 @@ fn feeds(graph: &GraphProto) -> anyhow::Result<Feeds> {
     };
     let mut has_ids = false;
     let mut types = Vec::new();
-    for input in graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains(i.name.as_str()))
-    {
+    for input in graph.fed_inputs() {
         let (elem, dims) = input
             .tensor()
             .with_context(|| format!("input {:?} is not a tensor", input.name))?;
@@ -185,8 +148,10 @@ pub fn load(
             path.display()
         )
     })?;
-    let config: TextConfig =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let parse = || format!("parsing {}", path.display());
+    let config: TextConfig = serde_json::from_str(&text).with_context(parse)?;
+    let extra: ExtraConfig = serde_json::from_str(&text).with_context(parse)?;
+    single_label(&extra)?;
     let feeds = feeds(graph)?;
     let output = graph
         .output
@@ -229,14 +194,11 @@ pub fn load(
         .forward(&[ModelInput::Tokens(probe_ids)])
         .context("a first run on one prompt")?[0]
         .len();
-    let labels = labels_from_id2label(config.id2label, width)?;
-    let architecture = config
+    let labels = labels_from_id2label(extra.id2label, width)?;
+    let architecture = extra
         .architectures
         .first()
-        .map(|a| {
-            a.trim_end_matches("ForSequenceClassification")
-                .to_lowercase()
-        })
+        .map(|a| family(a))
         .or(config.model_type)
         .unwrap_or_else(|| "transformer".into());
     Ok(LoadedModel {
