@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 import transformers
 
+sys.path.insert(0, str(Path(__file__).parent))
+from make_onnx_text_fixtures import export  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,21 +43,7 @@ def main() -> int:
         shutil.copy(args.encoder_dir / "tokenizer.json", folder / "tokenizer.json")
     model.save_pretrained(hf, safe_serialization=True)
     model.config.to_json_file(onnx / "config.json")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    ids = torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]])
-    torch.onnx.export(
-        model,
-        (ids, (ids != 0).long(), torch.zeros_like(ids)),
-        str(onnx / "model.onnx"),
-        input_names=names,
-        output_names=["logits"],
-        dynamic_axes={
-            **{n: {0: "batch", 1: "sequence"} for n in names},
-            "logits": {0: "batch"},
-        },
-        opset_version=17,
-        dynamo=False,
-    )
+    export(model, onnx / "model.onnx")
     for folder in (hf, onnx):
         size = sum(f.stat().st_size for f in folder.iterdir())
         print(f"{folder}: {size / 1e6:.1f} MB", flush=True)

@@ -73,6 +73,18 @@ def byte_bpe() -> Tokenizer:
     return tok
 
 
+def transformers_cases(model, tok: Tokenizer) -> list[dict]:
+    """Each of PROMPTS with the token ids `tok` gives and the logits `model` computes for
+    it alone (eval mode, no gradients)."""
+    cases = []
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            ids = tok.encode(prompt).ids
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            cases.append({"prompt": prompt, "input_ids": ids, "logits": logits.tolist()})
+    return cases
+
+
 def write(out: Path, name: str, model, tok: Tokenizer) -> None:
     folder = out / name
     if folder.exists():
@@ -80,12 +92,7 @@ def write(out: Path, name: str, model, tok: Tokenizer) -> None:
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     tok.save(str(folder / "tokenizer.json"))
-    cases = []
-    with torch.no_grad():
-        for prompt in PROMPTS:
-            ids = tok.encode(prompt).ids
-            logits = model(input_ids=torch.tensor([ids])).logits[0]
-            cases.append({"prompt": prompt, "input_ids": ids, "logits": logits.tolist()})
+    cases = transformers_cases(model, tok)
     expected = {
         "architecture": model.config.architectures[0],
         "transformers": transformers.__version__,

@@ -198,8 +198,6 @@ def lightgbm_fixtures(out: Path) -> None:
 
 
 def torch_fixtures(out: Path) -> None:
-    import io
-
     import torch
     from torch import nn
 
@@ -257,28 +255,41 @@ def torch_fixtures(out: Path) -> None:
     xt = torch.tensor(x_train)
     yt = torch.tensor(y_train)
     for name, net in nets.items():
-        optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-        for _ in range(150):
-            optimizer.zero_grad()
-            loss = nn.functional.nll_loss(torch.log(net(xt) + 1e-9), yt)
-            loss.backward()
-            optimizer.step()
-        net.eval()
-        with torch.no_grad():
-            proba = net(torch.tensor(x_test)).numpy()
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            net,
-            (torch.tensor(x_test[:2]),),
-            buffer,
-            input_names=["features"],
-            output_names=["probabilities"],
-            dynamic_axes={"features": {0: "batch"}, "probabilities": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+        proba, onnx_bytes = train_and_export(net, xt, yt, 150, torch.tensor(x_test), "features")
         expected = classification(x_test, proba, [labels[i] for i in proba.argmax(1)])
-        write(out, name, buffer.getvalue(), expected, {"labels": labels})
+        write(out, name, onnx_bytes, expected, {"labels": labels})
+
+
+def train_and_export(net, x, y, steps: int, x_test, input_name: str):
+    """Trains `net` (ending in a softmax) with Adam on the negative log-likelihood, then
+    returns its probabilities on `x_test` and its `torch.onnx.export` (input `input_name`,
+    output `probabilities`, the batch dynamic)."""
+    import io
+
+    import torch
+    from torch import nn
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.nll_loss(torch.log(net(x) + 1e-9), y)
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        proba = net(x_test).numpy()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net,
+        (x_test[:2],),
+        buffer,
+        input_names=[input_name],
+        output_names=["probabilities"],
+        dynamic_axes={input_name: {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return proba, buffer.getvalue()
 
 
 def keras_fixtures(out: Path) -> None:
@@ -321,8 +332,6 @@ def keras_fixtures(out: Path) -> None:
 
 def image_fixtures(out: Path) -> None:
     """A 2-D CNN over the 8x8 digits bundled with scikit-learn: input `[N, 1, 8, 8]`."""
-    import io
-
     import torch
     from sklearn.datasets import load_digits
     from torch import nn
@@ -343,32 +352,14 @@ def image_fixtures(out: Path) -> None:
         nn.Linear(16 * 2 * 2, 10),
         nn.Softmax(-1),
     )
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    xt, yt = image(x_train), torch.tensor(y_train)
-    for _ in range(120):
-        optimizer.zero_grad()
-        loss = nn.functional.nll_loss(torch.log(net(xt) + 1e-9), yt)
-        loss.backward()
-        optimizer.step()
-    net.eval()
-    with torch.no_grad():
-        proba = net(image(x_test)).numpy()
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        net,
-        (image(x_test[:2]),),
-        buffer,
-        input_names=["image"],
-        output_names=["probabilities"],
-        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
+    proba, onnx_bytes = train_and_export(
+        net, image(x_train), torch.tensor(y_train), 120, image(x_test), "image"
     )
     # The rows the worker takes: each image's 64 pixels (scaled to 0..1), row-major.
     expected = classification(
         (x_test / 16.0).astype(np.float32), proba, [labels[i] for i in proba.argmax(1)]
     )
-    write(out, "pytorch-digits-cnn", buffer.getvalue(), expected, {"labels": labels})
+    write(out, "pytorch-digits-cnn", onnx_bytes, expected, {"labels": labels})
 
 
 FAMILIES = {

@@ -28,12 +28,15 @@ import transformers
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_hf_fixtures import LABELS, PROMPTS, wordpiece  # noqa: E402
+from make_hf_fixtures import LABELS, transformers_cases, wordpiece  # noqa: E402
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def export(model, out: Path) -> None:
+    """`model` (a `*ForSequenceClassification`) through `torch.onnx.export` to `out`:
+    inputs `input_ids`, `attention_mask`, `token_type_ids`, output `logits`, batch and
+    sequence dynamic."""
     ids = torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
     mask = (ids != 0).long()
     axes = {"batch": 0, "sequence": 1}
@@ -106,12 +109,7 @@ def main() -> int:
     export(model, fp32 / "model.onnx")
     quantize_dynamic(fp32 / "model.onnx", int8 / "model.onnx", weight_type=QuantType.QInt8)
 
-    cases = []
-    with torch.no_grad():
-        for prompt in PROMPTS:
-            ids = tok.encode(prompt).ids
-            logits = model(input_ids=torch.tensor([ids])).logits[0].tolist()
-            cases.append({"prompt": prompt, "input_ids": ids, "logits": logits})
+    cases = transformers_cases(model, tok)
     meta = {
         "architecture": "BertForSequenceClassification",
         "transformers": transformers.__version__,
