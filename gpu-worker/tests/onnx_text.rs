@@ -10,91 +10,23 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Worker;
+use common::{Worker, check_text_fixture, softmax, text_expected};
 use inferencehub_proto::pb::{ModelKind, PredictRequest};
-use inferencehub_worker::models::{LoadOptions, ModelInput, argmax, load_model};
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-struct Expected {
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    prompt: String,
-    input_ids: Vec<u32>,
-    logits: Vec<f32>,
-}
+use inferencehub_worker::models::{LoadOptions, argmax, load_model};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx-text")
 }
 
-fn fixture(name: &str) -> (PathBuf, Expected) {
-    let dir = fixtures().join(name);
-    let expected =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    (dir, expected)
-}
-
-fn options() -> LoadOptions {
-    LoadOptions {
-        device: candle_core::Device::Cpu,
-        dtype: candle_core::DType::F32,
-        max_prompt_bytes: 4096,
-    }
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / sum).collect()
-}
-
-/// Worst difference between two rows of probabilities.
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// Loads the folder, tokenises every prompt with its own tokenizer, compares each prompt
-/// alone within `alone`, and all of them as one batch (length buckets, padding) within
-/// `batched`, with the same labels.
+/// The folder held to its expected answers (see [`check_text_fixture`]), loaded as an
+/// ONNX Runtime text model.
 fn check(name: &str, alone: f32, batched: f32) {
-    let (dir, expected) = fixture(name);
-    let mut model = load_model(&dir, name, &options()).unwrap_or_else(|e| panic!("{e:#}"));
+    let (model, _) = check_text_fixture(&fixtures().join(name), name, alone, batched);
     assert_eq!(model.info.kind(), ModelKind::Text);
-    assert_eq!(model.info.labels, ["negative", "neutral", "positive"]);
     assert_eq!(
         model.info.architecture,
         "onnxruntime-bert-sequence-classification"
     );
-    let mut inputs = Vec::new();
-    for case in &expected.cases {
-        let input = model.prepare(&case.prompt, &[]).unwrap();
-        assert_eq!(
-            input,
-            ModelInput::Tokens(case.input_ids.clone()),
-            "{name}: {:?}",
-            case.prompt
-        );
-        inputs.push(input);
-    }
-    let all = model.model.forward(&inputs).unwrap();
-    for (i, case) in expected.cases.iter().enumerate() {
-        let want = softmax(&case.logits);
-        let one = model.model.forward(&inputs[i..=i]).unwrap().remove(0);
-        let d = worst(&one, &want);
-        assert!(d <= alone, "{name} {:?} alone: {d:e}", case.prompt);
-        let d = worst(&all[i], &want);
-        assert!(d <= batched, "{name} {:?} in a batch: {d:e}", case.prompt);
-        assert_eq!(argmax(&one).0, argmax(&want).0, "{name} {:?}", case.prompt);
-    }
 }
 
 #[test]
@@ -123,7 +55,12 @@ fn a_text_folder_whose_graph_does_not_take_token_ids_is_refused_naming_the_input
     for file in ["tokenizer.json", "config.json"] {
         std::fs::copy(fixtures().join("bert-onnx").join(file), model.join(file)).unwrap();
     }
-    let err = match load_model(&model, "confused", &options()) {
+    let options = LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        max_prompt_bytes: 4096,
+    };
+    let err = match load_model(&model, "confused", &options) {
         Ok(_) => panic!("a float [batch, 13] graph cannot take token ids"),
         Err(e) => format!("{e:#}"),
     };
@@ -139,7 +76,7 @@ async fn the_export_is_served_over_grpc_from_a_prompt() {
     std::os::unix::fs::symlink(fixtures().join("bert-onnx"), models.path().join("bert")).unwrap();
     let worker = Worker::serving(models.path(), &["--max-wait", "1ms"]).await;
     let mut client = worker.client().await;
-    let (_, expected) = fixture("bert-onnx");
+    let expected = text_expected(&fixtures().join("bert-onnx"));
     for case in &expected.cases {
         let answer = client
             .predict(PredictRequest {

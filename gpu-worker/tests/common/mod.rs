@@ -218,3 +218,85 @@ impl Worker {
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 }
+
+/// A text fixture's `expected.json`: the architecture its framework saved, and per prompt
+/// the token ids and the logits the framework computed for it alone.
+#[derive(Debug, serde::Deserialize)]
+pub struct TextExpected {
+    pub architecture: String,
+    pub cases: Vec<TextCase>,
+}
+
+/// One prompt of a [`TextExpected`].
+#[derive(Debug, serde::Deserialize)]
+pub struct TextCase {
+    pub prompt: String,
+    pub input_ids: Vec<u32>,
+    pub logits: Vec<f32>,
+}
+
+/// `dir`'s `expected.json`.
+pub fn text_expected(dir: &Path) -> TextExpected {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+/// Softmax of one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+/// Loads the text model folder `dir` as the worker does and holds it to its
+/// `expected.json`: the three fixture labels, the tokenizer's ids for every prompt, and each
+/// prompt's probabilities within `alone` of the softmax of the expected logits when run
+/// alone (with the same best label) and within `batched` in one padded batch of all the
+/// prompts. Returns the model and what was expected.
+pub fn check_text_fixture(
+    dir: &Path,
+    name: &str,
+    alone: f32,
+    batched: f32,
+) -> (inferencehub_worker::models::LoadedModel, TextExpected) {
+    use inferencehub_worker::models::{LoadOptions, ModelInput, argmax, load_model};
+    let expected = text_expected(dir);
+    let options = LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        max_prompt_bytes: 4096,
+    };
+    let mut model = load_model(dir, name, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    assert_eq!(model.info.labels, ["negative", "neutral", "positive"]);
+    let mut inputs = Vec::new();
+    for case in &expected.cases {
+        let input = model.prepare(&case.prompt, &[]).unwrap();
+        assert_eq!(
+            input,
+            ModelInput::Tokens(case.input_ids.clone()),
+            "{name}: token ids of {:?}",
+            case.prompt
+        );
+        inputs.push(input);
+    }
+    // Prompts of different lengths in one batch: padding must not leak into the answer.
+    let batch = model.model.forward(&inputs).unwrap();
+    for (i, case) in expected.cases.iter().enumerate() {
+        let one = model.model.forward(&inputs[i..=i]).unwrap().remove(0);
+        let want = softmax(&case.logits);
+        for (got, tolerance, how) in [(&one, alone, "alone"), (&batch[i], batched, "in a batch")] {
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst < tolerance,
+                "{name} {how}: {:?} gave {got:?}, expected {want:?} ({worst:e})",
+                case.prompt
+            );
+        }
+        assert_eq!(argmax(&one).0, argmax(&want).0, "{name} {:?}", case.prompt);
+    }
+    (model, expected)
+}
