@@ -451,6 +451,21 @@ struct Expected {
     values: Vec<Vec<f64>>,
 }
 
+/// The stack serving the fixture folders `names` of `fixtures` (linked into a model
+/// folder that lives as long as the first value).
+async fn serving(fixtures: &std::path::Path, names: &[&str]) -> (tempfile::TempDir, Stack) {
+    let models = tempfile::tempdir().unwrap();
+    for name in names {
+        std::os::unix::fs::symlink(fixtures.join(name), models.path().join(name)).unwrap();
+    }
+    let stack = Stack::start(Options {
+        model_dir: Some(models.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
+    (models, stack)
+}
+
 #[tokio::test]
 async fn exports_from_every_framework_answer_through_the_gateway() {
     let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
@@ -462,15 +477,7 @@ async fn exports_from_every_framework_answer_through_the_gateway() {
         "keras-mlp",
         "pytorch-digits-cnn",
     ];
-    let models = tempfile::tempdir().unwrap();
-    for name in names {
-        std::os::unix::fs::symlink(fixtures.join(name), models.path().join(name)).unwrap();
-    }
-    let stack = Stack::start(Options {
-        model_dir: Some(models.path().to_path_buf()),
-        ..Options::default()
-    })
-    .await;
+    let (_models, stack) = serving(&fixtures, &names).await;
     let token = stack.keys.token("alice", "predict");
     for name in names {
         let expected: Expected = serde_json::from_str(
@@ -544,15 +551,7 @@ async fn a_transformer_export_answers_prompts_through_the_gateway() {
         cases: Vec<Case>,
     }
     let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx-text");
-    let models = tempfile::tempdir().unwrap();
-    for name in ["bert-onnx", "bert-onnx-int8"] {
-        std::os::unix::fs::symlink(fixtures.join(name), models.path().join(name)).unwrap();
-    }
-    let stack = Stack::start(Options {
-        model_dir: Some(models.path().to_path_buf()),
-        ..Options::default()
-    })
-    .await;
+    let (_models, stack) = serving(&fixtures, &["bert-onnx", "bert-onnx-int8"]).await;
     let token = stack.keys.token("alice", "predict");
     for name in ["bert-onnx", "bert-onnx-int8"] {
         let expected: Cases = serde_json::from_str(
