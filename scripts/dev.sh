@@ -131,7 +131,7 @@ step "in the background: cargo-lambda, dynalite, ONNX Runtime, the demo models' 
 setsid bash -c '
   set -e
   command -v cargo-lambda >/dev/null 2>&1 || python3 -m pip install --quiet cargo-lambda ziglang
-  make --no-print-directory -s dynalite model-inputs onnxruntime
+  make --no-print-directory -s dynalite model-inputs
 ' >"$LOCAL/prepare.log" 2>&1 &
 prepare=$!
 

@@ -36,7 +36,8 @@ fn worker_tasks_cannot_reach_the_instance_metadata() {
 }
 
 /// Each worker image carries ONNX Runtime from the wheel `make onnxruntime` fetches (the
-/// GPU image its `onnxruntime-gpu` build) and points the worker at it.
+/// GPU image its `onnxruntime-gpu` build) and points the worker at it; the local runs and
+/// the worker's default name the same release.
 #[test]
 fn the_worker_images_carry_the_pinned_onnxruntime() {
     let makefile = read("Makefile");
@@ -60,6 +61,15 @@ fn the_worker_images_carry_the_pinned_onnxruntime() {
             "IHUB_WORKER_ONNXRUNTIME=/usr/local/lib/onnxruntime/libonnxruntime.so.{version}"
         );
         assert!(text.contains(&env), "{dockerfile} does not set {env}");
+    }
+    // Where the local runs look for it, and the worker's default, name the same release.
+    let library = format!("libonnxruntime.so.{version}");
+    for file in [
+        ".cargo/config.toml",
+        "scripts/dev.sh",
+        "gpu-worker/src/models/onnx/runtime.rs",
+    ] {
+        assert!(read(file).contains(&library), "{file} does not name {library}");
     }
 }
 
