@@ -138,6 +138,17 @@ pub const INT64: i32 = 7;
 pub const DOUBLE: i32 = 11;
 
 impl GraphProto {
+    /// The element type the exporter recorded for value `name` (an output or an
+    /// intermediate value), if it did.
+    pub fn elem_type_of(&self, name: &str) -> Option<i32> {
+        self.output
+            .iter()
+            .chain(&self.value_info)
+            .find(|v| v.name == name)
+            .and_then(|v| v.tensor())
+            .map(|(elem, _)| elem)
+    }
+
     /// The inputs a caller feeds: the declared ones that are not constants (older
     /// exporters list every initializer among the inputs too).
     pub fn fed_inputs(&self) -> Vec<&ValueInfoProto> {
@@ -213,20 +224,21 @@ pub fn read(bytes: &[u8]) -> anyhow::Result<GraphProto> {
         .ok_or_else(|| anyhow::anyhow!("model.onnx holds no graph"))
 }
 
-/// `bytes` with `names` (float tensors) added to the graph's outputs, so ONNX Runtime can
-/// hand out a value the exporter left inside the graph (the probabilities in front of a
-/// `ZipMap`). Protobuf merges a message that appears twice and appends to its repeated
-/// fields, so the addition is a second, small `ModelProto` written after the first.
-pub fn with_outputs(bytes: &[u8], names: &[&str]) -> Vec<u8> {
+/// `bytes` with `outputs` (tensors: name and ONNX element type) added to the graph's
+/// outputs, so ONNX Runtime can hand out a value the exporter left inside the graph (the
+/// probabilities in front of a `ZipMap`). Protobuf merges a message that appears twice and
+/// appends to its repeated fields, so the addition is a second, small `ModelProto` written
+/// after the first.
+pub fn with_outputs(bytes: &[u8], outputs: &[(&str, i32)]) -> Vec<u8> {
     let extra = ModelProto {
         graph: Some(GraphProto {
-            output: names
+            output: outputs
                 .iter()
-                .map(|name| ValueInfoProto {
-                    name: (*name).to_string(),
+                .map(|&(name, elem_type)| ValueInfoProto {
+                    name: name.to_string(),
                     r#type: Some(TypeProto {
                         tensor_type: Some(TensorType {
-                            elem_type: FLOAT,
+                            elem_type,
                             shape: None,
                         }),
                     }),
@@ -264,10 +276,31 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let merged = read(&with_outputs(&first.encode_to_vec(), &["x"])).unwrap();
+        let merged = read(&with_outputs(&first.encode_to_vec(), &[("x", FLOAT)])).unwrap();
         assert_eq!(merged.node.len(), 1);
         let outputs: Vec<_> = merged.output.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(outputs, ["y", "x"]);
         assert_eq!(merged.output[1].tensor(), Some((FLOAT, vec![])));
+    }
+
+    #[test]
+    fn an_intermediate_value_keeps_the_type_the_exporter_recorded() {
+        let typed = |name: &str, elem_type| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorType {
+                    elem_type,
+                    shape: None,
+                }),
+            }),
+        };
+        let graph = GraphProto {
+            output: vec![typed("y", FLOAT)],
+            value_info: vec![typed("h", DOUBLE)],
+            ..Default::default()
+        };
+        assert_eq!(graph.elem_type_of("h"), Some(DOUBLE));
+        assert_eq!(graph.elem_type_of("y"), Some(FLOAT));
+        assert_eq!(graph.elem_type_of("nowhere"), None);
     }
 }

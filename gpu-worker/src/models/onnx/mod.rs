@@ -136,8 +136,9 @@ struct Plan {
     /// The input's dimensions after the batch.
     item_dims: Vec<usize>,
     output: String,
-    /// The output is a value inside the graph, not one of its declared outputs.
-    internal: bool,
+    /// Set when the output is a value inside the graph, not one of its declared outputs:
+    /// its ONNX element type (as the exporter recorded it, else float).
+    internal: Option<i32>,
     labels: Option<Vec<String>>,
     task: Option<ModelTask>,
     /// The operator that names the model (`TreeEnsembleClassifier`, …), if any.
@@ -267,7 +268,8 @@ fn plan(graph: &GraphProto, settings: &OnnxSettings) -> anyhow::Result<Plan> {
         None
     };
     let main_op = classifier.or(regressor).map(|n| n.op_type.clone());
-    let internal = !graph.output.iter().any(|o| o.name == output);
+    let internal = (!graph.output.iter().any(|o| o.name == output))
+        .then(|| graph.elem_type_of(&output).unwrap_or(FLOAT));
     Ok(Plan {
         input: input.name.clone(),
         input_type,
@@ -306,11 +308,12 @@ pub fn load(
     let plan = plan(&graph, &settings)?;
     drop(graph);
     let exposed;
-    let graph_bytes = if plan.internal {
-        exposed = graph::with_outputs(&bytes, &[plan.output.as_str()]);
-        exposed.as_slice()
-    } else {
-        bytes.as_slice()
+    let graph_bytes = match plan.internal {
+        Some(elem_type) => {
+            exposed = graph::with_outputs(&bytes, &[(plan.output.as_str(), elem_type)]);
+            exposed.as_slice()
+        }
+        None => bytes.as_slice(),
     };
     let session = session(graph_bytes, opts).with_context(|| format!("model {name:?}"))?;
     drop(bytes);
