@@ -28,7 +28,6 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use common::{PyBridge, WorkerProcess, ratio_svg};
 use inferencehub_bench::load::{Input, closed_loop};
-use inferencehub_devkit::certs;
 use inferencehub_worker::models::ModelInput;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
 use inferencehub_worker::models::tokens::{load_tokenizer, pad_batch};
@@ -353,21 +352,10 @@ async fn main() {
     );
 
     // gRPC: the release worker binary, 1 and 32 concurrent callers.
-    let only = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        model_dir.canonicalize().unwrap(),
-        only.path().join("sentiment"),
-    )
-    .unwrap();
-    let cert_dir = tempfile::tempdir().unwrap();
-    let certs = certs::generate(cert_dir.path()).unwrap();
-    let process = WorkerProcess::start(only.path(), &certs).await;
+    let (process, target) =
+        WorkerProcess::serve_one(&model_dir, "sentiment", &Input::Text("warm up".into())).await;
     let pid = process.child.id().unwrap();
-    let target = Arc::new(
-        process
-            .grpc(&certs, "sentiment", &Input::Text("warm up".into()))
-            .await,
-    );
+    let target = Arc::new(target);
     let rss_loaded = rss_mb(pid);
     let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
     let prompts: Vec<String> = text

@@ -20,11 +20,9 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use common::{WorkerProcess, ratio_svg};
-use inferencehub_bench::load::{Input, closed_loop};
-use inferencehub_devkit::certs;
+use common::{WorkerProcess, calls_for, one_and_many, per_call, ratio_svg};
+use inferencehub_bench::load::Input;
 use inferencehub_worker::models::{LoadOptions, LoadedModel, ModelInput, load_model};
 
 fn root() -> PathBuf {
@@ -49,17 +47,13 @@ fn load(dir: &Path, name: &str) -> LoadedModel {
     .unwrap_or_else(|e| panic!("{name}: {e:#}"))
 }
 
-/// Seconds per forward pass over `inputs`, best of `rounds` samples of about 0.5 s.
+/// Seconds per forward pass over `inputs`, one sample of about 0.5 s.
 fn seconds(model: &mut LoadedModel, inputs: &[ModelInput]) -> f64 {
-    let started = Instant::now();
-    model.model.forward(inputs).unwrap();
-    let one = started.elapsed().as_secs_f64().max(1e-6);
-    let reps = ((0.5 / one) as usize).clamp(1, 10_000);
-    let started = Instant::now();
-    for _ in 0..reps {
+    let mut forward = || {
         std::hint::black_box(model.model.forward(inputs).unwrap());
-    }
-    started.elapsed().as_secs_f64() / reps as f64
+    };
+    let calls = calls_for(0.5, 1, 10_000, &mut forward);
+    per_call(calls, &mut forward)
 }
 
 struct Row {
@@ -165,41 +159,16 @@ async fn main() {
 
     // 3. The export over gRPC.
     eprintln!("gRPC: the release worker binary, 1 caller, then 32");
-    let only = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        dir.join("onnx").canonicalize().unwrap(),
-        only.path().join("m"),
-    )
-    .unwrap();
-    let cert_dir = tempfile::tempdir().unwrap();
-    let certs = certs::generate(cert_dir.path()).unwrap();
-    let process = WorkerProcess::start(only.path(), &certs).await;
-    let target = Arc::new(
-        process
-            .grpc(&certs, "m", &Input::Text("warm up".into()))
-            .await,
-    );
+    let (process, target) =
+        WorkerProcess::serve_one(&dir.join("onnx"), "m", &Input::Text("warm up".into())).await;
     let short_texts: Vec<Input> = sentences
         .iter()
         .filter(|s| matches!(prepare(&onnx, s), ModelInput::Tokens(ids) if (10..=25).contains(&ids.len())))
         .take(32)
         .map(|s| Input::Text(s.clone()))
         .collect();
-    let run = |callers, requests| {
-        closed_loop(target.clone(), "m", short_texts.clone(), callers, requests)
-    };
-    run(4, 40).await;
-    let (mut one, mut many, mut batch) = (0f64, 0f64, 0f64);
-    for _ in 0..3 {
-        let s = run(1, 100).await;
-        assert_eq!(s.failed, 0, "{:?}", s.statuses);
-        one = one.max(s.rps);
-        let s = run(32, 640).await;
-        assert_eq!(s.failed, 0, "{:?}", s.statuses);
-        if s.rps > many {
-            (many, batch) = (s.rps, s.mean_batch.unwrap_or(0.0));
-        }
-    }
+    let (one, many) = one_and_many(Arc::new(target), "m", &short_texts, 40, (100, 640)).await;
+    let batch = many.mean_batch.unwrap_or(0.0);
     drop(process);
     let alone1 = 1.0 / seconds(&mut onnx, &short[..1]);
     let alone32 = 32.0 / seconds(&mut onnx, &short);
@@ -208,10 +177,12 @@ async fn main() {
         "\nThe export over mutual-TLS gRPC (release worker binary, one prompt per call):\n\n\
          | load | predictions/s | in process | predictions/s | gRPC / in process |\n\
          |---|---:|---|---:|---:|\n\
-         | 1 caller | {one:.1} | batch 1 | {alone1:.1} | {:.2}x |\n\
-         | 32 callers (mean batch {batch:.1}) | {many:.1} | batch 32 | {alone32:.1} | {:.2}x |",
-        one / alone1,
-        many / alone32
+         | 1 caller | {:.1} | batch 1 | {alone1:.1} | {:.2}x |\n\
+         | 32 callers (mean batch {batch:.1}) | {:.1} | batch 32 | {alone32:.1} | {:.2}x |",
+        one.rps,
+        one.rps / alone1,
+        many.rps,
+        many.rps / alone32
     )
     .unwrap();
     print!("\n{md}");

@@ -18,11 +18,9 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use common::{PyBridge, WorkerProcess, ratio_svg};
-use inferencehub_bench::load::{Input, closed_loop};
-use inferencehub_devkit::certs;
+use common::{PyBridge, WorkerProcess, calls_for, one_and_many, per_call, ratio_svg};
+use inferencehub_bench::load::Input;
 use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde_json::{Value, json};
 
@@ -45,21 +43,12 @@ struct Row {
     ort2: f64,
 }
 
-/// Seconds per call of `f`, best of five rounds of about 0.3 s.
+/// Seconds per call of `f`, best of five samples of about 0.3 s.
 fn best_seconds(mut f: impl FnMut()) -> f64 {
-    let started = Instant::now();
-    f();
-    let one = started.elapsed().as_secs_f64().max(1e-6);
-    let reps = ((0.3 / one) as usize).clamp(3, 200_000);
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let started = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        best = best.min(started.elapsed().as_secs_f64() / reps as f64);
-    }
-    best
+    let calls = calls_for(0.3, 3, 200_000, &mut f);
+    (0..5)
+        .map(|_| per_call(calls, &mut f))
+        .fold(f64::MAX, f64::min)
 }
 
 #[tokio::main]
@@ -129,17 +118,13 @@ async fn main() {
         let data = rows(batch);
         let inputs: Vec<ModelInput> = data.iter().cloned().map(ModelInput::Features).collect();
         // About 0.3 s per measurement; five interleaved rounds, best of each.
-        let started = Instant::now();
-        model.model.forward(&inputs).unwrap();
-        let one = started.elapsed().as_secs_f64().max(1e-6);
-        let reps = ((0.3 / one) as usize).clamp(3, 200_000);
+        let mut forward = || {
+            std::hint::black_box(model.model.forward(&inputs).unwrap());
+        };
+        let reps = calls_for(0.3, 3, 200_000, &mut forward);
         let (mut w, mut o1, mut o2) = (f64::MAX, f64::MAX, f64::MAX);
         for round in 0..5 {
-            let started = Instant::now();
-            for _ in 0..reps {
-                std::hint::black_box(model.model.forward(&inputs).unwrap());
-            }
-            w = w.min(started.elapsed().as_secs_f64() / reps as f64);
+            w = w.min(per_call(reps, &mut forward));
             o1 = o1.min(ort1.seconds("rows", json!(data), reps) / reps as f64);
             o2 = o2.min(ort2.seconds("rows", json!(data), reps) / reps as f64);
             eprintln!("  batch {batch}: round {} of 5", round + 1);
@@ -176,36 +161,12 @@ async fn main() {
 
     // 2. The worker binary over gRPC against its own model in process.
     eprintln!("gRPC: the release worker binary, 1 caller, then 32");
-    let only = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(model_dir.canonicalize().unwrap(), only.path().join("wine"))
-        .unwrap();
-    let cert_dir = tempfile::tempdir().unwrap();
-    let certs = certs::generate(cert_dir.path()).unwrap();
-    let process = WorkerProcess::start(only.path(), &certs).await;
     let held_out = rows(64);
-    let target = Arc::new(
-        process
-            .grpc(&certs, "wine", &Input::Features(held_out[0].clone()))
-            .await,
-    );
+    let (process, target) =
+        WorkerProcess::serve_one(&model_dir, "wine", &Input::Features(held_out[0].clone())).await;
     let inputs: Vec<Input> = held_out.iter().cloned().map(Input::Features).collect();
-    let load =
-        |callers, requests| closed_loop(target.clone(), "wine", inputs.clone(), callers, requests);
-    load(4, 200).await;
-    let (mut one, mut many, mut mean_batch) = (0f64, 0f64, 0f64);
-    let (mut p50_one, mut p50_many) = (0f64, 0f64);
-    for _ in 0..3 {
-        let s = load(1, 1_000).await;
-        assert_eq!(s.failed, 0, "{:?}", s.statuses);
-        if s.rps > one {
-            (one, p50_one) = (s.rps, s.p50_ms);
-        }
-        let s = load(32, 6_400).await;
-        assert_eq!(s.failed, 0, "{:?}", s.statuses);
-        if s.rps > many {
-            (many, p50_many, mean_batch) = (s.rps, s.p50_ms, s.mean_batch.unwrap_or(0.0));
-        }
-    }
+    let (one, many) = one_and_many(Arc::new(target), "wine", &inputs, 200, (1_000, 6_400)).await;
+    let mean_batch = many.mean_batch.unwrap_or(0.0);
     drop(process);
     let mut in_process = |n: usize| {
         let batch: Vec<ModelInput> = rows(n).into_iter().map(ModelInput::Features).collect();
@@ -220,10 +181,14 @@ async fn main() {
         "\nThrough mutual-TLS gRPC (release worker binary, one row per call):\n\n\
          | load | predictions/s | p50 ms | in process | predictions/s | gRPC / in process |\n\
          |---|---:|---:|---|---:|---:|\n\
-         | 1 caller | {one:.0} | {p50_one:.2} | batch 1 | {alone1:.0} | {:.2}x |\n\
-         | 32 callers (mean batch {mean_batch:.1}) | {many:.0} | {p50_many:.2} | batch 32 | {alone32:.0} | {:.2}x |",
-        one / alone1,
-        many / alone32
+         | 1 caller | {:.0} | {:.2} | batch 1 | {alone1:.0} | {:.2}x |\n\
+         | 32 callers (mean batch {mean_batch:.1}) | {:.0} | {:.2} | batch 32 | {alone32:.0} | {:.2}x |",
+        one.rps,
+        one.p50_ms,
+        one.rps / alone1,
+        many.rps,
+        many.p50_ms,
+        many.rps / alone32
     )
     .unwrap();
     print!("{md}");

@@ -8,26 +8,34 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use inferencehub_bench::load::{Grpc, Input, Target, connect};
+use inferencehub_bench::load::{Grpc, Input, Summary, Target, closed_loop, connect};
 use inferencehub_devkit::certs;
 use inferencehub_proto::settings::WorkerClientTls;
 use serde_json::{Value, json};
 
 /// The release worker binary (beside the benchmark's own; the make target builds it)
-/// serving a model folder over mutual TLS. Killed on drop.
+/// serving one model folder over mutual TLS, on fresh certificates. Killed on drop.
 pub struct WorkerProcess {
     /// The process.
     pub child: tokio::process::Child,
-    /// `https://127.0.0.1:<port>`.
-    pub addr: String,
+    /// The model folder (a link to the one served) and the certificates.
+    _dirs: [tempfile::TempDir; 2],
 }
 
 impl WorkerProcess {
-    /// Starts the worker on free ports with `certs`, serving every folder of `models`.
-    pub async fn start(models: &Path, certs: &certs::CertPaths) -> WorkerProcess {
+    /// Starts the worker on free ports serving `model_dir` as `name`, and returns it with a
+    /// gRPC target on it once the model answers `warm_up` (the models load after the ports
+    /// open).
+    pub async fn serve_one(model_dir: &Path, name: &str, warm_up: &Input) -> (WorkerProcess, Grpc) {
         use tokio::io::AsyncBufReadExt;
+        let models = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(model_dir.canonicalize().unwrap(), models.path().join(name))
+            .unwrap();
+        let cert_dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(cert_dir.path()).unwrap();
         let exe = std::env::current_exe().unwrap();
         let binary = exe
             .parent()
@@ -40,7 +48,7 @@ impl WorkerProcess {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--model-dir")
-            .arg(models)
+            .arg(models.path())
             .arg("--tls-cert")
             .arg(&certs.server_cert)
             .arg("--tls-key")
@@ -54,32 +62,70 @@ impl WorkerProcess {
             .unwrap();
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let line = lines.next_line().await.unwrap().unwrap();
-        let grpc = line
+        let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("grpc="))
-            .unwrap()
-            .to_string();
-        WorkerProcess {
-            child,
-            addr: format!("https://{grpc}"),
-        }
-    }
-
-    /// A gRPC target on the worker, once `model` answers `warm_up` (the models load after
-    /// the ports open).
-    pub async fn grpc(&self, certs: &certs::CertPaths, model: &str, warm_up: &Input) -> Grpc {
+            .map(|a| format!("https://{a}"))
+            .unwrap();
         let tls = WorkerClientTls::from_files(&certs.ca, &certs.client_cert, &certs.client_key);
+        let process = WorkerProcess {
+            child,
+            _dirs: [models, cert_dir],
+        };
         for _ in 0..600 {
-            if let Ok(c) = connect(&self.addr, &tls, Duration::from_secs(30)).await {
+            if let Ok(c) = connect(&addr, &tls, Duration::from_secs(30)).await {
                 let probe = Grpc::new(vec![c.clone()], Duration::from_secs(30));
-                if probe.send(model, warm_up).await.status == 200 {
-                    return Grpc::new(vec![c], Duration::from_secs(60));
+                if probe.send(name, warm_up).await.status == 200 {
+                    return (process, Grpc::new(vec![c], Duration::from_secs(60)));
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("the worker never answered for {model}");
+        panic!("the worker never answered for {name}");
     }
+}
+
+/// The best (by requests/s) of three closed-loop runs of `model` at 1 caller and at 32,
+/// after `warm_up` requests at 4; every request must be answered.
+pub async fn one_and_many<T: Target>(
+    target: Arc<T>,
+    model: &str,
+    inputs: &[Input],
+    warm_up: u64,
+    (one, many): (u64, u64),
+) -> (Summary, Summary) {
+    let run =
+        |callers, requests| closed_loop(target.clone(), model, inputs.to_vec(), callers, requests);
+    run(4, warm_up).await;
+    let (mut best_one, mut best_many): (Option<Summary>, Option<Summary>) = (None, None);
+    for _ in 0..3 {
+        for (best, callers, requests) in [(&mut best_one, 1, one), (&mut best_many, 32, many)] {
+            let s = run(callers, requests).await;
+            assert_eq!(s.failed, 0, "{:?}", s.statuses);
+            if best.as_ref().is_none_or(|b| s.rps > b.rps) {
+                *best = Some(s);
+            }
+        }
+    }
+    (best_one.unwrap(), best_many.unwrap())
+}
+
+/// How many calls of `f` make a sample of about `seconds` (from one timed call), within
+/// `min..=max`.
+pub fn calls_for(seconds: f64, min: usize, max: usize, mut f: impl FnMut()) -> usize {
+    let started = Instant::now();
+    f();
+    let one = started.elapsed().as_secs_f64().max(1e-6);
+    ((seconds / one) as usize).clamp(min, max)
+}
+
+/// Seconds per call over `calls` calls of `f`.
+pub fn per_call(calls: usize, mut f: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    for _ in 0..calls {
+        f();
+    }
+    started.elapsed().as_secs_f64() / calls as f64
 }
 
 /// A `benches/*.py` script answering one JSON object per line; its first line is its
