@@ -69,7 +69,10 @@ fn the_worker_images_carry_the_pinned_onnxruntime() {
         "scripts/dev.sh",
         "gpu-worker/src/models/onnx/runtime.rs",
     ] {
-        assert!(read(file).contains(&library), "{file} does not name {library}");
+        assert!(
+            read(file).contains(&library),
+            "{file} does not name {library}"
+        );
     }
 }
 
