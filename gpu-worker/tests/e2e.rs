@@ -598,12 +598,6 @@ async fn a_refused_model_folder_exits_non_zero_naming_the_model() {
     let models = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(models.path().join("broken")).unwrap();
     std::fs::write(models.path().join("broken/model.onnx"), "not an ONNX graph").unwrap();
-    let mut worker = Worker::spawn(models.path(), &[]).await;
-    let status = tokio::time::timeout(Duration::from_secs(60), worker.child.wait())
-        .await
-        .expect("the worker exits")
-        .unwrap();
-    assert!(!status.success(), "{status:?}");
-    let log = std::fs::read_to_string(worker.dir.path().join("worker.log")).unwrap();
+    let log = Worker::spawn(models.path(), &[]).await.failed_log().await;
     assert!(log.contains("loading model \\\"broken\\\""), "{log}");
 }

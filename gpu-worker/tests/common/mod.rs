@@ -116,6 +116,17 @@ impl Worker {
         }
     }
 
+    /// Waits (at most a minute) for a worker that must stop on its own, requires a non-zero
+    /// exit, and returns its log.
+    pub async fn failed_log(&mut self) -> String {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the worker exits")
+            .unwrap();
+        assert!(!status.success(), "{status:?}");
+        std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap()
+    }
+
     /// Starts a worker and waits until health says SERVING.
     pub async fn serving(model_dir: &Path, extra: &[&str]) -> Worker {
         let worker = Self::spawn(model_dir, extra).await;
