@@ -17,7 +17,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::models::{Model, ModelInput};
+use crate::models::{Model, ModelInput, Output};
 
 /// Batching knobs of one model.
 #[derive(Debug, Clone, Copy)]
@@ -33,8 +33,9 @@ pub struct BatchConfig {
 /// The answer for one input.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    /// Probability of every label, in label order.
-    pub probabilities: Vec<f32>,
+    /// Probability of every label in label order, or the predicted values; and the
+    /// model's named outputs.
+    pub output: Output,
     /// Time from admission to the start of its forward pass.
     pub queue: Duration,
     /// Duration of its forward pass.
@@ -118,7 +119,7 @@ impl Shared {
 
 struct Job {
     inputs: Vec<ModelInput>,
-    reply: oneshot::Sender<(anyhow::Result<Vec<Vec<f32>>>, Duration)>,
+    reply: oneshot::Sender<(anyhow::Result<Vec<Output>>, Duration)>,
 }
 
 /// Cloneable async handle to one model's queue, scheduler and thread.
@@ -244,10 +245,13 @@ async fn next_batch(shared: &Shared) -> Vec<Entry> {
 }
 
 /// Pops entries from the front, dropping those whose caller went away or whose deadline
-/// passed, until `max` live ones are taken or the queue is empty.
+/// passed, until `max` live ones are taken or the queue is empty. A batch holds only
+/// inputs that batch with its first ([`ModelInput::batches_with`]: tensors of one shape);
+/// the others keep their places for a later batch.
 fn take_live(shared: &Shared, queue: &mut VecDeque<Entry>, max: usize) -> Vec<Entry> {
     let now = Instant::now();
-    let mut batch = Vec::with_capacity(max.min(queue.len()));
+    let mut batch: Vec<Entry> = Vec::with_capacity(max.min(queue.len()));
+    let mut later = Vec::new();
     while batch.len() < max {
         let Some(entry) = queue.pop_front() else {
             break;
@@ -257,9 +261,17 @@ fn take_live(shared: &Shared, queue: &mut VecDeque<Entry>, max: usize) -> Vec<En
         } else if entry.deadline.is_some_and(|d| d <= now) {
             shared.metrics.dropped_deadline.inc();
             let _ = entry.reply.send(Err(BatchError::DeadlineExceeded));
+        } else if batch
+            .first()
+            .is_some_and(|first| !first.input.batches_with(&entry.input))
+        {
+            later.push(entry);
         } else {
             batch.push(entry);
         }
+    }
+    for entry in later.into_iter().rev() {
+        queue.push_front(entry);
     }
     batch
 }
@@ -298,7 +310,7 @@ async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
             Ok(()) => done_rx.await.map_err(|_| BatchError::Closed),
             Err(_) => Err(BatchError::Closed),
         };
-        let (probabilities, compute) = match outcome {
+        let (outputs, compute) = match outcome {
             Ok((Ok(out), compute)) if out.len() == size => (Ok(out), compute),
             Ok((Ok(out), compute)) => (
                 Err(BatchError::Model(format!(
@@ -311,11 +323,11 @@ async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
             Err(e) => (Err(e), Duration::ZERO),
         };
         shared.metrics.compute.observe(compute.as_secs_f64());
-        match probabilities {
+        match outputs {
             Ok(out) => {
-                for ((reply, queue, _in_flight), probabilities) in waiting.into_iter().zip(out) {
+                for ((reply, queue, _in_flight), output) in waiting.into_iter().zip(out) {
                     let _ = reply.send(Ok(Prediction {
-                        probabilities,
+                        output,
                         queue,
                         compute,
                         batch_size: size,
@@ -353,7 +365,7 @@ mod tests {
     }
 
     impl Model for Echo {
-        fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+        fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
             self.sizes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -364,7 +376,9 @@ mod tests {
                 .map(|i| match i {
                     ModelInput::Features(f) => vec![f[0], 1.0 - f[0]],
                     ModelInput::Tokens(_) => vec![0.5, 0.5],
+                    ModelInput::Tensors(t) => vec![t[0].shape[1] as f32, 0.0],
                 })
+                .map(Output::from)
                 .collect())
         }
     }
@@ -399,7 +413,7 @@ mod tests {
             .expect("admitted");
         for (i, rx) in rxs.into_iter().enumerate() {
             let p = rx.await.expect("answered").expect("ok");
-            assert_eq!(p.probabilities[0], i as f32 / 10.0);
+            assert_eq!(p.output.row[0], i as f32 / 10.0);
             assert_eq!(p.batch_size, 4);
         }
         assert_eq!(*sizes.lock().expect("lock"), vec![4]);
@@ -483,5 +497,48 @@ mod tests {
         assert!(matches!(e, Err(BatchError::DeadlineExceeded)));
         assert_eq!(*sizes.lock().expect("lock"), vec![1]);
         assert_eq!(b.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn tensors_of_other_shapes_wait_for_a_batch_of_their_own() {
+        let (b, sizes) = batcher(
+            BatchConfig {
+                max_batch_size: 8,
+                max_wait: Duration::from_millis(20),
+                max_waiting: 16,
+            },
+            Duration::ZERO,
+        );
+        let sequence = |len: i64| {
+            ModelInput::Tensors(vec![inferencehub_proto::pb::Tensor {
+                name: "ids".into(),
+                datatype: "INT64".into(),
+                shape: vec![1, len],
+                raw_contents: vec![0; 8 * len as usize],
+                bytes_contents: Vec::new(),
+            }])
+        };
+        let rxs = b
+            .submit(
+                vec![
+                    sequence(3),
+                    sequence(5),
+                    sequence(3),
+                    sequence(5),
+                    sequence(3),
+                ],
+                None,
+            )
+            .expect("admitted");
+        let mut seen = Vec::new();
+        for rx in rxs {
+            let p = rx.await.expect("answered").expect("ok");
+            seen.push((p.output.row[0], p.batch_size));
+        }
+        // In input order, each computed only with inputs of its own length.
+        assert_eq!(seen, [(3.0, 3), (5.0, 2), (3.0, 3), (5.0, 2), (3.0, 3)]);
+        let mut sizes = sizes.lock().expect("lock").clone();
+        sizes.sort_unstable();
+        assert_eq!(sizes, [2, 3]);
     }
 }

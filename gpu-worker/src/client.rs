@@ -84,7 +84,7 @@ pub async fn predict(args: &PredictArgs) -> anyhow::Result<()> {
             model_name: args.model.clone(),
             prompt: args.prompt.clone().unwrap_or_default(),
             features: args.features.clone(),
-            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|s| {

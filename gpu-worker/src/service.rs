@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use inferencehub_proto::pb::model_inference_server::ModelInference;
 use inferencehub_proto::pb::{
-    LabelScore, ListModelsRequest, ListModelsResponse, ModelInfo, ModelTask, PredictBatchRequest,
-    PredictBatchResponse, PredictRequest, PredictResponse,
+    FeatureRow, LabelScore, ListModelsRequest, ListModelsResponse, ModelInfo, ModelTask,
+    PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse, Tensor,
 };
 use inferencehub_proto::signature::{batch_field, batch_list};
+use inferencehub_proto::tensor::{self, Member};
 use inferencehub_proto::{
-    ErrorKind, FieldError, Input, InputField, InputSignature, REQUEST_ID_METADATA,
+    DataType, ErrorKind, FieldError, Input, InputField, InputSignature, REQUEST_ID_METADATA,
     invalid_argument, is_sane_request_id,
 };
 use tokenizers::Tokenizer;
@@ -22,7 +23,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::batching::{BatchError, Batcher, Prediction};
 use crate::metrics::Metrics;
 use crate::models::model::{prepare_input, signature};
-use crate::models::{ModelInput, argmax};
+use crate::models::{ModelInput, Output, argmax};
 
 /// One model being served.
 pub struct ServedModel {
@@ -75,12 +76,11 @@ impl InferenceService {
     async fn run(
         &self,
         model: &ServedModel,
-        prompts: Vec<String>,
-        rows: Vec<Vec<f32>>,
+        sent: Sent,
         deadline: Option<Instant>,
     ) -> Result<Vec<Prediction>, Status> {
-        let inputs = match &model.tokenizer {
-            Some(tokenizer) => {
+        let inputs = match (sent, &model.tokenizer) {
+            (Sent::Prompts(prompts), Some(tokenizer)) => {
                 let tokenizer = tokenizer.clone();
                 tokio::task::spawn_blocking(move || {
                     prompts
@@ -92,7 +92,9 @@ impl InferenceService {
                 .map_err(|e| internal("tokenizer task", &e))?
                 .map_err(|e| internal("tokenizing", &e))?
             }
-            None => rows.into_iter().map(ModelInput::Features).collect(),
+            (Sent::Rows(rows), None) => rows.into_iter().map(ModelInput::Features).collect(),
+            (Sent::Tensors(items), None) => items.into_iter().map(ModelInput::Tensors).collect(),
+            _ => return Err(ErrorKind::Internal.status("inputs of the wrong kind")),
         };
         let receivers = model
             .batcher
@@ -130,16 +132,41 @@ impl InferenceService {
         started: Instant,
     ) -> Result<PredictResponse, Status> {
         let model = self.model(&req.model_name)?;
-        signature(&model.info)
-            .check(Input::from_proto(&req.prompt, &req.features))
-            .map_err(|e| FieldError::new(e.path(), e.message).to_status())?;
-        let mut predictions = self
-            .run(&model, vec![req.prompt], vec![req.features], deadline)
-            .await?;
+        let wanted = requested_outputs(&model.info, &req.outputs)?;
+        let sent = if req.inputs.is_empty() {
+            signature(&model.info)
+                .check(Input::from_proto(&req.prompt, &req.features))
+                .map_err(|e| FieldError::new(e.path(), e.message).to_status())?;
+            match model.tokenizer {
+                Some(_) => Sent::Prompts(vec![req.prompt]),
+                None => Sent::Rows(vec![req.features]),
+            }
+        } else {
+            if !req.prompt.is_empty() || !req.features.is_empty() {
+                return Err(FieldError::new(
+                    "inputs",
+                    "send `inputs` or `prompt` / `features`, not both",
+                )
+                .to_status());
+            }
+            let sent = tensor_inputs(&model, req.inputs)?;
+            if sent.len() != 1 {
+                return Err(FieldError::new(
+                    "inputs",
+                    format!(
+                        "Predict takes one input (first dimension 1), got {}; use PredictBatch",
+                        sent.len()
+                    ),
+                )
+                .to_status());
+            }
+            sent
+        };
+        let mut predictions = self.run(&model, sent, deadline).await?;
         let prediction = predictions
             .pop()
             .ok_or_else(|| ErrorKind::Internal.status("no prediction"))?;
-        let mut answer = to_response(&model.info, &prediction, request_id);
+        let mut answer = to_response(&model.info, prediction, &wanted, request_id);
         answer.latency_ms = millis(started.elapsed());
         Ok(answer)
     }
@@ -152,42 +179,23 @@ impl InferenceService {
         started: Instant,
     ) -> Result<PredictBatchResponse, Status> {
         let model = self.model(&req.model_name)?;
-        let signature = signature(&model.info);
-        // The proto's batch fields: `prompts` for text models, `rows` for tabular ones.
-        let (wanted, unwanted, sent, stray) = match signature.field() {
-            InputField::Prompt => ("prompts", "rows", req.prompts.len(), req.rows.len()),
-            InputField::Features => ("rows", "prompts", req.rows.len(), req.prompts.len()),
+        let wanted = requested_outputs(&model.info, &req.outputs)?;
+        let sent = if req.inputs.is_empty() {
+            seed_inputs(&model, req.prompts, req.rows)?
+        } else {
+            if !req.prompts.is_empty() || !req.rows.is_empty() {
+                return Err(FieldError::new(
+                    "inputs",
+                    "send `inputs` or `prompts` / `rows`, not both",
+                )
+                .to_status());
+            }
+            tensor_inputs(&model, req.inputs)?
         };
-        if stray > 0 {
-            return Err(FieldError::new(
-                unwanted,
-                format!("this model takes `{wanted}`, not `{unwanted}`"),
-            )
-            .to_status());
-        }
-        if sent == 0 {
-            return Err(FieldError::new(wanted, "needs at least one input").to_status());
-        }
-        // One check for every element, the one single inputs and the gateway run too.
-        let inputs = req
-            .prompts
-            .iter()
-            .map(|p| Input::from_proto(p, &[]))
-            .chain(req.rows.iter().map(|r| Input::from_proto("", &r.features)));
-        let errors: Vec<FieldError> = signature
-            .check_all(inputs)
-            .iter()
-            .map(|(i, e)| batch_field(*i, e))
-            .collect();
-        if !errors.is_empty() {
-            return Err(invalid_argument(&errors));
-        }
-        let rows = req.rows.into_iter().map(|r| r.features).collect();
-        let prompts = req.prompts;
-        let predictions = self.run(&model, prompts, rows, deadline).await?;
+        let predictions = self.run(&model, sent, deadline).await?;
         let results = predictions
-            .iter()
-            .map(|p| to_response(&model.info, p, request_id.clone()))
+            .into_iter()
+            .map(|p| to_response(&model.info, p, &wanted, request_id.clone()))
             .collect();
         Ok(PredictBatchResponse {
             results,
@@ -196,6 +204,141 @@ impl InferenceService {
             model_version: model.info.version.clone(),
             latency_ms: millis(started.elapsed()),
         })
+    }
+}
+
+/// A call's inputs, checked, as the model takes them.
+enum Sent {
+    /// Texts of a text model.
+    Prompts(Vec<String>),
+    /// Feature rows of a tabular model.
+    Rows(Vec<Vec<f32>>),
+    /// Named tensors: per input, one tensor per input of the signature, in its order.
+    Tensors(Vec<Vec<Tensor>>),
+}
+
+impl Sent {
+    fn len(&self) -> usize {
+        match self {
+            Self::Prompts(p) => p.len(),
+            Self::Rows(r) => r.len(),
+            Self::Tensors(t) => t.len(),
+        }
+    }
+}
+
+/// The seed's batch fields, `prompts` for text models and `rows` for tabular ones, checked
+/// with the one check single inputs and the gateway run too.
+fn seed_inputs(
+    model: &ServedModel,
+    prompts: Vec<String>,
+    rows: Vec<FeatureRow>,
+) -> Result<Sent, Status> {
+    let signature = signature(&model.info);
+    let (wanted, unwanted, sent, stray) = match signature.field() {
+        InputField::Prompt => ("prompts", "rows", prompts.len(), rows.len()),
+        InputField::Features => ("rows", "prompts", rows.len(), prompts.len()),
+    };
+    if stray > 0 {
+        return Err(FieldError::new(
+            unwanted,
+            format!("this model takes `{wanted}`, not `{unwanted}`"),
+        )
+        .to_status());
+    }
+    if sent == 0 {
+        return Err(FieldError::new(wanted, "needs at least one input").to_status());
+    }
+    let inputs = prompts
+        .iter()
+        .map(|p| Input::from_proto(p, &[]))
+        .chain(rows.iter().map(|r| Input::from_proto("", &r.features)));
+    let errors: Vec<FieldError> = signature
+        .check_all(inputs)
+        .iter()
+        .map(|(i, e)| batch_field(*i, e))
+        .collect();
+    if !errors.is_empty() {
+        return Err(invalid_argument(&errors));
+    }
+    Ok(match signature.field() {
+        InputField::Prompt => Sent::Prompts(prompts),
+        InputField::Features => Sent::Rows(rows.into_iter().map(|r| r.features).collect()),
+    })
+}
+
+/// Named tensors checked against the model's inputs and split into its inputs; a text
+/// model's `prompt` tensor gives its texts.
+fn tensor_inputs(model: &ServedModel, tensors: Vec<Tensor>) -> Result<Sent, Status> {
+    let specs = &model.info.inputs;
+    let n = tensor::check_inputs(specs, &tensors).map_err(|errors| {
+        let fields: Vec<FieldError> = errors
+            .iter()
+            .map(|e| {
+                let member = match (e.member, e.name.as_str()) {
+                    (Member::Contents, _) => {
+                        let bytes = tensors
+                            .get(e.tensor.unwrap_or(usize::MAX))
+                            .is_some_and(|t| t.datatype == DataType::Bytes.name());
+                        if bytes {
+                            "bytes_contents"
+                        } else {
+                            "raw_contents"
+                        }
+                    }
+                    (member, _) => member.name(),
+                };
+                let field = match (e.tensor, e.element) {
+                    (None, _) => "inputs".to_string(),
+                    (Some(k), Some(j)) => format!("inputs[{k}].{member}[{j}]"),
+                    (Some(k), None) => format!("inputs[{k}].{member}"),
+                };
+                FieldError::new(field, e.message.clone())
+            })
+            .collect();
+        invalid_argument(&fields)
+    })?;
+    let ordered = tensor::in_order(specs, tensors);
+    if model.tokenizer.is_some() {
+        let prompts = ordered
+            .into_iter()
+            .flat_map(|t| t.bytes_contents)
+            .map(|b| String::from_utf8(b).unwrap_or_default())
+            .collect();
+        return seed_inputs(model, prompts, Vec::new());
+    }
+    let mut columns: Vec<_> = ordered
+        .into_iter()
+        .map(|t| tensor::split(t, n).into_iter())
+        .collect();
+    let items = (0..n)
+        .map(|_| columns.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    Ok(Sent::Tensors(items))
+}
+
+/// The named outputs a call asks for, each one the model has.
+fn requested_outputs(info: &ModelInfo, names: &[String]) -> Result<Vec<String>, Status> {
+    let errors: Vec<FieldError> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !info.outputs.iter().any(|o| &o.name == *n))
+        .map(|(i, _)| {
+            let offered: Vec<&str> = info.outputs.iter().map(|o| o.name.as_str()).collect();
+            FieldError::new(
+                format!("outputs[{i}]"),
+                if offered.is_empty() {
+                    "this model has no named outputs".to_string()
+                } else {
+                    format!("this model's named outputs are {}", offered.join(", "))
+                },
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(names.to_vec())
+    } else {
+        Err(invalid_argument(&errors))
     }
 }
 
@@ -246,7 +389,12 @@ impl ModelInference for InferenceService {
 
 /// A prediction as an answer: label, probability and scores for a classifier; values
 /// (and an empty label) for a regressor.
-fn to_response(info: &ModelInfo, prediction: &Prediction, request_id: String) -> PredictResponse {
+fn to_response(
+    info: &ModelInfo,
+    prediction: Prediction,
+    wanted: &[String],
+    request_id: String,
+) -> PredictResponse {
     let mut answer = PredictResponse {
         latency_ms: millis(prediction.queue + prediction.compute),
         request_id,
@@ -257,17 +405,22 @@ fn to_response(info: &ModelInfo, prediction: &Prediction, request_id: String) ->
         model_name: info.name.clone(),
         ..Default::default()
     };
+    let Output { row, tensors } = prediction.output;
+    answer.outputs = wanted
+        .iter()
+        .filter_map(|name| tensors.iter().find(|t| &t.name == name).cloned())
+        .collect();
     if info.task() == ModelTask::Regression {
-        answer.values = prediction.probabilities.clone();
+        answer.values = row;
         return answer;
     }
-    let (best, probability) = argmax(&prediction.probabilities);
+    let (best, probability) = argmax(&row);
     answer.probability = probability;
     answer.label = info.labels.get(best).cloned().unwrap_or_default();
     answer.scores = info
         .labels
         .iter()
-        .zip(&prediction.probabilities)
+        .zip(&row)
         .map(|(label, &probability)| LabelScore {
             label: label.clone(),
             probability,

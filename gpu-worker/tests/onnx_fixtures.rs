@@ -83,11 +83,23 @@ fn every_export_matches_its_framework() {
             .iter()
             .map(|row| ModelInput::Features(row.clone()))
             .collect();
-        let out = model.model.forward(&inputs).unwrap();
+        let out = model
+            .model
+            .forward(&inputs)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.row)
+            .collect::<Vec<_>>();
         assert_eq!(out.len(), inputs.len(), "{name}");
         // The batch of all rows and each row alone agree: no state leaks between rows (to
         // the last bits a matrix product may order its sums in differently per batch size).
-        let alone = model.model.forward(&inputs[3..4]).unwrap();
+        let alone = model
+            .model
+            .forward(&inputs[3..4])
+            .unwrap()
+            .into_iter()
+            .map(|o| o.row)
+            .collect::<Vec<_>>();
         assert_eq!(alone[0].len(), out[3].len(), "{name}");
         for (a, b) in alone[0].iter().zip(&out[3]) {
             assert!(

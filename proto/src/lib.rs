@@ -8,6 +8,7 @@
 pub mod error;
 pub mod settings;
 pub mod signature;
+pub mod tensor;
 
 /// Generated prost messages and tonic client/server for `proto/inference.proto`.
 #[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +18,7 @@ pub mod pb {
 
 pub use error::{ErrorKind, FieldError, field_errors, invalid_argument};
 pub use signature::{Input, InputError, InputField, InputSignature};
+pub use tensor::{DataType, TensorError};
 
 /// Metadata key that carries the request id between gateway and worker.
 pub const REQUEST_ID_METADATA: &str = "x-request-id";

@@ -186,6 +186,12 @@ pub fn check_prompt(prompt: &str, max_bytes: usize) -> Result<(), InputError> {
 
 /// Features must number exactly `expected` and all be finite.
 pub fn check_features(features: &[f32], expected: usize) -> Result<(), InputError> {
+    if expected == 0 {
+        return Err(InputError::new(
+            InputField::Features,
+            "this model takes named inputs (its signature's `inputs`): send each by name",
+        ));
+    }
     if features.len() != expected {
         let message = if features.is_empty() {
             format!("is required: this tabular model takes {expected} features")

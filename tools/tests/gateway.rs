@@ -587,6 +587,250 @@ async fn a_transformer_export_answers_prompts_through_the_gateway() {
     assert!(problem.to_string().contains("prompt"), "{problem}");
 }
 
+/// A tensor as the named-input fixtures' `expected.json` writes it.
+#[derive(Clone, serde::Deserialize)]
+struct JsonTensor {
+    datatype: String,
+    shape: Vec<usize>,
+    data: Vec<serde_json::Value>,
+}
+
+/// A named-input fixture's inputs and reference answers (see
+/// tools/python/make_onnx_tensor_fixtures.py).
+#[derive(serde::Deserialize)]
+struct NamedExpected {
+    inputs: std::collections::BTreeMap<String, JsonTensor>,
+    #[serde(default)]
+    probabilities: Vec<Vec<f64>>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    outputs: std::collections::BTreeMap<String, JsonTensor>,
+}
+
+/// Little-endian bytes of JSON elements of `datatype` (the binary extension's layout).
+fn binary(t: &JsonTensor) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in &t.data {
+        match t.datatype.as_str() {
+            "BYTES" => {
+                let s = v.as_str().unwrap();
+                out.extend((s.len() as u32).to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            "BOOL" => out.push(u8::from(v.as_bool().unwrap())),
+            "UINT8" => out.push(v.as_u64().unwrap() as u8),
+            "INT8" => out.extend((v.as_i64().unwrap() as i8).to_le_bytes()),
+            "INT32" => out.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
+            "INT64" => out.extend(v.as_i64().unwrap().to_le_bytes()),
+            "FP16" => out.extend(half::f16::from_f64(v.as_f64().unwrap()).to_le_bytes()),
+            "FP32" => out.extend((v.as_f64().unwrap() as f32).to_le_bytes()),
+            "FP64" => out.extend(v.as_f64().unwrap().to_le_bytes()),
+            other => panic!("{other}"),
+        }
+    }
+    out
+}
+
+/// Models with named inputs of every element type answer through the gateway: OIP v2 in
+/// JSON and binary, and v1's named values; what does not fit the signature is a 400 that
+/// names the input, with no quota spent and no worker call.
+#[tokio::test]
+async fn named_inputs_of_every_type_answer_through_the_gateway() {
+    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx-tensors");
+    let read = |name: &str| -> NamedExpected {
+        serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(name).join("expected.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let (_models, stack) = serving(&fixtures, &["sklearn-column-transformer", "typed-graph"]).await;
+    let token = stack.keys.token("alice", "predict");
+    let json_header = [("content-type", "application/json".to_string())];
+
+    // The pipeline over named columns, OIP v2 JSON: the answer and the exporter's label.
+    let pipeline = read("sklearn-column-transformer");
+    let inputs: Vec<_> = pipeline
+        .inputs
+        .iter()
+        .map(|(name, t)| json!({"name": name, "datatype": t.datatype, "shape": t.shape, "data": t.data}))
+        .collect();
+    let r = stack
+        .post_to(
+            "/v2/models/sklearn-column-transformer/infer",
+            Some(&token),
+            &json_header,
+            json!({"inputs": inputs}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    let outputs = body["outputs"].as_array().unwrap();
+    let by_name = |name: &str| outputs.iter().find(|o| o["name"] == name).unwrap().clone();
+    assert_eq!(by_name("label")["data"], json!(pipeline.labels));
+    assert_eq!(by_name("output_label")["data"], json!(pipeline.labels));
+    assert_eq!(by_name("output_label")["datatype"], "BYTES");
+    let scores = by_name("scores")["data"].as_array().unwrap().clone();
+    for (got, want) in scores.iter().zip(pipeline.probabilities.iter().flatten()) {
+        assert!((got.as_f64().unwrap() - want).abs() <= 1e-5);
+    }
+
+    // The same rows through v1, each input's columns by name.
+    let rows: Vec<_> = (0..pipeline.labels.len())
+        .map(|r| {
+            let tensors: serde_json::Map<String, serde_json::Value> = pipeline
+                .inputs
+                .iter()
+                .map(|(name, t)| (name.clone(), json!([t.data[r]])))
+                .collect();
+            json!({"tensors": tensors})
+        })
+        .collect();
+    let r = stack
+        .post(
+            Some(&token),
+            &json!({"model_name": "sklearn-column-transformer", "inputs": rows}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    let labels: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, pipeline.labels);
+
+    // Every element type in the binary extension, every output back in binary.
+    let typed = read("typed-graph");
+    let mut header_inputs = Vec::new();
+    let mut payload = Vec::new();
+    for (name, t) in &typed.inputs {
+        let bytes = binary(t);
+        header_inputs.push(
+            json!({"name": name, "datatype": t.datatype, "shape": t.shape,
+            "parameters": {"binary_data_size": bytes.len()}}),
+        );
+        payload.extend(bytes);
+    }
+    let head =
+        json!({"inputs": header_inputs, "parameters": {"binary_data_output": true}}).to_string();
+    let mut request = head.clone().into_bytes();
+    request.extend(payload);
+    let r = stack
+        .post_to(
+            "/v2/models/typed-graph/infer",
+            Some(&token),
+            &[
+                ("content-type", "application/octet-stream".to_string()),
+                ("inference-header-content-length", head.len().to_string()),
+            ],
+            request,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let n: usize = header(&r, "inference-header-content-length")
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes[..n]).unwrap();
+    let mut offset = n;
+    for output in answer["outputs"].as_array().unwrap() {
+        let size = output["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+        let got = &bytes[offset..offset + size];
+        offset += size;
+        let name = output["name"].as_str().unwrap();
+        let Some(want) = typed.outputs.get(name) else {
+            continue;
+        };
+        assert_eq!(output["datatype"], want.datatype, "{name}");
+        assert_eq!(output["shape"], json!(want.shape), "{name}");
+        if want.datatype == "FP32" {
+            for (g, w) in got.chunks_exact(4).zip(&want.data) {
+                let g = f32::from_le_bytes([g[0], g[1], g[2], g[3]]) as f64;
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{name}: {g} vs {w}"
+                );
+            }
+        } else {
+            assert_eq!(got, binary(want), "{name}");
+        }
+    }
+    assert_eq!(offset, bytes.len());
+
+    // The metadata lists every input's type and shape, and the named outputs.
+    let r = stack.get("/v2/models/typed-graph", Some(&token)).await;
+    let metadata = json(r).await;
+    let seq = metadata["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "seq")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        seq,
+        json!({"name": "seq", "datatype": "INT64", "shape": [-1, -1]})
+    );
+    assert!(metadata["outputs"].to_string().contains("half_echo"));
+
+    // Misfits are refused before any quota is spent or any worker call is made.
+    let calls = stack.worker_calls().await;
+    let v2_json =
+        |inputs: Vec<serde_json::Value>| json!({"inputs": inputs}).to_string().into_bytes();
+    let typed_json = |name: &str, t: &JsonTensor| json!({"name": name, "datatype": t.datatype, "shape": t.shape, "data": t.data});
+    let mut wrong_type: Vec<_> = typed.inputs.iter().map(|(n, t)| typed_json(n, t)).collect();
+    let count = typed.inputs.keys().position(|k| k == "count").unwrap();
+    wrong_type[count]["datatype"] = json!("INT64");
+    let mut missing: Vec<_> = typed.inputs.iter().map(|(n, t)| typed_json(n, t)).collect();
+    missing.remove(0);
+    for (body, field) in [
+        (v2_json(wrong_type), format!("inputs[{count}].datatype")),
+        (v2_json(missing), "inputs".to_string()),
+    ] {
+        let r = stack
+            .post_to(
+                "/v2/models/typed-graph/infer",
+                Some(&token),
+                &json_header,
+                body,
+            )
+            .await;
+        let problem = assert_problem(r, 400).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let r = stack
+        .post(
+            Some(&token),
+            &json!({"model_name": "sklearn-column-transformer",
+                "inputs": [{"tensors": {"age": [30], "income": [1.0], "city": ["oslo"]}},
+                           {"tensors": {"age": [30], "income": [1.0]}}]})
+            .to_string(),
+        )
+        .await;
+    let problem = assert_problem(r, 400).await;
+    assert_eq!(
+        problem["errors"][0]["field"], "inputs[1].tensors.city",
+        "{problem}"
+    );
+    assert_eq!(
+        stack.worker_calls().await,
+        calls,
+        "no worker call for a misfit"
+    );
+    let r = stack
+        .get("/v1/models/sklearn-column-transformer", Some(&token))
+        .await;
+    let model = json(r).await;
+    assert_eq!(
+        model["inputs"][2],
+        json!({"name": "city", "datatype": "BYTES", "shape": [-1, 1]})
+    );
+}
+
 #[tokio::test]
 async fn a_caller_with_a_huge_sub_is_still_counted_with_fail_open_on() {
     // A sub of a few kilobytes once pushed the table key past the 2,048-byte key limit: every

@@ -8,6 +8,7 @@ use inferencehub_proto::FieldError;
 use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask, PredictResponse as WorkerResult};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::v2::TensorMetadata;
@@ -29,6 +30,12 @@ pub struct PredictInput {
     #[serde(default, deserialize_with = "finite_f32::option")]
     #[schema(value_type = Option<Vec<f64>>)]
     pub features: Option<Vec<f32>>,
+    /// Models with named inputs (see `inputs` in `GET /v1/models`): each input by name,
+    /// a nested array of its shape without the first dimension (or a number, boolean or
+    /// string where that shape holds one element).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tensors: Option<Map<String, Value>>,
 }
 
 /// `POST /v1/predict`: one input (`prompt` or `features`) or a batch (`inputs`).
@@ -46,6 +53,10 @@ pub struct PredictRequest {
     #[serde(default, deserialize_with = "finite_f32::option")]
     #[schema(value_type = Option<Vec<f64>>)]
     pub features: Option<Vec<f32>>,
+    /// Models with named inputs: each input by name (see [`PredictInput::tensors`]).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tensors: Option<Map<String, Value>>,
     /// A batch (at most `IHUB_GATEWAY_MAX_BATCH_INPUTS`).
     #[serde(default)]
     #[schema(min_items = 1)]
@@ -172,6 +183,11 @@ pub struct ModelView {
     pub input: InputView,
     /// The input tensor as the model declares it.
     pub tensor: Option<TensorMetadata>,
+    /// Every input by name, with its element type and shape (`-1`: any size; the first
+    /// dimension counts the inputs).
+    pub inputs: Vec<TensorMetadata>,
+    /// The named outputs the Open Inference Protocol can return besides the answer.
+    pub outputs: Vec<TensorMetadata>,
     /// The architecture that was loaded.
     pub architecture: String,
 }
@@ -208,6 +224,11 @@ impl From<&ModelInfo> for ModelView {
             values: m.value_count,
             input,
             tensor: m.input.as_ref().map(TensorMetadata::from),
+            inputs: crate::command::input_specs(m)
+                .iter()
+                .map(TensorMetadata::from)
+                .collect(),
+            outputs: m.outputs.iter().map(TensorMetadata::from).collect(),
             architecture: m.architecture.clone(),
         }
     }
@@ -231,7 +252,11 @@ impl NamePlace for V1 {
     fn name(&self, place: &Place) -> String {
         match place {
             Place::Model => "model_name".into(),
-            Place::Batch | Place::Tensors | Place::Tensor(..) => "inputs".into(),
+            Place::Batch | Place::Tensors => "inputs".into(),
+            Place::Tensor(e) if self.single => super::join("tensors", &e.name),
+            Place::Tensor(e) => {
+                super::join(&format!("inputs[{}].tensors", e.row.unwrap_or(0)), &e.name)
+            }
             Place::Input(_, e) if self.single => e.path(),
             Place::Input(i, e) => format!("inputs[{i}].{}", e.path()),
             Place::Output(i) => format!("outputs[{i}]"),
@@ -246,34 +271,57 @@ impl Protocol for V1 {
         let model = body
             .model_name
             .ok_or_else(|| Problem::invalid(vec![FieldError::new("model_name", "is required")]))?;
-        let one = Sent {
+        let one = PredictInput {
             prompt: body.prompt,
             features: body.features,
+            tensors: body.tensors,
         };
-        let (single, sent) = match body.inputs {
+        let (single, items) = match body.inputs {
             None => (true, vec![one]),
             Some(inputs) => {
-                if one != Sent::default() {
+                if one.prompt.is_some() || one.features.is_some() || one.tensors.is_some() {
                     return Err(Problem::invalid(vec![FieldError::new(
                         "inputs",
-                        "send either `inputs` or a single `prompt`/`features`, not both",
+                        "send either `inputs` or a single `prompt`/`features`/`tensors`, not both",
                     )]));
                 }
-                let sent = inputs
+                (false, inputs)
+            }
+        };
+        // Named values for every input, or the seed's fields for every input.
+        let named = items.iter().filter(|i| i.tensors.is_some()).count();
+        let inputs = if named == 0 {
+            Inputs::Fields(
+                items
                     .into_iter()
                     .map(|i| Sent {
                         prompt: i.prompt,
                         features: i.features,
                     })
-                    .collect();
-                (false, sent)
-            }
+                    .collect(),
+            )
+        } else if let Some(k) = items
+            .iter()
+            .position(|i| i.tensors.is_none() || i.prompt.is_some() || i.features.is_some())
+        {
+            let field = if single {
+                "tensors".to_string()
+            } else {
+                format!("inputs[{k}].tensors")
+            };
+            return Err(Problem::invalid(vec![FieldError::new(
+                field,
+                "every input sends `tensors` alone, or none does",
+            )]));
+        } else {
+            Inputs::Named(items.into_iter().filter_map(|i| i.tensors).collect())
         };
+        // v1 answers with the prediction alone: no named outputs.
         let command = Command {
             model,
             version: None,
-            inputs: Inputs::Fields(sent),
-            outputs: None,
+            inputs,
+            outputs: Some(Vec::new()),
         };
         Ok((Self { single }, command))
     }

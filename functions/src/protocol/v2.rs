@@ -6,15 +6,16 @@
 //! Problems name fields by their place in the request (`inputs[0].shape`,
 //! `inputs[0].data[3]`: the data of input 3 of the batch).
 
-use inferencehub_proto::FieldError;
-use inferencehub_proto::pb::{ModelInfo, TensorInfo};
+use inferencehub_proto::pb::{ModelInfo, Tensor, TensorInfo};
+use inferencehub_proto::tensor::{self, DataType};
+use inferencehub_proto::{FieldError, pb};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{Answer, Protocol, finite_f32, json_body};
-use crate::command::{self, Command, Inputs, Place, Tensor, TensorData};
+use super::{Answer, Protocol, json_body};
+use crate::command::{self, Command, Inputs, Place};
 use crate::layers::json_response;
 use crate::problem::{NamePlace, Problem};
 use crate::router::Matched;
@@ -31,11 +32,14 @@ pub type Parameters = Map<String, Value>;
 pub struct InferInput {
     /// The model's input name (see its metadata).
     pub name: String,
-    /// `[N]` for text, `[N, F]` for tabular models.
+    /// The input's shape (see the model's metadata); the first dimension counts the inputs.
     #[schema(min_items = 1)]
     pub shape: Vec<i64>,
-    /// `BYTES` for text, `FP32` for tabular models.
-    #[schema(pattern = "^(BYTES|FP32)$")]
+    /// The input's element type (see the model's metadata); `FP32` is also taken for a
+    /// model's one numeric input whatever its type.
+    #[schema(
+        pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"
+    )]
     pub datatype: String,
     /// `binary_data_size` when the data follows the JSON (binary extension).
     #[serde(default)]
@@ -50,7 +54,7 @@ pub struct InferInput {
 /// An output the client wants.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RequestedOutput {
-    /// `label`, `probability`, `scores` or `values`.
+    /// `label`, `probability`, `scores` or `values`, or one of the model's named outputs.
     pub name: String,
     /// `binary_data: true` for the binary extension.
     #[serde(default)]
@@ -68,37 +72,27 @@ pub struct InferRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Parameters>,
-    /// Exactly one: the model's input.
-    #[schema(min_items = 1, max_items = 1)]
+    /// Each of the model's inputs, by name.
+    #[schema(min_items = 1)]
     pub inputs: Vec<InferInput>,
     /// The outputs wanted (default: all).
     #[serde(default)]
     pub outputs: Option<Vec<RequestedOutput>>,
 }
 
-/// An output tensor's elements.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum OutputData {
-    /// `BYTES` elements.
-    Text(Vec<String>),
-    /// `FP32` elements.
-    Float(Vec<f32>),
-}
+/// An output tensor's elements, row-major: numbers, booleans or strings by its datatype.
+pub type OutputData = Vec<Value>;
 
-impl OutputData {
-    fn write_binary(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Text(t) => {
-                for s in t {
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-            }
-            Self::Float(f) => f
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+/// A tensor's elements in the binary extension's layout: raw little-endian elements, or
+/// each `BYTES` element as a 4-byte little-endian length and its bytes.
+fn write_binary(t: &Tensor, out: &mut Vec<u8>) {
+    if t.datatype == DataType::Bytes.name() {
+        for b in &t.bytes_contents {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
         }
+    } else {
+        out.extend_from_slice(&t.raw_contents);
     }
 }
 
@@ -113,13 +107,14 @@ pub struct BinaryParameters {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct OutputTensor {
     /// Its name.
-    pub name: &'static str,
-    /// `BYTES` or `FP32`.
-    pub datatype: &'static str,
+    pub name: String,
+    /// Its element type.
+    pub datatype: String,
     /// Its shape.
-    pub shape: Vec<usize>,
+    pub shape: Vec<i64>,
     /// Row-major elements (absent when the output went as binary data).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub data: Option<OutputData>,
     /// Where binary data says its size.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,16 +177,15 @@ impl From<&ModelInfo> for ModelMetadata {
             name: m.name.clone(),
             versions: vec![m.version.clone()],
             platform: format!("inferencehub/{}", m.architecture),
-            inputs: vec![TensorMetadata {
-                name: command::input_name(m),
-                datatype: command::input_datatype(m).into(),
-                shape: command::input_shape(m),
-            }],
+            inputs: command::input_specs(m)
+                .iter()
+                .map(TensorMetadata::from)
+                .collect(),
             outputs: command::outputs(m)
                 .into_iter()
                 .map(|o| TensorMetadata {
-                    name: o.name.into(),
-                    datatype: o.datatype.into(),
+                    name: o.name,
+                    datatype: o.datatype,
                     shape: o.shape,
                 })
                 .collect(),
@@ -262,7 +256,11 @@ impl NamePlace for V2 {
                 Some(j) => format!("inputs[0].data[{i}][{j}]"),
                 None => format!("inputs[0].data[{i}]"),
             },
-            Place::Tensor(k, member) => format!("inputs[{k}].{member}"),
+            Place::Tensor(e) => match (e.tensor, e.element) {
+                (None, _) => "inputs".into(),
+                (Some(k), Some(j)) => format!("inputs[{k}].data[{j}]"),
+                (Some(k), None) => format!("inputs[{k}].{}", e.member.name()),
+            },
             Place::Tensors => "inputs".into(),
             Place::Output(i) => format!("outputs[{i}].name"),
             Place::Named(name) => name.clone(),
@@ -278,45 +276,33 @@ fn flag(parameters: &Option<Parameters>, name: &str) -> Option<bool> {
     parameters.as_ref()?.get(name)?.as_bool()
 }
 
-/// Flattens nested JSON arrays into their leaves.
-fn leaves<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
-        other => out.push(other),
-    }
-}
-
 /// Decodes tensor `k`'s elements from JSON or from `binary`, taking what it uses.
+/// Problems name the member, and an element by its row-major place in the tensor.
 fn tensor(k: usize, input: InferInput, binary: &mut &[u8]) -> Result<Tensor, Problem> {
     let at = |member: &str| format!("inputs[{k}].{member}");
-    let shape: Vec<usize> = input
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<_, _>>()
-        .map_err(|_| err(at("shape"), "dimensions must be 0 or more"))?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| err(at("shape"), "is too large"))?;
-    // Elements per input (the first dimension counts the inputs): names `data[row]`.
-    let per_row = shape
-        .iter()
-        .skip(1)
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let element = |e: usize| format!("inputs[{k}].data[{}]", e / per_row);
-    let text = match input.datatype.as_str() {
-        "BYTES" => true,
-        "FP32" => false,
-        _ => return Err(err(at("datatype"), "must be BYTES or FP32")),
-    };
+    if input.shape.iter().any(|&d| d < 0) {
+        return Err(err(at("shape"), "dimensions must be 0 or more"));
+    }
+    let count = tensor::element_count(&input.shape)
+        .filter(|&c| c <= tensor::MAX_ELEMENTS)
+        .ok_or_else(|| {
+            err(
+                at("shape"),
+                format!("holds more than {} elements", tensor::MAX_ELEMENTS),
+            )
+        })?;
+    let element = |e: usize| format!("inputs[{k}].data[{e}]");
+    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+        err(
+            at("datatype"),
+            format!("must be one of {}", DataType::names()),
+        )
+    })?;
     let binary_size = input
         .parameters
         .as_ref()
         .and_then(|p| p.get("binary_data_size"));
-    let data = match (binary_size, input.data) {
+    let (raw, bytes) = match (binary_size, input.data) {
         (Some(size), None) => {
             let size = size
                 .as_u64()
@@ -330,59 +316,35 @@ fn tensor(k: usize, input: InferInput, binary: &mut &[u8]) -> Result<Tensor, Pro
             }
             let (data, rest) = binary.split_at(size);
             *binary = rest;
-            if text {
-                TensorData::Bytes(decode_bytes(data, count, at("data"), &element)?)
-            } else {
-                if count.checked_mul(4) != Some(data.len()) {
-                    return Err(err(
-                        at("parameters.binary_data_size"),
-                        format!(
-                            "shape {shape:?} needs {count} FP32 values (4 bytes each), got {} bytes",
-                            data.len()
-                        ),
-                    ));
+            match datatype.width() {
+                None => (Vec::new(), decode_bytes(data, count, at("data"), &element)?),
+                Some(width) => {
+                    if count.checked_mul(width) != Some(data.len()) {
+                        return Err(err(
+                            at("parameters.binary_data_size"),
+                            format!(
+                                "shape {:?} needs {count} {} values ({width} bytes each), got {} bytes",
+                                input.shape,
+                                datatype.name(),
+                                data.len()
+                            ),
+                        ));
+                    }
+                    (data.to_vec(), Vec::new())
                 }
-                let values: Vec<f32> = data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                TensorData::Fp32(values)
             }
         }
         (None, Some(data)) => {
             let mut values = Vec::new();
-            leaves(&data, &mut values);
+            command::leaves(&data, &mut values);
             if values.len() != count {
                 return Err(err(
                     at("data"),
                     format!("shape says {count} elements, data has {}", values.len()),
                 ));
             }
-            if text {
-                let texts = values
-                    .iter()
-                    .enumerate()
-                    .map(|(e, v)| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| err(element(e), "must be a string"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                TensorData::Bytes(texts)
-            } else {
-                let numbers = values
-                    .iter()
-                    .enumerate()
-                    .map(|(e, v)| {
-                        let x = v
-                            .as_f64()
-                            .ok_or_else(|| err(element(e), "must hold numbers"))?;
-                        finite_f32::narrow::<serde_json::Error>(x)
-                            .map_err(|_| err(element(e), "a value is beyond the FP32 range"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                TensorData::Fp32(numbers)
-            }
+            command::json_elements(datatype, &values)
+                .map_err(|(e, message)| err(element(e), message))?
         }
         (Some(_), Some(_)) => {
             return Err(err(
@@ -399,17 +361,21 @@ fn tensor(k: usize, input: InferInput, binary: &mut &[u8]) -> Result<Tensor, Pro
     };
     Ok(Tensor {
         name: input.name,
-        shape,
-        data,
+        datatype: datatype.name().into(),
+        shape: input.shape,
+        raw_contents: raw,
+        bytes_contents: bytes,
     })
 }
 
+/// `BYTES` elements of the binary extension: each a 4-byte little-endian length and its
+/// bytes, exactly `n` of them.
 fn decode_bytes(
     mut data: &[u8],
     n: usize,
     whole: String,
     element: &dyn Fn(usize) -> String,
-) -> Result<Vec<String>, Problem> {
+) -> Result<Vec<Vec<u8>>, Problem> {
     let mut out = Vec::with_capacity(n.min(4096));
     while !data.is_empty() {
         let field = element(out.len());
@@ -420,9 +386,7 @@ fn decode_bytes(
         if data.len() - 4 < len {
             return Err(err(field, format!("says {len} bytes, fewer follow")));
         }
-        let text =
-            std::str::from_utf8(&data[4..4 + len]).map_err(|_| err(field, "must be UTF-8 text"))?;
-        out.push(text.to_string());
+        out.push(data[4..4 + len].to_vec());
         data = &data[4 + len..];
     }
     if out.len() != n {
@@ -503,15 +467,14 @@ impl Protocol for V2 {
 
     fn encode(self, answer: Answer<'_>) -> Response<Body> {
         let results = &answer.batch.results;
-        let n = results.len();
-        let wanted: Vec<(&'static str, bool)> = command::outputs(answer.model)
+        let mut wanted: Vec<(command::OutputSpec, bool)> = command::outputs(answer.model)
             .into_iter()
             .filter_map(|spec| match &self.outputs {
-                None => Some((spec.name, self.binary_default)),
+                None => Some((spec, self.binary_default)),
                 Some(asked) => asked
                     .iter()
-                    .find(|(name, _)| name == spec.name)
-                    .map(|(_, binary)| (spec.name, *binary)),
+                    .find(|(name, _)| *name == spec.name)
+                    .map(|(_, binary)| (spec, *binary)),
             })
             .collect();
         // In the order asked for, else the model's.
@@ -521,54 +484,29 @@ impl Protocol for V2 {
                 .and_then(|o| o.iter().position(|(n, _)| n == name))
                 .unwrap_or(0)
         };
-        let mut wanted = wanted;
-        wanted.sort_by_key(|(name, _)| order(name));
+        wanted.sort_by_key(|(spec, _)| order(&spec.name));
         let mut binary = Vec::new();
         let outputs = wanted
             .into_iter()
-            .map(|(name, as_binary)| {
-                let (datatype, shape, data) = match name {
-                    "label" => (
-                        "BYTES",
-                        vec![n],
-                        OutputData::Text(results.iter().map(|r| r.label.clone()).collect()),
-                    ),
-                    "probability" => (
-                        "FP32",
-                        vec![n],
-                        OutputData::Float(results.iter().map(|r| r.probability).collect()),
-                    ),
-                    "scores" => {
-                        // The worker sends every label's score in the model's label order.
-                        let width = results.first().map_or(0, |r| r.scores.len());
-                        let flat = results
-                            .iter()
-                            .flat_map(|r| r.scores.iter().map(|s| s.probability));
-                        ("FP32", vec![n, width], OutputData::Float(flat.collect()))
-                    }
-                    _ => {
-                        let width = results.first().map_or(0, |r| r.values.len());
-                        let flat = results.iter().flat_map(|r| r.values.iter().copied());
-                        ("FP32", vec![n, width], OutputData::Float(flat.collect()))
-                    }
-                };
+            .filter_map(|(spec, as_binary)| {
+                let t = output(&spec, results)?;
                 let mut output = OutputTensor {
-                    name,
-                    datatype,
-                    shape,
+                    name: t.name.clone(),
+                    datatype: t.datatype.clone(),
+                    shape: t.shape.clone(),
                     data: None,
                     parameters: None,
                 };
                 if as_binary {
                     let start = binary.len();
-                    data.write_binary(&mut binary);
+                    write_binary(&t, &mut binary);
                     output.parameters = Some(BinaryParameters {
                         binary_data_size: binary.len() - start,
                     });
                 } else {
-                    output.data = Some(data);
+                    output.data = Some(command::json_values(&t));
                 }
-                output
+                Some(output)
             })
             .collect();
         let body = InferResponse {
@@ -593,6 +531,61 @@ impl Protocol for V2 {
             .headers_mut()
             .insert(HEADER_LENGTH, http::HeaderValue::from(length));
         response
+    }
+}
+
+/// Output `spec` of every result as one tensor: the gateway's own from the answers'
+/// fields, the model's named ones joined from each result's part. `None` when the worker
+/// sent no part for a result.
+fn output(spec: &command::OutputSpec, results: &[pb::PredictResponse]) -> Option<Tensor> {
+    let n = results.len() as i64;
+    let floats = |name: &str, shape: Vec<i64>, values: Vec<f32>| Tensor {
+        name: name.into(),
+        datatype: DataType::F32.name().into(),
+        shape,
+        raw_contents: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        bytes_contents: Vec::new(),
+    };
+    let width = |w: usize| vec![n, w as i64];
+    match (spec.named, spec.name.as_str()) {
+        (true, name) => tensor::concat(
+            results
+                .iter()
+                .map(|r| r.outputs.iter().find(|t| t.name == name))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        (false, "label") => Some(Tensor {
+            name: "label".into(),
+            datatype: DataType::Bytes.name().into(),
+            shape: vec![n],
+            raw_contents: Vec::new(),
+            bytes_contents: results
+                .iter()
+                .map(|r| r.label.clone().into_bytes())
+                .collect(),
+        }),
+        (false, "probability") => Some(floats(
+            "probability",
+            vec![n],
+            results.iter().map(|r| r.probability).collect(),
+        )),
+        // The worker sends every label's score in the model's label order.
+        (false, "scores") => Some(floats(
+            "scores",
+            width(results.first().map_or(0, |r| r.scores.len())),
+            results
+                .iter()
+                .flat_map(|r| r.scores.iter().map(|s| s.probability))
+                .collect(),
+        )),
+        (false, name) => Some(floats(
+            name,
+            width(results.first().map_or(0, |r| r.values.len())),
+            results
+                .iter()
+                .flat_map(|r| r.values.iter().copied())
+                .collect(),
+        )),
     }
 }
 
@@ -669,10 +662,7 @@ mod tests {
         let Inputs::Tensors(t) = c.inputs else {
             panic!()
         };
-        assert_eq!(
-            t[0].data,
-            TensorData::Bytes(vec!["good".into(), "bad".into()])
-        );
+        assert_eq!(t[0].bytes_contents, [b"good".to_vec(), b"bad".to_vec()]);
     }
 
     #[test]
@@ -682,10 +672,26 @@ mod tests {
         assert_eq!(fields(decode(&request(b"{".to_vec(), None))), ["body"]);
         assert_eq!(
             fields(req(
-                json!({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]})
+                json!({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "BF16", "data": [1, 2, 3, 4]}]})
             )),
             ["inputs[0].datatype"]
         );
+        // Every OIP type decodes, checked against its range; the model's type is checked
+        // once the model is known.
+        assert_eq!(
+            fields(req(
+                json!({"inputs": [{"name": "features", "shape": [1, 2], "datatype": "INT8", "data": [1, 200]}]})
+            )),
+            ["inputs[0].data[1]"]
+        );
+        let (_, ints) = req(
+            json!({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}),
+        )
+        .unwrap();
+        let Inputs::Tensors(t) = ints.inputs else {
+            panic!()
+        };
+        assert_eq!(t[0].raw_contents.len(), 32);
         assert_eq!(
             fields(req(input(json!([-1, 4]), json!([])))),
             ["inputs[0].shape"]
@@ -696,13 +702,16 @@ mod tests {
         );
         assert_eq!(
             fields(req(input(json!([2, 4]), json!([1, 2, 3, 4, 5, "x", 7, 8])))),
-            ["inputs[0].data[1]"]
+            ["inputs[0].data[5]"]
         );
         // Shapes whose element count overflows are refused, in JSON and in binary; an
         // empty first dimension with huge others does not overflow either.
         let (_, empty) = req(input(json!([0, i64::MAX, i64::MAX]), json!([]))).unwrap();
         let refused = empty.inputs.bind(&iris()).unwrap_err();
-        assert_eq!(refused[0].place, Place::Tensor(0, "shape"));
+        assert_eq!(
+            refused[0].place,
+            Place::tensor(0, "features", inferencehub_proto::tensor::Member::Shape)
+        );
         assert_eq!(
             fields(req(input(json!([i64::MAX, 4]), json!([])))),
             ["inputs[0].shape"]
@@ -715,6 +724,15 @@ mod tests {
         body.extend_from_slice(&[0u8; 4]);
         assert_eq!(
             fields(decode(&request(body, Some(huge.len())))),
+            ["inputs[0].shape"]
+        );
+        let short = json!({"inputs": [{"name": "features", "shape": [2, 1], "datatype": "FP64",
+            "parameters": {"binary_data_size": 8}}]})
+        .to_string();
+        let mut body = short.clone().into_bytes();
+        body.extend_from_slice(&[0u8; 8]);
+        assert_eq!(
+            fields(decode(&request(body, Some(short.len())))),
             ["inputs[0].parameters.binary_data_size"]
         );
         // Binary: a length that lies, and bytes that belong to nothing.
@@ -736,10 +754,14 @@ mod tests {
         .to_string();
         let mut body = text.clone().into_bytes();
         body.extend_from_slice(&[2, 0, 0, 0, 0xff, 0xfe]);
-        assert_eq!(
-            fields(decode(&request(body, Some(text.len())))),
-            ["inputs[0].data[0]"]
-        );
+        // BYTES are bytes on the wire; a text model refuses what is not UTF-8.
+        let (v2, c) = decode(&request(body, Some(text.len()))).unwrap();
+        let model = ModelInfo {
+            kind: ModelKind::Text as i32,
+            ..iris()
+        };
+        let refused = c.inputs.bind(&model).unwrap_err();
+        assert_eq!(v2.name(&refused[0].place), "inputs[0].data[0]");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use lambda_http::{Body, Request, Response};
 
 use crate::auth::{Authenticator, Caller, authorization};
 use crate::catalog::Catalog;
-use crate::command::{self, Command, Invalid, Place, Sent};
+use crate::command::{self, Bound, Command, Invalid, Place};
 use crate::config::{ApiConfig, LimiterBackend, PredictConfig, RateLimitConfig};
 use crate::layers::{Context, Handler};
 use crate::problem::{NamePlace, Problem};
@@ -137,7 +137,8 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         command::check_outputs(command.outputs.as_deref(), &model).map_err(invalid)?;
         let inputs = command.inputs.bind(&model).map_err(invalid)?;
         let signature = gateway_signature(&model, self.api.max_prompt_bytes)?;
-        command::validate(&inputs, signature, self.api.max_batch_inputs).map_err(invalid)?;
+        command::validate(&inputs, &model, signature, self.api.max_batch_inputs)
+            .map_err(invalid)?;
         // A request costs its number of inputs: a batch of 32 uses what 32 single calls do.
         let cost = inputs.len() as u32;
         let decision = cx
@@ -145,7 +146,8 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
             .await;
         self.admit(decision, &policy, &caller, cx)?;
         let request_id = cx.request_id().to_string();
-        let message = batch_request(&model.name, inputs, signature, &request_id);
+        let mut message = batch_request(&model.name, inputs, signature, &request_id);
+        message.outputs = command::named_outputs(command.outputs.as_deref(), &model);
         let batch = cx
             .time("worker", self.worker.predict_batch(message, &request_id))
             .await
@@ -254,10 +256,11 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
     }
 }
 
-/// The worker call for validated `inputs` of model `name`: its texts or its feature rows.
+/// The worker call for validated `inputs` of model `name`: its texts, its feature rows or
+/// its named tensors.
 fn batch_request(
     name: &str,
-    inputs: Vec<Sent>,
+    inputs: Bound,
     signature: InputSignature,
     request_id: &str,
 ) -> PredictBatchRequest {
@@ -265,6 +268,13 @@ fn batch_request(
         model_name: name.to_string(),
         request_id: request_id.to_string(),
         ..Default::default()
+    };
+    let inputs = match inputs {
+        Bound::Tensors(tensors) => {
+            message.inputs = tensors;
+            return message;
+        }
+        Bound::Fields(inputs) => inputs,
     };
     match signature.field() {
         InputField::Prompt => {

@@ -17,4 +17,4 @@ pub mod text;
 pub mod tokens;
 
 pub use load::{load_model, load_model_dir, version_of};
-pub use model::{LoadOptions, LoadedModel, Model, ModelInput, argmax};
+pub use model::{LoadOptions, LoadedModel, Model, ModelInput, Output, argmax};

@@ -13,7 +13,7 @@ use candle_transformers::models::modernbert::{
 };
 use serde::Deserialize;
 
-use super::model::{Model, ModelInput, token_rows};
+use super::model::{Model, ModelInput, Output, rows_output, token_rows};
 use super::tokens::pad_batch;
 
 /// One rotary base per attention kind, as transformers 5 writes it.
@@ -153,14 +153,15 @@ impl ModernBertClassifier {
 }
 
 impl Model for ModernBertClassifier {
-    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
         let rows = token_rows(inputs)?;
         let (ids, mask) = pad_batch(&rows, self.pad_id, &self.device)?;
         // candle's head ends in a softmax: these are probabilities already.
-        Ok(self
-            .model
-            .forward(&ids, &mask)?
-            .to_dtype(DType::F32)?
-            .to_vec2()?)
+        Ok(rows_output(
+            self.model
+                .forward(&ids, &mask)?
+                .to_dtype(DType::F32)?
+                .to_vec2()?,
+        ))
     }
 }

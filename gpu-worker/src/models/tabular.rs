@@ -13,7 +13,10 @@ use candle_nn::{Linear, Module};
 use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask};
 use serde::{Deserialize, Serialize};
 
-use super::model::{LoadOptions, LoadedModel, Model, ModelInput, feature_matrix, features_input};
+use super::model::{
+    LoadOptions, LoadedModel, Model, ModelInput, Output, feature_matrix, features_input,
+    rows_output,
+};
 
 /// Name of the file describing a tabular model.
 pub const CONFIG_FILE: &str = "tabular.json";
@@ -106,11 +109,13 @@ impl MlpClassifier {
 }
 
 impl Model for MlpClassifier {
-    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
         let flat = feature_matrix(inputs, self.feature_count)?;
         let x = Tensor::from_vec(flat, (inputs.len(), self.feature_count), &self.device)?;
         let logits = self.logits(&x)?;
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?)
+        Ok(rows_output(
+            candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
+        ))
     }
 }
 
@@ -150,6 +155,7 @@ pub fn load(
             architecture: format!("mlp-{}-layers", mlp.layers.len()),
             task: ModelTask::Classification as i32,
             input: Some(features_input("features", config.feature_count)),
+            inputs: vec![features_input("features", config.feature_count)],
             feature_names: config.feature_names,
             ..Default::default()
         },

@@ -172,23 +172,28 @@ impl Worker {
     }
 
     pub async fn health(&self) -> ServingStatus {
+        self.try_health().await.unwrap()
+    }
+
+    async fn try_health(&self) -> Result<ServingStatus, tonic::Status> {
         let mut health = HealthClient::new(self.channel().await);
         let status = health
             .check(HealthCheckRequest {
                 service: String::new(),
             })
-            .await
-            .unwrap()
+            .await?
             .into_inner()
             .status;
-        ServingStatus::try_from(status).unwrap()
+        Ok(ServingStatus::try_from(status).unwrap())
     }
 
     pub async fn wait_serving(&self) {
         let wait = async {
             loop {
-                if self.health().await == ServingStatus::Serving {
-                    return;
+                match self.try_health().await {
+                    Ok(ServingStatus::Serving) => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("the worker stopped answering ({e}); log:\n{}", self.log()),
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -293,9 +298,12 @@ pub fn check_text_fixture(
     // Prompts of different lengths in one batch: padding must not leak into the answer.
     let batch = model.model.forward(&inputs).unwrap();
     for (i, case) in expected.cases.iter().enumerate() {
-        let one = model.model.forward(&inputs[i..=i]).unwrap().remove(0);
+        let one = model.model.forward(&inputs[i..=i]).unwrap().remove(0).row;
         let want = softmax(&case.logits);
-        for (got, tolerance, how) in [(&one, alone, "alone"), (&batch[i], batched, "in a batch")] {
+        for (got, tolerance, how) in [
+            (&one, alone, "alone"),
+            (&batch[i].row, batched, "in a batch"),
+        ] {
             let worst = got
                 .iter()
                 .zip(&want)

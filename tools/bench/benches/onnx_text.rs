@@ -104,8 +104,20 @@ async fn main() {
     assert_eq!(short.len(), 32);
 
     // 1. Same answers first.
-    let a = onnx.model.forward(&short).unwrap();
-    let b = own.model.forward(&short).unwrap();
+    let a = onnx
+        .model
+        .forward(&short)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.row)
+        .collect::<Vec<_>>();
+    let b = own
+        .model
+        .forward(&short)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.row)
+        .collect::<Vec<_>>();
     let worst = a
         .iter()
         .zip(&b)

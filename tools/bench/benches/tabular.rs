@@ -102,7 +102,7 @@ async fn main() {
     let worst = ours
         .iter()
         .zip(&theirs)
-        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .flat_map(|(a, b)| a.row.iter().zip(b).map(|(x, y)| (x - y).abs()))
         .fold(0.0f32, f32::max);
     assert!(
         worst < 1e-5,

@@ -103,7 +103,8 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for chunk in inputs.chunks(args.batch.max(1)) {
-        for probabilities in model.model.forward(chunk)? {
+        for output in model.model.forward(chunk)? {
+            let probabilities = output.row;
             let (best, _) = argmax(&probabilities);
             let label = model.info.labels.get(best).cloned().unwrap_or_default();
             writeln!(

@@ -265,6 +265,24 @@ impl Stack {
         req.send().await.unwrap()
     }
 
+    /// A POST of `body` to `path` with `headers`.
+    pub async fn post_to(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.url)).body(body);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self.http.get(format!("{}{path}", self.url));
         if let Some(token) = token {

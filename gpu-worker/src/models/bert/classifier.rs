@@ -12,7 +12,7 @@ use candle_transformers::models::bert::Config as BertConfig;
 use super::encoder::{BertBody, read_weights};
 use super::weights::{AsBert, HeadActivation, distilbert_as_bert, roberta_as_bert};
 use crate::models::hf_config::{ExtraConfig, architecture_of, label_count, labels_from_id2label};
-use crate::models::model::{Model, ModelInput};
+use crate::models::model::{Model, ModelInput, Output, rows_output};
 
 /// A BERT-family sequence classifier: first-token hidden state -> dense -> activation ->
 /// projection (BERT's pooler + classifier, RoBERTa's classification head, DistilBERT's
@@ -25,9 +25,11 @@ pub struct SequenceClassifier {
 }
 
 impl Model for SequenceClassifier {
-    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
         let logits = self.logits_tensor(inputs)?;
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?)
+        Ok(rows_output(
+            candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
+        ))
     }
 }
 

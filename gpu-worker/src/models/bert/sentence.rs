@@ -10,7 +10,7 @@ use candle_nn::{Linear, Module};
 use serde::{Deserialize, Serialize};
 
 use super::encoder::BertBody;
-use crate::models::model::{Model, ModelInput};
+use crate::models::model::{Model, ModelInput, Output, rows_output};
 
 /// File holding the linear head of a sentence-embedding classifier.
 pub const HEAD_FILE: &str = "head.safetensors";
@@ -51,10 +51,12 @@ impl SentenceClassifier {
 }
 
 impl Model for SentenceClassifier {
-    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
         let embedding = self.body.embed(inputs, self.normalize)?;
         let logits = self.head.forward(&embedding)?;
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?)
+        Ok(rows_output(
+            candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 //! specification), with only the fields read here; everything else is skipped unparsed
 //! (weights included), so reading a large graph costs little.
 
+use inferencehub_proto::DataType;
 use prost::Message;
 
 /// `ModelProto`: the file.
@@ -136,6 +137,27 @@ pub const INT32: i32 = 6;
 pub const INT64: i32 = 7;
 /// ONNX element type: double.
 pub const DOUBLE: i32 = 11;
+
+/// The Open Inference Protocol element type of ONNX element type `elem`
+/// (`TensorProto.DataType`), where the worker serves it.
+pub fn datatype(elem: i32) -> Option<DataType> {
+    Some(match elem {
+        1 => DataType::F32,
+        2 => DataType::U8,
+        3 => DataType::I8,
+        4 => DataType::U16,
+        5 => DataType::I16,
+        6 => DataType::I32,
+        7 => DataType::I64,
+        8 => DataType::Bytes,
+        9 => DataType::Bool,
+        10 => DataType::F16,
+        11 => DataType::F64,
+        12 => DataType::U32,
+        13 => DataType::U64,
+        _ => return None,
+    })
+}
 
 impl GraphProto {
     /// The element type the exporter recorded for value `name` (an output or an

@@ -24,19 +24,23 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask, TensorInfo};
+use inferencehub_proto::pb::{self, ModelInfo, ModelKind, ModelTask, TensorInfo};
+use inferencehub_proto::{DataType, tensor};
 use ort::session::{OutputSelector, RunOptions, Session};
-use ort::value::{DynValue, Tensor};
+use ort::value::DynValue;
 use serde::Deserialize;
 
-use self::graph::{DOUBLE, FLOAT, GraphProto, INT64, NodeProto};
+use self::graph::{DOUBLE, FLOAT, GraphProto, NodeProto, ValueInfoProto};
 use self::session::{output_rows, read_output, session};
-use super::model::{LoadOptions, LoadedModel, Model, ModelInput, feature_matrix};
+use super::model::{
+    LoadOptions, LoadedModel, Model, ModelInput, Output, feature_matrix, zero_inputs,
+};
 
 pub mod graph;
 pub mod runtime;
 pub mod session;
 pub mod text;
+pub mod values;
 
 /// The graph file of an ONNX model folder.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -64,77 +68,141 @@ pub struct OnnxSettings {
     pub feature_names: Vec<String>,
 }
 
-/// The element type the graph's input takes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum InputType {
-    F32,
-    F64,
-    I64,
+/// One input the graph takes.
+#[derive(Debug, Clone)]
+struct Feed {
+    /// Its name, type and shape as `ModelInfo.inputs` lists it (`-1` for dynamic axes).
+    info: TensorInfo,
+    datatype: DataType,
 }
 
 /// A loaded ONNX graph behind the [`Model`] trait.
 pub struct OnnxModel {
     session: Session,
-    /// Asks ONNX Runtime for the served output alone.
+    /// Asks ONNX Runtime for the served output and the named ones alone.
     run_options: RunOptions<ort::session::HasSelectedOutputs>,
-    input: String,
-    input_type: InputType,
+    feeds: Vec<Feed>,
+    /// Elements per input of the one numeric input that takes `features`; 0 when the
+    /// graph takes its inputs by name only.
     features: usize,
-    /// `[batch, …]` with the batch left 0, filled per run.
-    shape: Vec<usize>,
+    /// The output read as probabilities or values.
     output: String,
     width: usize,
     softmax: bool,
+    /// The outputs returned by name (`ModelInfo.outputs`).
+    named: Vec<String>,
 }
 
 impl OnnxModel {
-    /// The served output of one run over `n` rows of features, row-major.
-    fn run(&mut self, flat: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
-        let mut shape = self.shape.clone();
-        shape[0] = n;
-        let value: DynValue = match self.input_type {
-            InputType::F32 => Tensor::from_array((shape, flat))?.into_dyn(),
-            InputType::F64 => {
-                let data: Vec<f64> = flat.into_iter().map(f64::from).collect();
-                Tensor::from_array((shape, data))?.into_dyn()
-            }
-            InputType::I64 => {
-                // Truncated toward zero, as a cast in the graph would.
-                let data: Vec<i64> = flat.into_iter().map(|x| x as i64).collect();
-                Tensor::from_array((shape, data))?.into_dyn()
-            }
+    /// The graph's inputs for a batch: one tensor per feed, joined from every input's.
+    fn batch(&self, inputs: &[ModelInput]) -> anyhow::Result<Vec<pb::Tensor>> {
+        let n = inputs.len();
+        if let Some(ModelInput::Tensors(_)) = inputs.first() {
+            return (0..self.feeds.len())
+                .map(|f| {
+                    let parts = inputs.iter().map(|input| match input {
+                        ModelInput::Tensors(t) => t.get(f),
+                        _ => None,
+                    });
+                    parts
+                        .collect::<Option<Vec<_>>>()
+                        .and_then(tensor::concat)
+                        .with_context(|| {
+                            format!("the inputs of {:?} do not join", self.feeds[f].info.name)
+                        })
+                })
+                .collect();
+        }
+        let [feed] = self.feeds.as_slice() else {
+            bail!("this model takes named inputs, not features");
         };
-        let outputs = self.session.run_with_options(
-            ort::inputs![self.input.as_str() => value],
-            &self.run_options,
-        )?;
-        read_output(&outputs, &self.output)
+        let flat = feature_matrix(inputs, self.features)?;
+        let shape = std::iter::once(n as i64)
+            .chain(feed.info.shape.iter().skip(1).copied())
+            .collect();
+        Ok(vec![cast_features(
+            &feed.info.name,
+            feed.datatype,
+            shape,
+            &flat,
+        )])
     }
 }
 
 impl Model for OnnxModel {
-    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let flat = feature_matrix(inputs, self.features)?;
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
         let n = inputs.len();
-        let out = self.run(flat, n)?;
-        if out.len() != n * self.width {
+        let feeds = self.batch(inputs)?;
+        let values = feeds
+            .iter()
+            .zip(&self.feeds)
+            .map(|(t, feed)| Ok((feed.info.name.clone(), values::to_ort(t)?)))
+            .collect::<anyhow::Result<Vec<(String, DynValue)>>>()?;
+        let outputs = self.session.run_with_options(values, &self.run_options)?;
+        let flat = read_output(&outputs, &self.output)?;
+        if flat.len() != n * self.width {
             bail!(
                 "the model gave {} numbers for {n} inputs of width {}",
-                out.len(),
+                flat.len(),
                 self.width
             );
         }
-        output_rows(&out, n, self.softmax)
+        let rows = output_rows(&flat, n, self.softmax)?;
+        let mut named: Vec<std::vec::IntoIter<pb::Tensor>> = Vec::new();
+        for name in &self.named {
+            let value = outputs
+                .get(name.as_str())
+                .with_context(|| format!("ONNX Runtime gave no output {name:?}"))?;
+            let t = values::from_ort(name, value)?;
+            if t.shape.first() != Some(&(n as i64)) {
+                bail!("output {name:?} has shape {:?} for {n} inputs", t.shape);
+            }
+            named.push(tensor::split(t, n).into_iter());
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| Output {
+                row,
+                tensors: named.iter_mut().filter_map(Iterator::next).collect(),
+            })
+            .collect())
+    }
+}
+
+/// Features (f32, row-major) as a tensor of `datatype`, converted as a cast in the graph
+/// would: integers truncated toward zero, booleans true when non-zero.
+fn cast_features(name: &str, datatype: DataType, shape: Vec<i64>, flat: &[f32]) -> pb::Tensor {
+    let mut raw = Vec::with_capacity(flat.len() * datatype.width().unwrap_or(4));
+    for &x in flat {
+        match datatype {
+            DataType::Bool => raw.push(u8::from(x != 0.0)),
+            DataType::U8 => raw.push(x as u8),
+            DataType::I8 => raw.extend((x as i8).to_le_bytes()),
+            DataType::U16 => raw.extend((x as u16).to_le_bytes()),
+            DataType::I16 => raw.extend((x as i16).to_le_bytes()),
+            DataType::U32 => raw.extend((x as u32).to_le_bytes()),
+            DataType::I32 => raw.extend((x as i32).to_le_bytes()),
+            DataType::U64 => raw.extend((x as u64).to_le_bytes()),
+            DataType::I64 => raw.extend((x as i64).to_le_bytes()),
+            DataType::F16 => raw.extend(half::f16::from_f32(x).to_le_bytes()),
+            DataType::F64 => raw.extend(f64::from(x).to_le_bytes()),
+            DataType::F32 | DataType::Bytes => raw.extend(x.to_le_bytes()),
+        }
+    }
+    pb::Tensor {
+        name: name.to_string(),
+        datatype: datatype.name().into(),
+        shape,
+        raw_contents: raw,
+        bytes_contents: Vec::new(),
     }
 }
 
 /// What loading found in the graph.
 struct Plan {
-    input: String,
-    input_type: i32,
+    feeds: Vec<Feed>,
+    /// Elements per input when the graph takes `features` (see [`OnnxModel::features`]).
     features: usize,
-    /// The input's dimensions after the batch.
-    item_dims: Vec<usize>,
     output: String,
     /// Set when the output is a value inside the graph, not one of its declared outputs:
     /// its ONNX element type (as the exporter recorded it, else float).
@@ -143,6 +211,64 @@ struct Plan {
     task: Option<ModelTask>,
     /// The operator that names the model (`TreeEnsembleClassifier`, …), if any.
     main_op: Option<String>,
+    /// The declared tensor outputs, returned by name.
+    named: Vec<TensorInfo>,
+}
+
+/// A tensor value's name, element type and shape as `ModelInfo` lists them: the first
+/// dimension counts the inputs, `-1` where the graph leaves a size open.
+fn declared(value: &ValueInfoProto) -> Option<(DataType, TensorInfo)> {
+    let (elem, dims) = value.tensor()?;
+    let datatype = graph::datatype(elem)?;
+    let shape = std::iter::once(-1)
+        .chain(dims.iter().skip(1).map(|d| d.unwrap_or(-1)))
+        .collect();
+    Some((
+        datatype,
+        TensorInfo {
+            name: value.name.clone(),
+            datatype: datatype.name().into(),
+            shape,
+        },
+    ))
+}
+
+/// The graph's inputs: tensors of a served element type, the first dimension the batch.
+fn feeds(graph: &GraphProto) -> anyhow::Result<Vec<Feed>> {
+    let inputs = graph.fed_inputs();
+    if inputs.is_empty() {
+        bail!("the graph takes no inputs");
+    }
+    inputs
+        .into_iter()
+        .map(|input| {
+            let Some((elem, dims)) = input.tensor() else {
+                bail!("input {:?} is not a tensor", input.name);
+            };
+            let Some((datatype, info)) = declared(input) else {
+                bail!(
+                    "input {:?} has ONNX element type {elem}, which is not served ({})",
+                    input.name,
+                    DataType::names()
+                );
+            };
+            if dims.is_empty() {
+                bail!(
+                    "input {:?} is a scalar; every input's first dimension must count the inputs",
+                    input.name
+                );
+            }
+            let fixed: Vec<usize> = info.shape[1..]
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(1))
+                .collect();
+            let elements = fixed.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if elements.is_none_or(|n| n > tensor::MAX_ELEMENTS) {
+                bail!("input {:?} has shape {dims:?}: too large", input.name);
+            }
+            Ok(Feed { info, datatype })
+        })
+        .collect()
 }
 
 const CLASSIFIERS: [&str; 2] = [
@@ -155,48 +281,17 @@ const REGRESSORS: [&str; 2] = [
 ];
 
 fn plan(graph: &GraphProto, settings: &OnnxSettings) -> anyhow::Result<Plan> {
-    let inputs = graph.fed_inputs();
-    let [input] = inputs.as_slice() else {
-        bail!(
-            "the graph takes {} inputs ({}); only models with one tensor input of shape \
-             [batch, features] are served",
-            inputs.len(),
-            inputs
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    let feeds = feeds(graph)?;
+    // One numeric input with every dimension but the batch fixed also takes `features`:
+    // its elements in row-major order ([batch, features], or an image [batch, c, h, w]).
+    let features = match feeds.as_slice() {
+        [feed]
+            if feed.datatype != DataType::Bytes && feed.info.shape[1..].iter().all(|&d| d > 0) =>
+        {
+            feed.info.shape[1..].iter().product::<i64>() as usize
+        }
+        _ => 0,
     };
-    let (input_type, dims) = input
-        .tensor()
-        .with_context(|| format!("input {:?} is not a tensor", input.name))?;
-    if ![FLOAT, DOUBLE, INT64].contains(&input_type) {
-        bail!(
-            "input {:?} has ONNX element type {input_type}; float, double and int64 inputs \
-             are served",
-            input.name
-        );
-    }
-    // [batch, features], or [batch, d1, d2, …] (an image: [batch, channels, height,
-    // width]) fed from its elements in row-major order; every dimension but the batch fixed.
-    let fixed: Option<Vec<usize>> = dims
-        .iter()
-        .skip(1)
-        .map(|d| d.and_then(|d| usize::try_from(d).ok()))
-        .collect();
-    let (Some(item_dims), true) = (fixed, dims.len() >= 2) else {
-        bail!(
-            "input {:?} has shape {dims:?}; expected [batch, features] or [batch, d1, …] with \
-             every dimension but the first fixed",
-            input.name
-        );
-    };
-    let features = item_dims
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .filter(|&n| n > 0 && n <= 1 << 24)
-        .with_context(|| format!("input {:?} has shape {dims:?}: too large", input.name))?;
 
     // Which node (by index) computes each value.
     let producer: HashMap<&str, usize> = graph
@@ -270,16 +365,21 @@ fn plan(graph: &GraphProto, settings: &OnnxSettings) -> anyhow::Result<Plan> {
     let main_op = classifier.or(regressor).map(|n| n.op_type.clone());
     let internal = (!graph.output.iter().any(|o| o.name == output))
         .then(|| graph.elem_type_of(&output).unwrap_or(FLOAT));
+    let named = graph
+        .output
+        .iter()
+        .filter_map(declared)
+        .map(|(_, info)| info)
+        .collect();
     Ok(Plan {
-        input: input.name.clone(),
-        input_type,
+        feeds,
         features,
-        item_dims,
         output,
         internal,
         labels,
         task,
         main_op,
+        named,
     })
 }
 
@@ -315,39 +415,63 @@ pub fn load(
         }
         None => bytes.as_slice(),
     };
-    let session = session(graph_bytes, opts).with_context(|| format!("model {name:?}"))?;
+    let mut session = session(graph_bytes, opts).with_context(|| format!("model {name:?}"))?;
     drop(bytes);
-    let input_type = match plan.input_type {
-        DOUBLE => InputType::F64,
-        INT64 => InputType::I64,
-        _ => InputType::F32,
+    // A first run on two inputs of zeros tells the served output's width and which named
+    // outputs split into one part per input (those that do not are not offered).
+    let selector = |named: &[TensorInfo]| -> anyhow::Result<_> {
+        let mut selector = OutputSelector::no_default().with(plan.output.as_str());
+        for t in named.iter().filter(|t| t.name != plan.output) {
+            selector = selector.with(t.name.as_str());
+        }
+        Ok(RunOptions::new()?.with_outputs(selector))
     };
-    let mut model = OnnxModel {
+    let specs: Vec<TensorInfo> = plan.feeds.iter().map(|f| f.info.clone()).collect();
+    let probe_feeds = zero_inputs(&specs, 2)
+        .iter()
+        .map(|t| Ok((t.name.clone(), values::to_ort(t)?)))
+        .collect::<anyhow::Result<Vec<(String, DynValue)>>>()?;
+    let probe_options = selector(&plan.named)?;
+    let (width, named) = {
+        let outputs = session
+            .run_with_options(probe_feeds, &probe_options)
+            .with_context(|| format!("model {name:?}: a first run on two inputs of zeros"))?;
+        let flat = read_output(&outputs, &plan.output)?;
+        let width = flat.len() / 2;
+        if width == 0 || flat.len() != 2 * width {
+            bail!(
+                "model {name:?}: output {:?} gives {} numbers for two inputs",
+                plan.output,
+                flat.len()
+            );
+        }
+        let named: Vec<TensorInfo> = plan
+            .named
+            .iter()
+            .filter(|t| {
+                let splits = outputs
+                    .get(t.name.as_str())
+                    .and_then(|v| values::from_ort(&t.name, v).ok())
+                    .is_some_and(|v| v.shape.first() == Some(&2));
+                if !splits {
+                    tracing::warn!(model = name, output = %t.name, "output does not have one part per input; not offered by name");
+                }
+                splits
+            })
+            .cloned()
+            .collect();
+        (width, named)
+    };
+    let model = OnnxModel {
         session,
-        run_options: RunOptions::new()?
-            .with_outputs(OutputSelector::no_default().with(plan.output.as_str())),
-        input: plan.input.clone(),
-        input_type,
+        run_options: selector(&named)?,
+        feeds: plan.feeds.clone(),
         features: plan.features,
-        shape: std::iter::once(0)
-            .chain(plan.item_dims.iter().copied())
-            .collect(),
         output: plan.output.clone(),
-        width: 0,
+        width,
         softmax: settings.softmax,
+        named: named.iter().map(|t| t.name.clone()).collect(),
     };
-    // One row of zeros tells the output's width (the declared shape may leave it open).
-    let probe = model
-        .run(vec![0.0; plan.features], 1)
-        .with_context(|| format!("model {name:?}: a first run on one row of zeros"))?;
-    let width = probe.len();
-    if width == 0 {
-        bail!(
-            "model {name:?}: output {:?} is empty for one row",
-            plan.output
-        );
-    }
-    model.width = width;
     let architecture = format!("onnxruntime-{}", plan.main_op.as_deref().unwrap_or("graph"));
 
     let task = match settings.task.as_deref() {
@@ -387,11 +511,7 @@ pub fn load(
             plan.features
         );
     }
-    let datatype = match input_type {
-        InputType::F64 => "FP64",
-        InputType::I64 => "INT64",
-        InputType::F32 => "FP32",
-    };
+    let inputs: Vec<TensorInfo> = plan.feeds.iter().map(|f| f.info.clone()).collect();
     Ok(LoadedModel {
         info: ModelInfo {
             name: name.to_string(),
@@ -401,18 +521,14 @@ pub fn load(
             feature_count: plan.features as u32,
             architecture,
             task: task as i32,
-            input: Some(TensorInfo {
-                name: plan.input.clone(),
-                datatype: datatype.into(),
-                shape: std::iter::once(-1)
-                    .chain(plan.item_dims.iter().map(|&d| d as i64))
-                    .collect(),
-            }),
+            input: inputs.first().cloned(),
             value_count: if task == ModelTask::Regression {
                 width as u32
             } else {
                 0
             },
+            inputs,
+            outputs: named,
             feature_names: settings.feature_names.clone(),
             ..Default::default()
         },

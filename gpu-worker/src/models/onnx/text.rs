@@ -18,7 +18,9 @@ use serde::Deserialize;
 use super::graph::{FLOAT, GraphProto, INT32, INT64};
 use super::session::{output_rows, read_output, session};
 use crate::models::hf_config::{ExtraConfig, family, labels_from_id2label, single_label};
-use crate::models::model::{LoadOptions, LoadedModel, Model, ModelInput, text_info, token_rows};
+use crate::models::model::{
+    LoadOptions, LoadedModel, Model, ModelInput, Output, rows_output, text_info, token_rows,
+};
 use crate::models::tokens::{buckets, load_tokenizer, pad_rows};
 
 /// The tokenizer beside `model.onnx` that makes it a text model.
@@ -78,7 +80,7 @@ impl OnnxTextClassifier {
 }
 
 impl Model for OnnxTextClassifier {
-    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, inputs: &[ModelInput]) -> anyhow::Result<Vec<Output>> {
         let rows = token_rows(inputs)?;
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let mut out = vec![Vec::new(); rows.len()];
@@ -88,7 +90,7 @@ impl Model for OnnxTextClassifier {
                 out[*i] = row;
             }
         }
-        Ok(out)
+        Ok(rows_output(out))
     }
 }
 
@@ -193,6 +195,7 @@ pub fn load(
     let width = model
         .forward(&[ModelInput::Tokens(probe_ids)])
         .context("a first run on one prompt")?[0]
+        .row
         .len();
     let labels = labels_from_id2label(extra.id2label, width)?;
     let architecture = extra
