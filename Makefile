@@ -48,12 +48,19 @@ models/digits/model.onnx: $(DIGITS_FIXTURE)/model.onnx $(DIGITS_FIXTURE)/model.j
 	cp $(DIGITS_FIXTURE)/model.json models/digits/model.json
 	cp $(DIGITS_FIXTURE)/model.onnx models/digits/model.onnx
 
-models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx models/digits/model.onnx $(ORT_LIB)
+# The named-columns demo: a scikit-learn pipeline over `age`, `income` (FP32) and `city`
+# (BYTES), exported by skl2onnx with one input per column (a committed test fixture).
+COLUMNS_FIXTURE := gpu-worker/tests/fixtures/onnx-tensors/sklearn-column-transformer
+models/columns/model.onnx: $(COLUMNS_FIXTURE)/model.onnx
+	@mkdir -p models/columns
+	cp $(COLUMNS_FIXTURE)/model.onnx models/columns/model.onnx
+
+models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx models/digits/model.onnx models/columns/model.onnx $(ORT_LIB)
 	$(CARGO) run --quiet -p inferencehub-tools -- make-models \
 		--encoder-dir $(ENCODER_DIR) --data-dir tools/data --out models
 	@touch $@
 
-models: models/.built ## Build the demo models (sentiment, iris, wine, digits) into models/
+models: models/.built ## Build the demo models (sentiment, iris, wine, digits, columns) into models/
 
 # What the demo models are made from and needs only the network: the encoder's weights
 # and the wine model (its own Python environment). `make dev` fetches it beside the build.
@@ -68,6 +75,7 @@ fixtures: $(PY_FIXTURES)/.installed ## Regenerate the ONNX exporter fixtures of 
 	$(PY_FIXTURES)/bin/python tools/python/make_onnx_fixtures.py --out gpu-worker/tests/fixtures/onnx
 	$(PY_FIXTURES)/bin/python tools/python/make_hf_fixtures.py --out gpu-worker/tests/fixtures/hf
 	$(PY_FIXTURES)/bin/python tools/python/make_onnx_text_fixtures.py --out gpu-worker/tests/fixtures/onnx-text
+	$(PY_FIXTURES)/bin/python tools/python/make_onnx_tensor_fixtures.py --out gpu-worker/tests/fixtures/onnx-tensors
 
 CERTS_DIR := .local/certs
 # Where cargo builds (honours CARGO_TARGET_DIR and .cargo/config), asked of cargo itself.

@@ -267,6 +267,11 @@ InferenceHub is up. Everything is in $LOCAL/dev.env (token valid for 1 hour).
     -H 'Content-Type: application/json' \\
     -d '{"model_name":"wine","features":[13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650]}'
 
+  curl -s $BASE/predict/v1/predict \\
+    -H "Authorization: Bearer $TOKEN" \\
+    -H 'Content-Type: application/json' \\
+    -d '{"model_name":"columns","tensors":{"age":[41],"income":[30000],"city":["oslo"]}}'
+
   curl -s $BASE/models/v1/models -H "Authorization: Bearer $TOKEN"
   curl -s $BASE/health/healthz
 

@@ -44,6 +44,8 @@ check "iris via the printed curl" \
   test "$(predict '{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}' | field label)" = setosa
 check "wine (scikit-learn forest, ONNX) via the printed curl" \
   test "$(predict '{"model_name":"wine","features":[13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650]}' | field label)" = cultivar_3
+check "columns (named FP32 and BYTES inputs) via the printed curl" \
+  test "$(predict '{"model_name":"columns","tensors":{"age":[41],"income":[30000],"city":["oslo"]}}' | field label)" = yes
 check "models lists the demo models" \
   bash -c "curl -s -m 60 '$IHUB_MODELS_URL' -H 'Authorization: Bearer $IHUB_TOKEN' | grep -q '\"name\":\"wine\"'"
 check "no token gets 401" \

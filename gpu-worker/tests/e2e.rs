@@ -124,23 +124,33 @@ async fn lists_the_demo_models_with_their_signatures() {
         .into_inner()
         .models;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["digits", "iris", "sentiment", "wine"]);
-    let digits = &models[0];
+    assert_eq!(names, ["columns", "digits", "iris", "sentiment", "wine"]);
+    let columns = &models[0];
+    let inputs: Vec<(&str, &str)> = columns
+        .inputs
+        .iter()
+        .map(|t| (t.name.as_str(), t.datatype.as_str()))
+        .collect();
+    assert_eq!(
+        inputs,
+        [("age", "FP32"), ("income", "FP32"), ("city", "BYTES")]
+    );
+    let digits = &models[1];
     assert_eq!(digits.kind(), ModelKind::Tabular);
     assert_eq!(digits.feature_count, 64);
     assert_eq!(digits.input.as_ref().unwrap().shape, [-1, 1, 8, 8]);
     assert_eq!(digits.labels.len(), 10);
-    let iris = &models[1];
+    let iris = &models[2];
     assert_eq!(iris.kind(), ModelKind::Tabular);
     assert_eq!(iris.feature_count, 4);
     assert_eq!(iris.labels, ["setosa", "versicolor", "virginica"]);
-    let sentiment = &models[2];
+    let sentiment = &models[3];
     assert_eq!(sentiment.kind(), ModelKind::Text);
     assert_eq!(sentiment.labels, ["negative", "positive"]);
     assert_eq!(sentiment.max_tokens, 256);
     assert!(sentiment.max_prompt_bytes > 0);
     assert_ne!(iris.version, sentiment.version);
-    let wine = &models[3];
+    let wine = &models[4];
     assert_eq!(wine.kind(), ModelKind::Tabular);
     assert_eq!(wine.task(), ModelTask::Classification);
     assert_eq!(wine.feature_count, 13);

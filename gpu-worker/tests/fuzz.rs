@@ -9,7 +9,7 @@ mod common;
 
 use common::{Worker, model_subset};
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
-use inferencehub_proto::pb::{FeatureRow, PredictBatchRequest, PredictRequest};
+use inferencehub_proto::pb::{FeatureRow, PredictBatchRequest, PredictRequest, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tonic::Code;
@@ -144,6 +144,139 @@ async fn arbitrary_requests_get_an_answer_or_a_named_field() {
     })
     .await
     .unwrap();
+
+    // Still serving, still right.
+    let mut client = worker.client().await;
+    let answer = client
+        .predict(PredictRequest {
+            model_name: "iris".into(),
+            features: vec![5.1, 3.5, 1.4, 0.2],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().label, "setosa");
+}
+
+/// One generated tensor: a name the models take (or not), a datatype (or garbage), a
+/// shape of small (sometimes negative or huge) dimensions, and elements of any length.
+fn tensor() -> impl Strategy<Value = Tensor> {
+    let name = prop_oneof![
+        Just("age".to_string()),
+        Just("income".to_string()),
+        Just("city".to_string()),
+        Just("features".to_string()),
+        ".{0,12}",
+    ];
+    let datatype = prop_oneof![
+        Just("FP32".to_string()),
+        Just("BYTES".to_string()),
+        Just("FP16".to_string()),
+        Just("BOOL".to_string()),
+        Just("INT64".to_string()),
+        "[A-Z0-9]{0,6}",
+    ];
+    let dim = prop_oneof![1i64..4, Just(0), Just(-1), Just(i64::MAX)];
+    (
+        name,
+        datatype,
+        proptest::collection::vec(dim, 0..4),
+        proptest::collection::vec(any::<u8>(), 0..64),
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..8), 0..6),
+    )
+        .prop_map(|(name, datatype, shape, raw, bytes)| Tensor {
+            name,
+            datatype,
+            shape,
+            raw_contents: raw,
+            bytes_contents: bytes,
+        })
+}
+
+/// A well-formed request for the named-columns model with one part broken at random.
+fn columns_request() -> impl Strategy<Value = Vec<Tensor>> {
+    (
+        1i64..4,
+        "[a-z\u{0}\u{e9}]{0,6}",
+        any::<[u8; 4]>(),
+        0usize..4,
+    )
+        .prop_map(|(n, city, bits, broken)| {
+            let mut raw = Vec::new();
+            for _ in 0..n {
+                raw.extend_from_slice(&bits);
+            }
+            let number = |name: &str| Tensor {
+                name: name.into(),
+                datatype: "FP32".into(),
+                shape: vec![n, 1],
+                raw_contents: raw.clone(),
+                bytes_contents: Vec::new(),
+            };
+            let mut tensors = vec![
+                number("age"),
+                number("income"),
+                Tensor {
+                    name: "city".into(),
+                    datatype: "BYTES".into(),
+                    shape: vec![n, 1],
+                    raw_contents: Vec::new(),
+                    bytes_contents: vec![city.into_bytes(); n as usize],
+                },
+            ];
+            if broken < 3 {
+                tensors[broken].shape.push(1);
+            }
+            tensors
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_tensors_get_an_answer_or_a_named_field() {
+    let dir = model_subset(&["columns", "digits", "iris"]);
+    let worker = Worker::serving(dir.path(), &[]).await;
+    let channel: Channel = worker.channel().await;
+    let handle = tokio::runtime::Handle::current();
+    let model = prop_oneof![
+        Just("columns".to_string()),
+        Just("digits".to_string()),
+        Just("iris".to_string()),
+    ];
+    let requests = (
+        model,
+        prop_oneof![proptest::collection::vec(tensor(), 0..4), columns_request(),],
+        proptest::collection::vec(
+            prop_oneof![Just("output_label".to_string()), ".{0,8}"],
+            0..2,
+        ),
+    );
+    let client = ModelInferenceClient::new(channel.clone());
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::task::spawn_blocking(move || {
+        runner()
+            .run(&requests, |(model_name, inputs, outputs)| {
+                let request = PredictBatchRequest {
+                    model_name,
+                    inputs,
+                    outputs,
+                    ..Default::default()
+                };
+                let mut client = client.clone();
+                let result = handle.block_on(client.predict_batch(request));
+                if result.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                check(result, |r| {
+                    !r.results.is_empty() && r.results.iter().all(sane)
+                })
+            })
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    // The well-formed requests among them were answered.
+    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > 0);
 
     // Still serving, still right.
     let mut client = worker.client().await;

@@ -113,6 +113,37 @@ def infer_digits(binary):
         assert e.status() == "400" and "inputs[0].shape" in e.message(), (e.status(), e.message())
 
 
+def infer_columns(binary):
+    """A pipeline over named columns: two FP32 inputs and a BYTES one, and the exporter's own
+    `output_label` returned by name beside the gateway's outputs."""
+    meta = client.get_model_metadata("columns", headers=headers())
+    declared = {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]}
+    assert declared == {"age": ("FP32", [-1, 1]), "income": ("FP32", [-1, 1]), "city": ("BYTES", [-1, 1])}, meta
+    assert "output_label" in [o["name"] for o in meta["outputs"]], meta
+    with open("gpu-worker/tests/fixtures/onnx-tensors/sklearn-column-transformer/expected.json") as f:
+        expected = json.load(f)
+    inputs = []
+    for name, t in expected["inputs"].items():
+        dtype = np.object_ if t["datatype"] == "BYTES" else np.float32
+        values = [v.encode() for v in t["data"]] if dtype is np.object_ else t["data"]
+        data = np.array(values, dtype=dtype).reshape(t["shape"])
+        inp = httpclient.InferInput(name, t["shape"], t["datatype"])
+        inp.set_data_from_numpy(data, binary_data=binary)
+        inputs.append(inp)
+    wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "scores", "output_label")]
+    result = client.infer("columns", inputs, outputs=wanted, headers=headers())
+    decode = lambda a: [x.decode() if isinstance(x, bytes) else x for x in a]
+    assert decode(result.as_numpy("label")) == expected["labels"], result.get_response()
+    assert decode(result.as_numpy("output_label")) == expected["labels"]
+    assert np.allclose(result.as_numpy("scores"), np.array(expected["probabilities"]), atol=1e-5)
+    # A column missing is refused, naming the inputs.
+    try:
+        client.infer("columns", inputs[:2], headers=headers())
+        raise AssertionError("a request without `city` was answered")
+    except InferenceServerException as e:
+        assert e.status() == "400" and "city" in e.message(), (e.status(), e.message())
+
+
 def refusals():
     inp = httpclient.InferInput("features", [1, 3], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
@@ -141,5 +172,6 @@ for binary in (True, False):
     check(f"sentiment, 2 texts, {mode}", lambda: infer_sentiment(binary))
     check(f"wine by version, {mode}", lambda: infer_wine_by_version(binary))
     check(f"digits (PyTorch CNN, [3, 1, 8, 8] images), {mode}", lambda: infer_digits(binary))
+    check(f"columns (scikit-learn over FP32 and BYTES columns), {mode}", lambda: infer_columns(binary))
 check("bad shape 400 naming the field, no token 401, unknown version 404", refusals)
 sys.exit(1 if failed else 0)
