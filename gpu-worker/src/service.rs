@@ -22,7 +22,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::batching::{BatchError, Batcher, Prediction};
 use crate::metrics::Metrics;
-use crate::models::model::{prepare_input, signature};
+use crate::models::model::{signature, tokenize};
 use crate::models::{ModelInput, Output, argmax};
 
 /// One model being served.
@@ -73,24 +73,49 @@ impl InferenceService {
 
     /// Tokenises (on the blocking pool) or copies the validated inputs, queues them, and
     /// waits for every prediction.
+    /// Each prediction comes with the tokens its input held and whether they were cut at
+    /// the model's window (text models; `(0, false)` otherwise). `refuse_truncation` refuses
+    /// a prompt that would be cut, naming it in `field`'s terms.
     async fn run(
         &self,
         model: &ServedModel,
         sent: Sent,
         deadline: Option<Instant>,
-    ) -> Result<Vec<Prediction>, Status> {
+        refuse_truncation: Option<fn(usize) -> String>,
+    ) -> Result<Vec<(Prediction, u32, bool)>, Status> {
+        let mut counts = Vec::new();
         let inputs = match (sent, &model.tokenizer) {
             (Sent::Prompts(prompts), Some(tokenizer)) => {
                 let tokenizer = tokenizer.clone();
-                tokio::task::spawn_blocking(move || {
+                let tokenized = tokio::task::spawn_blocking(move || {
                     prompts
                         .iter()
-                        .map(|p| prepare_input(Some(&tokenizer), p, &[]))
+                        .map(|p| tokenize(&tokenizer, p))
                         .collect::<anyhow::Result<Vec<_>>>()
                 })
                 .await
                 .map_err(|e| internal("tokenizer task", &e))?
-                .map_err(|e| internal("tokenizing", &e))?
+                .map_err(|e| internal("tokenizing", &e))?;
+                if let Some(field) = refuse_truncation
+                    && let Some(i) = tokenized.iter().position(|(_, cut)| *cut)
+                {
+                    return Err(FieldError::new(
+                        field(i),
+                        format!(
+                            "is longer than the model's window of {} tokens (and truncation \
+                             was refused)",
+                            model.info.max_tokens
+                        ),
+                    )
+                    .to_status());
+                }
+                tokenized
+                    .into_iter()
+                    .map(|(ids, cut)| {
+                        counts.push((ids.len() as u32, cut));
+                        ModelInput::Tokens(ids)
+                    })
+                    .collect()
             }
             (Sent::Rows(rows), None) => rows.into_iter().map(ModelInput::Features).collect(),
             (Sent::Tensors(items), None) => items.into_iter().map(ModelInput::Tensors).collect(),
@@ -101,12 +126,13 @@ impl InferenceService {
             .submit(inputs, deadline)
             .map_err(|e| batch_status(e, signature(&model.info)))?;
         let mut predictions = Vec::with_capacity(receivers.len());
-        for rx in receivers {
+        for (i, rx) in receivers.into_iter().enumerate() {
             let prediction = rx
                 .await
                 .map_err(|_| ErrorKind::Unavailable.status("the model is shutting down"))?
                 .map_err(|e| batch_status(e, signature(&model.info)))?;
-            predictions.push(prediction);
+            let (tokens, cut) = counts.get(i).copied().unwrap_or((0, false));
+            predictions.push((prediction, tokens, cut));
         }
         Ok(predictions)
     }
@@ -162,7 +188,9 @@ impl InferenceService {
             }
             sent
         };
-        let mut predictions = self.run(&model, sent, deadline).await?;
+        let field: fn(usize) -> String = |_| "prompt".to_string();
+        let refuse = req.refuse_truncation.then_some(field);
+        let mut predictions = self.run(&model, sent, deadline, refuse).await?;
         let prediction = predictions
             .pop()
             .ok_or_else(|| ErrorKind::Internal.status("no prediction"))?;
@@ -192,7 +220,9 @@ impl InferenceService {
             }
             tensor_inputs(&model, req.inputs)?
         };
-        let predictions = self.run(&model, sent, deadline).await?;
+        let field: fn(usize) -> String = |i| format!("prompts[{i}]");
+        let refuse = req.refuse_truncation.then_some(field);
+        let predictions = self.run(&model, sent, deadline, refuse).await?;
         let results = predictions
             .into_iter()
             .map(|p| to_response(&model.info, p, &wanted, request_id.clone()))
@@ -391,7 +421,7 @@ impl ModelInference for InferenceService {
 /// (and an empty label) for a regressor.
 fn to_response(
     info: &ModelInfo,
-    prediction: Prediction,
+    (prediction, tokens, truncated): (Prediction, u32, bool),
     wanted: &[String],
     request_id: String,
 ) -> PredictResponse {
@@ -403,6 +433,8 @@ fn to_response(
         compute_ms: millis(prediction.compute),
         batch_size: prediction.batch_size as u32,
         model_name: info.name.clone(),
+        tokens,
+        truncated,
         ..Default::default()
     };
     let Output { row, tensors } = prediction.output;
@@ -410,7 +442,7 @@ fn to_response(
         .iter()
         .filter_map(|name| tensors.iter().find(|t| &t.name == name).cloned())
         .collect();
-    if info.task() == ModelTask::Regression {
+    if matches!(info.task(), ModelTask::Regression | ModelTask::Embedding) {
         answer.values = row;
         return answer;
     }

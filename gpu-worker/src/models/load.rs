@@ -1,7 +1,8 @@
 //! Reads model folders. The layout decides the family: `model.onnx` -> an ONNX graph (with
-//! `tokenizer.json` beside it, a transformer export answering text); `tabular.json` -> a
-//! tabular MLP; `head.safetensors` -> a sentence encoder with a
-//! linear head; otherwise a transformers `*ForSequenceClassification` checkpoint.
+//! `tokenizer.json` beside it, a transformer export answering text: a classifier, or an
+//! embedding model with `modules.json`); `modules.json` -> a sentence-embedding model;
+//! `tabular.json` -> a tabular MLP; `head.safetensors` -> a sentence encoder with a linear
+//! head; otherwise a transformers `*ForSequenceClassification` checkpoint.
 
 use std::path::Path;
 
@@ -9,13 +10,15 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
 use super::model::{LoadOptions, LoadedModel};
-use super::{onnx, tabular, text};
+use super::{embedding, onnx, tabular, text};
 
 /// Loads one model folder, named `name` (see the module docs for the layouts).
 pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<LoadedModel> {
     let version = version_of(dir)?;
     let loaded = if dir.join(onnx::MODEL_FILE).is_file() {
         onnx::load(dir, name, version, opts)
+    } else if embedding::is_sentence_folder(dir) && !dir.join(text::HEAD_FILE).is_file() {
+        embedding::load(dir, name, version, opts)
     } else if dir.join(tabular::CONFIG_FILE).is_file() {
         tabular::load(dir, name, version, opts)
     } else if dir.join(text::HEAD_FILE).is_file() {

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod device;
+pub mod embedding;
 pub mod hf_config;
 pub mod load;
 pub mod model;

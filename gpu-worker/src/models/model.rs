@@ -166,14 +166,19 @@ pub fn prepare_input(
     features: &[f32],
 ) -> anyhow::Result<ModelInput> {
     match tokenizer {
-        Some(tokenizer) => {
-            let encoding = tokenizer
-                .encode(prompt, true)
-                .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-            Ok(ModelInput::Tokens(encoding.get_ids().to_vec()))
-        }
+        Some(tokenizer) => Ok(ModelInput::Tokens(tokenize(tokenizer, prompt)?.0)),
         None => Ok(ModelInput::Features(features.to_vec())),
     }
+}
+
+/// The token ids of `prompt` (special tokens included, cut at the tokenizer's truncation
+/// length) and whether anything was cut.
+pub fn tokenize(tokenizer: &Tokenizer, prompt: &str) -> anyhow::Result<(Vec<u32>, bool)> {
+    let encoding = tokenizer
+        .encode(prompt, true)
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+    let truncated = !encoding.get_overflowing().is_empty();
+    Ok((encoding.get_ids().to_vec(), truncated))
 }
 
 /// A batch of `n` inputs of zeros (empty strings) for the inputs `specs` declares, dynamic
@@ -202,10 +207,10 @@ pub fn zero_inputs(specs: &[TensorInfo], n: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// Width of every output row: one per label, or one per value.
+/// Width of every output row: one per label, or one per value (an embedding's dimension).
 pub fn output_width(info: &ModelInfo) -> usize {
     match info.task() {
-        ModelTask::Regression => info.value_count as usize,
+        ModelTask::Regression | ModelTask::Embedding => info.value_count as usize,
         _ => info.labels.len(),
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::modernbert::{
-    ClassifierConfig, ClassifierPooling, Config as ModernBertConfig,
+    ClassifierConfig, ClassifierPooling, Config as ModernBertConfig, ModernBert,
     ModernBertForSequenceClassification,
 };
 use serde::Deserialize;
@@ -78,66 +78,7 @@ impl ModernBertClassifier {
         labels: &[String],
         device: &Device,
     ) -> anyhow::Result<(Self, usize)> {
-        let j: ModernBertJson =
-            serde_json::from_str(config_text).context("parsing config.json as ModernBERT")?;
-        for (what, act) in [
-            ("hidden_activation", &j.hidden_activation),
-            ("classifier_activation", &j.classifier_activation),
-        ] {
-            if let Some(act) = act
-                && act != "gelu"
-            {
-                bail!("{what} {act:?} is not supported: only gelu");
-            }
-        }
-        if j.attention_bias || j.mlp_bias || j.norm_bias || j.classifier_bias {
-            bail!(
-                "ModernBERT checkpoints with bias terms in attention, MLP, norms or head are not supported"
-            );
-        }
-        let theta = |kind: &str, old: Option<f64>, default: f64| {
-            old.or_else(|| {
-                j.rope_parameters
-                    .as_ref()
-                    .and_then(|r| r.get(kind))
-                    .map(|r| r.rope_theta)
-            })
-            .unwrap_or(default)
-        };
-        let pooling = match j.classifier_pooling.as_deref() {
-            None | Some("cls") => ClassifierPooling::CLS,
-            Some("mean") => ClassifierPooling::MEAN,
-            Some(other) => bail!("classifier_pooling {other:?} is not supported"),
-        };
-        let id2label: HashMap<String, String> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i.to_string(), l.clone()))
-            .collect();
-        let label2id = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.clone(), i.to_string()))
-            .collect();
-        let config = ModernBertConfig {
-            vocab_size: j.vocab_size,
-            hidden_size: j.hidden_size,
-            num_hidden_layers: j.num_hidden_layers,
-            num_attention_heads: j.num_attention_heads,
-            intermediate_size: j.intermediate_size,
-            max_position_embeddings: j.max_position_embeddings,
-            layer_norm_eps: j.norm_eps,
-            pad_token_id: j.pad_token_id,
-            global_attn_every_n_layers: j.global_attn_every_n_layers,
-            global_rope_theta: theta("full_attention", j.global_rope_theta, 160_000.0),
-            local_attention: j.local_attention,
-            local_rope_theta: theta("sliding_attention", j.local_rope_theta, 10_000.0),
-            classifier_config: Some(ClassifierConfig {
-                id2label,
-                label2id,
-                classifier_pooling: pooling,
-            }),
-        };
+        let (config, j) = candle_config(config_text, Some(labels))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = ModernBertForSequenceClassification::load(vb, &config)
             .context("building ModernBertForSequenceClassification")?;
@@ -164,4 +105,97 @@ impl Model for ModernBertClassifier {
                 .to_vec2()?,
         ))
     }
+}
+
+/// The candle configuration of a ModernBERT `config.json` (and the parsed file), with a
+/// classifier head over `labels` when given; refuses what candle's implementation lacks.
+fn candle_config(
+    config_text: &str,
+    labels: Option<&[String]>,
+) -> anyhow::Result<(ModernBertConfig, ModernBertJson)> {
+    let j: ModernBertJson =
+        serde_json::from_str(config_text).context("parsing config.json as ModernBERT")?;
+    for (what, act) in [
+        ("hidden_activation", &j.hidden_activation),
+        ("classifier_activation", &j.classifier_activation),
+    ] {
+        if let Some(act) = act
+            && act != "gelu"
+        {
+            bail!("{what} {act:?} is not supported: only gelu");
+        }
+    }
+    if j.attention_bias || j.mlp_bias || j.norm_bias || j.classifier_bias {
+        bail!(
+            "ModernBERT checkpoints with bias terms in attention, MLP, norms or head are not supported"
+        );
+    }
+    let theta = |kind: &str, old: Option<f64>, default: f64| {
+        old.or_else(|| {
+            j.rope_parameters
+                .as_ref()
+                .and_then(|r| r.get(kind))
+                .map(|r| r.rope_theta)
+        })
+        .unwrap_or(default)
+    };
+    let classifier_config = match labels {
+        None => None,
+        Some(labels) => {
+            let pooling = match j.classifier_pooling.as_deref() {
+                None | Some("cls") => ClassifierPooling::CLS,
+                Some("mean") => ClassifierPooling::MEAN,
+                Some(other) => bail!("classifier_pooling {other:?} is not supported"),
+            };
+            let id2label: HashMap<String, String> = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect();
+            let label2id = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i.to_string()))
+                .collect();
+            Some(ClassifierConfig {
+                id2label,
+                label2id,
+                classifier_pooling: pooling,
+            })
+        }
+    };
+    let config = ModernBertConfig {
+        vocab_size: j.vocab_size,
+        hidden_size: j.hidden_size,
+        num_hidden_layers: j.num_hidden_layers,
+        num_attention_heads: j.num_attention_heads,
+        intermediate_size: j.intermediate_size,
+        max_position_embeddings: j.max_position_embeddings,
+        layer_norm_eps: j.norm_eps,
+        pad_token_id: j.pad_token_id,
+        global_attn_every_n_layers: j.global_attn_every_n_layers,
+        global_rope_theta: theta("full_attention", j.global_rope_theta, 160_000.0),
+        local_attention: j.local_attention,
+        local_rope_theta: theta("sliding_attention", j.local_rope_theta, 10_000.0),
+        classifier_config,
+    };
+    Ok((config, j))
+}
+
+/// The bare encoder of a ModernBERT checkpoint (`model.`-prefixed tensors): the encoder,
+/// its hidden size, its window and its padding id.
+pub fn encoder(
+    config_text: &str,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> anyhow::Result<(ModernBert, usize, usize, u32)> {
+    let (config, j) = candle_config(config_text, None)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let model = ModernBert::load(vb, &config).context("building ModernBertModel")?;
+    Ok((
+        model,
+        j.hidden_size,
+        j.max_position_embeddings,
+        j.pad_token_id,
+    ))
 }

@@ -49,6 +49,16 @@ pub fn pad_batch(rows: &[&[u32]], pad: u32, device: &Device) -> anyhow::Result<(
     ))
 }
 
+/// Each input's real tokens of padded states `[batch, longest, hidden]`, row-major.
+pub fn cut_padding(hidden: &Tensor, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let states = hidden.to_vec3::<f32>()?;
+    Ok(states
+        .into_iter()
+        .zip(rows)
+        .map(|(tokens, row)| tokens.into_iter().take(row.len()).flatten().collect())
+        .collect())
+}
+
 /// Splits inputs into groups to pad separately: sorted by length, a group closes when the
 /// next input would make its padded size exceed 1.25 × its real tokens and it already holds
 /// 8 inputs (smaller groups cost more in kernel launches than padding saves). Returns input

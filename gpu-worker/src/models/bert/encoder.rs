@@ -13,6 +13,7 @@ use super::cpu::CpuBert;
 use super::tensor::TensorBert;
 use crate::models::hf_config::read_bert_config;
 use crate::models::model::{ModelInput, token_rows};
+use crate::models::tokens::cut_padding;
 
 /// Which implementation runs the encoder.
 enum Engine {
@@ -71,6 +72,20 @@ impl BertBody {
                 Ok(Tensor::from_vec(out, (rows.len(), h), &self.device)?)
             }
             Engine::Tensor(bert) => bert.first_token(&rows),
+        }
+    }
+
+    /// Per input, the last hidden state of every real token, `[tokens, hidden]` row-major.
+    pub fn token_states(&self, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        match &self.engine {
+            Engine::Cpu(bert) => {
+                let packed = bert.forward(rows)?;
+                Ok((0..packed.len()).map(|i| packed.rows(i).to_vec()).collect())
+            }
+            Engine::Tensor(bert) => {
+                let (hidden, _) = bert.forward_padded(rows)?;
+                cut_padding(&hidden, rows)
+            }
         }
     }
 

@@ -17,9 +17,11 @@ use serde::Deserialize;
 
 use super::graph::{FLOAT, GraphProto, INT32, INT64};
 use super::session::{output_rows, read_output, session};
+use crate::models::embedding::{self, EmbeddingModel, TokenStates};
 use crate::models::hf_config::{ExtraConfig, family, labels_from_id2label, single_label};
 use crate::models::model::{
     LoadOptions, LoadedModel, Model, ModelInput, Output, rows_output, text_info, token_rows,
+    tokenize,
 };
 use crate::models::tokens::{buckets, load_tokenizer, pad_rows};
 
@@ -54,28 +56,74 @@ pub struct OnnxTextClassifier {
     pad_id: u32,
 }
 
+/// The graph's inputs for one padded group of token rows.
+fn encoder_inputs(
+    feeds: Feeds,
+    pad_id: u32,
+    rows: &[&[u32]],
+) -> anyhow::Result<Vec<(&'static str, DynValue)>> {
+    let (ids, mask, longest) = pad_rows::<i64>(rows, pad_id);
+    let shape = [rows.len(), longest];
+    let tensor = |data: Vec<i64>| -> anyhow::Result<DynValue> {
+        Ok(if feeds.int32 {
+            let data: Vec<i32> = data.into_iter().map(|x| x as i32).collect();
+            Tensor::from_array((shape, data))?.into_dyn()
+        } else {
+            Tensor::from_array((shape, data))?.into_dyn()
+        })
+    };
+    let mut inputs = vec![("input_ids", tensor(ids)?)];
+    if feeds.token_types {
+        inputs.push(("token_type_ids", tensor(vec![0; shape[0] * shape[1]])?));
+    }
+    if feeds.mask {
+        inputs.push(("attention_mask", tensor(mask)?));
+    }
+    Ok(inputs)
+}
+
 impl OnnxTextClassifier {
     /// The logits of one padded group of token rows.
     fn run_group(&mut self, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let (ids, mask, longest) = pad_rows::<i64>(rows, self.pad_id);
-        let shape = [rows.len(), longest];
-        let tensor = |data: Vec<i64>| -> anyhow::Result<DynValue> {
-            Ok(if self.feeds.int32 {
-                let data: Vec<i32> = data.into_iter().map(|x| x as i32).collect();
-                Tensor::from_array((shape, data))?.into_dyn()
-            } else {
-                Tensor::from_array((shape, data))?.into_dyn()
-            })
-        };
-        let mut inputs = vec![("input_ids", tensor(ids)?)];
-        if self.feeds.token_types {
-            inputs.push(("token_type_ids", tensor(vec![0; shape[0] * shape[1]])?));
-        }
-        if self.feeds.mask {
-            inputs.push(("attention_mask", tensor(mask)?));
-        }
+        let inputs = encoder_inputs(self.feeds, self.pad_id, rows)?;
         let outputs = self.session.run_with_options(inputs, &self.run_options)?;
         output_rows(&read_output(&outputs, &self.output)?, rows.len(), true)
+    }
+}
+
+/// A sentence encoder exported to ONNX: its token states `[batch, sequence, hidden]` (or
+/// its pooled vectors `[batch, hidden]`, given as one row each).
+pub struct OnnxTokenStates {
+    session: Session,
+    run_options: RunOptions<HasSelectedOutputs>,
+    feeds: Feeds,
+    output: String,
+    pad_id: u32,
+}
+
+impl TokenStates for OnnxTokenStates {
+    fn token_states(&mut self, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let mut out = vec![Vec::new(); rows.len()];
+        for group in buckets(&lengths) {
+            let group_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i]).collect();
+            let inputs = encoder_inputs(self.feeds, self.pad_id, &group_rows)?;
+            let outputs = self.session.run_with_options(inputs, &self.run_options)?;
+            let value = outputs
+                .get(self.output.as_str())
+                .with_context(|| format!("ONNX Runtime gave no output {:?}", self.output))?;
+            let (shape, data) = value.try_extract_tensor::<f32>()?;
+            let per_row = data.len() / group.len().max(1);
+            for (k, &i) in group.iter().enumerate() {
+                let row = &data[k * per_row..(k + 1) * per_row];
+                out[i] = match shape.len() {
+                    // [batch, sequence, hidden]: the real tokens only.
+                    3 => row[..rows[i].len() * (shape[2] as usize)].to_vec(),
+                    _ => row.to_vec(),
+                };
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -134,6 +182,103 @@ fn feeds(graph: &GraphProto) -> anyhow::Result<Feeds> {
     Ok(feeds)
 }
 
+/// Loads a sentence encoder export (`model.onnx` beside the sentence-transformers files):
+/// the output `sentence_embedding` when the graph has it (pooled already), else
+/// `last_hidden_state` / `token_embeddings` (else the first float output), pooled per the
+/// folder's `modules.json`.
+fn load_embedding(
+    dir: &Path,
+    name: &str,
+    version: String,
+    opts: &LoadOptions,
+    bytes: &[u8],
+    graph: &GraphProto,
+) -> anyhow::Result<LoadedModel> {
+    let layout = embedding::read_layout(dir)?;
+    let path = dir.join("config.json");
+    let config: TextConfig = if path.is_file() {
+        serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("parsing {}", path.display()))?
+    } else {
+        TextConfig {
+            model_type: None,
+            max_position_embeddings: None,
+            pad_token_id: None,
+        }
+    };
+    let feeds = feeds(graph)?;
+    let float_output = |name: &str| {
+        graph
+            .output
+            .iter()
+            .find(|o| o.name == name && o.tensor().is_some_and(|(t, _)| t == FLOAT))
+    };
+    let output = float_output("sentence_embedding")
+        .or_else(|| float_output("last_hidden_state"))
+        .or_else(|| float_output("token_embeddings"))
+        .or_else(|| {
+            graph
+                .output
+                .iter()
+                .find(|o| o.tensor().is_some_and(|(t, _)| t == FLOAT))
+        })
+        .map(|o| o.name.clone())
+        .context("the graph has no float output (token states or a sentence embedding)")?;
+    let max_tokens = max_tokens(&config, layout.max_seq_length);
+    let tokenizer = load_tokenizer(dir, max_tokens)?;
+    let mut encoder = OnnxTokenStates {
+        session: session(bytes, opts)?,
+        run_options: RunOptions::new()?
+            .with_outputs(OutputSelector::no_default().with(output.as_str())),
+        feeds,
+        output,
+        pad_id: config.pad_token_id.unwrap_or(0),
+    };
+    let probe = tokenize(&tokenizer, "warm-up pass")?.0;
+    let states = encoder
+        .token_states(&[&probe])
+        .context("a first run on one prompt")?;
+    let width = states[0].len();
+    let hidden = if width % probe.len() == 0 && width / probe.len() > 1 {
+        width / probe.len()
+    } else {
+        width
+    };
+    let architecture = format!(
+        "onnxruntime-{}",
+        config.model_type.as_deref().unwrap_or("transformer")
+    );
+    Ok(LoadedModel {
+        info: embedding::embedding_info(
+            name,
+            version,
+            hidden,
+            max_tokens,
+            &layout,
+            &architecture,
+            opts,
+        ),
+        model: Box::new(EmbeddingModel::new(Box::new(encoder), layout, hidden)),
+        tokenizer: Some(Arc::new(tokenizer)),
+    })
+}
+
+/// The window of a text export: `max_position_embeddings` (less RoBERTa's two offset
+/// rows), capped by `max_seq_length` where given.
+fn max_tokens(config: &TextConfig, max_seq_length: Option<usize>) -> usize {
+    // RoBERTa-family position tables hold two rows before the first token's.
+    let offset = match config.model_type.as_deref() {
+        Some("roberta" | "xlm-roberta" | "camembert") => 2,
+        _ => 0,
+    };
+    let positions = config
+        .max_position_embeddings
+        .unwrap_or(512)
+        .saturating_sub(offset)
+        .max(2);
+    max_seq_length.unwrap_or(positions).min(positions)
+}
+
 /// Loads a transformer export folder (`model.onnx`, `tokenizer.json`, `config.json`).
 pub fn load(
     dir: &Path,
@@ -143,6 +288,9 @@ pub fn load(
     bytes: &[u8],
     graph: &GraphProto,
 ) -> anyhow::Result<LoadedModel> {
+    if embedding::is_sentence_folder(dir) {
+        return load_embedding(dir, name, version, opts, bytes, graph);
+    }
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -167,16 +315,7 @@ pub fn load(
         })
         .map(|o| o.name.clone())
         .context("the graph has no logits (float) output")?;
-    // RoBERTa-family position tables hold two rows before the first token's.
-    let offset = match config.model_type.as_deref() {
-        Some("roberta" | "xlm-roberta" | "camembert") => 2,
-        _ => 0,
-    };
-    let max_tokens = config
-        .max_position_embeddings
-        .unwrap_or(512)
-        .saturating_sub(offset)
-        .max(2);
+    let max_tokens = max_tokens(&config, None);
     let tokenizer = load_tokenizer(dir, max_tokens)?;
     let session = session(bytes, opts)?;
     let mut model = OnnxTextClassifier {
