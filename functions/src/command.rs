@@ -18,6 +18,8 @@ pub struct Command {
     pub inputs: Inputs,
     /// The outputs asked for by name; `None` for every output.
     pub outputs: Option<Vec<String>>,
+    /// Refuse texts longer than the model's window instead of truncating them.
+    pub refuse_truncation: bool,
 }
 
 /// A command's inputs as the protocol carried them.
@@ -160,7 +162,7 @@ pub fn input_specs(model: &ModelInfo) -> Vec<TensorInfo> {
 }
 
 /// The names the gateway's own outputs use.
-const OWN_OUTPUTS: [&str; 4] = ["label", "probability", "scores", "values"];
+const OWN_OUTPUTS: [&str; 5] = ["label", "probability", "scores", "values", "embedding"];
 
 /// One output a model answers with: name, element type and shape (`-1`: the inputs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,8 +179,8 @@ pub struct OutputSpec {
 
 /// What `model` answers: a classifier `label` (`BYTES [N]`), `probability` (`FP32 [N]`) and
 /// `scores` (`FP32 [N, L]`, one column per label in the model's label order); a regressor
-/// `values` (`FP32 [N, V]`); then the model's named outputs, except any that share one of
-/// those names (they mean the same).
+/// `values` (`FP32 [N, V]`); an embedding model `embedding` (`FP32 [N, D]`); then the
+/// model's named outputs, except any that share one of those names (they mean the same).
 pub fn outputs(model: &ModelInfo) -> Vec<OutputSpec> {
     let spec = |name: &str, datatype: &str, shape| OutputSpec {
         name: name.into(),
@@ -189,6 +191,12 @@ pub fn outputs(model: &ModelInfo) -> Vec<OutputSpec> {
     let mut out = if model.task() == ModelTask::Regression {
         vec![spec(
             "values",
+            "FP32",
+            vec![-1, model.value_count.max(1) as i64],
+        )]
+    } else if model.task() == ModelTask::Embedding {
+        vec![spec(
+            "embedding",
             "FP32",
             vec![-1, model.value_count.max(1) as i64],
         )]

@@ -11,6 +11,8 @@ use utoipa::{Modify, OpenApi};
 #[allow(unused_imports)] // Named in the operations' attributes.
 use crate::problem::ProblemBody as Problem;
 #[allow(unused_imports)]
+use crate::protocol::openai::{EmbeddingsRequest, EmbeddingsResponse};
+#[allow(unused_imports)]
 use crate::protocol::v1::{ModelList, ModelView as Model, PredictRequest, PredictResponse};
 #[allow(unused_imports)]
 use crate::protocol::v2::{
@@ -40,6 +42,23 @@ mod operations {
             (status = 504, description = "The worker did not answer in time", body = Problem, content_type = "application/problem+json"),
         ))]
     fn predict() {}
+
+    /// `POST /v1/embeddings`: OpenAI's embeddings API, for embedding models. Problems also
+    /// carry OpenAI's `error` object (`message`, `type`, `param`, `code`).
+    #[utoipa::path(post, path = "/v1/embeddings", tag = "v1", security(("bearer" = [])),
+        request_body(content = EmbeddingsRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "One vector per input", body = EmbeddingsResponse),
+            (status = 400, description = "Malformed body, a model that is not an embedding model, `dimensions` beyond the model's, or a text too long with `truncate: false`; `errors` and `error.param` name the parameter", body = Problem, content_type = "application/problem+json"),
+            (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+            (status = 403, description = "The token lacks `predict` or the model's scope", body = Problem, content_type = "application/problem+json"),
+            (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+            (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+            (status = 429, description = "Rate limit reached (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+            (status = 503, description = "Worker or limiter unavailable (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+            (status = 504, description = "The worker did not answer in time", body = Problem, content_type = "application/problem+json"),
+        ))]
+    fn embeddings() {}
 
     /// `GET /v1/models`: the models this token may use.
     #[utoipa::path(get, path = "/v1/models", tag = "v1", security(("bearer" = [])),
@@ -208,6 +227,7 @@ impl Modify for BearerScheme {
     info(title = "InferenceHub", description = "ML models behind JWT auth, per-caller rate limits and mutual-TLS gRPC workers: InferenceHub's own JSON (`/v1`) and the Open Inference Protocol v2 (`/v2`)."),
     paths(
         operations::predict,
+        operations::embeddings,
         operations::models,
         operations::model,
         operations::healthz,

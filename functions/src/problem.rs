@@ -24,6 +24,8 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     /// Extra headers (`WWW-Authenticate`, `Retry-After`, ...).
     pub headers: Vec<(HeaderName, String)>,
+    /// Whether `error` is OpenAI's error object (the embeddings route) rather than text.
+    pub openai: bool,
 }
 
 /// An RFC 9457 problem: the body of every 4xx and 5xx answer.
@@ -40,14 +42,42 @@ pub struct ProblemBody<'a> {
     /// What went wrong with this request.
     pub detail: &'a str,
     /// The detail again, under the name Open Inference Protocol clients read
-    /// (`tritonclient` shows `error`); an RFC 9457 extension member.
-    pub error: &'a str,
+    /// (`tritonclient` shows `error`); on `POST /v1/embeddings` OpenAI's error object
+    /// (`message`, `type`, `param`, `code`), which OpenAI's clients read. An RFC 9457
+    /// extension member.
+    #[schema(value_type = Object)]
+    pub error: ErrorMember<'a>,
     /// The fields at fault (validation problems only).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     #[schema(value_type = Option<Vec<FieldError>>)]
     pub errors: &'a [FieldError],
     /// This request's id (also in `X-Request-Id`).
     pub request_id: &'a str,
+}
+
+/// The `error` member of a problem.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum ErrorMember<'a> {
+    /// The detail, as text.
+    Text(&'a str),
+    /// OpenAI's error object.
+    OpenAi(OpenAiError<'a>),
+}
+
+/// OpenAI's error object: what its clients put in the exceptions they raise.
+#[derive(Serialize)]
+pub struct OpenAiError<'a> {
+    /// The detail.
+    pub message: &'a str,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `rate_limit_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request parameter at fault (the first field named), if any.
+    pub param: Option<&'a str>,
+    /// The problem's kind (`invalid-argument`, `not-found`, …).
+    pub code: &'static str,
 }
 
 /// How a protocol names the places of its requests.
@@ -74,6 +104,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             headers: Vec::new(),
+            openai: false,
         }
     }
 
@@ -192,6 +223,12 @@ impl Problem {
         }
     }
 
+    /// This problem with OpenAI's error object as its `error` member.
+    pub fn openai(mut self) -> Self {
+        self.openai = true;
+        self
+    }
+
     fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = detail.into();
         self
@@ -209,7 +246,23 @@ impl Problem {
             title: self.kind.title(),
             status: self.kind.http_status(),
             detail: &self.detail,
-            error: &self.detail,
+            error: if self.openai {
+                ErrorMember::OpenAi(OpenAiError {
+                    message: &self.detail,
+                    kind: match self.kind.http_status() {
+                        401 => "authentication_error",
+                        403 => "permission_error",
+                        404 => "not_found_error",
+                        429 => "rate_limit_error",
+                        400..=499 => "invalid_request_error",
+                        _ => "server_error",
+                    },
+                    param: self.errors.first().map(|e| e.field.as_str()),
+                    code: self.kind.slug(),
+                })
+            } else {
+                ErrorMember::Text(&self.detail)
+            },
             errors: &self.errors,
             request_id,
         };
@@ -253,6 +306,28 @@ mod tests {
         assert_eq!(v["errors"][0]["field"], "features[1]");
         assert_eq!(v["request_id"], "req-1");
         assert_eq!(v["error"], v["detail"]);
+    }
+
+    #[test]
+    fn the_embeddings_route_carries_openais_error_object() {
+        let response = Problem::invalid(vec![FieldError::new("dimensions", "too large")])
+            .openai()
+            .into_response("r");
+        let Body::Text(text) = response.body() else {
+            panic!("text body")
+        };
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "dimensions");
+        assert_eq!(v["error"]["message"], v["detail"]);
+        assert_eq!(v["error"]["code"], "invalid-argument");
+        let denied = Problem::forbidden("no", "model:x")
+            .openai()
+            .into_response("r");
+        let Body::Text(text) = denied.body() else {
+            panic!("text body")
+        };
+        assert!(text.contains(r#""type":"permission_error""#), "{text}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub enum PredictOp {
     V1,
     /// `POST /v2/models/{name}[/versions/{version}]/infer`: the Open Inference Protocol.
     V2,
+    /// `POST /v1/embeddings`: OpenAI's embeddings API.
+    Embeddings,
 }
 
 /// What the `models` function does at a route.
@@ -136,6 +138,7 @@ use PredictOp as P;
 pub const ROUTES: &[Route] = &[
     route("POST", "/v1/predict", Predict(P::V1)),
     route("POST", "/v2/models/{name}/infer", Predict(P::V2)),
+    route("POST", "/v1/embeddings", Predict(P::Embeddings)),
     route(
         "POST",
         "/v2/models/{name}/versions/{version}/infer",

@@ -831,6 +831,217 @@ async fn named_inputs_of_every_type_answer_through_the_gateway() {
     );
 }
 
+/// Embedding models answer OpenAI's embeddings API through the gateway (float and base64,
+/// `dimensions`, token usage, truncation), OIP v2 (`embedding`) and v1 (`values`); refusals
+/// carry OpenAI's error object with the status its client maps to the usual exception.
+#[tokio::test]
+async fn embeddings_answer_in_openais_format_through_the_gateway() {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        prompt: String,
+        input_ids: Vec<u32>,
+        embedding: Vec<f64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cases {
+        cases: Vec<Case>,
+    }
+    let root = common::root().join("gpu-worker/tests/fixtures");
+    let models = tempfile::tempdir().unwrap();
+    for (dir, name) in [
+        ("embeddings", "bert-mean"),
+        ("embeddings", "bert-cls"),
+        ("onnx-text", "bert-onnx"),
+    ] {
+        std::os::unix::fs::symlink(root.join(dir).join(name), models.path().join(name)).unwrap();
+    }
+    let stack = Stack::start(Options {
+        model_dir: Some(models.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("alice", "predict");
+    let headers = [("content-type", "application/json".to_string())];
+    let embed = |token: String, body: serde_json::Value| {
+        let stack = &stack;
+        let headers = &headers;
+        async move {
+            stack
+                .post_to(
+                    "/v1/embeddings",
+                    Some(&token),
+                    headers,
+                    body.to_string().into_bytes(),
+                )
+                .await
+        }
+    };
+    let read = |name: &str| -> Cases {
+        serde_json::from_str(
+            &std::fs::read_to_string(root.join("embeddings").join(name).join("expected.json"))
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let close = |got: &serde_json::Value, want: &[f64]| {
+        let got: Vec<f64> = serde_json::from_value(got.clone()).unwrap();
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-4)
+    };
+
+    for name in ["bert-mean", "bert-cls"] {
+        let want = read(name);
+        let texts: Vec<&str> = want.cases.iter().map(|c| c.prompt.as_str()).collect();
+        let r = embed(token.clone(), json!({"model": name, "input": texts})).await;
+        assert_eq!(r.status(), 200, "{name}");
+        let body = json(r).await;
+        assert_eq!(body["object"], "list");
+        assert_eq!(body["model"], name);
+        let tokens: usize = want.cases.iter().map(|c| c.input_ids.len()).sum();
+        assert_eq!(body["usage"]["prompt_tokens"], tokens);
+        assert_eq!(body["usage"]["total_tokens"], tokens);
+        for (i, case) in want.cases.iter().enumerate() {
+            let item = &body["data"][i];
+            assert_eq!(
+                (item["object"].as_str(), item["index"].as_u64()),
+                (Some("embedding"), Some(i as u64))
+            );
+            assert!(
+                close(&item["embedding"], &case.embedding),
+                "{name} {i}: {item}"
+            );
+            assert_eq!(item["truncated"], false);
+        }
+    }
+
+    // One string, base64 (what the openai client asks for), cut to 8 dimensions.
+    let want = read("bert-mean");
+    let r = embed(
+        token.clone(),
+        json!({"model": "bert-mean", "input": want.cases[0].prompt, "encoding_format": "base64", "dimensions": 8, "user": "u-1"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let v: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+        .collect();
+    let full = &want.cases[0].embedding[..8];
+    let norm = full.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert_eq!(v.len(), 8);
+    for (g, w) in v.iter().zip(full) {
+        assert!((g - w / norm).abs() < 1e-4, "{g} vs {}", w / norm);
+    }
+
+    // OIP v2 and v1 answer the same vectors.
+    let r = stack
+        .post_to(
+            "/v2/models/bert-mean/infer",
+            Some(&token),
+            &headers,
+            json!({"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [want.cases[1].prompt]}]})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    assert_eq!(body["outputs"][0]["name"], "embedding");
+    assert_eq!(body["outputs"][0]["shape"], json!([1, 16]));
+    assert!(close(&body["outputs"][0]["data"], &want.cases[1].embedding));
+    let r = stack
+        .post(
+            Some(&token),
+            &json!({"model_name": "bert-mean", "prompt": want.cases[1].prompt}).to_string(),
+        )
+        .await;
+    assert!(close(&json(r).await["values"], &want.cases[1].embedding));
+    let model = json(stack.get("/v1/models/bert-mean", Some(&token)).await).await;
+    assert_eq!(
+        (model["task"].as_str(), model["dimension"].as_u64()),
+        (Some("embedding"), Some(16))
+    );
+
+    // A long text is cut and says so, or refused when asked.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(20);
+    let r = embed(
+        token.clone(),
+        json!({"model": "bert-mean", "input": ["hello", long]}),
+    )
+    .await;
+    let body = json(r).await;
+    assert_eq!(body["data"][1]["truncated"], true);
+    let r = embed(
+        token.clone(),
+        json!({"model": "bert-mean", "input": ["hello", long], "truncate": false}),
+    )
+    .await;
+    let problem = assert_problem(r, 400).await;
+    assert_eq!(problem["error"]["param"], "input[1]", "{problem}");
+
+    // Refusals: the status OpenAI's client maps to its exceptions, and its error object.
+    let calls = stack.worker_calls().await;
+    for (token, body, status, kind, param) in [
+        (
+            token.clone(),
+            json!({"model": "nope", "input": "a"}),
+            404,
+            "not_found_error",
+            json!("model"),
+        ),
+        (
+            token.clone(),
+            json!({"model": "bert-onnx", "input": "a"}),
+            400,
+            "invalid_request_error",
+            json!("model"),
+        ),
+        (
+            token.clone(),
+            json!({"model": "bert-mean", "input": [1, 2, 3]}),
+            400,
+            "invalid_request_error",
+            json!("input"),
+        ),
+        (
+            token.clone(),
+            json!({"model": "bert-mean", "input": "a", "dimensions": 17}),
+            400,
+            "invalid_request_error",
+            json!("dimensions"),
+        ),
+        (
+            stack.keys.token("alice", "predict model:bert-cls"),
+            json!({"model": "bert-mean", "input": "a"}),
+            403,
+            "permission_error",
+            json!(null),
+        ),
+        (
+            "not-a-token".to_string(),
+            json!({"model": "bert-mean", "input": "a"}),
+            401,
+            "authentication_error",
+            json!(null),
+        ),
+    ] {
+        let r = embed(token, body.clone()).await;
+        let problem = assert_problem(r, status).await;
+        assert_eq!(problem["error"]["type"], kind, "{body}: {problem}");
+        assert_eq!(problem["error"]["param"], param, "{body}: {problem}");
+        assert_eq!(problem["error"]["message"], problem["detail"]);
+    }
+    assert_eq!(
+        stack.worker_calls().await,
+        calls,
+        "no worker call for a refusal"
+    );
+}
+
 #[tokio::test]
 async fn a_caller_with_a_huge_sub_is_still_counted_with_fail_open_on() {
     // A sub of a few kilobytes once pushed the table key past the 2,048-byte key limit: every

@@ -7,6 +7,7 @@
 //! The serde types in [`v1`] and [`v2`] are the ones that parse and write the bodies and
 //! the ones the OpenAPI document is generated from.
 
+pub mod openai;
 pub mod v1;
 pub mod v2;
 
@@ -27,6 +28,12 @@ pub trait Protocol: NamePlace + Sized + Send + Sync {
     /// Reads the request into a command, keeping what the answer needs (the single form,
     /// the caller's id, which outputs go as binary).
     fn decode(req: &Request, route: &Matched) -> Result<(Self, Command), Problem>;
+
+    /// Whether this request can be answered by `model` at all (a protocol for one task
+    /// refuses models of another), before anything is charged.
+    fn check_model(&self, _model: &ModelInfo) -> Result<(), Vec<crate::command::Invalid>> {
+        Ok(())
+    }
 
     /// The answer.
     fn encode(self, answer: Answer<'_>) -> Response<Body>;

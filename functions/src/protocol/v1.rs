@@ -173,12 +173,15 @@ pub struct ModelView {
     pub version: String,
     /// `text` or `tabular`.
     pub kind: &'static str,
-    /// `classification` or `regression`.
+    /// `classification`, `regression` or `embedding`.
     pub task: &'static str,
     /// Labels in output order.
     pub labels: Vec<String>,
-    /// Values per answer of a regressor.
+    /// Values per answer of a regressor, the dimension of an embedding model.
     pub values: u32,
+    /// Embedding models: the vectors' dimension (`POST /v1/embeddings`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<u32>,
     /// What an input holds.
     pub input: InputView,
     /// The input tensor as the model declares it.
@@ -218,8 +221,10 @@ impl From<&ModelInfo> for ModelView {
             kind,
             task: match m.task() {
                 ModelTask::Regression => "regression",
+                ModelTask::Embedding => "embedding",
                 _ => "classification",
             },
+            dimension: (m.task() == ModelTask::Embedding).then_some(m.value_count),
             labels: m.labels.clone(),
             values: m.value_count,
             input,
@@ -318,6 +323,7 @@ impl Protocol for V1 {
         };
         // v1 answers with the prediction alone: no named outputs.
         let command = Command {
+            refuse_truncation: false,
             model,
             version: None,
             inputs,

@@ -450,6 +450,7 @@ impl Protocol for V2 {
                 .collect()
         });
         let command = Command {
+            refuse_truncation: false,
             model: route.param("name").unwrap_or_default().to_string(),
             version: route.param("version").map(str::to_string),
             inputs: Inputs::Tensors(tensors),

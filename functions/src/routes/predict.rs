@@ -20,6 +20,7 @@ use crate::command::{self, Bound, Command, Invalid, Place};
 use crate::config::{ApiConfig, LimiterBackend, PredictConfig, RateLimitConfig};
 use crate::layers::{Context, Handler};
 use crate::problem::{NamePlace, Problem};
+use crate::protocol::openai::OpenAi;
 use crate::protocol::v1::V1;
 use crate::protocol::v2::V2;
 use crate::protocol::{Answer, Protocol};
@@ -134,6 +135,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         let model = self.model(&command, &caller, &protocol).await?;
         cx.metrics.model = Some(model.name.clone());
         let invalid = |errors| Problem::at(errors, &protocol);
+        protocol.check_model(&model).map_err(invalid)?;
         command::check_outputs(command.outputs.as_deref(), &model).map_err(invalid)?;
         let inputs = command.inputs.bind(&model).map_err(invalid)?;
         let signature = gateway_signature(&model, self.api.max_prompt_bytes)?;
@@ -148,6 +150,7 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         let request_id = cx.request_id().to_string();
         let mut message = batch_request(&model.name, inputs, signature, &request_id);
         message.outputs = command::named_outputs(command.outputs.as_deref(), &model);
+        message.refuse_truncation = command.refuse_truncation;
         let batch = cx
             .time("worker", self.worker.predict_batch(message, &request_id))
             .await
@@ -331,6 +334,11 @@ impl<L: RateLimiter, W: Worker> Handler for Predict<L, W> {
         match op {
             PredictOp::V1 => self.infer::<V1>(&req, route, cx).await,
             PredictOp::V2 => self.infer::<V2>(&req, route, cx).await,
+            // OpenAI's clients read their error object from every refusal.
+            PredictOp::Embeddings => self
+                .infer::<OpenAi>(&req, route, cx)
+                .await
+                .map_err(Problem::openai),
         }
     }
 }
