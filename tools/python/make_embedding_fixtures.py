@@ -105,7 +105,8 @@ def export_onnx(source: Path, out: Path, name: str, model, tok) -> None:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     for f in ["tokenizer.json", "config.json", "modules.json", "sentence_bert_config.json", "expected.json"]:
-        shutil.copy(source / f, folder / f)
+        if (source / f).is_file():
+            shutil.copy(source / f, folder / f)
     shutil.copytree(source / "1_Pooling", folder / "1_Pooling")
     class TokenStates(torch.nn.Module):
         def __init__(self, encoder):

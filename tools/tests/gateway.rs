@@ -115,7 +115,10 @@ async fn predicts_both_demo_models_through_the_gateway() {
         .iter()
         .map(|m| m["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["columns", "digits", "iris", "sentiment", "wine"]);
+    assert_eq!(
+        names,
+        ["columns", "digits", "iris", "minilm", "sentiment", "wine"]
+    );
     let iris = json(stack.get("/v1/models/iris", Some(&token)).await).await;
     assert_eq!(iris["kind"], "tabular");
     assert_eq!(iris["input"]["features"], 4);
