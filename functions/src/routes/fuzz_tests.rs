@@ -151,6 +151,7 @@ fn request_shaped() -> impl Strategy<Value = Value> {
         Just("prompt".to_string()),
         Just("inputs".to_string()),
         Just("rows".to_string()),
+        Just("tensors".to_string()),
         ".{0,10}",
     ];
     (
@@ -205,6 +206,45 @@ fn arbitrary_json_bodies_give_a_4xx_naming_a_field_or_a_prediction() {
             if a.status < 300 {
                 prop_assert!(a.body["label"].is_string() || a.body["results"].is_array());
             }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Bodies with the embeddings request's own keys holding arbitrary values.
+fn embeddings_shaped() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        Just("input".to_string()),
+        Just("model".to_string()),
+        Just("encoding_format".to_string()),
+        Just("dimensions".to_string()),
+        Just("truncate".to_string()),
+        Just("user".to_string()),
+        ".{0,10}",
+    ];
+    proptest::collection::btree_map(key, json_value(), 0..5)
+        .prop_map(|m| Value::Object(m.into_iter().collect()))
+}
+
+#[test]
+fn arbitrary_embeddings_bodies_give_a_4xx_naming_a_field() {
+    let (rt, app) = (runtime(), app());
+    let token = format!("Bearer {}", app.token("predict"));
+    let bodies = prop_oneof![json_value(), embeddings_shaped()];
+    runner()
+        .run(&bodies, |body| {
+            let a = send(
+                &rt,
+                &app,
+                "/v1/embeddings",
+                &[("authorization", token.as_bytes())],
+                Body::Text(body.to_string()),
+            )?;
+            // The fake catalogue holds no embedding model: every body is refused, naming
+            // a parameter, with OpenAI's error object beside it.
+            check_names_a_field(&a)?;
+            prop_assert!(a.status >= 400, "{}", a.body);
+            prop_assert!(a.body["error"]["type"].is_string(), "{}", a.body);
             Ok(())
         })
         .unwrap();
