@@ -64,17 +64,89 @@ impl Catalog {
         }
     }
 
-    /// One model by name.
+    /// Model `name` in `version` (its default version when `None`).
     pub async fn model<W: Worker>(
         &self,
         worker: &W,
         name: &str,
-    ) -> Result<Option<ModelInfo>, WorkerError> {
-        Ok(self
-            .models(worker)
-            .await?
+        version: Option<&str>,
+    ) -> Result<Result<ModelInfo, Missing>, WorkerError> {
+        Ok(resolve(&self.models(worker).await?, name, version).cloned())
+    }
+}
+
+/// Why a catalogue has no model for a name and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// No model of that name.
+    Model,
+    /// The model, but not that version: the versions it serves.
+    Version(Vec<String>),
+}
+
+/// The versions of model `name` the catalogue lists, in its order (oldest first).
+pub fn versions_of(models: &[ModelInfo], name: &str) -> Vec<String> {
+    models
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.version.clone())
+        .collect()
+}
+
+/// Whether `model` is what requests without a version get: the entry marked default, or a
+/// model's only (last) entry where a worker marks none.
+pub fn is_default(model: &ModelInfo, models: &[ModelInfo]) -> bool {
+    let same: Vec<&ModelInfo> = models.iter().filter(|m| m.name == model.name).collect();
+    if same.iter().any(|m| m.default_version) {
+        model.default_version
+    } else {
+        same.last().is_some_and(|m| m.version == model.version)
+    }
+}
+
+/// Model `name` in `version`, or its default version.
+pub fn resolve<'a>(
+    models: &'a [ModelInfo],
+    name: &str,
+    version: Option<&str>,
+) -> Result<&'a ModelInfo, Missing> {
+    let mut same = models.iter().filter(|m| m.name == name).peekable();
+    if same.peek().is_none() {
+        return Err(Missing::Model);
+    }
+    match version {
+        Some(v) => same
+            .find(|m| m.version == v)
+            .ok_or_else(|| Missing::Version(versions_of(models, name))),
+        None => models
             .iter()
-            .find(|m| m.name == name)
-            .cloned())
+            .find(|m| m.name == name && is_default(m, models))
+            .ok_or(Missing::Model),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_is_found_by_name_and_the_default_by_its_mark() {
+        let entry = |version: &str, default_version| ModelInfo {
+            name: "forest".into(),
+            version: version.into(),
+            default_version,
+            ..Default::default()
+        };
+        let models = vec![entry("1", false), entry("2", true)];
+        assert_eq!(resolve(&models, "forest", None).unwrap().version, "2");
+        assert_eq!(resolve(&models, "forest", Some("1")).unwrap().version, "1");
+        assert_eq!(
+            resolve(&models, "forest", Some("3")),
+            Err(Missing::Version(vec!["1".into(), "2".into()]))
+        );
+        assert_eq!(resolve(&models, "other", None), Err(Missing::Model));
+        // A worker that marks no default: its one entry is.
+        let old = vec![entry("abc", false)];
+        assert_eq!(resolve(&old, "forest", None).unwrap().version, "abc");
     }
 }

@@ -18,7 +18,7 @@ use crate::batching::Batcher;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::models::{LoadOptions, device::parse_device, load_model_dir};
-use crate::service::{InferenceService, ModelSet, ServedModel};
+use crate::service::{InferenceService, ModelSet, ServedModel, ServedVersions};
 use crate::tls::{Acceptor, TlsSources};
 
 /// Where a worker is in its life.
@@ -249,17 +249,21 @@ async fn load(
         anyhow::Ok(models)
     })
     .await??;
-    let mut set = ModelSet::new();
+    let mut by_name: std::collections::BTreeMap<String, Vec<Arc<ServedModel>>> =
+        std::collections::BTreeMap::new();
     for model in loaded {
         let batcher = Batcher::start(&model.info.name, model.model, args.batch_config(), metrics)?;
-        set.insert(
-            model.info.name.clone(),
-            Arc::new(ServedModel {
+        by_name
+            .entry(model.info.name.clone())
+            .or_default()
+            .push(Arc::new(ServedModel {
                 info: model.info,
                 tokenizer: model.tokenizer,
                 batcher,
-            }),
-        );
+            }));
     }
-    Ok(set)
+    Ok(by_name
+        .into_iter()
+        .filter_map(|(name, versions)| Some((name, ServedVersions::new(versions)?)))
+        .collect())
 }

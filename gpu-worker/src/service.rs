@@ -35,8 +35,32 @@ pub struct ServedModel {
     pub batcher: Batcher,
 }
 
+/// Every served version of one model.
+pub struct ServedVersions {
+    /// What requests that name no version get.
+    pub default: Arc<ServedModel>,
+    /// Each version by name (the default among them).
+    pub versions: BTreeMap<String, Arc<ServedModel>>,
+}
+
+impl ServedVersions {
+    /// The versions of `models` (all of one name); the one marked default, else the last.
+    pub fn new(models: Vec<Arc<ServedModel>>) -> Option<Self> {
+        let default = models
+            .iter()
+            .find(|m| m.info.default_version)
+            .or(models.last())?
+            .clone();
+        let versions = models
+            .into_iter()
+            .map(|m| (m.info.version.clone(), m))
+            .collect();
+        Some(Self { default, versions })
+    }
+}
+
 /// Every model being served, by name.
-pub type ModelSet = BTreeMap<String, Arc<ServedModel>>;
+pub type ModelSet = BTreeMap<String, ServedVersions>;
 
 /// The gRPC service. Models are filled in once loading finishes; until then calls get
 /// UNAVAILABLE (and the health service says NOT_SERVING).
@@ -52,15 +76,27 @@ impl InferenceService {
         Self { models, metrics }
     }
 
-    fn model(&self, name: &str) -> Result<Arc<ServedModel>, Status> {
+    /// Model `name` in `version` (its default when empty).
+    fn model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
         let models = self.loaded()?;
         if name.is_empty() {
             return Err(FieldError::new("model_name", "is required").to_status());
         }
-        models.get(name).cloned().ok_or_else(|| {
+        let served = models.get(name).ok_or_else(|| {
             ErrorKind::NotFound.status(format!(
                 "no model named {:?} (see ListModels)",
                 truncate(name, 64)
+            ))
+        })?;
+        if version.is_empty() {
+            return Ok(served.default.clone());
+        }
+        served.versions.get(version).cloned().ok_or_else(|| {
+            let names: Vec<&str> = served.versions.keys().map(String::as_str).collect();
+            ErrorKind::NotFound.status(format!(
+                "model {name:?} has no version {:?}; it serves {}",
+                truncate(version, 64),
+                names.join(", ")
             ))
         })
     }
@@ -157,7 +193,7 @@ impl InferenceService {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<PredictResponse, Status> {
-        let model = self.model(&req.model_name)?;
+        let model = self.model(&req.model_name, &req.model_version)?;
         let wanted = requested_outputs(&model.info, &req.outputs)?;
         let sent = if req.inputs.is_empty() {
             signature(&model.info)
@@ -206,7 +242,7 @@ impl InferenceService {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<PredictBatchResponse, Status> {
-        let model = self.model(&req.model_name)?;
+        let model = self.model(&req.model_name, &req.model_version)?;
         let wanted = requested_outputs(&model.info, &req.outputs)?;
         let sent = if req.inputs.is_empty() {
             seed_inputs(&model, req.prompts, req.rows)?
@@ -412,7 +448,10 @@ impl ModelInference for InferenceService {
     ) -> Result<Response<ListModelsResponse>, Status> {
         let models = self.loaded()?;
         Ok(Response::new(ListModelsResponse {
-            models: models.values().map(|m| m.info.clone()).collect(),
+            models: models
+                .values()
+                .flat_map(|m| m.versions.values().map(|v| v.info.clone()))
+                .collect(),
         }))
     }
 }

@@ -1045,6 +1045,99 @@ async fn embeddings_answer_in_openais_format_through_the_gateway() {
     );
 }
 
+/// A model served in two versions: v1 `model_version` and OIP's `/versions/{v}` pick one,
+/// requests without get the default (latest), every answer names its version, and the
+/// catalogue lists the model once with its versions.
+#[tokio::test]
+async fn requests_pick_a_version_and_answers_name_it() {
+    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
+    let repo = tempfile::tempdir().unwrap();
+    let forest = repo.path().join("forest");
+    std::fs::create_dir(&forest).unwrap();
+    std::os::unix::fs::symlink(fixtures.join("xgboost-binary"), forest.join("1")).unwrap();
+    std::os::unix::fs::symlink(fixtures.join("lightgbm-binary"), forest.join("2")).unwrap();
+    std::fs::write(
+        forest.join("model.json"),
+        r#"{"version_policy":{"all":{}}}"#,
+    )
+    .unwrap();
+    let stack = Stack::start(Options {
+        model_dir: Some(repo.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.keys.token("alice", "predict");
+    let read = |name: &str| -> Expected {
+        serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(name).join("expected.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let (xgboost, lightgbm) = (read("xgboost-binary"), read("lightgbm-binary"));
+    let row = &xgboost.inputs[0];
+    for (version, want, named) in [
+        (Some("1"), &xgboost, "1"),
+        (Some("2"), &lightgbm, "2"),
+        (None, &lightgbm, "2"),
+    ] {
+        let mut body = json!({"model_name": "forest", "features": row});
+        if let Some(v) = version {
+            body["model_version"] = json!(v);
+        }
+        let r = stack.post(Some(&token), &body.to_string()).await;
+        assert_eq!(r.status(), 200);
+        let got = json(r).await;
+        assert_eq!(got["model_version"], named);
+        let best = want.probabilities[0]
+            .iter()
+            .copied()
+            .fold(f64::MIN, f64::max);
+        assert!(
+            (got["probability"].as_f64().unwrap() - best).abs() < 1e-5,
+            "{version:?}"
+        );
+    }
+    let r = stack
+        .post_to(
+            "/v2/models/forest/versions/1/infer",
+            Some(&token),
+            &[("content-type", "application/json".to_string())],
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": row}]})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    let body = json(r).await;
+    assert_eq!(body["model_version"], "1", "{body}");
+    let r = stack
+        .post(
+            Some(&token),
+            &json!({"model_name": "forest", "model_version": "7", "features": row}).to_string(),
+        )
+        .await;
+    let problem = assert_problem(r, 404).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("it serves 1, 2"),
+        "{problem}"
+    );
+    let list = json(stack.get("/v1/models", Some(&token)).await).await;
+    let models = list["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(
+        (models[0]["version"].as_str(), models[0]["versions"].clone()),
+        (Some("2"), json!(["1", "2"]))
+    );
+    let metadata = json(stack.get("/v2/models/forest", Some(&token)).await).await;
+    assert_eq!(metadata["versions"], json!(["1", "2"]));
+    let r = stack
+        .get("/v2/models/forest/versions/3", Some(&token))
+        .await;
+    assert_problem(r, 404).await;
+}
+
 #[tokio::test]
 async fn a_caller_with_a_huge_sub_is_still_counted_with_fail_open_on() {
     // A sub of a few kilobytes once pushed the table key past the 2,048-byte key limit: every

@@ -46,6 +46,10 @@ pub struct PredictRequest {
     #[serde(default)]
     #[schema(required = true, value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub model_name: Option<String>,
+    /// The version to compute with (one of the model's `versions`); its default when absent.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub model_version: Option<String>,
     /// Text, for text models.
     #[serde(default)]
     pub prompt: Option<String>,
@@ -169,8 +173,10 @@ pub struct PromptLimits {
 pub struct ModelView {
     /// Its name.
     pub name: String,
-    /// Its version.
+    /// Its version: the default one, which requests without `model_version` get.
     pub version: String,
+    /// Every version served, oldest first (`model_version` picks one).
+    pub versions: Vec<String>,
     /// `text` or `tabular`.
     pub kind: &'static str,
     /// `classification`, `regression` or `embedding`.
@@ -218,6 +224,7 @@ impl From<&ModelInfo> for ModelView {
         Self {
             name: m.name.clone(),
             version: m.version.clone(),
+            versions: vec![m.version.clone()],
             kind,
             task: match m.task() {
                 ModelTask::Regression => "regression",
@@ -325,7 +332,7 @@ impl Protocol for V1 {
         let command = Command {
             refuse_truncation: false,
             model,
-            version: None,
+            version: body.model_version,
             inputs,
             outputs: Some(Vec::new()),
         };

@@ -10,7 +10,7 @@ use inferencehub_proto::pb::ModelInfo;
 use lambda_http::{Body, Request, Response};
 
 use crate::auth::{Authenticator, authorization};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Missing, is_default, resolve, versions_of};
 use crate::config::ModelsConfig;
 use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
@@ -73,22 +73,30 @@ impl<W: Worker> Models<W> {
         let Some(name) = route.param("name") else {
             return Ok((visible, None));
         };
-        let model = visible
-            .iter()
-            .find(|m| m.name == name)
-            .cloned()
-            .ok_or_else(|| Problem::new(ErrorKind::NotFound, format!("no model named {name:?}")))?;
-        if let Some(version) = route.param("version")
-            && version != model.version
-        {
-            return Err(Problem::new(
-                ErrorKind::NotFound,
-                format!(
-                    "model {:?} has no version {version:?}; it serves {:?}",
-                    model.name, model.version
-                ),
-            ));
-        }
+        let model = match resolve(&visible, name, route.param("version")) {
+            Ok(model) => model.clone(),
+            Err(Missing::Model) => {
+                return Err(Problem::new(
+                    ErrorKind::NotFound,
+                    format!("no model named {name:?}"),
+                ));
+            }
+            Err(Missing::Version(served)) => {
+                return Err(Problem::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "model {name:?} has no version {:?}; it serves {}",
+                        route
+                            .param("version")
+                            .unwrap_or_default()
+                            .chars()
+                            .take(64)
+                            .collect::<String>(),
+                        served.join(", ")
+                    ),
+                ));
+            }
+        };
         Ok((visible, Some(model)))
     }
 }
@@ -133,20 +141,36 @@ impl<W: Worker> Handler for Models<W> {
             }
             ModelsOp::List => {
                 let (visible, _) = self.visible(&req, route, cx).await?;
+                let view = |m: &ModelInfo| ModelView {
+                    versions: versions_of(&visible, &m.name),
+                    ..ModelView::from(m)
+                };
                 json_response(
                     200,
                     &ModelList {
-                        models: visible.iter().map(ModelView::from).collect(),
+                        models: visible
+                            .iter()
+                            .filter(|m| is_default(m, &visible))
+                            .map(view)
+                            .collect(),
                     },
                 )
             }
             ModelsOp::Get => {
-                let (_, model) = self.visible(&req, route, cx).await?;
-                json_response(200, &model.as_ref().map(ModelView::from))
+                let (visible, model) = self.visible(&req, route, cx).await?;
+                let view = model.as_ref().map(|m| ModelView {
+                    versions: versions_of(&visible, &m.name),
+                    ..ModelView::from(m)
+                });
+                json_response(200, &view)
             }
             ModelsOp::V2Model => {
-                let (_, model) = self.visible(&req, route, cx).await?;
-                json_response(200, &model.as_ref().map(ModelMetadata::from))
+                let (visible, model) = self.visible(&req, route, cx).await?;
+                let metadata = model.as_ref().map(|m| ModelMetadata {
+                    versions: versions_of(&visible, &m.name),
+                    ..ModelMetadata::from(m)
+                });
+                json_response(200, &metadata)
             }
             ModelsOp::V2ModelReady => {
                 let (_, model) = self.visible(&req, route, cx).await?;

@@ -15,7 +15,7 @@ use inferencehub_proto::{ErrorKind, InputField, InputSignature};
 use lambda_http::{Body, Request, Response};
 
 use crate::auth::{Authenticator, Caller, authorization};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Missing};
 use crate::command::{self, Bound, Command, Invalid, Place};
 use crate::config::{ApiConfig, LimiterBackend, PredictConfig, RateLimitConfig};
 use crate::layers::{Context, Handler};
@@ -151,6 +151,8 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         let mut message = batch_request(&model.name, inputs, signature, &request_id);
         message.outputs = command::named_outputs(command.outputs.as_deref(), &model);
         message.refuse_truncation = command.refuse_truncation;
+        // The version the request was checked against computes it.
+        message.model_version = model.version.clone();
         let batch = cx
             .time("worker", self.worker.predict_batch(message, &request_id))
             .await
@@ -186,21 +188,32 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
                 &format!("model:{}", command.model),
             ));
         }
-        let model = self
+        let found = self
             .catalog
-            .model(&self.worker, &command.model)
+            .model(&self.worker, &command.model, command.version.as_deref())
             .await
-            .map_err(|e| Problem::from_worker(&e, protocol))?
-            .ok_or_else(|| Problem::no_model(&command.model, Some(protocol.name(&Place::Model))))?;
-        match &command.version {
-            Some(version) if *version != model.version => Err(Problem::new(
+            .map_err(|e| Problem::from_worker(&e, protocol))?;
+        match found {
+            Ok(model) => Ok(model),
+            Err(Missing::Model) => Err(Problem::no_model(
+                &command.model,
+                Some(protocol.name(&Place::Model)),
+            )),
+            Err(Missing::Version(served)) => Err(Problem::new(
                 ErrorKind::NotFound,
                 format!(
-                    "model {:?} has no version {version:?}; it serves {:?}",
-                    model.name, model.version
+                    "model {:?} has no version {:?}; it serves {}",
+                    command.model,
+                    command
+                        .version
+                        .as_deref()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(64)
+                        .collect::<String>(),
+                    served.join(", ")
                 ),
             )),
-            _ => Ok(model),
         }
     }
 

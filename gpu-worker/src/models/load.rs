@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
 use super::model::{LoadOptions, LoadedModel};
-use super::{embedding, onnx, tabular, text};
+use super::{embedding, onnx, repository, tabular, text};
 
 /// Loads one model folder, named `name` (see the module docs for the layouts).
 pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<LoadedModel> {
@@ -37,27 +37,21 @@ pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<
     loaded.with_context(|| format!("loading model {name:?} from {}", dir.display()))
 }
 
-/// Loads every subfolder of `root` as a model named after the folder, sorted by name.
+/// Loads every model version the repository at `root` serves ([`repository::scan`]):
+/// each named after its folder, its version the version folder's name (else the digest of
+/// its files), the digest beside it.
 pub fn load_model_dir(root: &Path, opts: &LoadOptions) -> anyhow::Result<Vec<LoadedModel>> {
-    let mut dirs = Vec::new();
-    for entry in
-        std::fs::read_dir(root).with_context(|| format!("reading model dir {}", root.display()))?
-    {
-        let entry = entry?;
-        // `Path::is_dir` follows symlinks, so a model folder may link to shared storage.
-        if entry.path().is_dir() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') {
-                dirs.push((name, entry.path()));
+    repository::scan(root)?
+        .into_iter()
+        .map(|entry| {
+            let mut model = load_model(&entry.dir, &entry.name, opts)?;
+            model.info.digest = model.info.version.clone();
+            if let Some(version) = entry.version {
+                model.info.version = version;
             }
-        }
-    }
-    if dirs.is_empty() {
-        bail!("model dir {} has no model folders", root.display());
-    }
-    dirs.sort();
-    dirs.iter()
-        .map(|(name, path)| load_model(path, name, opts))
+            model.info.default_version = entry.default;
+            Ok(model)
+        })
         .collect()
 }
 

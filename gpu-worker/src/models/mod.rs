@@ -13,6 +13,7 @@ pub mod load;
 pub mod model;
 pub mod modernbert;
 pub mod onnx;
+pub mod repository;
 pub mod tabular;
 pub mod text;
 pub mod tokens;

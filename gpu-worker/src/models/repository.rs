@@ -1,0 +1,259 @@
+//! The model repository: a folder of models, one subfolder per model named as the API
+//! names it. A model folder is either the model itself (`name/<model files>`: one version,
+//! named by the digest of its files) or versions side by side (`name/<version>/<model
+//! files>`, with nothing beside them but an optional `model.json` holding the version
+//! policy). Versions are ordered as integers where both are, else by name; the policy picks
+//! which are served (`latest` n, the default one; `all`; `specific`), and the latest served
+//! is the default a request without a version gets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The policy file at the root of a versioned model folder.
+pub const POLICY_FILE: &str = "model.json";
+
+/// Which versions of a model are served.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The `num_versions` latest.
+    Latest {
+        /// How many.
+        num_versions: usize,
+    },
+    /// Every version.
+    All {},
+    /// The versions named.
+    Specific {
+        /// Their names.
+        versions: Vec<String>,
+    },
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        Self::Latest { num_versions: 1 }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelConfig {
+    #[serde(default)]
+    version_policy: VersionPolicy,
+}
+
+/// One model version to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The model's name.
+    pub name: String,
+    /// The version's folder name; `None` for an unversioned model folder.
+    pub version: Option<String>,
+    /// Where its files are.
+    pub dir: PathBuf,
+    /// Whether requests that name no version get it.
+    pub default: bool,
+}
+
+/// The folders inside `dir` that are not hidden, sorted by name.
+fn subfolders(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `Path::is_dir` follows symlinks, so a folder may link to shared storage.
+        if entry.path().is_dir() && !name.starts_with('.') {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether a model folder holds versions: subfolders, and no file but the policy.
+fn is_versioned(dir: &Path) -> anyhow::Result<bool> {
+    let mut has_folders = false;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry.path().is_dir() {
+            has_folders = true;
+        } else if name != POLICY_FILE {
+            return Ok(false);
+        }
+    }
+    Ok(has_folders)
+}
+
+/// The order of version names: integers by value, before other names by name.
+fn version_key(name: &str) -> (u8, u64, String) {
+    match name.parse::<u64>() {
+        Ok(n) => (0, n, String::new()),
+        Err(_) => (1, 0, name.to_string()),
+    }
+}
+
+/// The versions of a versioned model folder its policy serves, oldest first.
+fn served_versions(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut versions = subfolders(dir)?;
+    versions.sort_by_key(|(name, _)| version_key(name));
+    let policy_path = dir.join(POLICY_FILE);
+    let config: ModelConfig = if policy_path.is_file() {
+        serde_json::from_str(&std::fs::read_to_string(&policy_path)?)
+            .with_context(|| format!("parsing {}", policy_path.display()))?
+    } else {
+        ModelConfig::default()
+    };
+    Ok(match config.version_policy {
+        VersionPolicy::All {} => versions,
+        VersionPolicy::Latest { num_versions: 0 } => {
+            bail!(
+                "{}: latest.num_versions must be at least 1",
+                policy_path.display()
+            )
+        }
+        VersionPolicy::Latest { num_versions } => {
+            let skip = versions.len().saturating_sub(num_versions);
+            versions.into_iter().skip(skip).collect()
+        }
+        VersionPolicy::Specific { versions: wanted } => {
+            if let Some(missing) = wanted
+                .iter()
+                .find(|w| !versions.iter().any(|(v, _)| v == *w))
+            {
+                bail!(
+                    "{}: version {missing:?} is not a folder of {}",
+                    policy_path.display(),
+                    dir.display()
+                );
+            }
+            versions
+                .into_iter()
+                .filter(|(v, _)| wanted.contains(v))
+                .collect()
+        }
+    })
+}
+
+/// Every model version under `root` to serve, by model name then version order.
+pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
+    let models =
+        subfolders(root).with_context(|| format!("reading model dir {}", root.display()))?;
+    if models.is_empty() {
+        bail!("model dir {} has no model folders", root.display());
+    }
+    let mut entries = Vec::new();
+    for (name, dir) in models {
+        if !is_versioned(&dir)? {
+            entries.push(Entry {
+                name,
+                version: None,
+                dir,
+                default: true,
+            });
+            continue;
+        }
+        let versions = served_versions(&dir)?;
+        if versions.is_empty() {
+            bail!("{}: no version folder is served", dir.display());
+        }
+        let last = versions.len() - 1;
+        entries.extend(
+            versions
+                .into_iter()
+                .enumerate()
+                .map(|(i, (version, dir))| Entry {
+                    name: name.clone(),
+                    version: Some(version),
+                    dir,
+                    default: i == last,
+                }),
+        );
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(layout: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for path in layout {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                &path,
+                if path.ends_with("model.json") {
+                    ""
+                } else {
+                    "x"
+                },
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn served(root: &Path) -> Vec<(String, Option<String>, bool)> {
+        scan(root)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.version, e.default))
+            .collect()
+    }
+
+    #[test]
+    fn versions_sit_beside_each_other_and_the_policy_picks() {
+        let dir = repo(&[
+            "plain/model.onnx",
+            "forest/2/model.onnx",
+            "forest/10/model.onnx",
+            "forest/9/model.onnx",
+        ]);
+        // Integers order by value; the latest one is served by default.
+        assert_eq!(
+            served(dir.path()),
+            [
+                ("forest".into(), Some("10".into()), true),
+                ("plain".into(), None, true)
+            ]
+        );
+        let policy =
+            |text: &str| std::fs::write(dir.path().join("forest/model.json"), text).unwrap();
+        policy(r#"{"version_policy": {"all": {}}}"#);
+        let versions: Vec<_> = served(dir.path()).into_iter().filter_map(|e| e.1).collect();
+        assert_eq!(versions, ["2", "9", "10"]);
+        policy(r#"{"version_policy": {"latest": {"num_versions": 2}}}"#);
+        assert_eq!(
+            served(dir.path())[..2],
+            [
+                ("forest".into(), Some("9".into()), false),
+                ("forest".into(), Some("10".into()), true)
+            ]
+        );
+        policy(r#"{"version_policy": {"specific": {"versions": ["2"]}}}"#);
+        assert_eq!(
+            served(dir.path())[0],
+            ("forest".into(), Some("2".into()), true)
+        );
+        policy(r#"{"version_policy": {"specific": {"versions": ["7"]}}}"#);
+        assert!(format!("{:#}", scan(dir.path()).unwrap_err()).contains("\"7\""));
+        policy(r#"{"version_policy": {"newest": {}}}"#);
+        assert!(scan(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_model_folder_with_files_and_subfolders_is_one_version() {
+        // A sentence-transformers folder: files beside `1_Pooling/`.
+        let dir = repo(&["minilm/config.json", "minilm/1_Pooling/config.json"]);
+        assert_eq!(served(dir.path()), [("minilm".into(), None, true)]);
+        assert!(scan(tempfile::tempdir().unwrap().path()).is_err());
+    }
+}
