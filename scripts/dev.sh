@@ -183,6 +183,7 @@ for i in $(seq 0 $((WORKERS - 1))); do
   start_group "worker-$n" "$log" "$WORKER_BIN" serve \
     --listen "127.0.0.1:${worker_ports[$i]}" --metrics-listen "127.0.0.1:${metrics_ports[$i]}" \
     --model-dir "$MODEL_DIR" \
+    --model-control "${IHUB_WORKER_MODEL_CONTROL:-poll}" --poll-interval "${IHUB_WORKER_POLL_INTERVAL:-2s}" \
     --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
     --tls-client-ca "$LOCAL/certs/ca.pem" \
     --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health
@@ -200,6 +201,9 @@ export IHUB_GATEWAY_WORKER_TLS_CA="$PWD/$LOCAL/certs/ca.pem"
 export IHUB_GATEWAY_WORKER_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
 export IHUB_GATEWAY_WORKER_TLS_KEY="$PWD/$LOCAL/certs/client.key"
 export IHUB_GATEWAY_RATE_LIMIT_TABLE="$TABLE"
+# The worker polls models/ every 2 s; the gateway reads its catalogue again after 5 s, so a
+# folder dropped in answers within seconds.
+export IHUB_GATEWAY_CATALOG_TTL="${IHUB_GATEWAY_CATALOG_TTL:-5s}"
 # Up to IHUB_DEV_CONCURRENCY instances per function, as Lambda scales out under load.
 # cargo lambda rebuilds and restarts the functions when the code changes; measurements
 # (chaos, soak) set IHUB_DEV_NO_RELOAD=1 so an edit elsewhere cannot disturb them.

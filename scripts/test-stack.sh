@@ -46,6 +46,20 @@ check "wine (scikit-learn forest, ONNX) via the printed curl" \
   test "$(predict '{"model_name":"wine","features":[13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650]}' | field label)" = cultivar_3
 check "columns (named FP32 and BYTES inputs) via the printed curl" \
   test "$(predict '{"model_name":"columns","tensors":{"age":[41],"income":[30000],"city":["oslo"]}}' | field label)" = yes
+# A model folder dropped into models/ is served within seconds (the worker polls the
+# repository; the gateway's catalogue lives 5 s locally), and leaves when removed.
+dropped=models/dropped-in-by-test
+rm -rf "$dropped"; ln -s "$PWD/gpu-worker/tests/fixtures/onnx/xgboost-binary" "$dropped"
+dropped_row="$(python3 -c 'import json; print(json.dumps(json.load(open("gpu-worker/tests/fixtures/onnx/xgboost-binary/expected.json"))["inputs"][0]))')"
+served_within() {
+  for _ in $(seq 1 60); do
+    predict "{\"model_name\":\"dropped-in-by-test\",\"features\":$dropped_row}" | grep -q '"label"' && return 0
+    sleep 0.5
+  done
+  return 1
+}
+check "a model folder dropped into models/ answers within 30 s (poll)" served_within
+rm -f "$dropped"
 check "models lists the demo models" \
   bash -c "curl -s -m 60 '$IHUB_MODELS_URL' -H 'Authorization: Bearer $IHUB_TOKEN' | grep -q '\"name\":\"wine\"'"
 check "no token gets 401" \

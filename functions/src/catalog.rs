@@ -84,11 +84,16 @@ pub enum Missing {
     Version(Vec<String>),
 }
 
-/// The versions of model `name` the catalogue lists, in its order (oldest first).
+/// Whether a catalogue entry is a version that serves (not one that failed to load).
+pub fn is_ready(model: &ModelInfo) -> bool {
+    model.state.is_empty() || model.state == "READY"
+}
+
+/// The serving versions of model `name` the catalogue lists, in its order (oldest first).
 pub fn versions_of(models: &[ModelInfo], name: &str) -> Vec<String> {
     models
         .iter()
-        .filter(|m| m.name == name)
+        .filter(|m| m.name == name && is_ready(m))
         .map(|m| m.version.clone())
         .collect()
 }
@@ -96,7 +101,13 @@ pub fn versions_of(models: &[ModelInfo], name: &str) -> Vec<String> {
 /// Whether `model` is what requests without a version get: the entry marked default, or a
 /// model's only (last) entry where a worker marks none.
 pub fn is_default(model: &ModelInfo, models: &[ModelInfo]) -> bool {
-    let same: Vec<&ModelInfo> = models.iter().filter(|m| m.name == model.name).collect();
+    if !is_ready(model) {
+        return false;
+    }
+    let same: Vec<&ModelInfo> = models
+        .iter()
+        .filter(|m| m.name == model.name && is_ready(m))
+        .collect();
     if same.iter().any(|m| m.default_version) {
         model.default_version
     } else {
@@ -110,7 +121,10 @@ pub fn resolve<'a>(
     name: &str,
     version: Option<&str>,
 ) -> Result<&'a ModelInfo, Missing> {
-    let mut same = models.iter().filter(|m| m.name == name).peekable();
+    let mut same = models
+        .iter()
+        .filter(|m| m.name == name && is_ready(m))
+        .peekable();
     if same.peek().is_none() {
         return Err(Missing::Model);
     }
@@ -148,5 +162,13 @@ mod tests {
         // A worker that marks no default: its one entry is.
         let old = vec![entry("abc", false)];
         assert_eq!(resolve(&old, "forest", None).unwrap().version, "abc");
+        // A version that failed to load is never routed to.
+        let broken = ModelInfo {
+            state: "UNAVAILABLE".into(),
+            ..entry("3", false)
+        };
+        let models = vec![entry("1", true), broken];
+        assert!(resolve(&models, "forest", Some("3")).is_err());
+        assert_eq!(versions_of(&models, "forest"), ["1"]);
     }
 }

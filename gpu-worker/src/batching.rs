@@ -105,6 +105,9 @@ struct ModelMetrics {
 struct Shared {
     queue: Mutex<VecDeque<Entry>>,
     notify: Notify,
+    /// Set when the model is unloaded: the scheduler finishes the queue, then stops (and
+    /// with it the model thread, which frees the model).
+    closed: std::sync::atomic::AtomicBool,
     admission: Arc<Semaphore>,
     config: BatchConfig,
     metrics: ModelMetrics,
@@ -149,6 +152,7 @@ impl Batcher {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::with_capacity(config.max_waiting)),
             notify: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             admission: Arc::new(Semaphore::new(config.max_waiting)),
             config,
             metrics: ModelMetrics {
@@ -215,20 +219,33 @@ impl Batcher {
     pub fn waiting(&self) -> usize {
         self.shared.queue().len()
     }
+
+    /// Stops the model once what is queued is computed: the scheduler and the model thread
+    /// end, and the model is freed. Call when no new input can arrive.
+    pub fn close(&self) {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.notify.notify_one();
+    }
 }
 
-/// Waits until a batch is due, then takes up to `max_batch_size` live entries.
-async fn next_batch(shared: &Shared) -> Vec<Entry> {
+/// Waits until a batch is due, then takes up to `max_batch_size` live entries; `None` once
+/// the batcher is closed and its queue empty.
+async fn next_batch(shared: &Shared) -> Option<Vec<Entry>> {
     let config = shared.config;
     loop {
         let due = {
             let mut queue = shared.queue();
+            if queue.is_empty() && shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
             match queue.front().map(|e| e.enqueued + config.max_wait) {
                 Some(due) if queue.len() >= config.max_batch_size || Instant::now() >= due => {
                     let batch = take_live(shared, &mut queue, config.max_batch_size);
                     shared.metrics.depth.set(queue.len() as i64);
                     if !batch.is_empty() {
-                        return batch;
+                        return Some(batch);
                     }
                     continue;
                 }
@@ -277,8 +294,7 @@ fn take_live(shared: &Shared, queue: &mut VecDeque<Entry>, max: usize) -> Vec<En
 }
 
 async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
-    loop {
-        let batch = next_batch(&shared).await;
+    while let Some(batch) = next_batch(&shared).await {
         let started = Instant::now();
         let mut inputs = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());

@@ -79,6 +79,15 @@ pub struct PredictArgs {
     pub features: Vec<f32>,
 }
 
+/// How the worker follows changes to its model repository.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ModelControl {
+    /// Read once, at start.
+    None,
+    /// Read again every poll interval.
+    Poll,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -95,9 +104,26 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Folder with one subfolder per model; the subfolder name is the model name.
+    /// The model repository: one subfolder per model, named as the API names it, holding
+    /// the model or its versions side by side (`name/<version>/`, docs/models.md).
     #[arg(long, env = "IHUB_WORKER_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
+
+    /// `none`: the repository is read once, at start. `poll`: it is read again every
+    /// --poll-interval; a new or changed version loads beside the others and takes traffic
+    /// once warmed up, a removed one finishes its queue and unloads, and one that fails to
+    /// load is listed UNAVAILABLE with the loader's message while the rest keep serving.
+    #[arg(
+        long,
+        env = "IHUB_WORKER_MODEL_CONTROL",
+        value_enum,
+        default_value = "none"
+    )]
+    pub model_control: ModelControl,
+
+    /// How often `--model-control poll` reads the repository.
+    #[arg(long, env = "IHUB_WORKER_POLL_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub poll_interval: Duration,
 
     /// PEM certificate chain the server presents: a file path, or the PEM text itself
     /// (so a container can receive it from Secrets Manager as an environment variable).

@@ -3,7 +3,8 @@
 //! (`inferencehub.v1.ModelInference` plus `grpc.health.v1.Health`).
 //!
 //! A call flows one way: [`tls`] (the edge: connection cap, handshake timeout, client
-//! names, live certificate reload) -> [`server`] (health, start and drain) -> [`service`]
+//! names, live certificate reload) -> [`server`] (health, start and drain; the served set
+//! from the model repository in [`registry`]) -> [`service`]
 //! (the gRPC service: validation with the shared signature checks, errors from the shared
 //! table with `google.rpc.BadRequest` details) -> [`batching`] (per-model queue and
 //! scheduler) -> [`models`] (one module per model family, each model on its own thread;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -3,8 +3,8 @@
 //! flip it back, finish what is in flight and return.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use inferencehub_proto::pb::model_inference_server::ModelInferenceServer;
@@ -14,11 +14,12 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::batching::Batcher;
+use crate::config::ModelControl;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
-use crate::models::{LoadOptions, device::parse_device, load_model_dir};
-use crate::service::{InferenceService, ModelSet, ServedModel, ServedVersions};
+use crate::models::{LoadOptions, device::parse_device};
+use crate::registry::{Registry, publish};
+use crate::service::{InferenceService, ModelStore};
 use crate::tls::{Acceptor, TlsSources};
 
 /// Where a worker is in its life.
@@ -137,7 +138,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let models: Arc<OnceLock<ModelSet>> = Arc::new(OnceLock::new());
+    let models: Arc<ModelStore> = Arc::new(ModelStore::default());
     let service = InferenceService::new(models.clone(), metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(WorkerState::Loading);
@@ -186,14 +187,24 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     let loader_serving = serving.clone();
     let loader_stop = stop_tx.clone();
     tokio::spawn(async move {
-        match load(&args, device, &metrics).await {
-            Ok(set) => {
-                let names: Vec<_> = set.keys().cloned().collect();
-                let _ = models.set(set);
+        let loaded = match registry(&args, device, &metrics) {
+            Ok(registry) => registry.load_all().await.map(|loaded| (registry, loaded)),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok((registry, loaded)) => {
+                publish(&models, &loaded, &Default::default());
+                let names: Vec<_> = models
+                    .get()
+                    .map(|set| set.keys().cloned().collect())
+                    .unwrap_or_default();
                 set_health(&loader_health, ServingStatus::Serving).await;
                 loader_serving.store(true, Ordering::SeqCst);
                 tracing::info!(models = ?names, "all models loaded and warmed up; SERVING");
                 let _ = state_tx.send(WorkerState::Serving);
+                if args.model_control == ModelControl::Poll {
+                    crate::registry::poll(registry, models, loaded, args.poll_interval).await;
+                }
             }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "model loading failed");
@@ -216,12 +227,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     })
 }
 
-/// Loads and warms up every model on the blocking pool, then starts their batchers.
-async fn load(
+/// The registry of the repository `args` names, with the worker's load options.
+fn registry(
     args: &ServeArgs,
     device: candle_core::Device,
-    metrics: &Metrics,
-) -> anyhow::Result<ModelSet> {
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Registry> {
     if let Some(library) = &args.onnxruntime {
         crate::models::onnx::runtime::use_library(library.clone());
     }
@@ -232,38 +243,10 @@ async fn load(
         dtype,
         max_prompt_bytes: args.max_prompt_bytes,
     };
-    let dir = args.model_dir.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let mut models = load_model_dir(&dir, &opts)?;
-        for model in &mut models {
-            let started = std::time::Instant::now();
-            model.warm_up()?;
-            tracing::info!(
-                model = %model.info.name,
-                version = %model.info.version,
-                architecture = %model.info.architecture,
-                warm_up_ms = started.elapsed().as_millis() as u64,
-                "model loaded"
-            );
-        }
-        anyhow::Ok(models)
-    })
-    .await??;
-    let mut by_name: std::collections::BTreeMap<String, Vec<Arc<ServedModel>>> =
-        std::collections::BTreeMap::new();
-    for model in loaded {
-        let batcher = Batcher::start(&model.info.name, model.model, args.batch_config(), metrics)?;
-        by_name
-            .entry(model.info.name.clone())
-            .or_default()
-            .push(Arc::new(ServedModel {
-                info: model.info,
-                tokenizer: model.tokenizer,
-                batcher,
-            }));
-    }
-    Ok(by_name
-        .into_iter()
-        .filter_map(|(name, versions)| Some((name, ServedVersions::new(versions)?)))
-        .collect())
+    Ok(Registry::new(
+        args.model_dir.clone(),
+        opts,
+        args.batch_config(),
+        metrics.clone(),
+    ))
 }

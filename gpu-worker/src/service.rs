@@ -2,7 +2,7 @@
 //! into the model's batcher, and turn predictions into answers.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use inferencehub_proto::pb::model_inference_server::ModelInference;
@@ -35,7 +35,15 @@ pub struct ServedModel {
     pub batcher: Batcher,
 }
 
+impl Drop for ServedModel {
+    /// Unloaded (no set lists it, no call holds it): the model stops once its queue is done.
+    fn drop(&mut self) {
+        self.batcher.close();
+    }
+}
+
 /// Every served version of one model.
+#[derive(Clone)]
 pub struct ServedVersions {
     /// What requests that name no version get.
     pub default: Arc<ServedModel>,
@@ -62,17 +70,61 @@ impl ServedVersions {
 /// Every model being served, by name.
 pub type ModelSet = BTreeMap<String, ServedVersions>;
 
+/// A version that failed to load: what `ListModels` shows for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The model.
+    pub name: String,
+    /// The version (its folder name, or `""` for an unversioned folder).
+    pub version: String,
+    /// The loader's message.
+    pub reason: String,
+}
+
+/// The models being served, replaced whole when the repository changes (readers keep the
+/// set they took for the length of a call), and the versions that failed to load.
+#[derive(Default)]
+pub struct ModelStore {
+    set: RwLock<Option<Arc<ModelSet>>>,
+    unavailable: RwLock<Vec<Unavailable>>,
+}
+
+impl ModelStore {
+    /// The current set, once loading finished.
+    pub fn get(&self) -> Option<Arc<ModelSet>> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `set` from now on.
+    pub fn replace(&self, set: ModelSet) {
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(set));
+    }
+
+    /// The versions that failed to load.
+    pub fn unavailable(&self) -> Vec<Unavailable> {
+        self.unavailable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the versions that failed to load (replacing the previous list).
+    pub fn set_unavailable(&self, failed: Vec<Unavailable>) {
+        *self.unavailable.write().unwrap_or_else(|p| p.into_inner()) = failed;
+    }
+}
+
 /// The gRPC service. Models are filled in once loading finishes; until then calls get
 /// UNAVAILABLE (and the health service says NOT_SERVING).
 #[derive(Clone)]
 pub struct InferenceService {
-    models: Arc<OnceLock<ModelSet>>,
+    models: Arc<ModelStore>,
     metrics: Arc<Metrics>,
 }
 
 impl InferenceService {
     /// A service that answers once `models` is set.
-    pub fn new(models: Arc<OnceLock<ModelSet>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(models: Arc<ModelStore>, metrics: Arc<Metrics>) -> Self {
         Self { models, metrics }
     }
 
@@ -101,7 +153,7 @@ impl InferenceService {
         })
     }
 
-    fn loaded(&self) -> Result<&ModelSet, Status> {
+    fn loaded(&self) -> Result<Arc<ModelSet>, Status> {
         self.models
             .get()
             .ok_or_else(|| ErrorKind::Unavailable.status("models are still loading"))
@@ -447,12 +499,19 @@ impl ModelInference for InferenceService {
         _request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
         let models = self.loaded()?;
-        Ok(Response::new(ListModelsResponse {
-            models: models
-                .values()
-                .flat_map(|m| m.versions.values().map(|v| v.info.clone()))
-                .collect(),
-        }))
+        let mut listed: Vec<ModelInfo> = models
+            .values()
+            .flat_map(|m| m.versions.values().map(|v| v.info.clone()))
+            .collect();
+        // Versions that failed to load, with the loader's message; never routed to.
+        listed.extend(self.models.unavailable().into_iter().map(|u| ModelInfo {
+            name: u.name,
+            version: u.version,
+            state: "UNAVAILABLE".into(),
+            reason: u.reason,
+            ..Default::default()
+        }));
+        Ok(Response::new(ListModelsResponse { models: listed }))
     }
 }
 

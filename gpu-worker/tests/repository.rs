@@ -116,3 +116,128 @@ async fn without_a_policy_only_the_latest_version_is_served() {
     let versions: Vec<&str> = listed.iter().map(|m| m.version.as_str()).collect();
     assert_eq!(versions, ["2"]);
 }
+
+/// The served versions of `forest` and the UNAVAILABLE ones with their reasons.
+async fn index(
+    client: &mut inferencehub_proto::pb::model_inference_client::ModelInferenceClient<
+        tonic::transport::Channel,
+    >,
+) -> (Vec<(String, bool)>, Vec<(String, String)>) {
+    let listed = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let ready = listed
+        .iter()
+        .filter(|m| m.state.is_empty())
+        .map(|m| (m.version.clone(), m.default_version))
+        .collect();
+    let broken = listed
+        .iter()
+        .filter(|m| m.state == "UNAVAILABLE")
+        .map(|m| (m.version.clone(), m.reason.clone()))
+        .collect();
+    (ready, broken)
+}
+
+/// `--model-control poll`: a version added while traffic flows takes over once loaded, a
+/// broken one is listed UNAVAILABLE with the loader's message while the others serve, and a
+/// removed one unloads; no request fails along the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_repository_changes_under_traffic_without_a_failed_request() {
+    let root = tempfile::tempdir().unwrap();
+    let forest = root.path().join("forest");
+    std::fs::create_dir(&forest).unwrap();
+    std::fs::write(
+        forest.join("model.json"),
+        r#"{"version_policy": {"all": {}}}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(fixture("xgboost-binary"), forest.join("1")).unwrap();
+    let worker = Worker::serving(
+        root.path(),
+        &["--model-control", "poll", "--poll-interval", "100ms"],
+    )
+    .await;
+    let mut client = worker.client().await;
+    assert_eq!(index(&mut client).await.0, [("1".to_string(), true)]);
+
+    // Traffic without a version throughout: every answer names the version it came from.
+    let row = expected("xgboost-binary").inputs[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (mut client, stop, row) = (client.clone(), stop.clone(), row.clone());
+        tokio::spawn(async move {
+            let (mut answered, mut failed, mut seen) =
+                (0, Vec::new(), std::collections::BTreeSet::new());
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let r = client
+                    .predict(PredictRequest {
+                        model_name: "forest".into(),
+                        features: row.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(r) => {
+                        answered += 1;
+                        seen.insert(r.into_inner().model_version);
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            (answered, failed, seen)
+        })
+    };
+    let watcher = client.clone();
+    let wait_for = |want: &'static str| {
+        let mut client = watcher.clone();
+        async move {
+            for _ in 0..300 {
+                let (ready, _) = index(&mut client).await;
+                if ready.iter().any(|(v, default)| v == want && *default) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("version {want} never became the default");
+        }
+    };
+
+    std::os::unix::fs::symlink(fixture("lightgbm-binary"), forest.join("2")).unwrap();
+    wait_for("2").await;
+    // A broken version 3: listed with the loader's message, version 2 still the default.
+    std::fs::create_dir(forest.join("3")).unwrap();
+    std::fs::write(forest.join("3").join("model.onnx"), b"not an onnx graph").unwrap();
+    let mut reason = String::new();
+    for _ in 0..300 {
+        let (ready, broken) = index(&mut client).await;
+        if let Some((_, why)) = broken.iter().find(|(v, _)| v == "3") {
+            reason = why.clone();
+            assert!(ready.contains(&("2".to_string(), true)), "{ready:?}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reason.contains("ONNX"), "the loader's message: {reason:?}");
+    // Version 2 removed: version 1 takes over again.
+    std::fs::remove_file(forest.join("2")).unwrap();
+    wait_for("1").await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, failed, seen) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {answered} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(answered > 10, "{answered}");
+    assert!(seen.contains("1") && seen.contains("2"), "{seen:?}");
+}

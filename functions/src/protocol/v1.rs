@@ -251,6 +251,22 @@ impl From<&ModelInfo> for ModelView {
 pub struct ModelList {
     /// The models this token may use.
     pub models: Vec<ModelView>,
+    /// Versions of those models that failed to load (never routed to), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<UnavailableVersion>,
+}
+
+/// A model version that failed to load.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UnavailableVersion {
+    /// The model.
+    pub name: String,
+    /// The version (its folder's name; empty for an unversioned folder).
+    pub version: String,
+    /// `UNAVAILABLE`.
+    pub state: String,
+    /// The loader's message.
+    pub reason: String,
 }
 
 /// `POST /v1/predict` as a [`Protocol`].

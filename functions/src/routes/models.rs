@@ -10,11 +10,11 @@ use inferencehub_proto::pb::ModelInfo;
 use lambda_http::{Body, Request, Response};
 
 use crate::auth::{Authenticator, authorization};
-use crate::catalog::{Catalog, Missing, is_default, resolve, versions_of};
+use crate::catalog::{Catalog, Missing, is_default, is_ready, resolve, versions_of};
 use crate::config::ModelsConfig;
 use crate::layers::{Context, Handler, json_response};
 use crate::problem::Problem;
-use crate::protocol::v1::{ModelList, ModelView, V1};
+use crate::protocol::v1::{ModelList, ModelView, UnavailableVersion, V1};
 use crate::protocol::v2::{ModelMetadata, ModelReady, ServerMetadata};
 use crate::router::{Function, Matched, ModelsOp};
 use crate::worker::{GrpcWorker, Worker};
@@ -152,6 +152,16 @@ impl<W: Worker> Handler for Models<W> {
                             .iter()
                             .filter(|m| is_default(m, &visible))
                             .map(view)
+                            .collect(),
+                        unavailable: visible
+                            .iter()
+                            .filter(|m| !is_ready(m))
+                            .map(|m| UnavailableVersion {
+                                name: m.name.clone(),
+                                version: m.version.clone(),
+                                state: m.state.clone(),
+                                reason: m.reason.clone(),
+                            })
                             .collect(),
                     },
                 )

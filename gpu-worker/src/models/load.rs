@@ -42,17 +42,21 @@ pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<
 /// its files), the digest beside it.
 pub fn load_model_dir(root: &Path, opts: &LoadOptions) -> anyhow::Result<Vec<LoadedModel>> {
     repository::scan(root)?
-        .into_iter()
-        .map(|entry| {
-            let mut model = load_model(&entry.dir, &entry.name, opts)?;
-            model.info.digest = model.info.version.clone();
-            if let Some(version) = entry.version {
-                model.info.version = version;
-            }
-            model.info.default_version = entry.default;
-            Ok(model)
-        })
+        .iter()
+        .map(|entry| load_entry(entry, opts))
         .collect()
+}
+
+/// Loads one version of the repository: named after its model, its version the version
+/// folder's name (else the digest of its files), the digest beside it.
+pub fn load_entry(entry: &repository::Entry, opts: &LoadOptions) -> anyhow::Result<LoadedModel> {
+    let mut model = load_model(&entry.dir, &entry.name, opts)?;
+    model.info.digest = model.info.version.clone();
+    if let Some(version) = &entry.version {
+        model.info.version = version.clone();
+    }
+    model.info.default_version = entry.default;
+    Ok(model)
 }
 
 /// The model version: the first 12 hex digits of a SHA-256 over the folder's files (names

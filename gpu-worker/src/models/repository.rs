@@ -179,6 +179,34 @@ pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// A cheap fingerprint of a folder's files (names, sizes and modification times, every
+/// level, links followed): what `--model-control poll` compares between reads.
+pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                files.push((path, meta.len(), modified));
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut hasher);
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
