@@ -231,14 +231,9 @@ fn fixture_dir(names: &[&str]) -> tempfile::TempDir {
 
 #[tokio::test]
 async fn exports_are_served_over_grpc_with_their_signature() {
-    let names = [
-        "xgboost-binary",
-        "lightgbm-multiclass",
-        "sklearn-random-forest-regressor",
-        "keras-mlp",
-        "pytorch-gru",
-        "pytorch-digits-cnn",
-    ];
+    // Every fixture, served by one worker.
+    let all_names: Vec<String> = fixtures().into_iter().map(|f| f.0).collect();
+    let names: Vec<&str> = all_names.iter().map(String::as_str).collect();
     let models = fixture_dir(&names);
     let worker = Worker::serving(models.path(), &["--max-wait", "1ms"]).await;
     let mut client = worker.client().await;
@@ -255,13 +250,13 @@ async fn exports_are_served_over_grpc_with_their_signature() {
         let info = listed.iter().find(|m| &m.name == name).unwrap();
         let input = info.input.as_ref().unwrap();
         assert_eq!(info.feature_count as usize, expected.inputs[0].len());
-        // Images keep their declared layout; the rows are their pixels in row-major order.
-        let shape = if name == "pytorch-digits-cnn" {
-            vec![-1, 1, 8, 8]
-        } else {
-            vec![-1, expected.inputs[0].len() as i64]
-        };
-        assert_eq!(input.shape, shape, "{name}");
+        // Images keep their declared layout; the rows are their elements in row-major order.
+        if name == "pytorch-digits-cnn" {
+            assert_eq!(input.shape, [-1, 1, 8, 8]);
+        }
+        assert_eq!(input.shape[0], -1, "{name}");
+        let elements: i64 = input.shape[1..].iter().product();
+        assert_eq!(elements as usize, expected.inputs[0].len(), "{name}");
         assert_eq!(input.datatype, "FP32");
 
         // One row through Predict, all rows through PredictBatch.

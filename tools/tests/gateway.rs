@@ -472,14 +472,14 @@ async fn serving(fixtures: &std::path::Path, names: &[&str]) -> (tempfile::TempD
 #[tokio::test]
 async fn exports_from_every_framework_answer_through_the_gateway() {
     let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
-    let names = [
-        "sklearn-gradient-boosting",
-        "xgboost-regressor",
-        "lightgbm-binary",
-        "pytorch-cnn",
-        "keras-mlp",
-        "pytorch-digits-cnn",
-    ];
+    // Every exporter fixture, served by one worker behind the gateway.
+    let mut all: Vec<String> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    all.sort();
+    assert!(all.len() >= 18, "{all:?}");
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
     let (_models, stack) = serving(&fixtures, &names).await;
     let token = stack.keys.token("alice", "predict");
     for name in names {
