@@ -64,14 +64,21 @@ impl Catalog {
         }
     }
 
-    /// Model `name` in `version` (its default version when `None`).
+    /// Model `name` in `version`; without one, the version the model's canary split gives
+    /// `caller` (else its default version).
     pub async fn model<W: Worker>(
         &self,
         worker: &W,
         name: &str,
         version: Option<&str>,
+        caller: &str,
     ) -> Result<Result<ModelInfo, Missing>, WorkerError> {
-        Ok(resolve(&self.models(worker).await?, name, version).cloned())
+        let models = self.models(worker).await?;
+        Ok(match version {
+            None => split(&models, name, caller).map_or_else(|| resolve(&models, name, None), Ok),
+            Some(_) => resolve(&models, name, version),
+        }
+        .cloned())
     }
 }
 
@@ -139,9 +146,69 @@ pub fn resolve<'a>(
     }
 }
 
+/// The version of model `name` its canary split gives `caller`, if it has a split: a hash
+/// of the caller and the model picks a point in the weights, so one caller keeps one
+/// version while the split holds.
+pub fn split<'a>(models: &'a [ModelInfo], name: &str, caller: &str) -> Option<&'a ModelInfo> {
+    use sha2::{Digest, Sha256};
+    let weighted: Vec<&ModelInfo> = models
+        .iter()
+        .filter(|m| m.name == name && is_ready(m) && m.traffic_weight > 0)
+        .collect();
+    let total: u64 = weighted.iter().map(|m| u64::from(m.traffic_weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let digest = Sha256::new()
+        .chain_update(name.as_bytes())
+        .chain_update([0])
+        .chain_update(caller.as_bytes())
+        .finalize();
+    let mut point = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default()) % total;
+    weighted.into_iter().find(|m| {
+        let w = u64::from(m.traffic_weight);
+        if point < w {
+            true
+        } else {
+            point -= w;
+            false
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_sends_each_caller_to_one_version_in_proportion() {
+        let entry = |version: &str, traffic_weight| ModelInfo {
+            name: "forest".into(),
+            version: version.into(),
+            traffic_weight,
+            default_version: version == "2",
+            ..Default::default()
+        };
+        let models = vec![entry("1", 90), entry("2", 10)];
+        let callers = 2_000;
+        let on_2 = (0..callers)
+            .filter(|i| {
+                split(&models, "forest", &format!("caller-{i}"))
+                    .unwrap()
+                    .version
+                    == "2"
+            })
+            .count();
+        let share = on_2 as f64 * 100.0 / callers as f64;
+        assert!((share - 10.0).abs() <= 3.0, "{share:.1}% on version 2");
+        for i in 0..50 {
+            let caller = format!("caller-{i}");
+            let first = &split(&models, "forest", &caller).unwrap().version;
+            assert_eq!(&split(&models, "forest", &caller).unwrap().version, first);
+        }
+        // Without weights there is no split: the default serves.
+        assert!(split(&[entry("1", 0)], "forest", "a").is_none());
+    }
 
     #[test]
     fn a_version_is_found_by_name_and_the_default_by_its_mark() {

@@ -171,11 +171,23 @@ pub fn set_of(loaded: &[Loaded]) -> ModelSet {
                 .or(versions.last())?
                 .model
                 .clone();
+            let weights = versions
+                .iter()
+                .filter(|l| l.entry.weight > 0)
+                .map(|l| (l.model.info.version.clone(), l.entry.weight))
+                .collect();
             let versions = versions
                 .iter()
                 .map(|l| (l.model.info.version.clone(), l.model.clone()))
                 .collect();
-            Some((name, ServedVersions { default, versions }))
+            Some((
+                name,
+                ServedVersions {
+                    default,
+                    versions,
+                    weights,
+                },
+            ))
         })
         .collect()
 }

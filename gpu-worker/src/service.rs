@@ -49,22 +49,8 @@ pub struct ServedVersions {
     pub default: Arc<ServedModel>,
     /// Each version by name (the default among them).
     pub versions: BTreeMap<String, Arc<ServedModel>>,
-}
-
-impl ServedVersions {
-    /// The versions of `models` (all of one name); the one marked default, else the last.
-    pub fn new(models: Vec<Arc<ServedModel>>) -> Option<Self> {
-        let default = models
-            .iter()
-            .find(|m| m.info.default_version)
-            .or(models.last())?
-            .clone();
-        let versions = models
-            .into_iter()
-            .map(|m| (m.info.version.clone(), m))
-            .collect();
-        Some(Self { default, versions })
-    }
+    /// The canary split's weight of each version (empty without a split).
+    pub weights: BTreeMap<String, u32>,
 }
 
 /// Every model being served, by name.
@@ -499,9 +485,16 @@ impl ModelInference for InferenceService {
         _request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
         let models = self.loaded()?;
+        // The default mark and the split are the repository's now, not the load's.
         let mut listed: Vec<ModelInfo> = models
             .values()
-            .flat_map(|m| m.versions.values().map(|v| v.info.clone()))
+            .flat_map(|m| {
+                m.versions.values().map(|v| ModelInfo {
+                    default_version: Arc::ptr_eq(v, &m.default),
+                    traffic_weight: m.weights.get(&v.info.version).copied().unwrap_or(0),
+                    ..v.info.clone()
+                })
+            })
             .collect();
         // Versions that failed to load, with the loader's message; never routed to.
         listed.extend(self.models.unavailable().into_iter().map(|u| ModelInfo {

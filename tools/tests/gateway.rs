@@ -1138,6 +1138,55 @@ async fn requests_pick_a_version_and_answers_name_it() {
     assert_problem(r, 404).await;
 }
 
+/// A canary split (`routing.json`, 90/10) sends each caller to one version, in proportion,
+/// and every answer names the version that computed it.
+#[tokio::test]
+async fn a_canary_split_is_sticky_per_caller_and_in_proportion() {
+    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
+    let repo = tempfile::tempdir().unwrap();
+    let forest = repo.path().join("forest");
+    std::fs::create_dir(&forest).unwrap();
+    std::os::unix::fs::symlink(fixtures.join("xgboost-binary"), forest.join("1")).unwrap();
+    std::os::unix::fs::symlink(fixtures.join("lightgbm-binary"), forest.join("2")).unwrap();
+    std::fs::write(
+        forest.join("model.json"),
+        r#"{"version_policy":{"all":{}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        forest.join("routing.json"),
+        r#"{"weights":{"1":90,"2":10}}"#,
+    )
+    .unwrap();
+    let stack = Stack::start(Options {
+        model_dir: Some(repo.path().to_path_buf()),
+        limit: 10_000,
+        ..Options::default()
+    })
+    .await;
+    let row: Expected = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("xgboost-binary").join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let body = json!({"model_name": "forest", "features": row.inputs[0]}).to_string();
+    let callers = 400;
+    let mut on_2 = 0;
+    for i in 0..callers {
+        let token = stack.keys.token(&format!("caller-{i}"), "predict");
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let r = stack.post(Some(&token), &body).await;
+            assert_eq!(r.status(), 200);
+            seen.push(json(r).await["model_version"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen[0], seen[1], "caller-{i} saw two versions");
+        on_2 += usize::from(seen[0] == "2");
+    }
+    let share = on_2 as f64 * 100.0 / callers as f64;
+    // 400 callers: one standard deviation of a 10% share is 1.5 points.
+    assert!((share - 10.0).abs() <= 5.0, "{share:.1}% on version 2");
+}
+
 #[tokio::test]
 async fn a_caller_with_a_huge_sub_is_still_counted_with_fail_open_on() {
     // A sub of a few kilobytes once pushed the table key past the 2,048-byte key limit: every

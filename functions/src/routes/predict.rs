@@ -190,7 +190,12 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         }
         let found = self
             .catalog
-            .model(&self.worker, &command.model, command.version.as_deref())
+            .model(
+                &self.worker,
+                &command.model,
+                command.version.as_deref(),
+                &caller.sub,
+            )
             .await
             .map_err(|e| Problem::from_worker(&e, protocol))?;
         match found {

@@ -56,6 +56,7 @@ pub fn load_entry(entry: &repository::Entry, opts: &LoadOptions) -> anyhow::Resu
         model.info.version = version.clone();
     }
     model.info.default_version = entry.default;
+    model.info.traffic_weight = entry.weight;
     Ok(model)
 }
 

@@ -14,6 +14,16 @@ use serde::Deserialize;
 /// The policy file at the root of a versioned model folder.
 pub const POLICY_FILE: &str = "model.json";
 
+/// The canary split at the root of a versioned model folder:
+/// `{"weights": {"1": 90, "2": 10}}`, over served versions.
+pub const ROUTING_FILE: &str = "routing.json";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Routing {
+    weights: std::collections::BTreeMap<String, u32>,
+}
+
 /// Which versions of a model are served.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -56,6 +66,8 @@ pub struct Entry {
     pub dir: PathBuf,
     /// Whether requests that name no version get it.
     pub default: bool,
+    /// Its weight in the model's canary split (0: none, or no split).
+    pub weight: u32,
 }
 
 /// The folders inside `dir` that are not hidden, sorted by name.
@@ -84,7 +96,7 @@ fn is_versioned(dir: &Path) -> anyhow::Result<bool> {
         }
         if entry.path().is_dir() {
             has_folders = true;
-        } else if name != POLICY_FILE {
+        } else if name != POLICY_FILE && name != ROUTING_FILE {
             return Ok(false);
         }
     }
@@ -141,6 +153,31 @@ fn served_versions(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     })
 }
 
+/// The canary weights of a versioned model folder (empty without `routing.json`): every
+/// version named must be served, and the weights must not all be 0.
+fn routing(
+    dir: &Path,
+    versions: &[(String, PathBuf)],
+) -> anyhow::Result<std::collections::BTreeMap<String, u32>> {
+    let path = dir.join(ROUTING_FILE);
+    if !path.is_file() {
+        return Ok(Default::default());
+    }
+    let routing: Routing = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(v) = routing
+        .weights
+        .keys()
+        .find(|v| !versions.iter().any(|(served, _)| served == *v))
+    {
+        bail!("{}: version {v:?} is not served", path.display());
+    }
+    if routing.weights.values().all(|&w| w == 0) {
+        bail!("{}: every weight is 0", path.display());
+    }
+    Ok(routing.weights)
+}
+
 /// Every model version under `root` to serve, by model name then version order.
 pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
     let models =
@@ -156,6 +193,7 @@ pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
                 version: None,
                 dir,
                 default: true,
+                weight: 0,
             });
             continue;
         }
@@ -163,6 +201,7 @@ pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
         if versions.is_empty() {
             bail!("{}: no version folder is served", dir.display());
         }
+        let weights = routing(&dir, &versions)?;
         let last = versions.len() - 1;
         entries.extend(
             versions
@@ -170,6 +209,7 @@ pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
                 .enumerate()
                 .map(|(i, (version, dir))| Entry {
                     name: name.clone(),
+                    weight: weights.get(&version).copied().unwrap_or(0),
                     version: Some(version),
                     dir,
                     default: i == last,
@@ -274,6 +314,29 @@ mod tests {
         policy(r#"{"version_policy": {"specific": {"versions": ["7"]}}}"#);
         assert!(format!("{:#}", scan(dir.path()).unwrap_err()).contains("\"7\""));
         policy(r#"{"version_policy": {"newest": {}}}"#);
+        assert!(scan(dir.path()).is_err());
+
+        // A canary split over served versions.
+        policy(r#"{"version_policy": {"all": {}}}"#);
+        let routing =
+            |text: &str| std::fs::write(dir.path().join("forest/routing.json"), text).unwrap();
+        routing(r#"{"weights": {"10": 90, "9": 10}}"#);
+        let weights: Vec<(Option<String>, u32)> = scan(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.version, e.weight))
+            .collect();
+        assert_eq!(
+            weights[..3],
+            [
+                (Some("2".into()), 0),
+                (Some("9".into()), 10),
+                (Some("10".into()), 90)
+            ]
+        );
+        routing(r#"{"weights": {"11": 50}}"#);
+        assert!(format!("{:#}", scan(dir.path()).unwrap_err()).contains("\"11\""));
+        routing(r#"{"weights": {"10": 0}}"#);
         assert!(scan(dir.path()).is_err());
     }
 
