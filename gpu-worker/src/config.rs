@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load every model under --model-dir and serve them over gRPC with mutual TLS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a worker for one prediction (prints JSON).
     Predict(PredictArgs),
     /// List a worker's models (prints JSON lines).
@@ -86,6 +86,8 @@ pub enum ModelControl {
     None,
     /// Read again every poll interval.
     Poll,
+    /// Read again for one model when an admin calls LoadModel; UnloadModel stops one.
+    Explicit,
 }
 
 /// Log line format.
@@ -113,6 +115,8 @@ pub struct ServeArgs {
     /// --poll-interval; a new or changed version loads beside the others and takes traffic
     /// once warmed up, a removed one finishes its queue and unloads, and one that fails to
     /// load is listed UNAVAILABLE with the loader's message while the rest keep serving.
+    /// `explicit`: the same for one model when an admin certificate calls LoadModel;
+    /// UnloadModel stops serving one.
     #[arg(
         long,
         env = "IHUB_WORKER_MODEL_CONTROL",
@@ -149,6 +153,12 @@ pub struct ServeArgs {
     /// health function), comma-separated.
     #[arg(long, env = "IHUB_WORKER_TLS_HEALTH_NAMES", value_delimiter = ',')]
     pub tls_health_names: Vec<String>,
+
+    /// Client certificate names allowed to call only the ModelRepository admin service
+    /// (the index, and with --model-control explicit LoadModel and UnloadModel),
+    /// comma-separated. No other certificate may call it.
+    #[arg(long, env = "IHUB_WORKER_TLS_ADMIN_NAMES", value_delimiter = ',')]
+    pub tls_admin_names: Vec<String>,
 
     /// Longest time from accepting a TCP connection to a finished TLS handshake; slower
     /// connections are closed.
@@ -255,6 +265,7 @@ impl ServeArgs {
         crate::tls::ClientNames {
             full: clean(&self.tls_client_names),
             health: clean(&self.tls_health_names),
+            admin: clean(&self.tls_admin_names),
         }
     }
 
@@ -279,7 +290,7 @@ impl ServeArgs {
             .chain(flags.into_iter().map(Into::into));
         let cli: Cli = settings::parse_vars(args.collect::<Vec<std::ffi::OsString>>(), &[])?;
         match cli.command {
-            Command::Serve(args) => Ok(args),
+            Command::Serve(args) => Ok(*args),
             _ => Err(Cli::command().error(clap::error::ErrorKind::InvalidSubcommand, "not serve")),
         }
     }

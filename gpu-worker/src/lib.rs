@@ -12,6 +12,7 @@
 //! Prometheus and EMF output, [`client`] the operator CLI's mTLS client. Only what serves
 //! lives here: benchmarks, profiling, training and load generation are in `tools/`.
 
+pub mod admin;
 pub mod batching;
 pub mod client;
 pub mod config;

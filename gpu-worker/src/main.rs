@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             init_tracing(args.log_format);
-            let mut worker = server::start(args).await?;
+            let mut worker = server::start(*args).await?;
             // A machine-readable line for scripts and tests that start the worker on port 0.
             println!(
                 "inferencehub-worker listening grpc={} metrics={}",

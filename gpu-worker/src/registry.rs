@@ -4,9 +4,11 @@
 //! ones and replaces them only once it answers; a removed one leaves the set, finishes what
 //! it has queued and unloads ([`ServedModel`]'s drop); one that fails to load is listed
 //! UNAVAILABLE with the loader's message while the previous one (if any) keeps serving, and
-//! is not tried again until its files change. The worker never stops for it.
+//! is not tried again until its files change. The worker never stops for it. With
+//! `--model-control explicit` the admin RPCs ([`crate::admin`]) do the same for one model
+//! on demand, and unload models.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,7 +99,9 @@ impl Registry {
     pub async fn refresh(
         &self,
         current: &[Loaded],
-        failed: &mut BTreeMap<(String, Option<String>), (String, String)>,
+        failed: &mut Failures,
+        only: Option<&str>,
+        unloaded: &BTreeSet<String>,
     ) -> anyhow::Result<Vec<Loaded>> {
         let root = self.root.clone();
         let entries = tokio::task::spawn_blocking(move || repository::scan(&root)).await??;
@@ -107,10 +111,18 @@ impl Registry {
             .map(|e| (e.name.clone(), e.version.clone()))
             .collect();
         for entry in entries {
+            if unloaded.contains(&entry.name) {
+                continue;
+            }
             let key = (entry.name.clone(), entry.version.clone());
             let served = current
                 .iter()
                 .find(|l| l.entry.name == entry.name && l.entry.version == entry.version);
+            // Another model than the one asked for (LoadModel) stays as it is.
+            if only.is_some_and(|n| n != entry.name) {
+                next.extend(served.cloned());
+                continue;
+            }
             let dir = entry.dir.clone();
             let fingerprint = tokio::task::spawn_blocking(move || repository::fingerprint(&dir))
                 .await?
@@ -145,7 +157,10 @@ impl Registry {
         // A model none of whose selected versions loaded (the policy's latest one is broken)
         // keeps serving what it served, while those folders exist.
         for old in current {
-            if !next.iter().any(|l| l.entry.name == old.entry.name) && old.entry.dir.is_dir() {
+            if !next.iter().any(|l| l.entry.name == old.entry.name)
+                && !unloaded.contains(&old.entry.name)
+                && old.entry.dir.is_dir()
+            {
                 next.push(old.clone());
             }
         }
@@ -192,12 +207,11 @@ pub fn set_of(loaded: &[Loaded]) -> ModelSet {
         .collect()
 }
 
+/// Versions that failed to load, by model and version: their files' fingerprint and why.
+pub type Failures = BTreeMap<(String, Option<String>), (String, String)>;
+
 /// Serves `loaded` and the failures in `store`.
-pub fn publish(
-    store: &ModelStore,
-    loaded: &[Loaded],
-    failed: &BTreeMap<(String, Option<String>), (String, String)>,
-) {
+pub fn publish(store: &ModelStore, loaded: &[Loaded], failed: &Failures) {
     store.replace(set_of(loaded));
     store.set_unavailable(
         failed
@@ -211,37 +225,102 @@ pub fn publish(
     );
 }
 
-/// Reads the repository again every `interval` and publishes what changed, forever.
-pub async fn poll(
+/// What is served and what failed, behind one lock: the poll loop and the admin RPCs
+/// change it one at a time.
+struct State {
+    loaded: Vec<Loaded>,
+    failed: Failures,
+    unloaded: BTreeSet<String>,
+}
+
+/// Follows the repository for the worker: every poll (`--model-control poll`) or on the
+/// admin RPCs' demand (`explicit`).
+pub struct Control {
     registry: Registry,
     store: Arc<ModelStore>,
-    mut loaded: Vec<Loaded>,
-    interval: Duration,
-) {
-    let mut failed = BTreeMap::new();
+    state: tokio::sync::Mutex<State>,
+}
+
+impl Control {
+    /// Serves `loaded` (the start's load) into `store`.
+    pub fn new(registry: Registry, store: Arc<ModelStore>, loaded: Vec<Loaded>) -> Self {
+        let state = State {
+            loaded,
+            failed: Failures::new(),
+            unloaded: BTreeSet::new(),
+        };
+        publish(&store, &state.loaded, &state.failed);
+        Self {
+            registry,
+            store,
+            state: tokio::sync::Mutex::new(state),
+        }
+    }
+
+    /// Reads the repository again (only model `only`'s folder when given) and serves what
+    /// changed.
+    pub async fn refresh(&self, only: Option<&str>) -> anyhow::Result<()> {
+        let mut state = self.state.lock().await;
+        let State {
+            loaded,
+            failed,
+            unloaded,
+        } = &mut *state;
+        let next = self
+            .registry
+            .refresh(loaded, failed, only, unloaded)
+            .await?;
+        let changed = next.len() != loaded.len()
+            || next
+                .iter()
+                .zip(loaded.iter())
+                .any(|(a, b)| !Arc::ptr_eq(&a.model, &b.model));
+        *loaded = next;
+        publish(&self.store, loaded, failed);
+        if changed {
+            let served: Vec<String> = loaded
+                .iter()
+                .map(|l| format!("{}:{}", l.model.info.name, l.model.info.version))
+                .collect();
+            tracing::info!(?served, "model repository changed");
+        }
+        Ok(())
+    }
+
+    /// Serves model `name` again (after [`Control::unload`]) from its folder as it is now.
+    pub async fn load(&self, name: &str) -> anyhow::Result<()> {
+        self.state.lock().await.unloaded.remove(name);
+        self.refresh(Some(name)).await
+    }
+
+    /// Stops serving model `name`: its versions leave the set, finish their queues and
+    /// unload. Whether it was served.
+    pub async fn unload(&self, name: &str) -> bool {
+        let mut state = self.state.lock().await;
+        let served = state.loaded.iter().any(|l| l.entry.name == name);
+        state.unloaded.insert(name.to_string());
+        state.loaded.retain(|l| l.entry.name != name);
+        state.failed.retain(|(n, _), _| n != name);
+        publish(&self.store, &state.loaded, &state.failed);
+        tracing::info!(model = name, "model unloaded");
+        served
+    }
+
+    /// The models unloaded by [`Control::unload`].
+    pub async fn unloaded(&self) -> Vec<String> {
+        self.state.lock().await.unloaded.iter().cloned().collect()
+    }
+}
+
+/// Reads the repository again every `interval` and serves what changed, forever.
+pub async fn poll(control: Arc<Control>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        match registry.refresh(&loaded, &mut failed).await {
-            Ok(next) => {
-                let changed = next.len() != loaded.len()
-                    || next
-                        .iter()
-                        .zip(&loaded)
-                        .any(|(a, b)| !Arc::ptr_eq(&a.model, &b.model));
-                loaded = next;
-                publish(&store, &loaded, &failed);
-                if changed {
-                    let served: Vec<String> = loaded
-                        .iter()
-                        .map(|l| format!("{}:{}", l.model.info.name, l.model.info.version))
-                        .collect();
-                    tracing::info!(?served, "model repository changed");
-                }
-            }
-            Err(e) => tracing::warn!(
+        if let Err(e) = control.refresh(None).await {
+            tracing::warn!(
                 error = format!("{e:#}"),
                 "reading the model repository failed; serving what was loaded"
-            ),
+            );
         }
     }
 }

@@ -8,17 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use inferencehub_proto::pb::model_inference_server::ModelInferenceServer;
+use inferencehub_proto::pb::model_repository_server::ModelRepositoryServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admin::AdminService;
 use crate::config::ModelControl;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::models::{LoadOptions, device::parse_device};
-use crate::registry::{Registry, publish};
+use crate::registry::{Control, Registry};
 use crate::service::{InferenceService, ModelStore};
 use crate::tls::{Acceptor, TlsSources};
 
@@ -139,6 +141,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     set_health(&health, ServingStatus::NotServing).await;
 
     let models: Arc<ModelStore> = Arc::new(ModelStore::default());
+    let admin_control = Arc::new(std::sync::OnceLock::new());
+    let admin = AdminService::new(
+        models.clone(),
+        admin_control.clone(),
+        args.model_control == ModelControl::Explicit,
+    );
     let service = InferenceService::new(models.clone(), metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(WorkerState::Loading);
@@ -152,6 +160,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         .add_service(ModelInferenceServer::with_interceptor(
             service,
             crate::tls::require_full_role,
+        ))
+        .add_service(ModelRepositoryServer::with_interceptor(
+            admin,
+            crate::tls::require_admin_role,
         ))
         .serve_with_incoming_shutdown(
             crate::tls::incoming(
@@ -193,7 +205,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         };
         match loaded {
             Ok((registry, loaded)) => {
-                publish(&models, &loaded, &Default::default());
+                let control = Arc::new(Control::new(registry, models.clone(), loaded));
+                let _ = admin_control.set(control.clone());
                 let names: Vec<_> = models
                     .get()
                     .map(|set| set.keys().cloned().collect())
@@ -203,7 +216,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
                 tracing::info!(models = ?names, "all models loaded and warmed up; SERVING");
                 let _ = state_tx.send(WorkerState::Serving);
                 if args.model_control == ModelControl::Poll {
-                    crate::registry::poll(registry, models, loaded, args.poll_interval).await;
+                    crate::registry::poll(control, args.poll_interval).await;
                 }
             }
             Err(e) => {

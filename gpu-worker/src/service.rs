@@ -484,28 +484,40 @@ impl ModelInference for InferenceService {
         &self,
         _request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        let models = self.loaded()?;
-        // The default mark and the split are the repository's now, not the load's.
-        let mut listed: Vec<ModelInfo> = models
-            .values()
-            .flat_map(|m| {
-                m.versions.values().map(|v| ModelInfo {
-                    default_version: Arc::ptr_eq(v, &m.default),
-                    traffic_weight: m.weights.get(&v.info.version).copied().unwrap_or(0),
-                    ..v.info.clone()
-                })
-            })
-            .collect();
-        // Versions that failed to load, with the loader's message; never routed to.
-        listed.extend(self.models.unavailable().into_iter().map(|u| ModelInfo {
-            name: u.name,
-            version: u.version,
-            state: "UNAVAILABLE".into(),
-            reason: u.reason,
-            ..Default::default()
-        }));
-        Ok(Response::new(ListModelsResponse { models: listed }))
+        self.loaded()?;
+        Ok(Response::new(ListModelsResponse {
+            models: index(&self.models, ""),
+        }))
     }
+}
+
+/// Every served version (state `ready`: `""` for ListModels, `"READY"` for the admin
+/// index) and every version that failed to load (`UNAVAILABLE`, with the loader's message).
+pub fn index(store: &ModelStore, ready: &str) -> Vec<ModelInfo> {
+    let Some(models) = store.get() else {
+        return Vec::new();
+    };
+    // The default mark and the split are the repository's now, not the load's.
+    let mut listed: Vec<ModelInfo> = models
+        .values()
+        .flat_map(|m| {
+            m.versions.values().map(|v| ModelInfo {
+                state: ready.to_string(),
+                default_version: Arc::ptr_eq(v, &m.default),
+                traffic_weight: m.weights.get(&v.info.version).copied().unwrap_or(0),
+                ..v.info.clone()
+            })
+        })
+        .collect();
+    // Versions that failed to load, with the loader's message; never routed to.
+    listed.extend(store.unavailable().into_iter().map(|u| ModelInfo {
+        name: u.name,
+        version: u.version,
+        state: "UNAVAILABLE".into(),
+        reason: u.reason,
+        ..Default::default()
+    }));
+    listed
 }
 
 /// A prediction as an answer: label, probability and scores for a classifier; values

@@ -54,12 +54,14 @@ pub struct ClientNames {
     pub full: Vec<String>,
     /// Names that may call only `grpc.health.v1`.
     pub health: Vec<String>,
+    /// Names that may call only the `ModelRepository` admin service (and health).
+    pub admin: Vec<String>,
 }
 
 impl ClientNames {
     /// Checks that every name is a valid DNS name (what the certificate check compares).
     pub fn validate(&self) -> anyhow::Result<()> {
-        for name in self.full.iter().chain(&self.health) {
+        for name in self.full.iter().chain(&self.health).chain(&self.admin) {
             ServerName::try_from(name.as_str())
                 .map_err(|_| anyhow::anyhow!("invalid client certificate name {name:?}"))?;
         }
@@ -72,6 +74,10 @@ impl ClientNames {
 
     /// What a verified certificate may do, or `None` when its names are not allowed.
     fn role_of(&self, cert: &CertificateDer<'_>) -> Option<Role> {
+        // An admin certificate is only that, whatever else its names match.
+        if valid_for_any(cert, &self.admin) {
+            return Some(Role::Admin);
+        }
         if !self.restricted() {
             return Some(Role::Full);
         }
@@ -102,6 +108,8 @@ pub enum Role {
     Full,
     /// Only `grpc.health.v1`.
     HealthOnly,
+    /// Only the `ModelRepository` admin service (and `grpc.health.v1`).
+    Admin,
 }
 
 /// The connection facts tonic puts into every request's extensions.
@@ -399,13 +407,30 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// The check in front of `ModelInference`: a health-only certificate gets
+/// The check in front of `ModelInference`: a health-only or admin certificate gets
 /// PERMISSION_DENIED there.
 pub fn require_full_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     match request.extensions().get::<Peer>() {
         Some(peer) if peer.role == Role::Full => Ok(request),
+        Some(peer) if peer.role == Role::Admin => Err(tonic::Status::permission_denied(
+            "this client certificate may call only the ModelRepository admin service",
+        )),
         _ => Err(tonic::Status::permission_denied(
             "this client certificate may call only grpc.health.v1",
+        )),
+    }
+}
+
+/// The check in front of `ModelRepository`: only admin certificates (named in
+/// `--tls-admin-names`) pass; the gateway's and the health function's get
+/// PERMISSION_DENIED.
+pub fn require_admin_role(
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    match request.extensions().get::<Peer>() {
+        Some(peer) if peer.role == Role::Admin => Ok(request),
+        _ => Err(tonic::Status::permission_denied(
+            "ModelRepository is for admin client certificates only (--tls-admin-names)",
         )),
     }
 }

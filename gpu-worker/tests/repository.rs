@@ -241,3 +241,141 @@ async fn a_polled_repository_changes_under_traffic_without_a_failed_request() {
     assert!(answered > 10, "{answered}");
     assert!(seen.contains("1") && seen.contains("2"), "{seen:?}");
 }
+
+/// `--model-control explicit`: the admin RPCs load and unload models, and only a
+/// certificate named in `--tls-admin-names` may call them (the gateway's and the health
+/// function's may not; the admin's may not predict).
+#[tokio::test]
+async fn admin_rpcs_load_and_unload_models_and_refuse_other_identities() {
+    use inferencehub_devkit::certs::{GATEWAY_CLIENT_NAME, HEALTH_CLIENT_NAME};
+    use inferencehub_proto::pb::model_repository_client::ModelRepositoryClient;
+    use inferencehub_proto::pb::{LoadModelRequest, RepositoryIndexRequest, UnloadModelRequest};
+
+    let root = tempfile::tempdir().unwrap();
+    let forest = root.path().join("forest");
+    std::fs::create_dir(&forest).unwrap();
+    std::os::unix::fs::symlink(fixture("xgboost-binary"), forest.join("1")).unwrap();
+    let names = format!("--tls-client-names={GATEWAY_CLIENT_NAME}");
+    let health = format!("--tls-health-names={HEALTH_CLIENT_NAME}");
+    let worker = Worker::serving(
+        root.path(),
+        &[
+            "--model-control",
+            "explicit",
+            &names,
+            &health,
+            "--tls-admin-names=ops-admin",
+        ],
+    )
+    .await;
+    let (cert, key) = (
+        worker.dir.path().join("admin.pem"),
+        worker.dir.path().join("admin.key"),
+    );
+    worker
+        .ca
+        .issue_client("ops-admin", None, &cert, &key)
+        .unwrap();
+    let admin_channel = worker
+        .channel_with(&worker.certs.ca, Some((&cert, &key)))
+        .await;
+    let mut admin = ModelRepositoryClient::new(admin_channel.clone());
+
+    // Other identities are refused.
+    let as_gateway = ModelRepositoryClient::new(worker.channel().await)
+        .repository_index(RepositoryIndexRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(as_gateway.code(), Code::PermissionDenied);
+    let health_channel = worker
+        .channel_with(
+            &worker.certs.ca,
+            Some((&worker.certs.health_cert, &worker.certs.health_key)),
+        )
+        .await;
+    let as_health = ModelRepositoryClient::new(health_channel)
+        .repository_index(RepositoryIndexRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(as_health.code(), Code::PermissionDenied);
+    let admin_predicts =
+        inferencehub_proto::pb::model_inference_client::ModelInferenceClient::new(admin_channel)
+            .list_models(ListModelsRequest {})
+            .await
+            .unwrap_err();
+    assert_eq!(admin_predicts.code(), Code::PermissionDenied);
+
+    // A new version is not served until LoadModel reads the folder again.
+    let index = admin
+        .repository_index(RepositoryIndexRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(index.models[0].state, "READY");
+    std::os::unix::fs::symlink(fixture("lightgbm-binary"), forest.join("2")).unwrap();
+    let mut client = worker.client().await;
+    let default_version = |listed: Vec<inferencehub_proto::pb::ModelInfo>| {
+        listed
+            .into_iter()
+            .find(|m| m.default_version)
+            .map(|m| m.version)
+    };
+    let listed = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(default_version(listed), Some("1".into()));
+    let loaded = admin
+        .load_model(LoadModelRequest {
+            model_name: "forest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(default_version(loaded.versions), Some("2".into()));
+
+    // Unloaded: gone until loaded again.
+    admin
+        .unload_model(UnloadModelRequest {
+            model_name: "forest".into(),
+        })
+        .await
+        .unwrap();
+    let gone = client
+        .predict(PredictRequest {
+            model_name: "forest".into(),
+            features: expected("xgboost-binary").inputs[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let index = admin
+        .repository_index(RepositoryIndexRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(index.unloaded, ["forest"]);
+    admin
+        .load_model(LoadModelRequest {
+            model_name: "forest".into(),
+        })
+        .await
+        .unwrap();
+    let listed = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(default_version(listed), Some("2".into()));
+    let unknown = admin
+        .load_model(LoadModelRequest {
+            model_name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
