@@ -45,7 +45,6 @@ pub struct ProblemBody<'a> {
     /// (`tritonclient` shows `error`); on `POST /v1/embeddings` OpenAI's error object
     /// (`message`, `type`, `param`, `code`), which OpenAI's clients read. An RFC 9457
     /// extension member.
-    #[schema(value_type = Object)]
     pub error: ErrorMember<'a>,
     /// The fields at fault (validation problems only).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -55,8 +54,9 @@ pub struct ProblemBody<'a> {
     pub request_id: &'a str,
 }
 
-/// The `error` member of a problem.
-#[derive(Serialize)]
+/// The `error` member of a problem: the detail as text, or (on `POST /v1/embeddings`)
+/// OpenAI's error object.
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum ErrorMember<'a> {
     /// The detail, as text.
@@ -66,7 +66,7 @@ pub enum ErrorMember<'a> {
 }
 
 /// OpenAI's error object: what its clients put in the exceptions they raise.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OpenAiError<'a> {
     /// The detail.
     pub message: &'a str,
