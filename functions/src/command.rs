@@ -339,12 +339,10 @@ fn features(tensors: &[Tensor], model: &ModelInfo) -> Option<Result<Vec<Sent>, V
         )]));
     }
     let declared = input_shape(model);
-    let fits = t.shape.len() == declared.len()
-        && t.shape.iter().all(|&d| d >= 0)
-        && t.shape[1..].iter().zip(&declared[1..]).all(|(a, b)| a == b)
+    let fits = tensor::shape_fits(&declared, &t.shape)
         && tensor::element_count(&t.shape)
             .is_some_and(|c| c.checked_mul(4) == Some(t.raw_contents.len()));
-    if !fits || t.shape.is_empty() {
+    if !fits {
         return Some(Err(vec![Invalid::new(
             Place::tensor(0, &t.name, Member::Shape),
             format!(

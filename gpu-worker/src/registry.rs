@@ -51,11 +51,15 @@ impl Registry {
         }
     }
 
-    /// Loads, warms up and starts one version.
-    async fn load(&self, entry: &Entry) -> anyhow::Result<Loaded> {
+    /// Loads, warms up and starts one version; `fingerprint` is its files' when the caller
+    /// has read them already.
+    async fn load(&self, entry: &Entry, fingerprint: Option<String>) -> anyhow::Result<Loaded> {
         let (entry, opts) = (entry.clone(), self.opts.clone());
         let (entry, fingerprint, model) = tokio::task::spawn_blocking(move || {
-            let fingerprint = repository::fingerprint(&entry.dir)?;
+            let fingerprint = match fingerprint {
+                Some(f) => f,
+                None => repository::fingerprint(&entry.dir)?,
+            };
             let started = Instant::now();
             let mut model = load_entry(&entry, &opts)?;
             model.warm_up()?;
@@ -87,7 +91,7 @@ impl Registry {
         let entries = tokio::task::spawn_blocking(move || repository::scan(&root)).await??;
         let mut loaded = Vec::with_capacity(entries.len());
         for entry in &entries {
-            loaded.push(self.load(entry).await?);
+            loaded.push(self.load(entry, None).await?);
         }
         Ok(loaded)
     }
@@ -137,7 +141,7 @@ impl Registry {
             }
             let tried = failed.get(&key).is_some_and(|(f, _)| *f == fingerprint);
             if !tried {
-                match self.load(&entry).await {
+                match self.load(&entry, Some(fingerprint.clone())).await {
                     Ok(loaded) => {
                         failed.remove(&key);
                         next.push(loaded);

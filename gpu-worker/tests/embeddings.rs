@@ -10,9 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Worker;
+use common::{Worker, cpu_options, linked};
 use inferencehub_proto::pb::{ListModelsRequest, ModelTask, PredictBatchRequest};
-use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::{ModelInput, load_model};
 use serde::Deserialize;
 use tonic::Code;
 
@@ -48,14 +48,6 @@ fn expected(name: &str) -> Expected {
     serde_json::from_str(&text).unwrap()
 }
 
-fn options() -> LoadOptions {
-    LoadOptions {
-        device: candle_core::Device::Cpu,
-        dtype: candle_core::DType::F32,
-        max_prompt_bytes: 4096,
-    }
-}
-
 fn worst(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
     got.iter()
@@ -68,7 +60,7 @@ fn worst(got: &[f32], want: &[f64]) -> f64 {
 fn every_pooling_mode_matches_transformers_pooled_as_sentence_transformers_does() {
     for name in FIXTURES {
         let want = expected(name);
-        let mut model = load_model(&fixtures_dir().join(name), name, &options())
+        let mut model = load_model(&fixtures_dir().join(name), name, &cpu_options())
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(model.info.task(), ModelTask::Embedding, "{name}");
         assert_eq!(model.info.value_count, 16, "{name}: the dimension");
@@ -122,16 +114,15 @@ fn a_folder_with_a_module_the_worker_does_not_serve_is_refused_naming_it() {
         {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
         {"idx":2,"name":"2","path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#;
     std::fs::write(dir.path().join("modules.json"), modules).unwrap();
-    let e = load_model(dir.path(), "dense", &options()).err().unwrap();
+    let e = load_model(dir.path(), "dense", &cpu_options())
+        .err()
+        .unwrap();
     assert!(format!("{e:#}").contains("Dense"), "{e:#}");
 }
 
 #[tokio::test]
 async fn embeddings_are_served_over_grpc_with_token_counts_and_truncation() {
-    let models = tempfile::tempdir().unwrap();
-    for name in ["bert-mean", "bert-mean-onnx"] {
-        std::os::unix::fs::symlink(fixtures_dir().join(name), models.path().join(name)).unwrap();
-    }
+    let models = linked(&fixtures_dir(), &["bert-mean", "bert-mean-onnx"]);
     let worker = Worker::serving(models.path(), &["--max-wait", "2ms"]).await;
     let mut client = worker.client().await;
     let listed = client

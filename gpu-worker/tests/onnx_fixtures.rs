@@ -7,11 +7,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Worker;
+use common::{Worker, cpu_options, linked};
 use inferencehub_proto::pb::{
     FeatureRow, ListModelsRequest, ModelTask, PredictBatchRequest, PredictRequest,
 };
-use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::{ModelInput, load_model};
 use serde::Deserialize;
 use tonic::Code;
 
@@ -58,19 +58,11 @@ fn close_value(got: f32, want: f64) -> bool {
     (f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1.0)
 }
 
-fn options() -> LoadOptions {
-    LoadOptions {
-        device: candle_core::Device::Cpu,
-        dtype: candle_core::DType::F32,
-        max_prompt_bytes: 1024,
-    }
-}
-
 #[test]
 fn every_export_matches_its_framework() {
     let mut report = Vec::new();
     for (name, dir, expected) in fixtures() {
-        let mut model = load_model(&dir, &name, &options())
+        let mut model = load_model(&dir, &name, &cpu_options())
             .unwrap_or_else(|e| panic!("{name} does not load: {e:#}"));
         let info = model.info.clone();
         assert_eq!(
@@ -185,7 +177,7 @@ fn an_unsupported_operator_fails_the_load_naming_it() {
         replace_all(&bytes, b"TreeEnsembleClassifier", b"TreeEnsembleClassifiez"),
     )
     .unwrap();
-    let err = match load_model(&model_dir, "forest", &options()) {
+    let err = match load_model(&model_dir, "forest", &cpu_options()) {
         Ok(_) => panic!("an unknown operator must fail the load"),
         Err(e) => format!("{e:#}"),
     };
@@ -200,7 +192,7 @@ fn an_unsupported_operator_fails_the_load_naming_it() {
     std::fs::create_dir(&net_dir).unwrap();
     std::fs::write(net_dir.join("model.onnx"), edited).unwrap();
     std::fs::copy(src.join("model.json"), net_dir.join("model.json")).unwrap();
-    let err = match load_model(&net_dir, "net", &options()) {
+    let err = match load_model(&net_dir, "net", &cpu_options()) {
         Ok(_) => panic!("an unknown operator must fail the load"),
         Err(e) => format!("{e:#}"),
     };
@@ -213,20 +205,11 @@ fn a_file_that_is_not_onnx_fails_the_load_naming_the_model() {
     let model_dir = dir.path().join("two");
     std::fs::create_dir(&model_dir).unwrap();
     std::fs::write(model_dir.join("model.onnx"), b"not a protobuf at all").unwrap();
-    let err = match load_model(&model_dir, "two", &options()) {
+    let err = match load_model(&model_dir, "two", &cpu_options()) {
         Ok(_) => panic!("garbage must not load"),
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("two"), "{err}");
-}
-
-/// A model dir holding the fixtures (symlinked), without their expected.json mattering.
-fn fixture_dir(names: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for name in names {
-        std::os::unix::fs::symlink(fixtures_dir().join(name), dir.path().join(name)).unwrap();
-    }
-    dir
 }
 
 #[tokio::test]
@@ -234,7 +217,7 @@ async fn exports_are_served_over_grpc_with_their_signature() {
     // Every fixture, served by one worker.
     let all_names: Vec<String> = fixtures().into_iter().map(|f| f.0).collect();
     let names: Vec<&str> = all_names.iter().map(String::as_str).collect();
-    let models = fixture_dir(&names);
+    let models = linked(&fixtures_dir(), &names);
     let worker = Worker::serving(models.path(), &["--max-wait", "1ms"]).await;
     let mut client = worker.client().await;
 
@@ -329,7 +312,7 @@ async fn exports_are_served_over_grpc_with_their_signature() {
 /// a library that is not ONNX Runtime, stops the worker with the path in its log.
 #[tokio::test]
 async fn a_missing_or_wrong_onnxruntime_library_stops_the_worker_naming_it() {
-    let models = fixture_dir(&["sklearn-random-forest"]);
+    let models = linked(&fixtures_dir(), &["sklearn-random-forest"]);
     // Any shared library that is not ONNX Runtime: the C library this test runs on.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let libc = maps

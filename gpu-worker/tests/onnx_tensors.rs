@@ -10,12 +10,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::Worker;
+use common::{Worker, cpu_options, linked};
 use inferencehub_proto::pb::{
     ListModelsRequest, PredictBatchRequest, PredictRequest, Tensor, TensorInfo,
 };
 use inferencehub_proto::{field_errors, tensor};
-use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
+use inferencehub_worker::models::{ModelInput, load_model};
 use serde::Deserialize;
 use serde_json::Value;
 use tonic::Code;
@@ -99,14 +99,6 @@ fn expected(name: &str) -> Expected {
     serde_json::from_str(&text).unwrap()
 }
 
-fn options() -> LoadOptions {
-    LoadOptions {
-        device: candle_core::Device::Cpu,
-        dtype: candle_core::DType::F32,
-        max_prompt_bytes: 1024,
-    }
-}
-
 fn f32s(t: &Tensor) -> Vec<f32> {
     t.raw_contents
         .chunks_exact(4)
@@ -118,7 +110,7 @@ fn f32s(t: &Tensor) -> Vec<f32> {
 fn a_pipeline_over_named_columns_matches_scikit_learn() {
     let name = "sklearn-column-transformer";
     let want = expected(name);
-    let mut model = load_model(&fixtures_dir().join(name), name, &options()).unwrap();
+    let mut model = load_model(&fixtures_dir().join(name), name, &cpu_options()).unwrap();
     let signature: Vec<(&str, &str, &[i64])> = model
         .info
         .inputs
@@ -163,7 +155,7 @@ fn a_pipeline_over_named_columns_matches_scikit_learn() {
 fn every_element_type_goes_in_and_comes_out_unchanged() {
     let name = "typed-graph";
     let want = expected(name);
-    let mut model = load_model(&fixtures_dir().join(name), name, &options()).unwrap();
+    let mut model = load_model(&fixtures_dir().join(name), name, &cpu_options()).unwrap();
     let types: BTreeMap<&str, &str> = model
         .info
         .inputs
@@ -215,17 +207,12 @@ fn every_element_type_goes_in_and_comes_out_unchanged() {
     }
 }
 
-fn fixture_models() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["sklearn-column-transformer", "typed-graph"] {
-        std::os::unix::fs::symlink(fixtures_dir().join(name), dir.path().join(name)).unwrap();
-    }
-    dir
-}
-
 #[tokio::test]
 async fn named_tensors_are_served_over_grpc_and_checked_against_the_signature() {
-    let models = fixture_models();
+    let models = linked(
+        &fixtures_dir(),
+        &["sklearn-column-transformer", "typed-graph"],
+    );
     let worker = Worker::serving(models.path(), &["--max-wait", "5ms"]).await;
     let mut client = worker.client().await;
     let listed = client

@@ -204,6 +204,19 @@ pub fn shape_text(shape: &[i64]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
+/// Whether `shape` has the rank of `declared`, no negative dimension, and the declared size
+/// in every dimension after the first that `declared` fixes (`-1`: any size).
+pub fn shape_fits(declared: &[i64], shape: &[i64]) -> bool {
+    !shape.is_empty()
+        && shape.len() == declared.len()
+        && shape.iter().all(|&d| d >= 0)
+        && shape
+            .iter()
+            .zip(declared)
+            .skip(1)
+            .all(|(&d, &s)| s < 0 || d == s)
+}
+
 /// Checks `tensors` against the inputs `specs` declares: each input sent once, under its
 /// name, in its element type, of its rank and fixed dimensions, with as many elements as
 /// its shape says, all usable (floats finite, `BOOL` 0 or 1, `BYTES` UTF-8 without NUL),
@@ -327,14 +340,7 @@ fn check_one(spec: &TensorInfo, t: &Tensor) -> Result<usize, Fault> {
             t.shape
         )
     };
-    let fits = t.shape.len() == spec.shape.len()
-        && t.shape.iter().all(|&d| d >= 0)
-        && t.shape
-            .iter()
-            .zip(&spec.shape)
-            .skip(1)
-            .all(|(&d, &s)| s < 0 || d == s);
-    if !fits || t.shape.is_empty() {
+    if !shape_fits(&spec.shape, &t.shape) {
         return Err(Fault::new(Member::Shape, want()));
     }
     let n = t.shape[0] as usize;

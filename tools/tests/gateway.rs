@@ -1045,12 +1045,9 @@ async fn embeddings_answer_in_openais_format_through_the_gateway() {
     );
 }
 
-/// A model served in two versions: v1 `model_version` and OIP's `/versions/{v}` pick one,
-/// requests without get the default (latest), every answer names its version, and the
-/// catalogue lists the model once with its versions.
-#[tokio::test]
-async fn requests_pick_a_version_and_answers_name_it() {
-    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
+/// A repository serving model `forest` in two versions (the XGBoost export as 1, LightGBM's
+/// as 2, both on the same 30 features), with `routing` as its `routing.json` when given.
+fn two_versions(fixtures: &std::path::Path, routing: Option<&str>) -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     let forest = repo.path().join("forest");
     std::fs::create_dir(&forest).unwrap();
@@ -1061,6 +1058,19 @@ async fn requests_pick_a_version_and_answers_name_it() {
         r#"{"version_policy":{"all":{}}}"#,
     )
     .unwrap();
+    if let Some(routing) = routing {
+        std::fs::write(forest.join("routing.json"), routing).unwrap();
+    }
+    repo
+}
+
+/// A model served in two versions: v1 `model_version` and OIP's `/versions/{v}` pick one,
+/// requests without get the default (latest), every answer names its version, and the
+/// catalogue lists the model once with its versions.
+#[tokio::test]
+async fn requests_pick_a_version_and_answers_name_it() {
+    let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
+    let repo = two_versions(&fixtures, None);
     let stack = Stack::start(Options {
         model_dir: Some(repo.path().to_path_buf()),
         ..Options::default()
@@ -1143,21 +1153,7 @@ async fn requests_pick_a_version_and_answers_name_it() {
 #[tokio::test]
 async fn a_canary_split_is_sticky_per_caller_and_in_proportion() {
     let fixtures = common::root().join("gpu-worker/tests/fixtures/onnx");
-    let repo = tempfile::tempdir().unwrap();
-    let forest = repo.path().join("forest");
-    std::fs::create_dir(&forest).unwrap();
-    std::os::unix::fs::symlink(fixtures.join("xgboost-binary"), forest.join("1")).unwrap();
-    std::os::unix::fs::symlink(fixtures.join("lightgbm-binary"), forest.join("2")).unwrap();
-    std::fs::write(
-        forest.join("model.json"),
-        r#"{"version_policy":{"all":{}}}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        forest.join("routing.json"),
-        r#"{"weights":{"1":90,"2":10}}"#,
-    )
-    .unwrap();
+    let repo = two_versions(&fixtures, Some(r#"{"weights":{"1":90,"2":10}}"#));
     let stack = Stack::start(Options {
         model_dir: Some(repo.path().to_path_buf()),
         limit: 10_000,

@@ -37,16 +37,6 @@ pub fn load_model(dir: &Path, name: &str, opts: &LoadOptions) -> anyhow::Result<
     loaded.with_context(|| format!("loading model {name:?} from {}", dir.display()))
 }
 
-/// Loads every model version the repository at `root` serves ([`repository::scan`]):
-/// each named after its folder, its version the version folder's name (else the digest of
-/// its files), the digest beside it.
-pub fn load_model_dir(root: &Path, opts: &LoadOptions) -> anyhow::Result<Vec<LoadedModel>> {
-    repository::scan(root)?
-        .iter()
-        .map(|entry| load_entry(entry, opts))
-        .collect()
-}
-
 /// Loads one version of the repository: named after its model, its version the version
 /// folder's name (else the digest of its files), the digest beside it.
 pub fn load_entry(entry: &repository::Entry, opts: &LoadOptions) -> anyhow::Result<LoadedModel> {
@@ -55,8 +45,6 @@ pub fn load_entry(entry: &repository::Entry, opts: &LoadOptions) -> anyhow::Resu
     if let Some(version) = &entry.version {
         model.info.version = version.clone();
     }
-    model.info.default_version = entry.default;
-    model.info.traffic_weight = entry.weight;
     Ok(model)
 }
 

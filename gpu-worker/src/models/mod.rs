@@ -18,5 +18,5 @@ pub mod tabular;
 pub mod text;
 pub mod tokens;
 
-pub use load::{load_entry, load_model, load_model_dir, version_of};
+pub use load::{load_entry, load_model, version_of};
 pub use model::{LoadOptions, LoadedModel, Model, ModelInput, Output, argmax};

@@ -27,16 +27,25 @@ pub fn demo_models() -> PathBuf {
 
 /// A model dir holding only the named demo models (symlinked).
 pub fn model_subset(names: &[&str]) -> tempfile::TempDir {
-    let src = demo_models();
+    linked(&demo_models().canonicalize().unwrap(), names)
+}
+
+/// A model dir holding the folders `names` of `src`, symlinked.
+pub fn linked(src: &Path, names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for name in names {
-        std::os::unix::fs::symlink(
-            src.join(name).canonicalize().unwrap(),
-            dir.path().join(name),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(src.join(name), dir.path().join(name)).unwrap();
     }
     dir
+}
+
+/// How the in-process tests load models: the CPU, f32, prompts up to 4 KiB.
+pub fn cpu_options() -> inferencehub_worker::models::LoadOptions {
+    inferencehub_worker::models::LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        max_prompt_bytes: 4096,
+    }
 }
 
 /// A worker process on free ports, killed on drop.

@@ -18,41 +18,9 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use common::{calls_for, per_call, ratio_svg};
-use inferencehub_worker::models::{LoadOptions, LoadedModel, ModelInput, load_model};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn load(dir: &Path, name: &str) -> LoadedModel {
-    assert!(
-        dir.is_dir(),
-        "{} missing: run `make bench-embeddings`",
-        dir.display()
-    );
-    load_model(
-        dir,
-        name,
-        &LoadOptions {
-            device: candle_core::Device::Cpu,
-            dtype: candle_core::DType::F32,
-            max_prompt_bytes: 1 << 20,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e:#}"))
-}
-
-/// Seconds per forward pass over `inputs`, one sample of about 0.5 s.
-fn seconds(model: &mut LoadedModel, inputs: &[ModelInput]) -> f64 {
-    let mut forward = || {
-        std::hint::black_box(model.model.forward(inputs).unwrap());
-    };
-    let calls = calls_for(0.5, 1, 10_000, &mut forward);
-    per_call(calls, &mut forward)
-}
+use common::{forward_seconds, load_cpu, ratio_svg, root};
+use inferencehub_worker::models::ModelInput;
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
@@ -65,10 +33,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn main() {
-    let mut own = load(&root().join("models/minilm"), "minilm");
-    let mut onnx = load(
+    let mut own = load_cpu(&root().join("models/minilm"), "minilm", "bench-embeddings");
+    let mut onnx = load_cpu(
         &root().join(".cache/bench-text/embedding-onnx"),
         "minilm-onnx",
+        "bench-embeddings",
     );
     println!(
         "worker's encoder: {}; export: {}",
@@ -130,8 +99,8 @@ fn main() {
     for (label, inputs) in &cells {
         let (mut w, mut o) = (f64::MAX, f64::MAX);
         for round in 0..3 {
-            w = w.min(seconds(&mut own, inputs));
-            o = o.min(seconds(&mut onnx, inputs));
+            w = w.min(forward_seconds(&mut own, inputs));
+            o = o.min(forward_seconds(&mut onnx, inputs));
             eprintln!("  {label}: round {} of 3", round + 1);
         }
         let n = inputs.len() as f64;

@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use common::{PyBridge, WorkerProcess, ratio_svg};
+use common::{PyBridge, WorkerProcess, ratio_svg, root};
 use inferencehub_bench::load::{Input, closed_loop};
 use inferencehub_worker::models::ModelInput;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
@@ -35,10 +35,6 @@ use serde_json::json;
 
 const SECONDS_PER_SAMPLE: f64 = 0.6;
 const ROUNDS: usize = 3;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// An encoder the cells time: the worker's, or candle-transformers' `BertModel` (the engine
 /// the CPU encoder replaced, run here only), both mean-pooled and normalised.

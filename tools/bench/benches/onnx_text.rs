@@ -18,43 +18,11 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{WorkerProcess, calls_for, one_and_many, per_call, ratio_svg};
+use common::{WorkerProcess, forward_seconds, load_cpu, one_and_many, ratio_svg, root};
 use inferencehub_bench::load::Input;
-use inferencehub_worker::models::{LoadOptions, LoadedModel, ModelInput, load_model};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn load(dir: &Path, name: &str) -> LoadedModel {
-    assert!(
-        dir.is_dir(),
-        "{} missing: run `make bench-onnx-text`",
-        dir.display()
-    );
-    load_model(
-        dir,
-        name,
-        &LoadOptions {
-            device: candle_core::Device::Cpu,
-            dtype: candle_core::DType::F32,
-            max_prompt_bytes: 1 << 20,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e:#}"))
-}
-
-/// Seconds per forward pass over `inputs`, one sample of about 0.5 s.
-fn seconds(model: &mut LoadedModel, inputs: &[ModelInput]) -> f64 {
-    let mut forward = || {
-        std::hint::black_box(model.model.forward(inputs).unwrap());
-    };
-    let calls = calls_for(0.5, 1, 10_000, &mut forward);
-    per_call(calls, &mut forward)
-}
+use inferencehub_worker::models::{LoadedModel, ModelInput};
 
 struct Row {
     label: String,
@@ -65,8 +33,8 @@ struct Row {
 #[tokio::main]
 async fn main() {
     let dir = root().join(".cache/bench-text");
-    let mut onnx = load(&dir.join("onnx"), "minilm-onnx");
-    let mut own = load(&dir.join("hf"), "minilm-hf");
+    let mut onnx = load_cpu(&dir.join("onnx"), "minilm-onnx", "bench-onnx-text");
+    let mut own = load_cpu(&dir.join("hf"), "minilm-hf", "bench-onnx-text");
     println!(
         "export: {}; checkpoint: {}",
         onnx.info.architecture, own.info.architecture
@@ -140,8 +108,8 @@ async fn main() {
     for (label, inputs) in &cells {
         let (mut o, mut w) = (f64::MAX, f64::MAX);
         for round in 0..3 {
-            o = o.min(seconds(&mut onnx, inputs));
-            w = w.min(seconds(&mut own, inputs));
+            o = o.min(forward_seconds(&mut onnx, inputs));
+            w = w.min(forward_seconds(&mut own, inputs));
             eprintln!("  {label}: round {} of 3", round + 1);
         }
         let n = inputs.len() as f64;
@@ -182,8 +150,8 @@ async fn main() {
     let (one, many) = one_and_many(Arc::new(target), "m", &short_texts, 40, (100, 640)).await;
     let batch = many.mean_batch.unwrap_or(0.0);
     drop(process);
-    let alone1 = 1.0 / seconds(&mut onnx, &short[..1]);
-    let alone32 = 32.0 / seconds(&mut onnx, &short);
+    let alone1 = 1.0 / forward_seconds(&mut onnx, &short[..1]);
+    let alone32 = 32.0 / forward_seconds(&mut onnx, &short);
     writeln!(
         md,
         "\nThe export over mutual-TLS gRPC (release worker binary, one prompt per call):\n\n\

@@ -16,17 +16,12 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{PyBridge, WorkerProcess, calls_for, one_and_many, per_call, ratio_svg};
+use common::{PyBridge, WorkerProcess, calls_for, one_and_many, per_call, ratio_svg, root};
 use inferencehub_bench::load::Input;
 use inferencehub_worker::models::{LoadOptions, ModelInput, load_model};
 use serde_json::{Value, json};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Held-out wine rows (from the scikit-learn forest fixture), repeated to `n`.
 fn rows(n: usize) -> Vec<Vec<f32>> {

@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use inferencehub_bench::load::{Grpc, Input, Summary, Target, closed_loop, connect};
 use inferencehub_devkit::certs;
 use inferencehub_proto::settings::WorkerClientTls;
+use inferencehub_worker::models::{LoadOptions, LoadedModel, ModelInput, load_model};
 use serde_json::{Value, json};
 
 /// The release worker binary (beside the benchmark's own; the make target builds it)
@@ -261,4 +262,38 @@ pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &s
         h - 10.0
     );
     out
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Model folder `dir` loaded as the worker loads it on the CPU in f32, named `name`; a
+/// missing folder says which make target builds it.
+pub fn load_cpu(dir: &Path, name: &str, target: &str) -> LoadedModel {
+    assert!(
+        dir.is_dir(),
+        "{} missing: run `make {target}`",
+        dir.display()
+    );
+    load_model(
+        dir,
+        name,
+        &LoadOptions {
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
+            max_prompt_bytes: 1 << 20,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// Seconds per forward pass of `model` over `inputs`, one sample of about 0.5 s.
+pub fn forward_seconds(model: &mut LoadedModel, inputs: &[ModelInput]) -> f64 {
+    let mut forward = || {
+        std::hint::black_box(model.model.forward(inputs).unwrap());
+    };
+    let calls = calls_for(0.5, 1, 10_000, &mut forward);
+    per_call(calls, &mut forward)
 }
