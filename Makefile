@@ -103,8 +103,9 @@ worker: models certs ## Run the worker on CPU (release build) with the developme
 	IHUB_WORKER_ONNXRUNTIME=$(abspath $(ORT_LIB)) $(WORKER) serve --model-dir models --tls-cert $(CERTS_DIR)/server.pem --tls-key $(CERTS_DIR)/server.key --tls-client-ca $(CERTS_DIR)/ca.pem
 
 WORKERS ?= 1
-dev: ## Bring up the local stack (DynamoDB, worker, functions) and print how to call it; WORKERS=N for N worker replicas
-	WORKERS=$(WORKERS) scripts/dev.sh
+POOLS ?= 1
+dev: ## Bring up the local stack (DynamoDB, worker, functions) and print how to call it; WORKERS=N for N worker replicas, POOLS=2 for two worker pools
+	WORKERS=$(WORKERS) POOLS=$(POOLS) scripts/dev.sh
 
 localstack/node_modules/.bin/dynalite: localstack/package.json localstack/package-lock.json
 	npm ci --prefix localstack --no-audit --no-fund --silent

@@ -4,7 +4,8 @@
 #   baseline, a replica killed (SIGKILL), a replica frozen (SIGSTOP), a rolling restart
 #   (SIGTERM one, start a new one, then the other), every replica down then one back,
 #   DynamoDB killed then back (table recreated), the functions frozen past the idle
-#   rebuild time.
+#   rebuild time, a model swapped in the polled repository (a new version, a broken one,
+#   the new one removed).
 # Prints a table (scenario, requests, failed, p99, what it shows); exits non-zero when a
 # scenario misses its goal. All traffic stays on loopback; every wait is bounded.
 set -euo pipefail
@@ -33,8 +34,18 @@ stack_before_down() {
     [ ! -f "$IHUB_PIDS_DIR/functions.pid" ] || pkill -CONT -P "$(cat "$IHUB_PIDS_DIR/functions.pid")" 2>/dev/null || true
   fi
 }
+# The workers poll a repository of their own: the demo models linked, iris as version 1 of
+# a versioned folder (the model-swap scenario adds and removes versions beside it).
+MODELS="$OUT/models"
+mkdir -p "$MODELS/iris"
+for m in models/*/; do
+  m="$(basename "$m")"
+  [ "$m" = iris ] || ln -s "$PWD/models/$m" "$MODELS/$m"
+done
+ln -s "$PWD/models/iris" "$MODELS/iris/1"
 # Short idle rebuild so the frozen-Lambda scenario is quick; a per-attempt timeout of 1 s.
-stack_up "$OUT" WORKERS=2 IHUB_GATEWAY_WORKER_IDLE_REBUILD=3s IHUB_GATEWAY_WORKER_ATTEMPT_TIMEOUT=1s
+stack_up "$OUT" WORKERS=2 IHUB_GATEWAY_WORKER_IDLE_REBUILD=3s IHUB_GATEWAY_WORKER_ATTEMPT_TIMEOUT=1s \
+  IHUB_DEV_MODEL_DIR="$MODELS" IHUB_WORKER_POLL_INTERVAL=1s
 
 group() { cat "$IHUB_PIDS_DIR/$1.pid"; }
 signal() { kill "-$1" -- "-$(group "$2")" 2>/dev/null || true; } # SIG, name
@@ -46,7 +57,7 @@ start_worker() { # N: a new replica on worker N's ports, in its own process grou
   local n=$1
   setsid "$BIN/inferencehub-worker" serve \
     --listen "127.0.0.1:$((50051 + n - 1))" --metrics-listen "127.0.0.1:$(metrics_port "$n")" \
-    --model-dir models \
+    --model-dir "$MODELS" --model-control poll --poll-interval 1s \
     --tls-cert "$IHUB_CERTS_DIR/server.pem" --tls-key "$IHUB_CERTS_DIR/server.key" \
     --tls-client-ca "$IHUB_CERTS_DIR/ca.pem" \
     --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health \
@@ -66,7 +77,7 @@ failures=0
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 report() { # name, goal-check (python expression over the stats), what it shows
   local stats
-  stats="$(scripts/load_stats.py "$OUT/$1.csv" $((FAULT_AT * 1000)) "$GRACE_MS")"
+  stats="$(scripts/load_stats.py "$OUT/$1.csv" $((FAULT_AT * 1000)) "$GRACE_MS" ${WINDOW:-})"
   echo "$stats" >"$OUT/$1.stats.json"
   local verdict
   verdict="$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print("met" if eval(sys.argv[2]) else "MISSED")' "$stats" "$2")"
@@ -184,10 +195,50 @@ if want frozen-lambda; then
   report frozen-lambda 's["failed"] == 0' "a Lambda frozen past the idle rebuild answers its first requests"
 fi
 
+# 8. A model swapped in the polled repository under load: iris version 2 added (both
+# replicas load it beside version 1, then serve it and unload 1), a broken version 3 added
+# (listed UNAVAILABLE; 2 keeps serving), version 2 removed (1 loads again and serves).
+if want model-swap; then
+  holds() { # replica, version: whether it holds iris in that version
+    curl -sf -m 2 "http://127.0.0.1:$(metrics_port "$1")/metrics" |
+      grep -Eq "^inferencehub_worker_model_resident_bytes\{model=\"iris\",version=\"$2\"\} [1-9]"
+  }
+  only() { # version: every replica serves iris in it and in no other
+    for n in 1 2; do
+      holds "$n" "$1" || return 1
+      for v in 1 2 3; do [ "$v" = "$1" ] || ! holds "$n" "$v" || return 1; done
+    done
+  }
+  wait_only() { for _ in $(seq 1 300); do only "$1" && return 0; sleep 0.1; done; echo "iris $1 never served alone" >&2; return 1; }
+  now_ms() { date +%s%3N; }
+  t0="$(now_ms)"
+  load model-swap "$((SECS + 10))"; sleep "$FAULT_AT"
+  swap_from="$(now_ms)"
+  mkdir "$MODELS/.iris-2"; cp -L models/iris/* "$MODELS/.iris-2/"; mv "$MODELS/.iris-2" "$MODELS/iris/2"
+  wait_only 2
+  ready_ms=$(($(now_ms) - swap_from))
+  mkdir "$MODELS/.iris-3"; echo '{"not": "a model"}' >"$MODELS/.iris-3/tabular.json"
+  mv "$MODELS/.iris-3" "$MODELS/iris/3"
+  sleep 3; only 2 || { echo "version 2 stopped serving after a broken version 3" >&2; }
+  rm -rf "$MODELS/iris/2"
+  wait_only 1
+  swap_to="$(now_ms)"
+  wait "$LOAD_PID"
+  WINDOW="$((swap_from - t0)) $((swap_to - t0))" report model-swap \
+    's["failed"] == 0' "iris v2 added (both replicas serve it alone after ${ready_ms} ms), broken v3 added, v2 removed: no failed request"
+  python3 -c 'import json; s=json.load(open(".local/chaos/model-swap.stats.json")); print("model-swap: p99 %s ms before the swap, %s ms during it (%d requests)" % (s["p99_before"], s["p99_window"], s["window_requests"]))' | tee "$OUT/model-swap.p99"
+  grep -h "a version failed to load" .local/worker-*.log | head -1 | grep -q "iris" ||
+    echo "note: no replica logged version 3's failure" >&2
+  # Version 3 stays listed broken; remove it so the other scenarios' workers start clean.
+  rm -rf "$MODELS/iris/3"
+fi
+
 echo
 echo "| scenario | requests | failed (statuses) | failed 5 s after the fault | p99 ms before the fault / last 5 s | max ms | what it shows | goal |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "chaos: $((${#rows[@]} - failures)) of ${#rows[@]} scenarios met their goal (details: $OUT/)"
+echo "load to READY on replica 1 (load and warm-up, after the poll that found it):"
+grep -h "model loaded" .local/worker-1.log | sed -E 's/.*model=([^ ]+) version=([^ ]+).*load_ms=([0-9]+).*/  \1 version \2: \3 ms/' | sort -u
 [ "$failures" = 0 ]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make dev`: brings the whole stack up locally, unattended, and prints how to call it.
 #   local DynamoDB (LocalStack with Docker, else dynalite) + rate-limit table
-#   -> inferencehub-worker on CPU (mTLS, demo models); WORKERS=N replicas on their own ports
+#   -> inferencehub-worker on CPU (mTLS, demo models); WORKERS=N replicas on their own ports;
+#      POOLS=2: two worker pools, the text models in one (WORKERS replicas) and the others
+#      in a second (one worker), each model's calls routed to its pool by the gateway
 #   -> `cargo lambda watch` serving the predict, models and health functions
 #   -> the same functions over plain HTTP for the binary Open Inference Protocol
 # Writes .local/dev.env for scripts and .local/pids/ (one file per process group it
@@ -24,6 +26,11 @@ MODEL_DIR="${IHUB_DEV_MODEL_DIR:-models}"
 WORKERS="${WORKERS:-1}"
 case "$WORKERS" in
   '' | *[!0-9]* | 0) echo "WORKERS must be a positive number, not '$WORKERS'" >&2; exit 1 ;;
+esac
+POOLS="${POOLS:-1}"
+case "$POOLS" in
+  1 | 2) ;;
+  *) echo "POOLS must be 1 or 2, not '$POOLS'" >&2; exit 1 ;;
 esac
 # Where cargo puts the binaries (honours CARGO_TARGET_DIR), asked of cargo itself.
 TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
@@ -117,7 +124,8 @@ wait_for() { # what, seconds, command...: polls the command every 0.5 s
   return 1
 }
 worker_ports=() metrics_ports=()
-for i in $(seq 0 $((WORKERS - 1))); do
+PROCESSES=$((WORKERS + POOLS - 1)) # with two pools, one more worker for the second
+for i in $(seq 0 $((PROCESSES - 1))); do
   worker_ports+=($((WORKER_PORT + i)))
   metrics_ports+=($((METRICS_PORT + i)))
 done
@@ -174,20 +182,42 @@ fi
 wait_for DynamoDB 240 listening "$DYNAMODB_PORT"
 "$BIN/inferencehub-dev" create-table --endpoint "$AWS_ENDPOINT_URL_DYNAMODB" --table "$TABLE"
 
-worker_urls=() metrics_urls=()
-for i in $(seq 0 $((WORKERS - 1))); do
+# With two pools, each serves a folder of links into the repository: the text models (a
+# tokenizer.json) in the first, the rest in the second.
+worker_dirs=()
+if [ "$POOLS" = 2 ]; then
+  rm -rf "$LOCAL/pools"
+  mkdir -p "$LOCAL/pools/text" "$LOCAL/pools/tabular"
+  for m in "$MODEL_DIR"/*/; do
+    m="${m%/}"
+    pool=tabular
+    [ ! -f "$m/tokenizer.json" ] || pool=text
+    ln -s "$(cd "$m" && pwd)" "$LOCAL/pools/$pool/$(basename "$m")"
+  done
+fi
+worker_urls=() metrics_urls=() second_urls=()
+for i in $(seq 0 $((PROCESSES - 1))); do
   n=$((i + 1))
+  dir="$MODEL_DIR"
+  if [ "$POOLS" = 2 ]; then
+    dir="$LOCAL/pools/text"
+    [ "$i" -lt "$WORKERS" ] || dir="$LOCAL/pools/tabular"
+  fi
   log="$LOCAL/worker.log"
-  [ "$WORKERS" = 1 ] || log="$LOCAL/worker-$n.log"
-  step "worker $n of $WORKERS on 127.0.0.1:${worker_ports[$i]} (log: $log)"
+  [ "$PROCESSES" = 1 ] || log="$LOCAL/worker-$n.log"
+  step "worker $n of $PROCESSES on 127.0.0.1:${worker_ports[$i]}, serving $dir (log: $log)"
   start_group "worker-$n" "$log" "$WORKER_BIN" serve \
     --listen "127.0.0.1:${worker_ports[$i]}" --metrics-listen "127.0.0.1:${metrics_ports[$i]}" \
-    --model-dir "$MODEL_DIR" \
+    --model-dir "$dir" \
     --model-control "${IHUB_WORKER_MODEL_CONTROL:-poll}" --poll-interval "${IHUB_WORKER_POLL_INTERVAL:-2s}" \
     --tls-cert "$LOCAL/certs/server.pem" --tls-key "$LOCAL/certs/server.key" \
     --tls-client-ca "$LOCAL/certs/ca.pem" \
     --tls-client-names inferencehub-gateway --tls-health-names inferencehub-health
-  worker_urls+=("https://127.0.0.1:${worker_ports[$i]}")
+  if [ "$i" -lt "$WORKERS" ]; then
+    worker_urls+=("https://127.0.0.1:${worker_ports[$i]}")
+  else
+    second_urls+=("\"https://127.0.0.1:${worker_ports[$i]}\"")
+  fi
   metrics_urls+=("http://127.0.0.1:${metrics_ports[$i]}/metrics")
 done
 WORKER_ADDRS="$(IFS=,; echo "${worker_urls[*]}")"
@@ -197,6 +227,11 @@ step "functions: cargo lambda watch on 127.0.0.1:$API_PORT (log: $LOCAL/lambda.l
 export IHUB_GATEWAY_JWT_ISSUER="$ISSUER" IHUB_GATEWAY_JWT_AUDIENCE="$AUDIENCE"
 export IHUB_GATEWAY_JWKS_FILE="$PWD/$LOCAL/jwt/dev-jwks.json"
 export IHUB_GATEWAY_WORKER_ADDRS="$WORKER_ADDRS"
+if [ "$POOLS" = 2 ]; then
+  # The second pool presents the same dev certificates; in a deployment each pool may
+  # have its own (tls_cert, tls_key, tls_ca or tls_secret_id in the pool's entry).
+  export IHUB_GATEWAY_WORKER_POOLS="[{\"name\": \"tabular\", \"addrs\": [$(IFS=,; echo "${second_urls[*]}")]}]"
+fi
 export IHUB_GATEWAY_WORKER_TLS_CA="$PWD/$LOCAL/certs/ca.pem"
 export IHUB_GATEWAY_WORKER_TLS_CERT="$PWD/$LOCAL/certs/client.pem"
 export IHUB_GATEWAY_WORKER_TLS_KEY="$PWD/$LOCAL/certs/client.key"
@@ -242,9 +277,11 @@ IHUB_GATEWAY_JWKS_FILE=$PWD/$LOCAL/jwt/dev-jwks.json
 IHUB_GATEWAY_JWT_ISSUER=$ISSUER
 IHUB_GATEWAY_JWT_AUDIENCE=$AUDIENCE
 IHUB_GATEWAY_WORKER_ADDRS=$WORKER_ADDRS
+IHUB_GATEWAY_WORKER_POOLS='${IHUB_GATEWAY_WORKER_POOLS:-}'
 IHUB_WORKER_METRICS_URL=${metrics_urls[0]}
 IHUB_WORKER_METRICS_URLS=$METRICS_URLS
-IHUB_WORKERS=$WORKERS
+IHUB_WORKERS=$PROCESSES
+IHUB_POOLS=$POOLS
 IHUB_PIDS_DIR=$PWD/$LOCAL/pids
 IHUB_CERTS_DIR=$PWD/$LOCAL/certs
 AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB

@@ -2,7 +2,10 @@
 """Figures of one chaos scenario from `inferencehub-dev load --csv`: requests, failures,
 failures later than GRACE ms after the fault, p99 before the fault and over the run's
 last 5 seconds (where latency has had time to return to normal), the longest answer after
-the grace. Prints one JSON object."""
+the grace; with a window (FROM_MS TO_MS, e.g. a model swap), the p99 of the requests sent
+in it. Prints one JSON object.
+
+usage: load_stats.py CSV FAULT_MS GRACE_MS [FROM_MS TO_MS]"""
 import csv
 import json
 import sys
@@ -17,6 +20,7 @@ def p99(values):
 
 def main():
     path, fault_ms, grace_ms = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    window = tuple(map(float, sys.argv[4:6])) if len(sys.argv) >= 6 else None
     rows = list(csv.DictReader(open(path)))
     ok = lambda r: 200 <= int(r["status"]) < 300
     lat = lambda rs: [float(r["latency_ms"]) for r in rs]
@@ -28,7 +32,7 @@ def main():
     statuses = {}
     for r in failed:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    print(json.dumps({
+    stats = {
         "sent": len(rows),
         "failed": len(failed),
         "failed_late": sum(1 for r in after if not ok(r)),
@@ -38,7 +42,12 @@ def main():
         "p99_after": round(p99(lat([r for r in last if ok(r)])), 1),
         "max": round(max(lat(rows) or [0.0]), 1),
         "max_after": round(max(lat(after) or [0.0]), 1),
-    }))
+    }
+    if window:
+        inside = [r for r in rows if window[0] <= float(r["start_ms"]) <= window[1]]
+        stats["window_requests"] = len(inside)
+        stats["p99_window"] = round(p99(lat(inside)), 1)
+    print(json.dumps(stats))
 
 
 if __name__ == "__main__":

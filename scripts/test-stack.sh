@@ -97,13 +97,14 @@ for g in $groups; do kill -0 -- "-$g" 2>/dev/null && alive="$alive $g"; done
 check "SIGTERM leaves no process of its groups behind" test -z "$alive"
 
 # A process of the stack that exits during start-up stops it at once, with its error: a
-# worker whose model folder holds a broken model.
+# worker whose model folder holds a broken model, under `--model-control none` (polling,
+# the default here, lists it UNAVAILABLE and serves the rest instead).
 bad=$(mktemp -d)
 mkdir -p "$bad/broken"
 echo "not an ONNX graph" >"$bad/broken/model.onnx"
 started=$SECONDS
 set +e
-IHUB_DEV_MODEL_DIR="$bad" timeout 300 scripts/dev.sh >.local/test-stack-broken.log 2>&1
+IHUB_WORKER_MODEL_CONTROL=none IHUB_DEV_MODEL_DIR="$bad" timeout 300 scripts/dev.sh >.local/test-stack-broken.log 2>&1
 status=$?
 set -e
 took=$((SECONDS - started))
@@ -113,6 +114,34 @@ check "a worker refusing its model folder stops make dev at once (${took}s), sho
 rm -rf "$bad"
 check "and leaves nothing listening" \
   bash -c "$(declare -f port_free); port_free 9000 && port_free 9001 && port_free 50051 && port_free 4566 && port_free 9464"
+
+# Two worker pools (`make dev POOLS=2`): the text models on the first, the others on a
+# second worker; the gateway sends each model's calls to its pool only.
+rm -f .local/dev.env
+POOLS=2 scripts/dev.sh >.local/test-stack-pools.log 2>&1 &
+dev=$!
+for _ in $(seq 1 600); do
+  [ -f .local/dev.env ] && break
+  kill -0 "$dev" 2>/dev/null || break
+  sleep 1
+done
+if [ -f .local/dev.env ]; then
+  set -a; . .local/dev.env; set +a
+  answered() { # metrics port, model: the calls that worker answered for it
+    curl -s -m 10 "http://127.0.0.1:$1/metrics" |
+      awk -v m="model=\"$2\"" '/^inferencehub_worker_requests_total\{/ && index($0, m) {s += $NF} END {print s + 0}'
+  }
+  sentiment=$(predict '{"model_name":"sentiment","prompt":"Fast and friendly support."}' | field label)
+  iris=$(predict '{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}' | field label)
+  check "POOLS=2: sentiment ($sentiment) answered by the text pool only, iris ($iris) by the other only" \
+    bash -c "[ $(answered 9464 sentiment) -ge 1 ] && [ $(answered 9465 sentiment) = 0 ] \
+      && [ $(answered 9465 iris) -ge 1 ] && [ $(answered 9464 iris) = 0 ]"
+else
+  check "POOLS=2 brings the stack up (log: .local/test-stack-pools.log)" false
+fi
+stop
+check "and POOLS=2 leaves nothing listening" \
+  bash -c "$(declare -f port_free); port_free 9000 && port_free 50051 && port_free 50052 && port_free 9465"
 
 echo "stack: $passed passed, $failed failed"
 [ "$failed" = 0 ]

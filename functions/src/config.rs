@@ -220,6 +220,13 @@ pub struct WorkerConfig {
         env = "IHUB_GATEWAY_WORKER_TLS_SECRET_ID"
     )]
     pub tls_secret_id: Option<String>,
+    /// More worker pools, as a JSON array: `[{"name": "cpu", "addrs": ["https://cpu:50051"]}]`,
+    /// each optionally with its own `tls_ca`, `tls_cert`, `tls_key` (paths or PEM text) or
+    /// `tls_secret_id`, and `tls_server_name` (what it leaves out is the first pool's: the
+    /// addresses and TLS settings above). Each model's calls go to the first pool whose
+    /// catalogue lists it; failover stays inside a pool.
+    #[arg(long = "worker-pools", env = "IHUB_GATEWAY_WORKER_POOLS")]
+    pub pools: Option<String>,
     /// Deadline of every worker call (one retry on another worker inside it).
     #[arg(id = "worker_timeout", long = "worker-timeout", env = "IHUB_GATEWAY_WORKER_TIMEOUT", default_value = settings::DEFAULT_WORKER_TIMEOUT, value_parser = duration)]
     pub timeout: Duration,

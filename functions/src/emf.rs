@@ -30,6 +30,8 @@ pub struct RequestMetrics {
     pub function: &'static str,
     /// Model called, when known.
     pub model: Option<String>,
+    /// The version of it that computed the answer (the catalogue's, after the canary split).
+    pub version: Option<String>,
     /// HTTP status answered.
     pub status: u16,
     /// Time spent in the function, in milliseconds.
@@ -53,7 +55,7 @@ impl RequestMetrics {
                 "Timestamp": timestamp_ms,
                 "CloudWatchMetrics": [{
                     "Namespace": NAMESPACE,
-                    "Dimensions": [["Function"], ["Function", "Model"]],
+                    "Dimensions": [["Function"], ["Function", "Model"], ["Function", "Model", "Version"]],
                     "Metrics": [
                         {"Name": "Requests", "Unit": "Count"},
                         {"Name": "Predictions", "Unit": "Count"},
@@ -66,6 +68,7 @@ impl RequestMetrics {
             },
             "Function": self.function,
             "Model": self.model.as_deref().unwrap_or("none"),
+            "Version": self.version.as_deref().unwrap_or("none"),
             "Requests": 1,
             "Predictions": self.predictions,
             "Latency": self.latency_ms,
@@ -101,6 +104,7 @@ mod tests {
         let m = RequestMetrics {
             function: "predict",
             model: Some("iris".into()),
+            version: Some("2".into()),
             status: 429,
             latency_ms: 1.5,
             rate_limited: true,
@@ -117,5 +121,6 @@ mod tests {
         assert_eq!(doc["RateLimited"], 1);
         assert_eq!(doc["Failed"], 0);
         assert_eq!(doc["Model"], "iris");
+        assert_eq!(doc["Version"], "2");
     }
 }

@@ -133,8 +133,10 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the model thread and the scheduler task (call inside a Tokio runtime).
+    /// Metrics carry `name` and `version`.
     pub fn start(
         name: &str,
+        version: &str,
         model: Box<dyn Model>,
         config: BatchConfig,
         metrics: &Metrics,
@@ -148,7 +150,7 @@ impl Batcher {
         std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || model_thread(model, jobs_rx))?;
-        let labels = [name];
+        let labels = [name, version];
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::with_capacity(config.max_waiting)),
             notify: Notify::new(),
@@ -161,8 +163,12 @@ impl Batcher {
                 batch_size: metrics.batch_size.with_label_values(&labels),
                 depth: metrics.queue_depth.with_label_values(&labels),
                 in_flight: metrics.in_flight.clone(),
-                dropped_cancelled: metrics.dropped.with_label_values(&[name, "cancelled"]),
-                dropped_deadline: metrics.dropped.with_label_values(&[name, "deadline"]),
+                dropped_cancelled: metrics
+                    .dropped
+                    .with_label_values(&[name, version, "cancelled"]),
+                dropped_deadline: metrics
+                    .dropped
+                    .with_label_values(&[name, version, "deadline"]),
             },
         });
         tokio::spawn(schedule(shared.clone(), jobs_tx));
@@ -406,7 +412,7 @@ mod tests {
             sizes: sizes.clone(),
             delay,
         };
-        let b = Batcher::start("echo", Box::new(echo), config, &metrics).expect("start");
+        let b = Batcher::start("echo", "1", Box::new(echo), config, &metrics).expect("start");
         (b, sizes)
     }
 

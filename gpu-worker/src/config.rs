@@ -106,10 +106,17 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// The model repository: one subfolder per model, named as the API names it, holding
-    /// the model or its versions side by side (`name/<version>/`, docs/models.md).
-    #[arg(long, env = "IHUB_WORKER_MODEL_DIR", default_value = "models")]
-    pub model_dir: PathBuf,
+    /// The model repository, a folder or `s3://bucket/prefix` (mirrored into a temporary
+    /// folder; the AWS SDK's settings from the environment): one subfolder per model, named
+    /// as the API names it, holding the model or its versions side by side
+    /// (`name/<version>/`, docs/models.md).
+    #[arg(
+        long,
+        visible_alias = "model-repo",
+        env = "IHUB_WORKER_MODEL_DIR",
+        default_value = "models"
+    )]
+    pub model_dir: crate::mirror::ModelRepo,
 
     /// `none`: the repository is read once, at start. `poll`: it is read again every
     /// --poll-interval; a new or changed version loads beside the others and takes traffic
@@ -124,6 +131,13 @@ pub struct ServeArgs {
         default_value = "none"
     )]
     pub model_control: ModelControl,
+
+    /// The memory the served model versions may hold, e.g. `6GiB` (default: no limit; on
+    /// CUDA the device's free memory is checked as well). A version whose files would take
+    /// the total over it is refused with the reason and listed UNAVAILABLE; the served ones
+    /// stay. During a swap the old and the new version are both held.
+    #[arg(long, env = "IHUB_WORKER_MEMORY_BUDGET", value_parser = bytes)]
+    pub memory_budget: Option<u64>,
 
     /// How often `--model-control poll` reads the repository.
     #[arg(long, env = "IHUB_WORKER_POLL_INTERVAL", default_value = "5s", value_parser = positive_duration)]
@@ -296,6 +310,38 @@ impl ServeArgs {
     }
 }
 
+/// A size in bytes: a number with an optional unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`,
+/// `GB`).
+fn bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a size such as 512MiB or 6GiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    let value = number * scale;
+    if !value.is_finite() || value < 1.0 || value > u64::MAX as f64 {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(value as u64)
+}
+
 /// A duration of at least 1 ms.
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match duration(text)? {
@@ -309,5 +355,21 @@ impl Cli {
     /// input.
     pub fn read() -> Self {
         Self::parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units_and_refuse_nonsense() {
+        assert_eq!(bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(bytes("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(bytes("2GB"), Ok(2_000_000_000));
+        assert_eq!(bytes("4096"), Ok(4096));
+        for bad in ["", "GiB", "0", "-1GiB", "1 TiB", "1e400", "6 gigs"] {
+            assert!(bytes(bad).is_err(), "{bad}");
+        }
     }
 }

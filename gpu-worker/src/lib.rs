@@ -4,7 +4,7 @@
 //!
 //! A call flows one way: [`tls`] (the edge: connection cap, handshake timeout, client
 //! names, live certificate reload) -> [`server`] (health, start and drain; the served set
-//! from the model repository in [`registry`]) -> [`service`]
+//! from the model repository in [`registry`], an S3 one mirrored by [`mirror`]) -> [`service`]
 //! (the gRPC service: validation with the shared signature checks, errors from the shared
 //! table with `google.rpc.BadRequest` details) -> [`batching`] (per-model queue and
 //! scheduler) -> [`models`] (one module per model family, each model on its own thread;
@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod kernels;
 pub mod metrics;
+pub mod mirror;
 pub mod models;
 pub mod registry;
 pub mod server;

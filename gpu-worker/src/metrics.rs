@@ -8,20 +8,26 @@ use prometheus::{
 /// All worker metrics, registered in their own registry.
 pub struct Metrics {
     registry: Registry,
-    /// `inferencehub_worker_requests_total{model,code}`: answered calls by gRPC code.
+    /// `inferencehub_worker_requests_total{model,version,code}`: answered calls by the
+    /// version that computed them (`""` when none did) and gRPC code.
     pub requests: IntCounterVec,
-    /// `inferencehub_worker_queue_wait_seconds{model}`: time from admission to batch start.
+    /// `inferencehub_worker_queue_wait_seconds{model,version}`: time from admission to
+    /// batch start.
     pub queue_wait: HistogramVec,
-    /// `inferencehub_worker_compute_seconds{model}`: forward-pass time per batch.
+    /// `inferencehub_worker_compute_seconds{model,version}`: forward-pass time per batch.
     pub compute: HistogramVec,
-    /// `inferencehub_worker_batch_size{model}`: inputs per forward pass.
+    /// `inferencehub_worker_batch_size{model,version}`: inputs per forward pass.
     pub batch_size: HistogramVec,
-    /// `inferencehub_worker_queue_depth{model}`: inputs waiting for a forward pass.
+    /// `inferencehub_worker_queue_depth{model,version}`: inputs waiting for a forward pass.
     pub queue_depth: IntGaugeVec,
+    /// `inferencehub_worker_model_resident_bytes{model,version}`: the bytes each served
+    /// version's files take, held while it is loaded.
+    pub resident_bytes: IntGaugeVec,
     /// `inferencehub_worker_in_flight`: inputs admitted and not yet answered (the
     /// autoscaling signal).
     pub in_flight: IntGauge,
-    /// `inferencehub_worker_dropped_total{model,reason}`: inputs dropped before compute.
+    /// `inferencehub_worker_dropped_total{model,version,reason}`: inputs dropped before
+    /// compute.
     pub dropped: IntCounterVec,
     /// `inferencehub_worker_connections_refused_total{reason}`: connections closed before
     /// a caller was authenticated (`connection_cap`, `handshake_timeout`,
@@ -44,14 +50,14 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "inferencehub_worker_requests_total",
-                "Predict calls answered, by model and gRPC code",
+                "Predict calls answered, by model, the version that answered, and gRPC code",
             ),
-            &["model", "code"],
+            &["model", "version", "code"],
         )?;
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                &["model"],
+                &["model", "version"],
             )
         };
         let queue_wait = histogram(
@@ -74,7 +80,14 @@ impl Metrics {
                 "inferencehub_worker_queue_depth",
                 "Inputs waiting for a forward pass",
             ),
-            &["model"],
+            &["model", "version"],
+        )?;
+        let resident_bytes = IntGaugeVec::new(
+            Opts::new(
+                "inferencehub_worker_model_resident_bytes",
+                "Bytes of each loaded model version's files, held while it is served",
+            ),
+            &["model", "version"],
         )?;
         let in_flight = IntGauge::new(
             "inferencehub_worker_in_flight",
@@ -85,13 +98,14 @@ impl Metrics {
                 "inferencehub_worker_dropped_total",
                 "Inputs dropped before compute because the caller left or the deadline passed",
             ),
-            &["model", "reason"],
+            &["model", "version", "reason"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(compute.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(resident_bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
@@ -114,6 +128,7 @@ impl Metrics {
             compute,
             batch_size,
             queue_depth,
+            resident_bytes,
             in_flight,
             dropped,
             connections_refused,

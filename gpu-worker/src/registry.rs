@@ -11,13 +11,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::batching::{BatchConfig, Batcher};
 use crate::metrics::Metrics;
+use crate::mirror::{ModelRepo, S3Mirror};
 use crate::models::repository::{self, Entry};
 use crate::models::{LoadOptions, load_entry};
-use crate::service::{ModelSet, ModelStore, ServedModel, ServedVersions, Unavailable};
+use crate::service::{ModelSet, ModelStore, Resident, ServedModel, ServedVersions, Unavailable};
 
 /// One served version and the files it came from.
 #[derive(Clone)]
@@ -29,32 +31,77 @@ pub struct Loaded {
 
 /// Loads repository versions into served models.
 pub struct Registry {
+    /// The folder read: the repository, or the local mirror of an S3 one.
     root: PathBuf,
+    /// The S3 repository mirrored into `root`, synced before every read.
+    mirror: Option<S3Mirror>,
     opts: LoadOptions,
     batch: BatchConfig,
     metrics: Arc<Metrics>,
+    /// What the served versions may hold in all (`--memory-budget`).
+    budget: Option<u64>,
+    /// What they hold now.
+    resident: Arc<AtomicU64>,
 }
 
 impl Registry {
-    /// A registry over the repository at `root`.
-    pub fn new(
-        root: PathBuf,
+    /// A registry over the repository `repo`.
+    pub async fn new(
+        repo: &ModelRepo,
         opts: LoadOptions,
         batch: BatchConfig,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+        budget: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let (root, mirror) = match repo {
+            ModelRepo::Local(root) => (root.clone(), None),
+            ModelRepo::S3 { bucket, prefix } => {
+                let mirror = S3Mirror::new(bucket, prefix).await?;
+                (mirror.dir().to_path_buf(), Some(mirror))
+            }
+        };
+        Ok(Self {
             root,
+            mirror,
             opts,
             batch,
             metrics,
+            budget,
+            resident: Arc::default(),
+        })
+    }
+
+    /// Refuses a version of `bytes` that would take the served total over the budget, or
+    /// that is larger than the device's free memory.
+    fn check_memory(&self, bytes: u64) -> anyhow::Result<()> {
+        let held = self.resident.load(Ordering::SeqCst);
+        if let Some(budget) = self.budget
+            && held.saturating_add(bytes) > budget
+        {
+            anyhow::bail!(
+                "not loaded: its files take {bytes} bytes and the served versions hold \
+                 {held} of the {budget}-byte --memory-budget"
+            );
         }
+        if let Some(free) = crate::models::device::free_bytes(&self.opts.device)?
+            && bytes > free
+        {
+            anyhow::bail!(
+                "not loaded: its files take {bytes} bytes and the device has {free} free"
+            );
+        }
+        Ok(())
     }
 
     /// Loads, warms up and starts one version; `fingerprint` is its files' when the caller
     /// has read them already.
     async fn load(&self, entry: &Entry, fingerprint: Option<String>) -> anyhow::Result<Loaded> {
         let (entry, opts) = (entry.clone(), self.opts.clone());
+        let bytes = {
+            let dir = entry.dir.clone();
+            tokio::task::spawn_blocking(move || repository::size(&dir)).await??
+        };
+        self.check_memory(bytes)?;
         let (entry, fingerprint, model) = tokio::task::spawn_blocking(move || {
             let fingerprint = match fingerprint {
                 Some(f) => f,
@@ -73,33 +120,60 @@ impl Registry {
             anyhow::Ok((entry, fingerprint, model))
         })
         .await??;
-        let batcher = Batcher::start(&model.info.name, model.model, self.batch, &self.metrics)?;
+        let mut info = model.info;
+        info.resident_bytes = bytes;
+        let batcher = Batcher::start(
+            &info.name,
+            &info.version,
+            model.model,
+            self.batch,
+            &self.metrics,
+        )?;
+        let resident = Resident::claim(
+            bytes,
+            &self.resident,
+            &self.metrics,
+            &info.name,
+            &info.version,
+        );
         Ok(Loaded {
             entry,
             fingerprint,
             model: Arc::new(ServedModel {
-                info: model.info,
+                info,
                 tokenizer: model.tokenizer,
                 batcher,
+                resident,
             }),
         })
     }
 
-    /// Every version the repository serves; the first that fails to load fails it all.
+    /// Every version the repository serves, for `--model-control none`: a model folder
+    /// that cannot be read, a version that fails to load, or an empty repository fails it
+    /// all (the worker stops, as nothing would ever change what it serves).
     pub async fn load_all(&self) -> anyhow::Result<Vec<Loaded>> {
-        let root = self.root.clone();
-        let entries = tokio::task::spawn_blocking(move || repository::scan(&root)).await??;
-        let mut loaded = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            loaded.push(self.load(entry, None).await?);
+        let mut failed = Failures::new();
+        let loaded = self
+            .refresh(&[], &mut failed, None, &BTreeSet::new())
+            .await?;
+        if let Some(((name, version), (_, reason))) = failed.into_iter().next() {
+            match version {
+                Some(v) => anyhow::bail!("model {name:?} version {v:?}: {reason}"),
+                None => anyhow::bail!("model {name:?}: {reason}"),
+            }
+        }
+        if loaded.is_empty() {
+            anyhow::bail!("the model repository has no model folders");
         }
         Ok(loaded)
     }
 
-    /// One read of the repository against what is served: unchanged versions stay, new and
-    /// changed ones load (a failure keeps the served one, if any, and is recorded in
-    /// `failed` with the files' fingerprint so it is not retried until they change),
-    /// removed ones go.
+    /// One read of the repository against what is served. Per model, its versions newest
+    /// first: unchanged served ones stay, new and changed ones load (a failure is recorded
+    /// in `failed` with the files' fingerprint, and not retried until they change), until
+    /// the policy's count is served (`latest` n: the n newest that load; otherwise every
+    /// version). A model none of whose versions could be served, or whose folder cannot be
+    /// read as a model, keeps what it served while those folders exist. Removed versions go.
     pub async fn refresh(
         &self,
         current: &[Loaded],
@@ -107,75 +181,105 @@ impl Registry {
         only: Option<&str>,
         unloaded: &BTreeSet<String>,
     ) -> anyhow::Result<Vec<Loaded>> {
+        if let Some(mirror) = &self.mirror {
+            mirror.sync().await?;
+        }
         let root = self.root.clone();
-        let entries = tokio::task::spawn_blocking(move || repository::scan(&root)).await??;
-        let mut next = Vec::with_capacity(entries.len());
-        let seen: Vec<(String, Option<String>)> = entries
+        let scan = tokio::task::spawn_blocking(move || repository::scan(&root)).await??;
+        let mut seen: Vec<(String, Option<String>)> = scan
+            .entries
             .iter()
             .map(|e| (e.name.clone(), e.version.clone()))
             .collect();
-        for entry in entries {
-            if unloaded.contains(&entry.name) {
+        let mut models: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        for entry in scan.entries {
+            models.entry(entry.name.clone()).or_default().push(entry);
+        }
+        for (name, reason) in scan.errors {
+            tracing::error!(model = %name, error = %reason, "a model folder cannot be read; what it served stays");
+            seen.push((name.clone(), None));
+            failed.insert((name.clone(), None), (String::new(), reason));
+            models.entry(name).or_default();
+        }
+        let mut next = Vec::new();
+        for (name, versions) in models {
+            if unloaded.contains(&name) {
                 continue;
             }
-            let key = (entry.name.clone(), entry.version.clone());
-            let served = current
-                .iter()
-                .find(|l| l.entry.name == entry.name && l.entry.version == entry.version);
+            let served_now = current.iter().filter(|l| l.entry.name == name);
             // Another model than the one asked for (LoadModel) stays as it is.
-            if only.is_some_and(|n| n != entry.name) {
-                next.extend(served.cloned());
+            if only.is_some_and(|n| n != name) {
+                next.extend(served_now.cloned());
                 continue;
             }
-            let dir = entry.dir.clone();
-            let fingerprint = tokio::task::spawn_blocking(move || repository::fingerprint(&dir))
-                .await?
-                .unwrap_or_default();
-            if let Some(served) = served.filter(|s| s.fingerprint == fingerprint) {
-                next.push(Loaded {
-                    entry,
-                    ..served.clone()
-                });
-                failed.remove(&key);
-                continue;
-            }
-            let tried = failed.get(&key).is_some_and(|(f, _)| *f == fingerprint);
-            if !tried {
-                match self.load(&entry, Some(fingerprint.clone())).await {
-                    Ok(loaded) => {
-                        failed.remove(&key);
-                        next.push(loaded);
-                        continue;
-                    }
-                    Err(e) => {
-                        let reason = format!("{e:#}");
-                        tracing::error!(model = %entry.name, version = ?entry.version, error = %reason, "a version failed to load; the served ones stay");
-                        failed.insert(key, (fingerprint, reason));
-                    }
+            let wanted = versions
+                .first()
+                .and_then(|e| e.latest)
+                .unwrap_or(versions.len());
+            let mut chosen = Vec::new();
+            for entry in versions.into_iter().rev() {
+                if chosen.len() == wanted {
+                    break;
+                }
+                if let Some(loaded) = self.version(current, failed, entry).await? {
+                    chosen.push(loaded);
                 }
             }
-            if let Some(served) = served {
-                next.push(served.clone());
+            if chosen.is_empty() {
+                chosen.extend(served_now.filter(|l| l.entry.dir.is_dir()).cloned());
+            } else {
+                chosen.reverse();
             }
-        }
-        // A model none of whose selected versions loaded (the policy's latest one is broken)
-        // keeps serving what it served, while those folders exist.
-        for old in current {
-            if !next.iter().any(|l| l.entry.name == old.entry.name)
-                && !unloaded.contains(&old.entry.name)
-                && old.entry.dir.is_dir()
-            {
-                next.push(old.clone());
-            }
+            next.extend(chosen);
         }
         // Failures of versions no longer in the repository are forgotten.
         failed.retain(|key, _| seen.contains(key));
         Ok(next)
     }
+
+    /// One version of the repository: as served when its files are unchanged, else loaded;
+    /// `None` when it fails to load (now, or before with the same files).
+    async fn version(
+        &self,
+        current: &[Loaded],
+        failed: &mut Failures,
+        entry: Entry,
+    ) -> anyhow::Result<Option<Loaded>> {
+        let key = (entry.name.clone(), entry.version.clone());
+        let dir = entry.dir.clone();
+        let fingerprint = tokio::task::spawn_blocking(move || repository::fingerprint(&dir))
+            .await?
+            .unwrap_or_default();
+        let served = current
+            .iter()
+            .find(|l| l.entry.name == entry.name && l.entry.version == entry.version);
+        if let Some(served) = served.filter(|s| s.fingerprint == fingerprint) {
+            failed.remove(&key);
+            return Ok(Some(Loaded {
+                entry,
+                ..served.clone()
+            }));
+        }
+        if failed.get(&key).is_some_and(|(f, _)| *f == fingerprint) {
+            return Ok(None);
+        }
+        match self.load(&entry, Some(fingerprint.clone())).await {
+            Ok(loaded) => {
+                failed.remove(&key);
+                Ok(Some(loaded))
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(model = %entry.name, version = ?entry.version, error = %reason, "a version failed to load; the served ones stay");
+                failed.insert(key, (fingerprint, reason));
+                Ok(None)
+            }
+        }
+    }
 }
 
-/// The served set of `loaded`: per model its versions, the default the one the repository
-/// marks (else the newest that loaded).
+/// The served set of `loaded`: per model its versions, oldest first; the default is the
+/// newest.
 pub fn set_of(loaded: &[Loaded]) -> ModelSet {
     let mut by_name: BTreeMap<String, Vec<&Loaded>> = BTreeMap::new();
     for l in loaded {
@@ -184,12 +288,7 @@ pub fn set_of(loaded: &[Loaded]) -> ModelSet {
     by_name
         .into_iter()
         .filter_map(|(name, versions)| {
-            let default = versions
-                .iter()
-                .find(|l| l.entry.default)
-                .or(versions.last())?
-                .model
-                .clone();
+            let default = versions.last()?.model.clone();
             let weights = versions
                 .iter()
                 .filter(|l| l.entry.weight > 0)
@@ -246,11 +345,16 @@ pub struct Control {
 }
 
 impl Control {
-    /// Serves `loaded` (the start's load) into `store`.
-    pub fn new(registry: Registry, store: Arc<ModelStore>, loaded: Vec<Loaded>) -> Self {
+    /// Serves `loaded` (the start's load, and what failed in it) into `store`.
+    pub fn new(
+        registry: Registry,
+        store: Arc<ModelStore>,
+        loaded: Vec<Loaded>,
+        failed: Failures,
+    ) -> Self {
         let state = State {
             loaded,
-            failed: Failures::new(),
+            failed,
             unloaded: BTreeSet::new(),
         };
         publish(&store, &state.loaded, &state.failed);
@@ -291,9 +395,14 @@ impl Control {
         Ok(())
     }
 
-    /// Serves model `name` again (after [`Control::unload`]) from its folder as it is now.
+    /// Serves model `name` again (after [`Control::unload`]) from its folder as it is now;
+    /// versions that failed before are tried again (memory may have been freed since).
     pub async fn load(&self, name: &str) -> anyhow::Result<()> {
-        self.state.lock().await.unloaded.remove(name);
+        {
+            let mut state = self.state.lock().await;
+            state.unloaded.remove(name);
+            state.failed.retain(|(n, _), _| n != name);
+        }
         self.refresh(Some(name)).await
     }
 

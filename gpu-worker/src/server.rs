@@ -20,7 +20,7 @@ use crate::config::ModelControl;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::models::{LoadOptions, device::parse_device};
-use crate::registry::{Control, Registry};
+use crate::registry::{Control, Failures, Registry};
 use crate::service::{InferenceService, ModelStore};
 use crate::tls::{Acceptor, TlsSources};
 
@@ -199,13 +199,26 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     let loader_serving = serving.clone();
     let loader_stop = stop_tx.clone();
     tokio::spawn(async move {
-        let loaded = match registry(&args, device, &metrics) {
-            Ok(registry) => registry.load_all().await.map(|loaded| (registry, loaded)),
+        // With `none` nothing would ever change what is served, so any failure stops the
+        // worker; with `poll` and `explicit` a failed version is listed UNAVAILABLE and the
+        // rest serve.
+        let loaded = match registry(&args, device, &metrics).await {
+            Ok(registry) if args.model_control == ModelControl::None => registry
+                .load_all()
+                .await
+                .map(|loaded| (registry, loaded, Failures::new())),
+            Ok(registry) => {
+                let mut failed = Failures::new();
+                registry
+                    .refresh(&[], &mut failed, None, &Default::default())
+                    .await
+                    .map(|loaded| (registry, loaded, failed))
+            }
             Err(e) => Err(e),
         };
         match loaded {
-            Ok((registry, loaded)) => {
-                let control = Arc::new(Control::new(registry, models.clone(), loaded));
+            Ok((registry, loaded, failed)) => {
+                let control = Arc::new(Control::new(registry, models.clone(), loaded, failed));
                 let _ = admin_control.set(control.clone());
                 let names: Vec<_> = models
                     .get()
@@ -241,7 +254,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
 }
 
 /// The registry of the repository `args` names, with the worker's load options.
-fn registry(
+async fn registry(
     args: &ServeArgs,
     device: candle_core::Device,
     metrics: &Arc<Metrics>,
@@ -256,10 +269,13 @@ fn registry(
         dtype,
         max_prompt_bytes: args.max_prompt_bytes,
     };
-    Ok(Registry::new(
-        args.model_dir.clone(),
+    Registry::new(
+        &args.model_dir,
         opts,
         args.batch_config(),
         metrics.clone(),
-    ))
+        args.memory_budget,
+    )
+    .await
+    .with_context(|| format!("model repository {}", args.model_dir))
 }

@@ -33,6 +33,45 @@ pub struct ServedModel {
     pub tokenizer: Option<Arc<Tokenizer>>,
     /// Its queue.
     pub batcher: Batcher,
+    /// The memory it holds while loaded.
+    pub resident: Resident,
+}
+
+/// The bytes a served version holds: counted in the worker's total and in its
+/// `inferencehub_worker_model_resident_bytes` series from load until it unloads.
+pub struct Resident {
+    bytes: u64,
+    total: Arc<std::sync::atomic::AtomicU64>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Resident {
+    /// Claims `bytes` for version `version` of `name` in `total` and the metrics.
+    pub fn claim(
+        bytes: u64,
+        total: &Arc<std::sync::atomic::AtomicU64>,
+        metrics: &Metrics,
+        name: &str,
+        version: &str,
+    ) -> Self {
+        total.fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+        let gauge = metrics.resident_bytes.with_label_values(&[name, version]);
+        gauge.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        Self {
+            bytes,
+            total: total.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::SeqCst);
+        self.gauge
+            .sub(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+    }
 }
 
 impl Drop for ServedModel {
@@ -211,16 +250,18 @@ impl InferenceService {
         Ok(predictions)
     }
 
-    fn record<T>(&self, model: &str, result: &Result<T, Status>) {
+    /// Counts an answer of `model` by the version that computed it (`""` for a call no
+    /// version answered) and gRPC code.
+    fn record<T>(&self, model: &str, result: &Result<T, Status>, version: impl Fn(&T) -> &str) {
         let known = self.models.get().is_some_and(|m| m.contains_key(model));
         let model = if known { model } else { "_unknown" };
-        let code = match result {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
+        let (version, code) = match result {
+            Ok(answer) => (version(answer), Code::Ok),
+            Err(status) => ("", status.code()),
         };
         self.metrics
             .requests
-            .with_label_values(&[model, code_name(code)])
+            .with_label_values(&[model, version, code_name(code)])
             .inc();
     }
 
@@ -460,7 +501,7 @@ impl ModelInference for InferenceService {
         let result = self
             .predict_one(req, request_id.clone(), deadline, started)
             .await;
-        self.record(&model, &result);
+        self.record(&model, &result, |r| &r.model_version);
         respond(result, &request_id)
     }
 
@@ -476,7 +517,7 @@ impl ModelInference for InferenceService {
         let result = self
             .predict_many(req, request_id.clone(), deadline, started)
             .await;
-        self.record(&model, &result);
+        self.record(&model, &result, |r| &r.model_version);
         respond(result, &request_id)
     }
 

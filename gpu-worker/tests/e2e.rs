@@ -9,8 +9,7 @@ use std::time::Duration;
 use common::{Worker, demo_models, model_subset};
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
 use inferencehub_proto::pb::{
-    FeatureRow, ListModelsRequest, ModelKind, ModelTask, PredictBatchRequest, PredictRequest,
-    PredictResponse,
+    FeatureRow, ModelKind, ModelTask, PredictBatchRequest, PredictRequest, PredictResponse,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -115,14 +114,7 @@ async fn predicts_sentiment_and_iris_over_mutual_tls() {
 #[tokio::test]
 async fn lists_the_demo_models_with_their_signatures() {
     let worker = Worker::serving(&demo_models(), &[]).await;
-    let models = worker
-        .client()
-        .await
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let models = common::models(&mut worker.client().await).await;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,

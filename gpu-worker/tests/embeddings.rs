@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{Worker, cpu_options, linked};
-use inferencehub_proto::pb::{ListModelsRequest, ModelTask, PredictBatchRequest};
+use inferencehub_proto::pb::{ModelTask, PredictBatchRequest};
 use inferencehub_worker::models::{ModelInput, load_model};
 use serde::Deserialize;
 use tonic::Code;
@@ -125,12 +125,7 @@ async fn embeddings_are_served_over_grpc_with_token_counts_and_truncation() {
     let models = linked(&fixtures_dir(), &["bert-mean", "bert-mean-onnx"]);
     let worker = Worker::serving(models.path(), &["--max-wait", "2ms"]).await;
     let mut client = worker.client().await;
-    let listed = client
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let listed = common::models(&mut client).await;
     assert!(
         listed
             .iter()

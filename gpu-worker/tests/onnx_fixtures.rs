@@ -8,9 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{Worker, cpu_options, linked};
-use inferencehub_proto::pb::{
-    FeatureRow, ListModelsRequest, ModelTask, PredictBatchRequest, PredictRequest,
-};
+use inferencehub_proto::pb::{FeatureRow, ModelTask, PredictBatchRequest, PredictRequest};
 use inferencehub_worker::models::{ModelInput, load_model};
 use serde::Deserialize;
 use tonic::Code;
@@ -221,12 +219,7 @@ async fn exports_are_served_over_grpc_with_their_signature() {
     let worker = Worker::serving(models.path(), &["--max-wait", "1ms"]).await;
     let mut client = worker.client().await;
 
-    let listed = client
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let listed = common::models(&mut client).await;
     assert_eq!(listed.len(), names.len());
     let all = fixtures();
     for (name, _, expected) in all.iter().filter(|f| names.contains(&f.0.as_str())) {

@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::{Worker, cpu_options, linked};
-use inferencehub_proto::pb::{
-    ListModelsRequest, PredictBatchRequest, PredictRequest, Tensor, TensorInfo,
-};
+use inferencehub_proto::pb::{PredictBatchRequest, PredictRequest, Tensor, TensorInfo};
 use inferencehub_proto::{field_errors, tensor};
 use inferencehub_worker::models::{ModelInput, load_model};
 use serde::Deserialize;
@@ -215,12 +213,7 @@ async fn named_tensors_are_served_over_grpc_and_checked_against_the_signature() 
     );
     let worker = Worker::serving(models.path(), &["--max-wait", "5ms"]).await;
     let mut client = worker.client().await;
-    let listed = client
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let listed = common::models(&mut client).await;
     let pipeline = listed
         .iter()
         .find(|m| m.name == "sklearn-column-transformer")

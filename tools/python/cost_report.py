@@ -4,7 +4,9 @@
 Per request: one HTTP API request, one Lambda invocation of the predict function (billed
 duration x configured memory), one DynamoDB write (the rate-limit counter), and the bytes
 through the Network Load Balancer. Per month, always: the load balancer's hours and
-`MinWorkers` GPU instances; more instances when the traffic exceeds what one serves.
+`MinWorkers` GPU instances; more instances when the traffic exceeds what one serves. A
+second table prices two pools (infra/worker-stack.yaml deployed twice): the text models on
+the GPU pool, the tabular ones on a CPU pool, each pool with its own load balancer.
 
 Writes a Markdown table and an SVG plot (monthly cost against monthly predictions, the
 always-on floor visible). Standard library only."""
@@ -15,7 +17,7 @@ import sys
 HOURS_PER_MONTH = 730
 
 
-def monthly_cost(m, prices, predictions, min_workers):
+def monthly_cost(m, prices, predictions, min_workers, instance="gpu_instance_hour"):
     p = {k: v["price"] for k, v in prices["prices"].items()}
     per_request = (
         p["http_api_request"]
@@ -27,8 +29,13 @@ def monthly_cost(m, prices, predictions, min_workers):
     )
     rate = predictions / (HOURS_PER_MONTH * 3600)
     workers = max(min_workers, math.ceil(rate / m["worker_predictions_per_s"]))
-    fixed = HOURS_PER_MONTH * (p["nlb_hour"] + workers * p["gpu_instance_hour"])
+    fixed = HOURS_PER_MONTH * (p["nlb_hour"] + workers * p[instance])
     return per_request * predictions + fixed, per_request, workers
+
+
+def pool_of(m):
+    """The pool a model serves from with two pools: measured on a GPU, the GPU pool."""
+    return "gpu" if "GPU" in m["worker_source"] or "H200" in m["worker_source"] else "cpu"
 
 
 def svg(models, prices, min_workers, path):
@@ -84,6 +91,28 @@ def main():
     p = {k: v["price"] for k, v in prices["prices"].items()}
     floor = HOURS_PER_MONTH * (p["nlb_hour"] + min_workers * p["gpu_instance_hour"])
     lines += ["", f"Always-on floor: {min_workers} GPU instance(s) and the load balancer, ${floor:,.2f} per month."]
+    # Two pools: each model on its pool's instances (the CPU pool's throughput is the one
+    # measured on CPU cores; a c7i.2xlarge has 8 vCPUs against the 2 measured here, so it
+    # is a floor).
+    lines += [
+        "",
+        "Two pools (`make dev POOLS=2` locally): the text models on the GPU pool above, the tabular ones on a CPU pool of c7i.2xlarge instances, each pool behind its own load balancer.",
+        "",
+        "| model | pool | $ per 1 M at 10 M/month | at 100 M/month | at 1 B/month | instances at 1 B/month |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        pool = pool_of(m)
+        at = lambda n: monthly_cost(m, prices, n, min_workers, f"{pool}_instance_hour")
+        lines.append(
+            f"| {m['model']} | {pool} | {at(1e7)[0] / 10:.2f} | {at(1e8)[0] / 100:.2f} | {at(1e9)[0] / 1000:.2f} | {at(1e9)[2]} |"
+        )
+    cpu_floor = HOURS_PER_MONTH * (p["nlb_hour"] + min_workers * p["cpu_instance_hour"])
+    lines += [
+        "",
+        f"Always-on floor with two pools: ${floor:,.2f} (GPU pool) + ${cpu_floor:,.2f} (CPU pool) = ${floor + cpu_floor:,.2f} per month; "
+        f"a deployment serving only tabular models needs only the CPU pool: ${cpu_floor:,.2f}.",
+    ]
     text = "\n".join(lines) + "\n"
     open(table_path, "w").write(text)
     print(text)

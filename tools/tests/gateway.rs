@@ -1233,3 +1233,59 @@ async fn a_batch_costs_its_inputs_against_the_limit() {
         header(&r, "ratelimit")
     );
 }
+
+/// Two worker pools, each with its own CA and client identity, serving different models:
+/// the gateway learns from each pool's catalogue which models it serves, each model's calls
+/// reach only its pool, and one pool down leaves the other's models answering (its own
+/// answer 503, and the API stays up).
+#[tokio::test]
+async fn each_model_reaches_only_its_pool_and_one_pool_down_leaves_the_other() {
+    let demo = common::root().join("models").canonicalize().unwrap();
+    let folder = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(demo.join(name), dir.path().join(name)).unwrap();
+        dir
+    };
+    let (first, second) = (folder("iris"), folder("wine"));
+    let mut stack = Stack::start(Options {
+        model_dir: Some(first.path().to_path_buf()),
+        second_pool: Some(second.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let token = stack.keys.token("pools", "predict");
+    let listed = json(stack.get("/v1/models", Some(&token)).await).await;
+    let names: Vec<&str> = listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["iris", "wine"], "{listed}");
+
+    let iris = r#"{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}"#;
+    let wine = r#"{"model_name":"wine","features":[13.32,3.24,2.38,21.5,92.0,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650.0]}"#;
+    async fn calls(stack: &Stack) -> (f64, f64) {
+        (
+            common::answered(stack.worker.as_ref().unwrap()).await,
+            common::answered(stack.second.as_ref().unwrap()).await,
+        )
+    }
+    let before = calls(&stack).await;
+    for _ in 0..3 {
+        assert_eq!(stack.post(Some(&token), iris).await.status(), 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(stack.post(Some(&token), wine).await.status(), 200);
+    }
+    let after = calls(&stack).await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (3.0, 2.0));
+
+    // The second pool goes away: iris answers, wine is 503 (not 404: it is still
+    // catalogued), and the API's health stays up.
+    stack.second.take().unwrap().stop().await.unwrap();
+    assert_eq!(stack.post(Some(&token), iris).await.status(), 200);
+    let r = stack.post(Some(&token), wine).await;
+    assert_problem(r, 503).await;
+    assert_eq!(stack.get("/healthz", None).await.status(), 200);
+}

@@ -337,9 +337,15 @@ async fn the_model_metric_dimension_names_only_catalogued_models() {
     let a = predict(&app, r#"{"model_name":"made-up-42","features":[1,2,3,4]}"#).await;
     assert_eq!(a.status, 404);
     assert_eq!(last_model().as_deref(), Some("_unknown"));
+    let last_version =
+        || crate::emf::EMITTED.with(|e| e.borrow().last().and_then(|m| m.version.clone()));
+    assert_eq!(last_version(), None);
     let a = predict(&app, IRIS).await;
     assert_eq!(a.status, 200);
     assert_eq!(last_model().as_deref(), Some("iris"));
+    // The version that answered is a dimension of its own (a canary's half is visible).
+    let answered = a.body["model_version"].as_str().unwrap().to_string();
+    assert_eq!(last_version(), Some(answered));
 }
 
 #[tokio::test]

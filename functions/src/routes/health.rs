@@ -10,10 +10,11 @@ use utoipa::ToSchema;
 
 use crate::config::HealthConfig;
 use crate::layers::{Context, Handler, json_response};
+use crate::pools::Pools;
 use crate::problem::Problem;
 use crate::protocol::v2::{Live, Ready};
 use crate::router::{Function, HealthOp, Matched};
-use crate::worker::{GrpcWorker, Worker};
+use crate::worker::Worker;
 
 /// The health handler over a worker client.
 pub struct Health<W> {
@@ -31,11 +32,11 @@ pub struct Status {
     pub worker: &'static str,
 }
 
-impl Health<GrpcWorker> {
+impl Health<Pools> {
     /// From its settings, connected: the cold-start path.
     pub async fn connect(config: HealthConfig) -> anyhow::Result<Self> {
         Ok(Self {
-            worker: GrpcWorker::connect(config.worker).await?,
+            worker: Pools::connect(config.worker).await?,
         })
     }
 }

@@ -13,11 +13,12 @@ use crate::auth::{Authenticator, authorization};
 use crate::catalog::{Catalog, Missing, is_default, is_ready, resolve, versions_of};
 use crate::config::ModelsConfig;
 use crate::layers::{Context, Handler, json_response};
+use crate::pools::Pools;
 use crate::problem::Problem;
 use crate::protocol::v1::{ModelList, ModelView, UnavailableVersion, V1};
 use crate::protocol::v2::{ModelMetadata, ModelReady, ServerMetadata};
 use crate::router::{Function, Matched, ModelsOp};
-use crate::worker::{GrpcWorker, Worker};
+use crate::worker::Worker;
 
 /// The catalogue handler over a worker client.
 pub struct Models<W> {
@@ -29,12 +30,12 @@ pub struct Models<W> {
     pub catalog: Catalog,
 }
 
-impl Models<GrpcWorker> {
+impl Models<Pools> {
     /// From its settings, connected: the cold-start path.
     pub async fn connect(config: ModelsConfig) -> anyhow::Result<Self> {
         Ok(Self {
             auth: Arc::new(Authenticator::new(config.auth).await?),
-            worker: GrpcWorker::connect(config.worker).await?,
+            worker: Pools::connect(config.worker).await?,
             catalog: Catalog::new(config.api.catalog_ttl),
         })
     }

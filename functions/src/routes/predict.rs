@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, Missing};
 use crate::command::{self, Bound, Command, Invalid, Place};
 use crate::config::{ApiConfig, LimiterBackend, PredictConfig, RateLimitConfig};
 use crate::layers::{Context, Handler};
+use crate::pools::Pools;
 use crate::problem::{NamePlace, Problem};
 use crate::protocol::openai::OpenAi;
 use crate::protocol::v1::V1;
@@ -29,7 +30,7 @@ use crate::ratelimit::{
     policy_header, state_header,
 };
 use crate::router::{Function, Matched, PredictOp};
-use crate::worker::{GrpcWorker, Worker};
+use crate::worker::Worker;
 
 /// The predict handler over a rate limiter and a worker client.
 pub struct Predict<L, W> {
@@ -47,7 +48,7 @@ pub struct Predict<L, W> {
     pub api: ApiConfig,
 }
 
-impl Predict<AnyLimiter, GrpcWorker> {
+impl Predict<AnyLimiter, Pools> {
     /// Everything from its settings, connected: the cold-start path.
     pub async fn connect(config: PredictConfig) -> anyhow::Result<Self> {
         let PredictConfig {
@@ -69,7 +70,7 @@ impl Predict<AnyLimiter, GrpcWorker> {
         Ok(Self {
             auth: Arc::new(Authenticator::new(auth).await?),
             limiter,
-            worker: GrpcWorker::connect(worker).await?,
+            worker: Pools::connect(worker).await?,
             catalog: Catalog::new(api.catalog_ttl),
             limits,
             api,
@@ -151,13 +152,32 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         let mut message = batch_request(&model.name, inputs, signature, &request_id);
         message.outputs = command::named_outputs(command.outputs.as_deref(), &model);
         message.refuse_truncation = command.refuse_truncation;
-        // The version the request was checked against computes it.
-        message.model_version = model.version.clone();
-        let batch = cx
+        // A version the caller named, or the canary split picked, computes it; otherwise the
+        // workers' default does, so a new version that took over since the catalogue was
+        // read costs no request (the worker checks the inputs against it again).
+        let split = command.version.is_none() && model.traffic_weight > 0;
+        if command.version.is_some() || split {
+            message.model_version = model.version.clone();
+        }
+        let retry = split.then(|| PredictBatchRequest {
+            model_version: String::new(),
+            ..message.clone()
+        });
+        let mut batch = cx
             .time("worker", self.worker.predict_batch(message, &request_id))
-            .await
-            .map_err(|e| Problem::from_worker(&e, &protocol))?;
+            .await;
+        // The split's version left the workers since the catalogue was read: the default
+        // answers instead.
+        if let (Err(e), Some(retry)) = (&batch, retry)
+            && e.code == tonic::Code::NotFound
+        {
+            batch = cx
+                .time("worker", self.worker.predict_batch(retry, &request_id))
+                .await;
+        }
+        let batch = batch.map_err(|e| Problem::from_worker(&e, &protocol))?;
         cx.metrics.predictions = batch.results.len() as u32;
+        cx.metrics.version = Some(batch.model_version.clone());
         Ok(protocol.encode(Answer {
             model: &model,
             batch,

@@ -49,6 +49,20 @@ fn cuda_device(ordinal: usize) -> anyhow::Result<Device> {
     )
 }
 
+/// The free memory of `device` in bytes where it can be read (CUDA); `None` on the CPU.
+pub fn free_bytes(device: &Device) -> anyhow::Result<Option<u64>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            use candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
+            cuda.cuda_stream().context().bind_to_thread()?;
+            let (free, _total) = mem_get_info()?;
+            Ok(Some(free as u64))
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,10 @@
 //! named by the digest of its files) or versions side by side (`name/<version>/<model
 //! files>`, with nothing beside them but an optional `model.json` holding the version
 //! policy). Versions are ordered as integers where both are, else by name; the policy picks
-//! which are served (`latest` n, the default one; `all`; `specific`), and the latest served
-//! is the default a request without a version gets.
+//! which are served (`latest` n, the default one: the n newest that load, so a broken new
+//! version leaves the one before it serving; `all`; `specific`), and the newest served is
+//! the default a request without a version gets. A model folder that cannot be read as one
+//! (a bad policy file, say) is reported on its own; the others are served.
 
 use std::path::{Path, PathBuf};
 
@@ -64,8 +66,9 @@ pub struct Entry {
     pub version: Option<String>,
     /// Where its files are.
     pub dir: PathBuf,
-    /// Whether requests that name no version get it.
-    pub default: bool,
+    /// With the `latest` policy, how many of the model's versions to serve: the newest that
+    /// load, and every version of the folder is a candidate. `None`: serve every entry.
+    pub latest: Option<usize>,
     /// Its weight in the model's canary split (0: none, or no split).
     pub weight: u32,
 }
@@ -111,8 +114,12 @@ fn version_key(name: &str) -> (u8, u64, String) {
     }
 }
 
-/// The versions of a versioned model folder its policy serves, oldest first.
-fn served_versions(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// Version folders: name and path.
+type Versions = Vec<(String, PathBuf)>;
+
+/// The versions of a versioned model folder its policy serves (with `latest` n, every
+/// version, and n), oldest first.
+fn served_versions(dir: &Path) -> anyhow::Result<(Versions, Option<usize>)> {
     let mut versions = subfolders(dir)?;
     versions.sort_by_key(|(name, _)| version_key(name));
     let policy_path = dir.join(POLICY_FILE);
@@ -123,17 +130,14 @@ fn served_versions(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
         ModelConfig::default()
     };
     Ok(match config.version_policy {
-        VersionPolicy::All {} => versions,
+        VersionPolicy::All {} => (versions, None),
         VersionPolicy::Latest { num_versions: 0 } => {
             bail!(
                 "{}: latest.num_versions must be at least 1",
                 policy_path.display()
             )
         }
-        VersionPolicy::Latest { num_versions } => {
-            let skip = versions.len().saturating_sub(num_versions);
-            versions.into_iter().skip(skip).collect()
-        }
+        VersionPolicy::Latest { num_versions } => (versions, Some(num_versions)),
         VersionPolicy::Specific { versions: wanted } => {
             if let Some(missing) = wanted
                 .iter()
@@ -145,10 +149,11 @@ fn served_versions(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
                     dir.display()
                 );
             }
-            versions
+            let versions = versions
                 .into_iter()
                 .filter(|(v, _)| wanted.contains(v))
-                .collect()
+                .collect();
+            (versions, None)
         }
     })
 }
@@ -178,51 +183,61 @@ fn routing(
     Ok(routing.weights)
 }
 
-/// Every model version under `root` to serve, by model name then version order.
-pub fn scan(root: &Path) -> anyhow::Result<Vec<Entry>> {
-    let models =
-        subfolders(root).with_context(|| format!("reading model dir {}", root.display()))?;
-    if models.is_empty() {
-        bail!("model dir {} has no model folders", root.display());
-    }
-    let mut entries = Vec::new();
-    for (name, dir) in models {
-        if !is_versioned(&dir)? {
-            entries.push(Entry {
-                name,
-                version: None,
-                dir,
-                default: true,
-                weight: 0,
-            });
-            continue;
-        }
-        let versions = served_versions(&dir)?;
-        if versions.is_empty() {
-            bail!("{}: no version folder is served", dir.display());
-        }
-        let weights = routing(&dir, &versions)?;
-        let last = versions.len() - 1;
-        entries.extend(
-            versions
-                .into_iter()
-                .enumerate()
-                .map(|(i, (version, dir))| Entry {
-                    name: name.clone(),
-                    weight: weights.get(&version).copied().unwrap_or(0),
-                    version: Some(version),
-                    dir,
-                    default: i == last,
-                }),
-        );
-    }
-    Ok(entries)
+/// What a read of the repository found: the versions to serve, and the model folders that
+/// could not be read as models, with why.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Every version to serve (or, with `latest`, to choose from), by model name then
+    /// version order.
+    pub entries: Vec<Entry>,
+    /// Model folders that are not valid models: name and reason.
+    pub errors: Vec<(String, String)>,
 }
 
-/// A cheap fingerprint of a folder's files (names, sizes and modification times, every
-/// level, links followed): what `--model-control poll` compares between reads.
-pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
-    use std::hash::{Hash, Hasher};
+/// The versions of one model folder.
+fn scan_model(name: &str, dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    if !is_versioned(dir)? {
+        return Ok(vec![Entry {
+            name: name.to_string(),
+            version: None,
+            dir: dir.to_path_buf(),
+            latest: None,
+            weight: 0,
+        }]);
+    }
+    let (versions, latest) = served_versions(dir)?;
+    if versions.is_empty() {
+        bail!("{}: no version folder is served", dir.display());
+    }
+    let weights = routing(dir, &versions)?;
+    Ok(versions
+        .into_iter()
+        .map(|(version, dir)| Entry {
+            name: name.to_string(),
+            weight: weights.get(&version).copied().unwrap_or(0),
+            version: Some(version),
+            dir,
+            latest,
+        })
+        .collect())
+}
+
+/// Reads the repository at `root`: an error only when `root` itself cannot be read.
+pub fn scan(root: &Path) -> anyhow::Result<Scan> {
+    let models =
+        subfolders(root).with_context(|| format!("reading model dir {}", root.display()))?;
+    let mut scan = Scan::default();
+    for (name, dir) in models {
+        match scan_model(&name, &dir) {
+            Ok(entries) => scan.entries.extend(entries),
+            Err(e) => scan.errors.push((name, format!("{e:#}"))),
+        }
+    }
+    Ok(scan)
+}
+
+/// Every file under `dir` (every level, links followed): path, size and modification time.
+fn files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u64, u128)>> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(folder) = stack.pop() {
@@ -242,9 +257,21 @@ pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
         }
     }
     files.sort();
+    Ok(files)
+}
+
+/// A cheap fingerprint of a folder's files (names, sizes and modification times): what
+/// `--model-control poll` compares between reads.
+pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
+    use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    files.hash(&mut hasher);
+    files(dir)?.hash(&mut hasher);
     Ok(format!("{:016x}", hasher.finish()))
+}
+
+/// The bytes of a folder's files: what loading it is expected to hold in memory.
+pub fn size(dir: &Path) -> anyhow::Result<u64> {
+    Ok(files(dir)?.iter().map(|(_, len, _)| len).sum())
 }
 
 #[cfg(test)]
@@ -269,12 +296,24 @@ mod tests {
         dir
     }
 
-    fn served(root: &Path) -> Vec<(String, Option<String>, bool)> {
-        scan(root)
-            .unwrap()
+    fn served(root: &Path) -> Vec<(String, Option<String>, Option<usize>)> {
+        let scan = scan(root).unwrap();
+        assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+        scan.entries
             .into_iter()
-            .map(|e| (e.name, e.version, e.default))
+            .map(|e| (e.name, e.version, e.latest))
             .collect()
+    }
+
+    /// Why model `name` could not be read.
+    fn error(root: &Path, name: &str) -> String {
+        let scan = scan(root).unwrap();
+        assert!(scan.entries.iter().all(|e| e.name != name));
+        scan.errors
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .expect("an error")
+            .1
     }
 
     #[test]
@@ -285,12 +324,15 @@ mod tests {
             "forest/10/model.onnx",
             "forest/9/model.onnx",
         ]);
-        // Integers order by value; the latest one is served by default.
+        // Integers order by value; by default the newest that loads is served, so every
+        // version is a candidate.
         assert_eq!(
             served(dir.path()),
             [
-                ("forest".into(), Some("10".into()), true),
-                ("plain".into(), None, true)
+                ("forest".into(), Some("2".into()), Some(1)),
+                ("forest".into(), Some("9".into()), Some(1)),
+                ("forest".into(), Some("10".into()), Some(1)),
+                ("plain".into(), None, None)
             ]
         );
         let policy =
@@ -300,21 +342,25 @@ mod tests {
         assert_eq!(versions, ["2", "9", "10"]);
         policy(r#"{"version_policy": {"latest": {"num_versions": 2}}}"#);
         assert_eq!(
-            served(dir.path())[..2],
-            [
-                ("forest".into(), Some("9".into()), false),
-                ("forest".into(), Some("10".into()), true)
-            ]
+            served(dir.path())[2],
+            ("forest".into(), Some("10".into()), Some(2))
         );
         policy(r#"{"version_policy": {"specific": {"versions": ["2"]}}}"#);
         assert_eq!(
-            served(dir.path())[0],
-            ("forest".into(), Some("2".into()), true)
+            served(dir.path())[..2],
+            [
+                ("forest".into(), Some("2".into()), None),
+                ("plain".into(), None, None)
+            ]
         );
+        // A bad policy is that model's error; the others are still read.
         policy(r#"{"version_policy": {"specific": {"versions": ["7"]}}}"#);
-        assert!(format!("{:#}", scan(dir.path()).unwrap_err()).contains("\"7\""));
+        assert!(error(dir.path(), "forest").contains("\"7\""));
         policy(r#"{"version_policy": {"newest": {}}}"#);
-        assert!(scan(dir.path()).is_err());
+        assert!(error(dir.path(), "forest").contains("model.json"));
+        policy(r#"{"version_policy": {"latest": {"num_versions": 0}}}"#);
+        assert!(error(dir.path(), "forest").contains("at least 1"));
+        assert_eq!(scan(dir.path()).unwrap().entries.len(), 1);
 
         // A canary split over served versions.
         policy(r#"{"version_policy": {"all": {}}}"#);
@@ -323,6 +369,7 @@ mod tests {
         routing(r#"{"weights": {"10": 90, "9": 10}}"#);
         let weights: Vec<(Option<String>, u32)> = scan(dir.path())
             .unwrap()
+            .entries
             .into_iter()
             .map(|e| (e.version, e.weight))
             .collect();
@@ -335,16 +382,18 @@ mod tests {
             ]
         );
         routing(r#"{"weights": {"11": 50}}"#);
-        assert!(format!("{:#}", scan(dir.path()).unwrap_err()).contains("\"11\""));
+        assert!(error(dir.path(), "forest").contains("\"11\""));
         routing(r#"{"weights": {"10": 0}}"#);
-        assert!(scan(dir.path()).is_err());
+        assert!(error(dir.path(), "forest").contains("every weight is 0"));
     }
 
     #[test]
     fn a_model_folder_with_files_and_subfolders_is_one_version() {
         // A sentence-transformers folder: files beside `1_Pooling/`.
         let dir = repo(&["minilm/config.json", "minilm/1_Pooling/config.json"]);
-        assert_eq!(served(dir.path()), [("minilm".into(), None, true)]);
-        assert!(scan(tempfile::tempdir().unwrap().path()).is_err());
+        assert_eq!(served(dir.path()), [("minilm".into(), None, None)]);
+        // An empty repository reads as empty (a polled one fills later); a missing one fails.
+        assert!(served(tempfile::tempdir().unwrap().path()).is_empty());
+        assert!(scan(&dir.path().join("absent")).is_err());
     }
 }

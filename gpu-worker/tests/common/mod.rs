@@ -69,6 +69,20 @@ impl Worker {
     /// Like [`Worker::spawn`]; with `inline_tls` the PEM texts themselves go through the
     /// `IHUB_WORKER_TLS_*` environment variables (as ECS injects secrets) instead of paths.
     pub async fn spawn_with(model_dir: &Path, extra: &[&str], inline_tls: bool) -> Worker {
+        Self::start(model_dir, extra, inline_tls, &[]).await
+    }
+
+    /// Like [`Worker::spawn`], with `env` set for the worker.
+    pub async fn spawn_env(model_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Worker {
+        Self::start(model_dir, extra, false, env).await
+    }
+
+    async fn start(
+        model_dir: &Path,
+        extra: &[&str],
+        inline_tls: bool,
+        env: &[(&str, String)],
+    ) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let (certs, ca) = certs::generate_with_ca(&dir.path().join("certs")).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
@@ -90,6 +104,7 @@ impl Worker {
             }
         }
         let mut child = command
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -236,12 +251,40 @@ impl Worker {
         body
     }
 
-    /// The value of one metric line, e.g. `inferencehub_worker_queue_depth{model="iris"}`.
+    /// The sum over the series that carry these labels (and any others), e.g.
+    /// `inferencehub_worker_queue_depth{model="iris"}`; `None` when no series does.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let wanted: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let values: Vec<f64> = text
+            .lines()
+            .filter_map(|line| {
+                let (head, value) = line.rsplit_once(' ')?;
+                let (n, labels) = head.split_once('{').unwrap_or((head, "}"));
+                let labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                (n == name && wanted.iter().all(|w| labels.contains(w)))
+                    .then(|| value.parse().ok())?
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
+}
+
+/// Every version `client`'s worker lists (`ListModels`).
+pub async fn models(
+    client: &mut ModelInferenceClient<Channel>,
+) -> Vec<inferencehub_proto::pb::ModelInfo> {
+    client
+        .list_models(inferencehub_proto::pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models
 }
 
 /// A text fixture's `expected.json`: the architecture its framework saved, and per prompt

@@ -1,5 +1,6 @@
-//! A local Secrets Manager-compatible server (moto's, from PyPI: `make moto` installs it
-//! into `.cache/moto`) for tests of the functions' cold-start secret read.
+//! A local Secrets Manager- and S3-compatible server (moto's, from PyPI: `make moto`
+//! installs it into `.cache/moto`) for tests of the functions' cold-start secret read and
+//! of S3 model repositories.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,6 +58,29 @@ impl Moto {
             .credentials_provider(Credentials::new("local", "local", None, None, "local"))
             .build();
         aws_sdk_secretsmanager::Client::from_conf(config)
+    }
+
+    /// An S3 client for this server (dummy credentials, us-east-1, path-style addresses).
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{Credentials, Region};
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// What a process needs in its environment to reach this server with the AWS SDK.
+    pub fn env(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "local".into()),
+            ("AWS_SECRET_ACCESS_KEY", "local".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
     }
 
     /// Creates a secret with `value` as its `SecretString`; returns its ARN.

@@ -14,9 +14,9 @@ use inferencehub_functions::app::App;
 use inferencehub_functions::auth::Authenticator;
 use inferencehub_functions::catalog::Catalog;
 use inferencehub_functions::config::{PredictConfig, WorkerConfig, from_vars, group_from_vars};
+use inferencehub_functions::pools::Pools;
 use inferencehub_functions::ratelimit::DynamoLimiter;
 use inferencehub_functions::routes::{Health, Models, Predict};
-use inferencehub_functions::worker::GrpcWorker;
 use inferencehub_proto::settings::WorkerClientTls;
 use inferencehub_worker::config::ServeArgs;
 use inferencehub_worker::server::{self, RunningWorker};
@@ -83,6 +83,9 @@ pub struct Options {
     pub worker_down: bool,
     /// Serve this model folder instead of the demo models.
     pub model_dir: Option<PathBuf>,
+    /// A second worker pool serving this folder, with certificates of its own (its own CA
+    /// and client identities), named in `IHUB_GATEWAY_WORKER_POOLS`.
+    pub second_pool: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -93,11 +96,12 @@ impl Default for Options {
             dynamo_down: false,
             worker_down: false,
             model_dir: None,
+            second_pool: None,
         }
     }
 }
 
-pub type LocalGateway = App<DynamoLimiter, GrpcWorker>;
+pub type LocalGateway = App<DynamoLimiter, Pools>;
 
 pub struct Stack {
     pub url: String,
@@ -105,6 +109,8 @@ pub struct Stack {
     pub keys: Keys,
     pub certs: CertPaths,
     pub worker: Option<RunningWorker>,
+    /// The second pool's worker ([`Options::second_pool`]).
+    pub second: Option<RunningWorker>,
     pub http: reqwest::Client,
     _dynalite: Option<Dynalite>,
     _dir: tempfile::TempDir,
@@ -188,6 +194,28 @@ impl Stack {
             (Some(d), e)
         };
 
+        // The second pool: its own CA, server and client certificates.
+        let (second, pools, health_pools) = match &options.second_pool {
+            None => (None, None, None),
+            Some(models) => {
+                let own = certs::generate(&dir.path().join("certs-2")).unwrap();
+                let w = start_worker(&own, Some(models.clone())).await;
+                let pool = |cert: &Path, key: &Path| {
+                    serde_json::json!([{
+                        "name": "second",
+                        "addrs": [format!("https://127.0.0.1:{}", w.grpc_addr.port())],
+                        "tls_ca": own.ca,
+                        "tls_cert": cert,
+                        "tls_key": key,
+                    }])
+                    .to_string()
+                };
+                let pools = pool(&own.client_cert, &own.client_key);
+                let health = pool(&own.health_cert, &own.health_key);
+                (Some(w), Some(pools), Some(health))
+            }
+        };
+
         let jwks_file = keys.jwks_file.to_string_lossy().into_owned();
         let limit = options.limit.to_string();
         let tiers = format!("pro={}", options.limit * 2);
@@ -209,9 +237,12 @@ impl Stack {
         ])
         .unwrap();
         let auth = Arc::new(Authenticator::new(config.auth).await.unwrap());
-        let worker_client = GrpcWorker::connect(worker_config(&worker_addr, &certs))
-            .await
-            .unwrap();
+        let worker_client = Pools::connect(WorkerConfig {
+            pools,
+            ..worker_config(&worker_addr, &certs)
+        })
+        .await
+        .unwrap();
         let (limits, api) = (config.limits, config.api);
         let gateway = App {
             predict: Predict {
@@ -228,9 +259,12 @@ impl Stack {
                 catalog: Catalog::new(api.catalog_ttl),
             },
             health: Health {
-                worker: GrpcWorker::connect(health_worker_config(&worker_addr, &certs))
-                    .await
-                    .unwrap(),
+                worker: Pools::connect(WorkerConfig {
+                    pools: health_pools,
+                    ..health_worker_config(&worker_addr, &certs)
+                })
+                .await
+                .unwrap(),
             },
         };
         let gateway = Arc::new(gateway);
@@ -247,6 +281,7 @@ impl Stack {
             keys,
             certs,
             worker,
+            second,
             http: reqwest::Client::new(),
             _dynalite: dynalite,
             _dir: dir,
