@@ -51,7 +51,16 @@ pub enum AuthError {
     /// A token was sent but is not acceptable; the text says why.
     #[error("{0}")]
     Invalid(String),
+    /// The signing keys are older than `IHUB_GATEWAY_JWKS_MAX_AGE` and could not be
+    /// fetched again: no token is trusted until they are (the server's fault, not the
+    /// caller's).
+    #[error("the token signing keys could not be refreshed; try again shortly")]
+    KeysStale,
 }
+
+/// Most bytes of a JWKS answer read: a key set is a few KiB, and a larger answer is refused
+/// rather than held in memory.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 struct VerifyKey {
     key: DecodingKey,
@@ -100,6 +109,11 @@ impl Authenticator {
     pub async fn new(config: AuthConfig) -> anyhow::Result<Self> {
         crate::crypto::install_crypto_provider();
         let jwks = config.jwks()?;
+        anyhow::ensure!(
+            config.max_key_age > config.refresh_interval,
+            "IHUB_GATEWAY_JWKS_MAX_AGE must be longer than IHUB_GATEWAY_JWKS_REFRESH (keys \
+             would stop being trusted before they are refreshed)"
+        );
         let http = match &jwks {
             JwksSource::Url(_) => Some(
                 reqwest::Client::builder()
@@ -179,13 +193,21 @@ impl Authenticator {
             return Ok(());
         };
         let result = async {
-            let set: JwkSet = http
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let mut response = http.get(url).send().await?.error_for_status()?;
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+            {
+                anyhow::bail!("the JWKS answer is larger than {MAX_JWKS_BYTES} bytes");
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    anyhow::bail!("the JWKS answer is larger than {MAX_JWKS_BYTES} bytes");
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let set: JwkSet = serde_json::from_slice(&body)?;
             self.install(&set)
         }
         .await;
@@ -241,6 +263,17 @@ impl Authenticator {
         }
     }
 
+    /// Whether keys fetched from a URL are older than the maximum age (every refresh since
+    /// failed), so a key the provider withdrew is not trusted forever.
+    fn keys_stale(&self) -> bool {
+        self.http.is_some()
+            && self.fetches.lock().is_ok_and(|state| {
+                state
+                    .success
+                    .is_some_and(|t| t.elapsed() > self.config.max_key_age)
+            })
+    }
+
     fn key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
         self.keys.read().ok()?.get(kid).cloned()
     }
@@ -288,6 +321,9 @@ impl Authenticator {
             return Err(invalid("wrong token type (typ)"));
         }
         self.refresh_if_due().await;
+        if self.keys_stale() {
+            return Err(AuthError::KeysStale);
+        }
         let key = self
             .key_refetching(kid)
             .await

@@ -71,6 +71,11 @@ pub struct AuthConfig {
     /// removed stops being trusted by warm instances.
     #[arg(long = "jwks-refresh", env = "IHUB_GATEWAY_JWKS_REFRESH", default_value = "10m", value_parser = duration)]
     pub refresh_interval: Duration,
+    /// Age after which keys fetched from `IHUB_GATEWAY_JWKS_URL` stop being trusted when
+    /// every refresh since has failed (tokens then get 503, not a pass): a key the identity
+    /// provider withdrew while it could not be reached is not trusted forever.
+    #[arg(long = "jwks-max-age", env = "IHUB_GATEWAY_JWKS_MAX_AGE", default_value = "1h", value_parser = duration)]
+    pub max_key_age: Duration,
 }
 
 impl AuthConfig {

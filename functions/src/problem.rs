@@ -92,6 +92,9 @@ impl From<AuthError> for Problem {
         match e {
             AuthError::Missing => Problem::unauthorized("a bearer token is required", false),
             AuthError::Invalid(why) => Problem::unauthorized(why, true),
+            AuthError::KeysStale => {
+                Problem::new(ErrorKind::Unavailable, e.to_string()).retry_after(5)
+            }
         }
     }
 }

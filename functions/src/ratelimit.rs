@@ -115,8 +115,9 @@ impl DynamoLimiter {
     }
 
     /// A client from the standard AWS environment (`AWS_REGION`,
-    /// `AWS_ENDPOINT_URL_DYNAMODB`, credentials), with a total budget of `timeout` per call
-    /// and at most one retry, so an unreachable table fails fast.
+    /// `AWS_ENDPOINT_URL_DYNAMODB`, credentials), with a budget of `timeout` per attempt and
+    /// no retries of its own: [`DynamoLimiter`] retries once itself, only after a timeout or
+    /// a transport failure, so a refusal is never turned into a fail-open by a later timeout.
     pub async fn client_from_env(timeout: Duration) -> Client {
         let sdk = aws_config::from_env()
             .timeout_config(
@@ -125,7 +126,7 @@ impl DynamoLimiter {
                     .connect_timeout(timeout.min(Duration::from_millis(500)))
                     .build(),
             )
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
             .load()
             .await;
         Client::new(&sdk)
@@ -156,11 +157,38 @@ impl RateLimiter for DynamoLimiter {
             .as_secs();
         let key = counter_key(index, caller);
         let expires_at = now + reset_secs + 60;
+        // One retry, only after a timeout or a transport failure: an answer that refuses the
+        // write (throttling, say) is final, so a later timeout cannot make it fail open.
+        let mut result = self.write(&key, cost, room, expires_at).await;
+        if matches!(&result, Err(e) if e.transient) {
+            result = self.write(&key, cost, room, expires_at).await;
+        }
+        match result? {
+            Some(hits) => Ok(Decision {
+                allowed: true,
+                remaining: policy.limit.saturating_sub(hits.unwrap_or(policy.limit)),
+                reset_secs,
+            }),
+            None => Ok(refused),
+        }
+    }
+}
+
+impl DynamoLimiter {
+    /// One conditional write of `cost` hits under `key`: `Some(hits after it)` when the
+    /// condition held, `None` when the limit is reached.
+    async fn write(
+        &self,
+        key: &str,
+        cost: u32,
+        room: u32,
+        expires_at: u64,
+    ) -> Result<Option<Option<u32>>, StoreUnavailable> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", AttributeValue::S(key))
+            .key("pk", AttributeValue::S(key.to_string()))
             .update_expression("ADD hits :n SET expires_at = if_not_exists(expires_at, :exp)")
             // hits + n <= limit, written as hits <= limit - n.
             .condition_expression("attribute_not_exists(hits) OR hits <= :room")
@@ -171,23 +199,16 @@ impl RateLimiter for DynamoLimiter {
             .send()
             .await;
         match result {
-            Ok(out) => {
-                let hits = out
-                    .attributes()
+            Ok(out) => Ok(Some(
+                out.attributes()
                     .and_then(|a| a.get("hits"))
                     .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .unwrap_or(policy.limit);
-                Ok(Decision {
-                    allowed: true,
-                    remaining: policy.limit.saturating_sub(hits),
-                    reset_secs,
-                })
-            }
+                    .and_then(|n| n.parse::<u32>().ok()),
+            )),
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
             {
-                Ok(refused)
+                Ok(None)
             }
             Err(e) => {
                 let transient =

@@ -220,3 +220,58 @@ fn the_images_keep_metrics_on_loopback() {
         assert!(!text.contains("EXPOSE 50051 9464"), "{dockerfile}");
     }
 }
+
+/// Every function's log group and the API's access log are kept for a bounded time, and the
+/// access log's format names no header (a bearer token never reaches the logs).
+#[test]
+fn logs_are_retained_for_a_bounded_time_and_carry_no_token() {
+    let template = yaml("template.yaml");
+    let resources = template["Resources"].as_mapping().unwrap();
+    let functions: Vec<String> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(name, _)| name.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(functions.len(), 3);
+    let groups: Vec<&serde_yaml::Value> = resources
+        .values()
+        .filter(|r| r["Type"].as_str() == Some("AWS::Logs::LogGroup"))
+        .collect();
+    for function in &functions {
+        let group = groups
+            .iter()
+            .find(|g| {
+                serde_yaml::to_string(&g["Properties"]["LogGroupName"])
+                    .unwrap()
+                    .contains(&format!("${{{function}}}"))
+            })
+            .unwrap_or_else(|| panic!("{function} has no log group of its own"));
+        assert!(
+            !group["Properties"]["RetentionInDays"].is_null(),
+            "{function}'s logs are kept forever"
+        );
+    }
+    let api = &template["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"];
+    let format = api["Format"].as_str().expect("the API has an access log");
+    assert!(format.contains("$context.requestId") && format.contains("$context.status"));
+    let lower = format.to_ascii_lowercase();
+    for leak in ["header", "authorization", "authorizer", "token"] {
+        assert!(
+            !lower.contains(leak),
+            "the access log would carry {leak}: {format}"
+        );
+    }
+    let destination = match &api["DestinationArn"] {
+        serde_yaml::Value::Tagged(t) if t.tag == "!GetAtt" => t
+            .value
+            .as_str()
+            .and_then(|v| v.split('.').next())
+            .unwrap()
+            .to_string(),
+        other => panic!("the access log goes to {other:?}, not a log group of the template"),
+    };
+    assert!(
+        !resources[destination.as_str()]["Properties"]["RetentionInDays"].is_null(),
+        "the access log is kept forever"
+    );
+}

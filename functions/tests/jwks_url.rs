@@ -242,3 +242,67 @@ async fn an_empty_key_set_never_replaces_the_keys_in_use() {
     assert_eq!(auth.key_count(), 1);
     assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_jwks_answer_over_the_size_cap_is_refused() {
+    use inferencehub_functions::auth::MAX_JWKS_BYTES;
+    let key = SigningKey::generate(Algorithm::ES256, "k").unwrap();
+    let set = jwks(&[&key]);
+    // The same keys, padded past the cap with a member the parser would ignore.
+    let padded = |n: usize| {
+        let mut set = set.clone();
+        set["padding"] = serde_json::Value::String("x".repeat(n));
+        set.to_string()
+    };
+    let body = Arc::new(Mutex::new(padded(MAX_JWKS_BYTES)));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = jwks_server(body.clone(), hits.clone()).await;
+    let auth = authenticator(port, Duration::from_millis(300), Duration::from_secs(600)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(auth.key_count(), 0, "an oversized key set was installed");
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_err());
+
+    // Under the cap, the same keys are taken.
+    *body.lock().unwrap() = padded(1000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+}
+
+#[tokio::test]
+async fn keys_past_their_maximum_age_are_not_trusted_while_refreshes_fail() {
+    let key = SigningKey::generate(Algorithm::ES256, "k").unwrap();
+    let body = Arc::new(Mutex::new(jwks(&[&key]).to_string()));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = jwks_server(body.clone(), hits.clone()).await;
+    let auth = Authenticator::new(auth_config(
+        &format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
+        &[
+            ("IHUB_GATEWAY_JWKS_REFRESH", "200ms"),
+            ("IHUB_GATEWAY_JWKS_MAX_AGE", "1s"),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+
+    // The provider breaks: refreshes fail, and the keys in use still answer until they
+    // are older than the maximum age; then tokens are refused as the server's failure.
+    *body.lock().unwrap() = "<html>maintenance</html>".to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let refused = auth.authenticate(Some(&bearer(&key))).await;
+    assert!(matches!(refused, Err(AuthError::KeysStale)), "{refused:?}");
+
+    // The provider is back: the next refresh (after the backoff) trusts the keys again.
+    *body.lock().unwrap() = jwks(&[&key]).to_string();
+    let mut back = false;
+    for _ in 0..100 {
+        if auth.authenticate(Some(&bearer(&key))).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the keys were never trusted again");
+}

@@ -26,7 +26,8 @@ pub fn local_client(endpoint: &str, timeout: Duration) -> Client {
                 .connect_timeout(timeout.min(Duration::from_millis(500)))
                 .build(),
         )
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        // As the functions' client: no SDK retries (the limiter retries once itself).
+        .retry_config(RetryConfig::disabled())
         .build();
     Client::from_conf(config)
 }
