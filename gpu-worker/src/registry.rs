@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::batching::{BatchConfig, Batcher};
 use crate::metrics::Metrics;
 use crate::mirror::{ModelRepo, S3Mirror};
-use crate::models::repository::{self, Entry};
+use crate::models::repository::{self, Entry, Snapshot};
 use crate::models::{LoadOptions, load_entry};
 use crate::service::{ModelSet, ModelStore, Resident, ServedModel, ServedVersions, Unavailable};
 
@@ -93,20 +93,12 @@ impl Registry {
         Ok(())
     }
 
-    /// Loads, warms up and starts one version; `fingerprint` is its files' when the caller
-    /// has read them already.
-    async fn load(&self, entry: &Entry, fingerprint: Option<String>) -> anyhow::Result<Loaded> {
-        let (entry, opts) = (entry.clone(), self.opts.clone());
-        let bytes = {
-            let dir = entry.dir.clone();
-            tokio::task::spawn_blocking(move || repository::size(&dir)).await??
-        };
+    /// Loads, warms up and starts one version whose files are `files`.
+    async fn load(&self, entry: &Entry, files: Snapshot) -> anyhow::Result<Loaded> {
+        let bytes = files.bytes;
         self.check_memory(bytes)?;
-        let (entry, fingerprint, model) = tokio::task::spawn_blocking(move || {
-            let fingerprint = match fingerprint {
-                Some(f) => f,
-                None => repository::fingerprint(&entry.dir)?,
-            };
+        let (entry, opts) = (entry.clone(), self.opts.clone());
+        let (entry, model) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut model = load_entry(&entry, &opts)?;
             model.warm_up()?;
@@ -117,7 +109,7 @@ impl Registry {
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );
-            anyhow::Ok((entry, fingerprint, model))
+            anyhow::Ok((entry, model))
         })
         .await??;
         let mut info = model.info;
@@ -138,7 +130,7 @@ impl Registry {
         );
         Ok(Loaded {
             entry,
-            fingerprint,
+            fingerprint: files.fingerprint,
             model: Arc::new(ServedModel {
                 info,
                 tokenizer: model.tokenizer,
@@ -247,9 +239,10 @@ impl Registry {
     ) -> anyhow::Result<Option<Loaded>> {
         let key = (entry.name.clone(), entry.version.clone());
         let dir = entry.dir.clone();
-        let fingerprint = tokio::task::spawn_blocking(move || repository::fingerprint(&dir))
+        let files = tokio::task::spawn_blocking(move || repository::snapshot(&dir))
             .await?
             .unwrap_or_default();
+        let fingerprint = files.fingerprint.clone();
         let served = current
             .iter()
             .find(|l| l.entry.name == entry.name && l.entry.version == entry.version);
@@ -263,7 +256,7 @@ impl Registry {
         if failed.get(&key).is_some_and(|(f, _)| *f == fingerprint) {
             return Ok(None);
         }
-        match self.load(&entry, Some(fingerprint.clone())).await {
+        match self.load(&entry, files).await {
             Ok(loaded) => {
                 failed.remove(&key);
                 Ok(Some(loaded))

@@ -260,18 +260,26 @@ fn files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u64, u128)>> {
     Ok(files)
 }
 
-/// A cheap fingerprint of a folder's files (names, sizes and modification times): what
-/// `--model-control poll` compares between reads.
-pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    files(dir)?.hash(&mut hasher);
-    Ok(format!("{:016x}", hasher.finish()))
+/// What one walk over a version folder's files tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// A cheap fingerprint of the files (names, sizes and modification times): what
+    /// `--model-control poll` compares between reads.
+    pub fingerprint: String,
+    /// Their bytes: what loading the version is expected to hold in memory.
+    pub bytes: u64,
 }
 
-/// The bytes of a folder's files: what loading it is expected to hold in memory.
-pub fn size(dir: &Path) -> anyhow::Result<u64> {
-    Ok(files(dir)?.iter().map(|(_, len, _)| len).sum())
+/// The [`Snapshot`] of the files under `dir`.
+pub fn snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
+    use std::hash::{Hash, Hasher};
+    let files = files(dir)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut hasher);
+    Ok(Snapshot {
+        fingerprint: format!("{:016x}", hasher.finish()),
+        bytes: files.iter().map(|(_, len, _)| len).sum(),
+    })
 }
 
 #[cfg(test)]
