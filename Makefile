@@ -180,6 +180,7 @@ sam-build: ## Build what a deployment ships (sam build, arm64, stripped) and hol
 lint-infra: ## Validate template.yaml, infra/worker-stack.yaml and the Dockerfiles offline
 	cfn-lint template.yaml infra/worker-stack.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1 -t template.yaml
+	SAM_CLI_TELEMETRY=0 sam validate --language-extensions --region us-east-1 -t template.yaml
 	hadolint infra/worker.Dockerfile infra/worker-cuda.Dockerfile
 
 fmt: ## Format the code

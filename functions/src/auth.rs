@@ -312,7 +312,11 @@ impl Authenticator {
             .kid
             .as_deref()
             .ok_or_else(|| invalid("token has no kid"))?;
-        if let Some(wanted) = &self.config.required_typ
+        if let Some(wanted) = self
+            .config
+            .required_typ
+            .as_deref()
+            .filter(|w| !w.is_empty())
             && !header
                 .typ
                 .as_deref()
@@ -333,8 +337,10 @@ impl Authenticator {
         }
         let mut validation = Validation::new(key.alg);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // The audience is checked below, where a Cognito access token may name it by
+        // `client_id` instead of `aud`.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = self.config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -342,11 +348,16 @@ impl Authenticator {
             jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &validation)
                 .map_err(|e| invalid(describe(e.kind())))?
                 .claims;
-        if let Some(wanted) = &self.config.required_token_use
-            && claims.get("token_use").and_then(Value::as_str) != Some(wanted.as_str())
+        if let Some(wanted) = self
+            .config
+            .required_token_use
+            .as_deref()
+            .filter(|w| !w.is_empty())
+            && claims.get("token_use").and_then(Value::as_str) != Some(wanted)
         {
             return Err(invalid("wrong token_use"));
         }
+        check_audience(&claims, &self.config.audience)?;
         caller_from(&claims, &self.config.tier_claim)
     }
 }
@@ -363,6 +374,31 @@ fn has_critical_parameters(token: &str) -> bool {
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes).ok())
         .is_some_and(|header| header.contains_key("crit"))
+}
+
+/// The token is for this API: its `aud` (a string or an array) holds the audience, or,
+/// for an Amazon Cognito access token (`token_use: access`, which carries no `aud`), its
+/// `client_id` is the audience (the app client's id). A token with `aud` is judged by `aud`
+/// alone, so `client_id` never widens what an audience-bearing token may do.
+fn check_audience(
+    claims: &serde_json::Map<String, Value>,
+    audience: &str,
+) -> Result<(), AuthError> {
+    match claims.get("aud") {
+        Some(Value::String(aud)) if aud == audience => Ok(()),
+        Some(Value::Array(auds)) if auds.iter().any(|a| a.as_str() == Some(audience)) => Ok(()),
+        Some(_) => Err(invalid("wrong audience")),
+        None if claims.get("token_use").and_then(Value::as_str) == Some("access") => {
+            match claims.get("client_id").and_then(Value::as_str) {
+                Some(client) if client == audience => Ok(()),
+                Some(_) => Err(invalid("wrong audience (client_id)")),
+                None => Err(invalid(
+                    "a Cognito access token must carry client_id (it has no aud)",
+                )),
+            }
+        }
+        None => Err(invalid("a required claim (exp, iss, aud, sub) is missing")),
+    }
 }
 
 fn invalid(message: &str) -> AuthError {

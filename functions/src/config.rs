@@ -34,7 +34,8 @@ pub struct AuthConfig {
     /// Exact `iss` every token must carry.
     #[arg(long = "jwt-issuer", env = "IHUB_GATEWAY_JWT_ISSUER")]
     pub issuer: String,
-    /// Exact `aud` every token must carry.
+    /// Exact `aud` every token must carry; an Amazon Cognito access token (no `aud`) must
+    /// carry it as `client_id` instead.
     #[arg(long = "jwt-audience", env = "IHUB_GATEWAY_JWT_AUDIENCE")]
     pub audience: String,
     /// JWKS URL, fetched at cold start and refetched when a token names an unknown `kid`.
@@ -54,11 +55,12 @@ pub struct AuthConfig {
         default_value = "tier"
     )]
     pub tier_claim: String,
-    /// When set, the token header's `typ` must equal it (e.g. `at+jwt`, RFC 9068), so an
-    /// ID token or another kind of JWT from the same issuer is not taken for an access token.
+    /// When set (not empty), the token header's `typ` must equal it (e.g. `at+jwt`, RFC
+    /// 9068), so an ID token or another kind of JWT from the same issuer is not taken for an
+    /// access token.
     #[arg(long = "jwt-required-typ", env = "IHUB_GATEWAY_JWT_REQUIRED_TYP")]
     pub required_typ: Option<String>,
-    /// When set, the `token_use` claim must equal it (Amazon Cognito: `access`).
+    /// When set (not empty), the `token_use` claim must equal it (Amazon Cognito: `access`).
     #[arg(
         long = "jwt-required-token-use",
         env = "IHUB_GATEWAY_JWT_REQUIRED_TOKEN_USE"

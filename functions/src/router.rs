@@ -94,6 +94,16 @@ impl Operation {
             Self::Health(_) => Function::Health,
         }
     }
+
+    /// Whether the route needs a bearer token: all do but the health checks and the API's
+    /// own description. The deployed API's JWT authorizer guards exactly these
+    /// (`template.yaml`), and the functions check the token again.
+    pub fn needs_token(self) -> bool {
+        !matches!(
+            self,
+            Self::Health(_) | Self::Models(ModelsOp::OpenApi | ModelsOp::Docs)
+        )
+    }
 }
 
 /// Each function's own operations, out of an [`Operation`] (the other functions' are errors).
@@ -352,7 +362,26 @@ mod tests {
         );
     }
 
-    /// `template.yaml`'s HTTP API events are exactly the route table, function by function.
+    /// Whether an event's `Auth` is `!If [UseJwtAuthorizer, {Authorizer: NONE}, !Ref
+    /// AWS::NoValue]`: open while the API's authorizer is on (and without one).
+    fn opens_when_the_authorizer_is_on(auth: &serde_yaml::Value) -> bool {
+        let serde_yaml::Value::Tagged(tagged) = auth else {
+            assert!(auth.is_null(), "an event's Auth must be the !If: {auth:?}");
+            return false;
+        };
+        assert_eq!(tagged.tag, "!If");
+        let args = tagged.value.as_sequence().unwrap();
+        assert_eq!(args[0].as_str(), Some("UseJwtAuthorizer"));
+        assert_eq!(
+            serde_yaml::to_string(&args[2]).unwrap().trim(),
+            "!Ref AWS::NoValue"
+        );
+        args[1]["Authorizer"].as_str() == Some("NONE")
+    }
+
+    /// `template.yaml`'s HTTP API events are exactly the route table, function by function,
+    /// and the API's authorizer guards exactly the routes that need a token: the others'
+    /// events say `Authorizer: NONE` while the authorizer is on.
     #[test]
     fn the_route_table_is_the_templates() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
@@ -379,16 +408,25 @@ mod tests {
                     props["Method"].as_str().unwrap().to_uppercase(),
                     props["Path"].as_str().unwrap().to_string(),
                     function,
+                    !opens_when_the_authorizer_is_on(&props["Auth"]),
                 ));
             }
         }
         let mut table: Vec<_> = ROUTES
             .iter()
-            .map(|r| (r.method.to_string(), r.path.to_string(), r.op.function()))
+            .map(|r| {
+                (
+                    r.method.to_string(),
+                    r.path.to_string(),
+                    r.op.function(),
+                    r.op.needs_token(),
+                )
+            })
             .collect();
         deployed.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         table.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         assert_eq!(deployed, table);
+        assert!(table.iter().any(|r| r.3) && table.iter().any(|r| !r.3));
         // And every function has its binary.
         for function in Function::ALL {
             let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -150,11 +150,11 @@ fn no_function_configuration_holds_the_worker_client_key() {
         assert_eq!(readable, std::slice::from_ref(&secret), "{name}");
         secrets.insert(name, secret);
     }
-    assert_eq!(secrets["PredictFunction"], secrets["ModelsFunction"]);
-    assert_ne!(
-        secrets["PredictFunction"], secrets["HealthFunction"],
-        "the health function must not hold the predict key"
-    );
+    // Each function holds its own identity: the models function may only list models and
+    // the health function only check health (the workers' --tls-catalog-names and
+    // --tls-health-names), so neither holds a key that predicts.
+    let distinct: std::collections::BTreeSet<&String> = secrets.values().collect();
+    assert_eq!(distinct.len(), 3, "{secrets:?}");
 }
 
 #[test]
@@ -201,6 +201,7 @@ fn security_groups_chain_functions_to_the_balancer_to_the_workers() {
     for var in [
         "IHUB_WORKER_TLS_CLIENT_NAMES",
         "IHUB_WORKER_TLS_HEALTH_NAMES",
+        "IHUB_WORKER_TLS_CATALOG_NAMES",
     ] {
         assert!(
             env.iter().any(|e| e["Name"].as_str() == Some(var)),
@@ -274,4 +275,191 @@ fn logs_are_retained_for_a_bounded_time_and_carry_no_token() {
         !resources[destination.as_str()]["Properties"]["RetentionInDays"].is_null(),
         "the access log is kept forever"
     );
+}
+
+/// The arguments of `!Tag [...]` (or `{"Fn::Tag": [...]}`).
+fn call<'a>(value: &'a serde_yaml::Value, tag: &str) -> Option<&'a Vec<serde_yaml::Value>> {
+    match value {
+        serde_yaml::Value::Tagged(t) if t.tag == format!("!{tag}") => t.value.as_sequence(),
+        serde_yaml::Value::Mapping(m) => m.get(format!("Fn::{tag}"))?.as_sequence(),
+        _ => None,
+    }
+}
+
+/// The value a condition's `!If` gives when the condition holds, checking that it is
+/// `!If [condition, value, !Ref AWS::NoValue]`.
+fn when<'a>(value: &'a serde_yaml::Value, condition: &str) -> &'a serde_yaml::Value {
+    let args = call(value, "If").unwrap_or_else(|| panic!("not an !If: {value:?}"));
+    assert_eq!(args[0].as_str(), Some(condition));
+    assert_eq!(reference(&args[2]).as_deref(), Some("AWS::NoValue"));
+    &args[1]
+}
+
+/// A request without a valid token stops at the HTTP API's JWT authorizer (on by
+/// default, from the same issuer and audience as the functions), so a flood of them runs no
+/// function; a parameter turns it off for issuers without OpenID discovery. SAM takes no
+/// intrinsic in `Auth`, so LanguageExtensions must resolve the `!If` first.
+#[test]
+fn anonymous_requests_stop_at_the_api_before_any_function() {
+    let template = yaml("template.yaml");
+    let transforms: Vec<&str> = template["Transform"]
+        .as_sequence()
+        .expect("a list of transforms")
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        transforms,
+        ["AWS::LanguageExtensions", "AWS::Serverless-2016-10-31"]
+    );
+    let switch = &template["Parameters"]["ApiJwtAuthorizer"];
+    assert_eq!(switch["Default"].as_str(), Some("true"), "on by default");
+    let condition = call(&template["Conditions"]["UseJwtAuthorizer"], "Equals").unwrap();
+    assert_eq!(
+        reference(&condition[0]).as_deref(),
+        Some("ApiJwtAuthorizer")
+    );
+    assert_eq!(condition[1].as_str(), Some("true"));
+
+    let auth = when(
+        &template["Resources"]["HttpApi"]["Properties"]["Auth"],
+        "UseJwtAuthorizer",
+    );
+    let name = auth["DefaultAuthorizer"]
+        .as_str()
+        .expect("a default authorizer");
+    let authorizer = &auth["Authorizers"][name];
+    assert_eq!(
+        authorizer["IdentitySource"].as_str(),
+        Some("$request.header.Authorization")
+    );
+    let jwt = &authorizer["JwtConfiguration"];
+    assert_eq!(reference(&jwt["issuer"]).as_deref(), Some("JwtIssuer"));
+    let audiences: Vec<Option<String>> = jwt["audience"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(reference)
+        .collect();
+    assert_eq!(audiences, [Some("JwtAudience".to_string())]);
+    // The functions' own checks stay: each function that reads tokens is told the same.
+    for function in ["PredictFunction", "ModelsFunction"] {
+        let vars = &template["Resources"][function]["Properties"]["Environment"]["Variables"];
+        assert_eq!(
+            reference(&vars["IHUB_GATEWAY_JWT_ISSUER"]).as_deref(),
+            Some("JwtIssuer")
+        );
+        assert_eq!(
+            reference(&vars["IHUB_GATEWAY_JWT_AUDIENCE"]).as_deref(),
+            Some("JwtAudience")
+        );
+    }
+    // Which routes stay open is held to the route table by the router's own test.
+}
+
+/// The token kinds the functions require are parameters with safe defaults: Cognito's
+/// access tokens only (`token_use: access`, so the pool's ID tokens are refused), and `typ`
+/// when the issuer sets one.
+#[test]
+fn token_kinds_are_stack_parameters_with_safe_defaults() {
+    let template = yaml("template.yaml");
+    let params = &template["Parameters"];
+    assert_eq!(
+        params["JwtRequiredTokenUse"]["Default"].as_str(),
+        Some("access")
+    );
+    assert!(params["JwtRequiredTyp"]["Default"].as_str().is_some());
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        reference(&globals["IHUB_GATEWAY_JWT_REQUIRED_TOKEN_USE"]).as_deref(),
+        Some("JwtRequiredTokenUse")
+    );
+    assert_eq!(
+        reference(&globals["IHUB_GATEWAY_JWT_REQUIRED_TYP"]).as_deref(),
+        Some("JwtRequiredTyp")
+    );
+}
+
+/// An optional edge: with `EdgeRateLimit` set, CloudFront in front of the API with an AWS
+/// WAF rule that blocks a client IP past that many requests in 5 minutes (429), forwarding
+/// the token and caching nothing; without it, no edge resource exists.
+#[test]
+fn an_edge_with_a_per_client_ip_rate_rule_is_a_stack_parameter() {
+    let template = yaml("template.yaml");
+    let limit = &template["Parameters"]["EdgeRateLimit"];
+    assert_eq!(limit["Default"].as_u64(), Some(0), "off by default");
+    let resources = template["Resources"].as_mapping().unwrap();
+    let of_type = |kind: &str| -> Vec<&serde_yaml::Value> {
+        resources
+            .values()
+            .filter(|r| r["Type"].as_str() == Some(kind))
+            .collect()
+    };
+    for kind in [
+        "AWS::WAFv2::WebACL",
+        "AWS::CloudFront::Distribution",
+        "AWS::CloudFront::CachePolicy",
+    ] {
+        let found = of_type(kind);
+        assert_eq!(found.len(), 1, "{kind}");
+        assert_eq!(found[0]["Condition"].as_str(), Some("UseEdge"), "{kind}");
+    }
+    let equals = call(&template["Conditions"]["UseEdge"], "Not").unwrap();
+    let equals = call(&equals[0], "Equals").unwrap();
+    assert_eq!(reference(&equals[0]).as_deref(), Some("EdgeRateLimit"));
+
+    let acl = &of_type("AWS::WAFv2::WebACL")[0]["Properties"];
+    assert_eq!(acl["Scope"].as_str(), Some("CLOUDFRONT"));
+    let rules = acl["Rules"].as_sequence().unwrap();
+    let rule = rules
+        .iter()
+        .find(|r| !r["Statement"]["RateBasedStatement"].is_null())
+        .expect("a rate-based rule");
+    let rate = &rule["Statement"]["RateBasedStatement"];
+    assert_eq!(rate["AggregateKeyType"].as_str(), Some("IP"));
+    assert_eq!(reference(&rate["Limit"]).as_deref(), Some("EdgeRateLimit"));
+    assert_eq!(
+        rule["Action"]["Block"]["CustomResponse"]["ResponseCode"].as_u64(),
+        Some(429)
+    );
+
+    let distribution = &of_type("AWS::CloudFront::Distribution")[0]["Properties"];
+    let config = &distribution["DistributionConfig"];
+    let acl_name = resources
+        .iter()
+        .find(|(_, r)| r["Type"].as_str() == Some("AWS::WAFv2::WebACL"))
+        .map(|(n, _)| n.as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        serde_yaml::to_string(&config["WebACLId"]).unwrap().trim(),
+        format!("!GetAtt {acl_name}.Arn")
+    );
+    let origins = config["Origins"].as_sequence().unwrap();
+    assert_eq!(origins.len(), 1);
+    assert!(
+        serde_yaml::to_string(&origins[0]["DomainName"])
+            .unwrap()
+            .contains("${HttpApi}.execute-api"),
+        "the edge's origin is this API"
+    );
+    assert_eq!(
+        origins[0]["CustomOriginConfig"]["OriginProtocolPolicy"].as_str(),
+        Some("https-only")
+    );
+    let cache = &of_type("AWS::CloudFront::CachePolicy")[0]["Properties"]["CachePolicyConfig"];
+    assert_eq!(cache["DefaultTTL"].as_u64(), Some(0));
+    let headers = &cache["ParametersInCacheKeyAndForwardedToOrigin"]["HeadersConfig"];
+    assert!(
+        headers["Headers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|h| h.as_str() == Some("Authorization")),
+        "the token must reach the API"
+    );
+    // A CloudFront WAF exists only in us-east-1: the stack says so before creating anything.
+    let rule = &template["Rules"]["EdgeInUsEast1"];
+    let region = call(&rule["Assertions"][0]["Assert"], "Equals").unwrap();
+    assert_eq!(reference(&region[0]).as_deref(), Some("AWS::Region"));
+    assert_eq!(region[1].as_str(), Some("us-east-1"));
 }

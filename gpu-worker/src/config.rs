@@ -158,8 +158,8 @@ pub struct ServeArgs {
     pub tls_client_ca: PathBuf,
 
     /// Client certificate names (subject alternative names) allowed to call every
-    /// service, comma-separated. Unset with --tls-health-names unset: any certificate
-    /// from --tls-client-ca may. A certificate for another name fails the handshake.
+    /// service, comma-separated. Unset with --tls-health-names and --tls-catalog-names
+    /// unset: any certificate from --tls-client-ca may. A certificate for another name fails the handshake.
     #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_NAMES", value_delimiter = ',')]
     pub tls_client_names: Vec<String>,
 
@@ -173,6 +173,12 @@ pub struct ServeArgs {
     /// comma-separated. No other certificate may call it.
     #[arg(long, env = "IHUB_WORKER_TLS_ADMIN_NAMES", value_delimiter = ',')]
     pub tls_admin_names: Vec<String>,
+
+    /// Client certificate names allowed to call only ListModels and grpc.health.v1 (the
+    /// gateway's models function, which lists the catalogue and never predicts),
+    /// comma-separated.
+    #[arg(long, env = "IHUB_WORKER_TLS_CATALOG_NAMES", value_delimiter = ',')]
+    pub tls_catalog_names: Vec<String>,
 
     /// Longest time from accepting a TCP connection to a finished TLS handshake; slower
     /// connections are closed.
@@ -280,6 +286,7 @@ impl ServeArgs {
             full: clean(&self.tls_client_names),
             health: clean(&self.tls_health_names),
             admin: clean(&self.tls_admin_names),
+            catalog: clean(&self.tls_catalog_names),
         }
     }
 

@@ -159,7 +159,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         .add_service(health_service)
         .add_service(ModelInferenceServer::with_interceptor(
             service,
-            crate::tls::require_full_role,
+            crate::tls::require_inference_role,
         ))
         .add_service(ModelRepositoryServer::with_interceptor(
             admin,

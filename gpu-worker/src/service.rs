@@ -24,6 +24,7 @@ use crate::batching::{BatchError, Batcher, Prediction};
 use crate::metrics::Metrics;
 use crate::models::model::{signature, tokenize};
 use crate::models::{ModelInput, Output, argmax};
+use crate::tls::Call;
 
 /// One model being served.
 pub struct ServedModel {
@@ -493,6 +494,7 @@ impl ModelInference for InferenceService {
         &self,
         request: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
+        crate::tls::require(&request, Call::Predict)?;
         let started = Instant::now();
         let deadline = grpc_deadline(request.metadata(), started);
         let request_id = request_id(request.metadata(), &request.get_ref().request_id);
@@ -509,6 +511,7 @@ impl ModelInference for InferenceService {
         &self,
         request: Request<PredictBatchRequest>,
     ) -> Result<Response<PredictBatchResponse>, Status> {
+        crate::tls::require(&request, Call::Predict)?;
         let started = Instant::now();
         let deadline = grpc_deadline(request.metadata(), started);
         let request_id = request_id(request.metadata(), &request.get_ref().request_id);
@@ -523,8 +526,9 @@ impl ModelInference for InferenceService {
 
     async fn list_models(
         &self,
-        _request: Request<ListModelsRequest>,
+        request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
+        crate::tls::require(&request, Call::ListModels)?;
         self.loaded()?;
         Ok(Response::new(ListModelsResponse {
             models: index(&self.models, ""),

@@ -8,7 +8,9 @@
 //! - **Client names**: with `client_names` set, a client certificate must also be valid for
 //!   one of those names (its subject alternative names, checked like a server name), not
 //!   merely chain to the CA. Certificates named in `health_names` may call only
-//!   `grpc.health.v1` (the gateway's health function holds one, not the predict key).
+//!   `grpc.health.v1` (the gateway's health function holds one, not the predict key), those
+//!   in `catalog_names` only `ListModels` (the gateway's models function), those in
+//!   `admin_names` only the `ModelRepository` admin service.
 //! - **Reload**: [`Acceptor::reload`] re-reads the certificate, key and CA (the worker calls
 //!   it on SIGHUP); new handshakes use them, established connections keep going.
 
@@ -56,12 +58,20 @@ pub struct ClientNames {
     pub health: Vec<String>,
     /// Names that may call only the `ModelRepository` admin service (and health).
     pub admin: Vec<String>,
+    /// Names that may call only `ListModels` (and health).
+    pub catalog: Vec<String>,
 }
 
 impl ClientNames {
     /// Checks that every name is a valid DNS name (what the certificate check compares).
     pub fn validate(&self) -> anyhow::Result<()> {
-        for name in self.full.iter().chain(&self.health).chain(&self.admin) {
+        for name in self
+            .full
+            .iter()
+            .chain(&self.health)
+            .chain(&self.admin)
+            .chain(&self.catalog)
+        {
             ServerName::try_from(name.as_str())
                 .map_err(|_| anyhow::anyhow!("invalid client certificate name {name:?}"))?;
         }
@@ -69,7 +79,7 @@ impl ClientNames {
     }
 
     fn restricted(&self) -> bool {
-        !self.full.is_empty() || !self.health.is_empty()
+        !self.full.is_empty() || !self.health.is_empty() || !self.catalog.is_empty()
     }
 
     /// What a verified certificate may do, or `None` when its names are not allowed.
@@ -83,6 +93,8 @@ impl ClientNames {
         }
         if valid_for_any(cert, &self.full) {
             Some(Role::Full)
+        } else if valid_for_any(cert, &self.catalog) {
+            Some(Role::Catalog)
         } else if valid_for_any(cert, &self.health) {
             Some(Role::HealthOnly)
         } else {
@@ -110,6 +122,53 @@ pub enum Role {
     HealthOnly,
     /// Only the `ModelRepository` admin service (and `grpc.health.v1`).
     Admin,
+    /// Only `ListModels` (and `grpc.health.v1`): the gateway's models function.
+    Catalog,
+}
+
+/// What a call to the worker does, for [`Role::may`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `Predict`, `PredictBatch`.
+    Predict,
+    /// `ListModels`.
+    ListModels,
+}
+
+impl Role {
+    /// Whether a peer of this role may make `call` (the `ModelInference` service's calls;
+    /// `grpc.health.v1` is open to every role, `ModelRepository` to admins only).
+    pub fn may(self, call: Call) -> bool {
+        match self {
+            Role::Full => true,
+            Role::Catalog => call == Call::ListModels,
+            Role::HealthOnly | Role::Admin => false,
+        }
+    }
+
+    fn refusal(self) -> &'static str {
+        match self {
+            Role::Full => "",
+            Role::Catalog => "this client certificate may call only ListModels and grpc.health.v1",
+            Role::Admin => {
+                "this client certificate may call only the ModelRepository admin service"
+            }
+            Role::HealthOnly => "this client certificate may call only grpc.health.v1",
+        }
+    }
+}
+
+/// PERMISSION_DENIED unless the request's peer may make `call`. `ModelInference`'s handlers
+/// call it first; the service's interceptor ([`require_inference_role`]) has already
+/// turned away the roles that may make none of its calls.
+pub fn require<T>(request: &tonic::Request<T>, call: Call) -> Result<(), tonic::Status> {
+    match request.extensions().get::<Peer>() {
+        Some(peer) if peer.role.may(call) => Ok(()),
+        Some(peer) => Err(tonic::Status::permission_denied(peer.role.refusal())),
+        None => Err(tonic::Status::permission_denied(
+            "no authenticated client certificate",
+        )),
+    }
 }
 
 /// The connection facts tonic puts into every request's extensions.
@@ -407,16 +466,18 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// The check in front of `ModelInference`: a health-only or admin certificate gets
-/// PERMISSION_DENIED there.
-pub fn require_full_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+/// The check in front of `ModelInference`: a role that may make none of its calls (health,
+/// admin) gets PERMISSION_DENIED there; each handler then checks its own call ([`require`]).
+pub fn require_inference_role(
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
     match request.extensions().get::<Peer>() {
-        Some(peer) if peer.role == Role::Full => Ok(request),
-        Some(peer) if peer.role == Role::Admin => Err(tonic::Status::permission_denied(
-            "this client certificate may call only the ModelRepository admin service",
-        )),
-        _ => Err(tonic::Status::permission_denied(
-            "this client certificate may call only grpc.health.v1",
+        Some(peer) if peer.role.may(Call::Predict) || peer.role.may(Call::ListModels) => {
+            Ok(request)
+        }
+        Some(peer) => Err(tonic::Status::permission_denied(peer.role.refusal())),
+        None => Err(tonic::Status::permission_denied(
+            "no authenticated client certificate",
         )),
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{Worker, model_subset};
 use inferencehub_devkit::certs::{self, GATEWAY_CLIENT_NAME, HEALTH_CLIENT_NAME};
-use inferencehub_proto::pb::PredictRequest;
 use inferencehub_proto::pb::model_inference_client::ModelInferenceClient;
+use inferencehub_proto::pb::{FeatureRow, ListModelsRequest, PredictBatchRequest, PredictRequest};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -126,6 +126,56 @@ async fn only_named_unexpired_certificates_get_in_and_health_names_only_check_he
         .await
         .unwrap_or(0.0);
     assert!(failed >= 3.0, "handshake failures counted: {failed}");
+}
+
+/// The gateway's models function holds a certificate of its own, named in
+/// `--tls-catalog-names`: it may list the catalogue (and check health) and nothing else, so
+/// its key cannot be used to predict; the predict function's certificate may do both.
+#[tokio::test]
+async fn catalog_names_may_list_models_and_not_predict() {
+    let dir = model_subset(&["iris"]);
+    let names = format!("--tls-client-names={GATEWAY_CLIENT_NAME}");
+    let catalog_names = "--tls-catalog-names=inferencehub-models";
+    let worker = Worker::serving(dir.path(), &[&names, catalog_names]).await;
+    let cert = worker.dir.path().join("models.pem");
+    let key = worker.dir.path().join("models.key");
+    worker
+        .ca
+        .issue_client("inferencehub-models", None, &cert, &key)
+        .unwrap();
+    let models = worker
+        .channel_with(&worker.certs.ca, Some((cert.as_path(), key.as_path())))
+        .await;
+
+    let listed = ModelInferenceClient::new(models.clone())
+        .list_models(ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.models.iter().any(|m| m.name == "iris"));
+    assert_eq!(health(models.clone()).await.unwrap(), 1, "SERVING");
+    let denied = predict(models.clone()).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("ListModels"), "{denied:?}");
+    let denied = ModelInferenceClient::new(models)
+        .predict_batch(PredictBatchRequest {
+            model_name: "iris".into(),
+            rows: vec![FeatureRow {
+                features: vec![5.1, 3.5, 1.4, 0.2],
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // The predict function's certificate: both.
+    assert_eq!(predict(worker.channel().await).await.unwrap(), "setosa");
+    let listed = ModelInferenceClient::new(worker.channel().await)
+        .list_models(ListModelsRequest::default())
+        .await
+        .unwrap();
+    assert!(!listed.into_inner().models.is_empty());
 }
 
 #[tokio::test]
