@@ -84,6 +84,7 @@ fixtures: $(PY_FIXTURES)/.installed ## Regenerate the ONNX exporter fixtures of 
 	$(PY_FIXTURES)/bin/python tools/python/make_onnx_text_fixtures.py --out gpu-worker/tests/fixtures/onnx-text
 	$(PY_FIXTURES)/bin/python tools/python/make_onnx_tensor_fixtures.py --out gpu-worker/tests/fixtures/onnx-tensors
 	$(PY_FIXTURES)/bin/python tools/python/make_embedding_fixtures.py --out gpu-worker/tests/fixtures/embeddings
+	$(PY_FIXTURES)/bin/python tools/python/make_onnx_hostile_fixtures.py --out gpu-worker/tests/fixtures/onnx-hostile
 
 CERTS_DIR := .local/certs
 # Where cargo builds (honours CARGO_TARGET_DIR and .cargo/config), asked of cargo itself.

@@ -98,7 +98,7 @@ impl Registry {
         let bytes = files.bytes;
         self.check_memory(bytes)?;
         let (entry, opts) = (entry.clone(), self.opts.clone());
-        let (entry, model) = tokio::task::spawn_blocking(move || {
+        let (entry, model) = on_load_thread(move || {
             let started = Instant::now();
             let mut model = load_entry(&entry, &opts)?;
             model.warm_up()?;
@@ -111,7 +111,7 @@ impl Registry {
             );
             anyhow::Ok((entry, model))
         })
-        .await??;
+        .await?;
         let mut info = model.info;
         info.resident_bytes = bytes;
         let batcher = Batcher::start(
@@ -429,4 +429,27 @@ pub async fn poll(control: Arc<Control>, interval: Duration) {
             );
         }
     }
+}
+
+/// Stack of the threads models load on. ONNX Runtime builds a tree ensemble's trees
+/// recursively: with 1.31, a chain of 2,048 branches overflows a 2 MiB stack (tokio's
+/// blocking threads), which kills the process. Trees deeper than
+/// [`crate::models::onnx::graph::MAX_TREE_DEPTH`] are refused before that, and this stack
+/// leaves a wide margin over what the limit needs (reserved, touched only as used).
+const LOAD_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `load` on a thread of its own with [`LOAD_STACK_BYTES`] of stack.
+async fn on_load_thread<T: Send + 'static>(
+    load: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("model-load".into())
+        .stack_size(LOAD_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(load());
+        })
+        .map_err(|e| anyhow::anyhow!("starting a model-loading thread: {e}"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the model-loading thread stopped (a panic while loading)"))?
 }

@@ -328,3 +328,62 @@ async fn a_missing_or_wrong_onnxruntime_library_stops_the_worker_naming_it() {
         );
     }
 }
+
+/// Tree ensembles are input too (`tools/python/make_onnx_hostile_fixtures.py`): a tree
+/// that loops back, has no root, is deeper than the limit, points at a node it does not
+/// have or reads a feature the input does not have is refused at load, with the reason
+/// and the model's name, before ONNX Runtime sees it (whose loader recurses: a deep enough
+/// chain crashes the process). The two controls beside them, one exactly at the depth
+/// limit, load and answer.
+#[test]
+fn hostile_tree_ensembles_are_refused_at_load_with_a_reason() {
+    #[derive(Deserialize)]
+    struct Verdict {
+        refused: bool,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        inputs: Vec<Vec<f32>>,
+        #[serde(default)]
+        labels: Vec<String>,
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx-hostile");
+    let mut seen = (0, 0);
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let verdict: Verdict =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let loaded = load_model(&dir, &name, &cpu_options());
+        if verdict.refused {
+            seen.0 += 1;
+            let err = match loaded {
+                Ok(_) => panic!("{name} loaded"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(
+                err.contains(&verdict.reason) && err.contains(&name),
+                "{name}: {err}"
+            );
+            println!("{name:18} refused: {err}");
+            continue;
+        }
+        seen.1 += 1;
+        let mut model = loaded.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let inputs: Vec<ModelInput> = verdict
+            .inputs
+            .iter()
+            .map(|row| ModelInput::Features(row.clone()))
+            .collect();
+        let out = model.model.forward(&inputs).unwrap();
+        assert_eq!(out.len(), inputs.len(), "{name}");
+        if model.info.labels.len() > 1 {
+            for (row, want) in out.iter().zip(&verdict.labels) {
+                let (best, _) = inferencehub_worker::models::argmax(&row.row);
+                assert_eq!(&model.info.labels[best], want, "{name}");
+            }
+        }
+    }
+    assert_eq!(seen, (8, 2), "hostile and control fixtures");
+}

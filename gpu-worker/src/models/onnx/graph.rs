@@ -326,3 +326,293 @@ mod tests {
         assert_eq!(graph.elem_type_of("nowhere"), None);
     }
 }
+
+/// Deepest tree a tree-ensemble operator may hold. ONNX Runtime builds its trees
+/// recursively while loading: with 1.31, a chain of 2,048 branches overflows a 2 MiB thread
+/// stack and the whole worker dies. The worker loads on threads with far more
+/// (`registry::LOAD_STACK_BYTES`), and trees grown by the common libraries are much
+/// shallower (XGBoost's default depth is 6; LightGBM's 31 leaves bound it at 30).
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// Refuses tree ensembles that would hang, crash or misread at run time, whatever engine
+/// runs them: a tree whose branches loop back (a cycle), with no root, deeper than
+/// [`MAX_TREE_DEPTH`], whose child ids name no node, or whose branches read a feature the
+/// input does not have (negative, or past a fixed input width).
+pub fn check_trees(graph: &GraphProto) -> anyhow::Result<()> {
+    for node in &graph.node {
+        if node.domain != "ai.onnx.ml" {
+            continue;
+        }
+        let trees = match node.op_type.as_str() {
+            "TreeEnsembleClassifier" | "TreeEnsembleRegressor" => node.trees_v3()?,
+            "TreeEnsemble" => node.trees_v5()?,
+            _ => continue,
+        };
+        let width = node
+            .input
+            .first()
+            .and_then(|input| {
+                graph
+                    .input
+                    .iter()
+                    .chain(&graph.value_info)
+                    .find(|v| &v.name == input)
+            })
+            .and_then(ValueInfoProto::tensor)
+            .and_then(|(_, dims)| dims.last().copied().flatten());
+        let place = |tree: i64| format!("{} (node {:?}), tree {tree}", node.op_type, node.name);
+        for tree in trees {
+            for &feature in &tree.features {
+                if feature < 0 || width.is_some_and(|w| feature >= w) {
+                    anyhow::bail!(
+                        "{}: a branch reads feature {feature}, which the input ({} wide) does not have",
+                        place(tree.id),
+                        width.map_or("of unknown width".to_string(), |w| w.to_string()),
+                    );
+                }
+            }
+            tree.check()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", place(tree.id)))?;
+        }
+    }
+    Ok(())
+}
+
+/// One tree's structure: for each branch, its children (`None` for a leaf).
+struct Tree {
+    id: i64,
+    /// `children[i]`: the two children of node i, or none for a leaf.
+    children: Vec<Option<[usize; 2]>>,
+    /// The features the branches read.
+    features: Vec<i64>,
+    /// Roots given by the file (opset 5); else the nodes that are nobody's child.
+    roots: Option<Vec<usize>>,
+}
+
+impl Tree {
+    /// No cycle, a root, every node reached from it, no path longer than the limit.
+    fn check(&self) -> Result<(), String> {
+        let n = self.children.len();
+        let roots = match &self.roots {
+            Some(roots) => roots.clone(),
+            None => {
+                let mut has_parent = vec![false; n];
+                for pair in self.children.iter().flatten() {
+                    for &c in pair {
+                        has_parent[c] = true;
+                    }
+                }
+                let roots: Vec<usize> = (0..n).filter(|&i| !has_parent[i]).collect();
+                if roots.is_empty() && n > 0 {
+                    return Err(
+                        "the tree has no root (every node is another's child: a cycle)".into(),
+                    );
+                }
+                roots
+            }
+        };
+        let mut walk = Walk {
+            children: &self.children,
+            mark: vec![Mark::New; n],
+        };
+        for root in roots {
+            walk.from(root)?;
+        }
+        // A node the roots did not reach: walking from it tells a cycle among the unreached
+        // (what leaves a node without a way in) from a stray node.
+        if let Some(stray) = walk.mark.iter().position(|m| *m == Mark::New) {
+            walk.from(stray)?;
+            return Err(format!("node {stray} is not reached from the tree's root"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    New,
+    /// On the current path: reaching it again is a cycle.
+    Open,
+    /// Walked, with the height of the subtree under it.
+    Done(usize),
+}
+
+/// An iterative depth-first walk (a hostile tree must not overflow our stack either).
+struct Walk<'a> {
+    children: &'a [Option<[usize; 2]>],
+    mark: Vec<Mark>,
+}
+
+impl Walk<'_> {
+    fn from(&mut self, start: usize) -> Result<(), String> {
+        let mut stack = vec![(start, false)];
+        while let Some((node, expanded)) = stack.pop() {
+            if expanded {
+                let below = self.children[node].map_or(0, |pair| {
+                    pair.iter()
+                        .map(|&c| match self.mark[c] {
+                            Mark::Done(h) => h,
+                            _ => 0,
+                        })
+                        .max()
+                        .unwrap_or(0)
+                });
+                // A leaf is height 1, so MAX_TREE_DEPTH branches above one are allowed.
+                if below + 1 > MAX_TREE_DEPTH + 1 {
+                    return Err(format!("the tree is deeper than {MAX_TREE_DEPTH} branches"));
+                }
+                self.mark[node] = Mark::Done(below + 1);
+                continue;
+            }
+            match self.mark[node] {
+                Mark::Done(_) => continue,
+                Mark::Open => return Err(format!("node {node} is its own descendant (a cycle)")),
+                Mark::New => {}
+            }
+            self.mark[node] = Mark::Open;
+            stack.push((node, true));
+            for &child in self.children[node].iter().flatten() {
+                match self.mark[child] {
+                    Mark::Open => {
+                        return Err(format!("node {node} points back to node {child} (a cycle)"));
+                    }
+                    Mark::New => stack.push((child, false)),
+                    Mark::Done(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeProto {
+    fn ints(&self, name: &str) -> &[i64] {
+        self.attribute(name).map_or(&[], |a| a.ints.as_slice())
+    }
+
+    /// The trees of `TreeEnsembleClassifier`/`Regressor` (opsets 1–3): parallel lists of
+    /// (tree id, node id, mode, feature, true child id, false child id).
+    fn trees_v3(&self) -> anyhow::Result<Vec<Tree>> {
+        let tree_ids = self.ints("nodes_treeids");
+        let node_ids = self.ints("nodes_nodeids");
+        let features = self.ints("nodes_featureids");
+        let trues = self.ints("nodes_truenodeids");
+        let falses = self.ints("nodes_falsenodeids");
+        let modes = self
+            .attribute("nodes_modes")
+            .map_or(&[][..], |a| a.strings.as_slice());
+        let n = tree_ids.len();
+        for (what, len) in [
+            ("nodes_nodeids", node_ids.len()),
+            ("nodes_featureids", features.len()),
+            ("nodes_truenodeids", trues.len()),
+            ("nodes_falsenodeids", falses.len()),
+            ("nodes_modes", modes.len()),
+        ] {
+            if len != n {
+                anyhow::bail!(
+                    "{} (node {:?}): {what} has {len} entries for {n} nodes",
+                    self.op_type,
+                    self.name
+                );
+            }
+        }
+        let mut by_tree: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (i, &t) in tree_ids.iter().enumerate() {
+            by_tree.entry(t).or_default().push(i);
+        }
+        let mut trees = Vec::with_capacity(by_tree.len());
+        for (id, rows) in by_tree {
+            let place = |e: String| {
+                anyhow::anyhow!("{} (node {:?}), tree {id}: {e}", self.op_type, self.name)
+            };
+            let mut index = std::collections::HashMap::with_capacity(rows.len());
+            for (k, &row) in rows.iter().enumerate() {
+                if index.insert(node_ids[row], k).is_some() {
+                    return Err(place(format!("node {} appears twice", node_ids[row])));
+                }
+            }
+            let resolve = |child: i64| {
+                index.get(&child).copied().ok_or_else(|| {
+                    place(format!(
+                        "a branch points to node {child}, which the tree does not have"
+                    ))
+                })
+            };
+            let mut children = Vec::with_capacity(rows.len());
+            let mut read = Vec::new();
+            for &row in &rows {
+                if modes[row].as_slice() == b"LEAF" {
+                    children.push(None);
+                } else {
+                    children.push(Some([resolve(trues[row])?, resolve(falses[row])?]));
+                    read.push(features[row]);
+                }
+            }
+            trees.push(Tree {
+                id,
+                children,
+                features: read,
+                roots: None,
+            });
+        }
+        Ok(trees)
+    }
+
+    /// The trees of `TreeEnsemble` (opset 5): every listed node is a branch; a child is a
+    /// leaf index where `nodes_trueleafs`/`nodes_falseleafs` say so, else a node index;
+    /// `tree_roots` gives each tree's root. Checked as one forest (trees may not share
+    /// nodes, and a cycle through any of them is refused).
+    fn trees_v5(&self) -> anyhow::Result<Vec<Tree>> {
+        let roots = self.ints("tree_roots");
+        let features = self.ints("nodes_featureids");
+        let trues = self.ints("nodes_truenodeids");
+        let falses = self.ints("nodes_falsenodeids");
+        let true_leaf = self.ints("nodes_trueleafs");
+        let false_leaf = self.ints("nodes_falseleafs");
+        let leaves = self.ints("leaf_targetids").len();
+        let n = features.len();
+        let place = |e: String| anyhow::anyhow!("{} (node {:?}): {e}", self.op_type, self.name);
+        for (what, len) in [
+            ("nodes_truenodeids", trues.len()),
+            ("nodes_falsenodeids", falses.len()),
+            ("nodes_trueleafs", true_leaf.len()),
+            ("nodes_falseleafs", false_leaf.len()),
+        ] {
+            if len != n {
+                return Err(place(format!("{what} has {len} entries for {n} nodes")));
+            }
+        }
+        let child = |id: i64, is_leaf: i64| -> anyhow::Result<Option<usize>> {
+            let limit = if is_leaf != 0 { leaves } else { n };
+            let index = usize::try_from(id)
+                .ok()
+                .filter(|&i| i < limit)
+                .ok_or_else(|| {
+                    place(format!(
+                        "a branch points to {} {id}, which the ensemble does not have",
+                        if is_leaf != 0 { "leaf" } else { "node" }
+                    ))
+                })?;
+            Ok((is_leaf == 0).then_some(index))
+        };
+        // Leaves become nodes of their own past the branches, so one walk sees both.
+        let mut children = Vec::with_capacity(n + 1);
+        for i in 0..n {
+            let t = child(trues[i], true_leaf[i])?.unwrap_or(n);
+            let f = child(falses[i], false_leaf[i])?.unwrap_or(n);
+            children.push(Some([t, f]));
+        }
+        children.push(None);
+        let roots = roots
+            .iter()
+            .map(|&r| child(r, 0).map(|c| c.unwrap_or(n)))
+            .collect::<anyhow::Result<Vec<usize>>>()?;
+        Ok(vec![Tree {
+            id: 0,
+            children,
+            features: features.to_vec(),
+            roots: Some(roots),
+        }])
+    }
+}
