@@ -6,7 +6,10 @@
 //!   its oldest input has waited `max_wait`, skipping inputs whose caller went away or
 //!   whose deadline passed;
 //! - a model thread that owns the [`Model`] and runs one forward pass at a time, so
-//!   the async runtime never blocks on compute. While it computes, the next batch fills.
+//!   the async runtime never blocks on compute. While it computes, the next batch fills;
+//! - a watch on each forward pass: one that runs past `forward_deadline` (a model that
+//!   loops or hangs) answers its callers and the queue at once, and the model refuses new
+//!   inputs (UNAVAILABLE, so the gateway fails over) until that pass returns.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -28,6 +31,8 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Most inputs waiting for a forward pass; beyond it calls are refused at once.
     pub max_waiting: usize,
+    /// Longest a forward pass may run before the model counts as stuck (not serving).
+    pub forward_deadline: Duration,
 }
 
 /// The answer for one input.
@@ -70,6 +75,19 @@ pub enum BatchError {
     /// The model thread is gone.
     #[error("the model is shutting down")]
     Closed,
+    /// A forward pass has run past the model's deadline: the model is not serving until
+    /// that pass returns.
+    #[error(
+        "the model is not serving: a forward pass has run {:.1} s, past its deadline of {:.1} s",
+        running.as_secs_f64(),
+        deadline.as_secs_f64()
+    )]
+    Stuck {
+        /// How long the pass has run.
+        running: Duration,
+        /// The deadline it passed.
+        deadline: Duration,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Prediction, BatchError>>;
@@ -100,6 +118,8 @@ struct ModelMetrics {
     in_flight: IntGauge,
     dropped_cancelled: IntCounter,
     dropped_deadline: IntCounter,
+    stuck: IntGauge,
+    stuck_total: IntCounter,
 }
 
 struct Shared {
@@ -108,6 +128,9 @@ struct Shared {
     /// Set when the model is unloaded: the scheduler finishes the queue, then stops (and
     /// with it the model thread, which frees the model).
     closed: std::sync::atomic::AtomicBool,
+    /// When the forward pass that has run past its deadline started; `None` while the
+    /// model is healthy.
+    stuck: Mutex<Option<Instant>>,
     admission: Arc<Semaphore>,
     config: BatchConfig,
     metrics: ModelMetrics,
@@ -117,6 +140,20 @@ impl Shared {
     fn queue(&self) -> MutexGuard<'_, VecDeque<Entry>> {
         // A panic while holding this lock cannot leave the deque half-updated.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Stuck` while a pass has run past the deadline.
+    fn stuck(&self) -> Option<BatchError> {
+        let since = (*self.stuck.lock().unwrap_or_else(|p| p.into_inner()))?;
+        Some(BatchError::Stuck {
+            running: since.elapsed(),
+            deadline: self.config.forward_deadline,
+        })
+    }
+
+    fn set_stuck(&self, since: Option<Instant>) {
+        *self.stuck.lock().unwrap_or_else(|p| p.into_inner()) = since;
+        self.metrics.stuck.set(i64::from(since.is_some()));
     }
 }
 
@@ -155,6 +192,7 @@ impl Batcher {
             queue: Mutex::new(VecDeque::with_capacity(config.max_waiting)),
             notify: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            stuck: Mutex::new(None),
             admission: Arc::new(Semaphore::new(config.max_waiting)),
             config,
             metrics: ModelMetrics {
@@ -169,6 +207,8 @@ impl Batcher {
                 dropped_deadline: metrics
                     .dropped
                     .with_label_values(&[name, version, "deadline"]),
+                stuck: metrics.stuck.with_label_values(&labels),
+                stuck_total: metrics.stuck_total.with_label_values(&labels),
             },
         });
         tokio::spawn(schedule(shared.clone(), jobs_tx));
@@ -187,6 +227,9 @@ impl Batcher {
         let n = inputs.len();
         if n > max {
             return Err(BatchError::TooManyInputs { got: n, max });
+        }
+        if let Some(stuck) = shared.stuck() {
+            return Err(stuck);
         }
         let Ok(mut permit) = shared.admission.clone().try_acquire_many_owned(n as u32) else {
             return Err(BatchError::QueueFull {
@@ -224,6 +267,11 @@ impl Batcher {
     /// Inputs waiting for a forward pass.
     pub fn waiting(&self) -> usize {
         self.shared.queue().len()
+    }
+
+    /// Whether a forward pass has run past the deadline (the model is not serving).
+    pub fn is_stuck(&self) -> bool {
+        self.shared.stuck().is_some()
     }
 
     /// Stops the model once what is queued is computed: the scheduler and the model thread
@@ -322,15 +370,49 @@ async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
         shared.metrics.batch_size.observe(size as f64);
 
         let (done_tx, done_rx) = oneshot::channel();
-        let outcome = match jobs
-            .send(Job {
-                inputs,
-                reply: done_tx,
-            })
-            .await
-        {
-            Ok(()) => done_rx.await.map_err(|_| BatchError::Closed),
-            Err(_) => Err(BatchError::Closed),
+        let pass = async {
+            match jobs
+                .send(Job {
+                    inputs,
+                    reply: done_tx,
+                })
+                .await
+            {
+                Ok(()) => done_rx.await.map_err(|_| BatchError::Closed),
+                Err(_) => Err(BatchError::Closed),
+            }
+        };
+        tokio::pin!(pass);
+        let deadline = shared.config.forward_deadline;
+        let outcome = match tokio::time::timeout(deadline, &mut pass).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The pass may never return (a model that loops): its callers and the
+                // queue are answered now, new inputs are refused until it does.
+                shared.set_stuck(Some(started));
+                shared.metrics.stuck_total.inc();
+                let error = shared.stuck().unwrap_or(BatchError::Closed);
+                tracing::error!(
+                    deadline_ms = deadline.as_millis() as u64,
+                    batch = size,
+                    "a forward pass ran past its deadline: the model is not serving until it returns"
+                );
+                for (reply, _, _in_flight) in waiting {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                let queued: Vec<Entry> = shared.queue().drain(..).collect();
+                shared.metrics.depth.set(0);
+                for entry in queued {
+                    let _ = entry.reply.send(Err(error.clone()));
+                }
+                let _ = pass.await;
+                shared.set_stuck(None);
+                tracing::warn!(
+                    ran_ms = started.elapsed().as_millis() as u64,
+                    "the forward pass that ran past its deadline returned: serving again"
+                );
+                continue;
+            }
         };
         let (outputs, compute) = match outcome {
             Ok((Ok(out), compute)) if out.len() == size => (Ok(out), compute),
@@ -427,6 +509,7 @@ mod tests {
                 max_batch_size: 4,
                 max_wait: Duration::from_secs(30),
                 max_waiting: 16,
+                forward_deadline: Duration::from_secs(60),
             },
             Duration::ZERO,
         );
@@ -448,6 +531,7 @@ mod tests {
                 max_batch_size: 8,
                 max_wait: Duration::from_millis(20),
                 max_waiting: 16,
+                forward_deadline: Duration::from_secs(60),
             },
             Duration::ZERO,
         );
@@ -468,6 +552,7 @@ mod tests {
                 max_batch_size: 8,
                 max_wait: Duration::from_millis(200),
                 max_waiting: 3,
+                forward_deadline: Duration::from_secs(60),
             },
             Duration::ZERO,
         );
@@ -486,6 +571,39 @@ mod tests {
         assert!(b.submit(vec![input(0.5); 3], None).is_ok());
     }
 
+    /// A pass that outlasts the deadline answers its inputs and the queue with `Stuck`,
+    /// the model refuses new inputs while it runs, and serves again once it returns.
+    #[tokio::test]
+    async fn a_pass_past_the_forward_deadline_stops_the_model_until_it_returns() {
+        let (b, _) = batcher(
+            BatchConfig {
+                max_batch_size: 1,
+                max_wait: Duration::ZERO,
+                max_waiting: 16,
+                forward_deadline: Duration::from_millis(100),
+            },
+            Duration::from_millis(600),
+        );
+        let started = Instant::now();
+        let first = b.submit(vec![input(0.1)], None).expect("admitted");
+        let queued = b.submit(vec![input(0.2)], None).expect("admitted");
+        for rx in first.into_iter().chain(queued) {
+            let answer = rx.await.expect("answered");
+            assert!(matches!(answer, Err(BatchError::Stuck { .. })), "{answer:?}");
+        }
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(b.is_stuck());
+        assert!(matches!(
+            b.submit(vec![input(0.3)], None),
+            Err(BatchError::Stuck { .. })
+        ));
+        // The pass returns after 600 ms; then the model serves (each pass now takes 600 ms
+        // too, past the deadline again, so only the refusal is over).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!b.is_stuck());
+        assert!(b.submit(vec![input(0.4)], None).is_ok());
+    }
+
     #[tokio::test]
     async fn cancelled_and_expired_inputs_are_not_computed() {
         let (b, sizes) = batcher(
@@ -493,6 +611,7 @@ mod tests {
                 max_batch_size: 8,
                 max_wait: Duration::from_millis(50),
                 max_waiting: 16,
+                forward_deadline: Duration::from_secs(60),
             },
             Duration::ZERO,
         );
@@ -528,6 +647,7 @@ mod tests {
                 max_batch_size: 8,
                 max_wait: Duration::from_millis(20),
                 max_waiting: 16,
+                forward_deadline: Duration::from_secs(60),
             },
             Duration::ZERO,
         );

@@ -231,6 +231,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_waiting: u32,
 
+    /// Longest a model's forward pass may run. One that runs longer (a model that loops
+    /// or hangs) answers its callers and the model's queue with UNAVAILABLE, turns the
+    /// model's health (grpc.health.v1, service = its name) NOT_SERVING and refuses new
+    /// inputs until that pass returns; other models keep serving.
+    #[arg(long, env = "IHUB_WORKER_FORWARD_DEADLINE", default_value = "30s", value_parser = positive_duration)]
+    pub forward_deadline: Duration,
+
     /// Largest prompt accepted by text models, in bytes (the gateway's
     /// IHUB_GATEWAY_MAX_PROMPT_BYTES caps what it forwards).
     #[arg(long, env = "IHUB_WORKER_MAX_PROMPT_BYTES", default_value_t = DEFAULT_MAX_PROMPT_BYTES)]
@@ -296,6 +303,7 @@ impl ServeArgs {
             max_batch_size: self.max_batch_size as usize,
             max_wait: self.max_wait,
             max_waiting: self.max_waiting as usize,
+            forward_deadline: self.forward_deadline,
         }
     }
 }

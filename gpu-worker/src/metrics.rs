@@ -23,6 +23,12 @@ pub struct Metrics {
     /// `inferencehub_worker_model_resident_bytes{model,version}`: the bytes each served
     /// version's files take, held while it is loaded.
     pub resident_bytes: IntGaugeVec,
+    /// `inferencehub_worker_model_stuck{model,version}`: 1 while a forward pass of the
+    /// version has run past `--forward-deadline` (the model is not serving), else 0.
+    pub stuck: IntGaugeVec,
+    /// `inferencehub_worker_forward_stuck_total{model,version}`: forward passes that ran
+    /// past `--forward-deadline`.
+    pub stuck_total: IntCounterVec,
     /// `inferencehub_worker_in_flight`: inputs admitted and not yet answered (the
     /// autoscaling signal).
     pub in_flight: IntGauge,
@@ -89,6 +95,22 @@ impl Metrics {
             ),
             &["model", "version"],
         )?;
+        let stuck = IntGaugeVec::new(
+            Opts::new(
+                "inferencehub_worker_model_stuck",
+                "1 while a forward pass of the version has run past --forward-deadline",
+            ),
+            &["model", "version"],
+        )?;
+        let stuck_total = IntCounterVec::new(
+            Opts::new(
+                "inferencehub_worker_forward_stuck_total",
+                "Forward passes that ran past --forward-deadline",
+            ),
+            &["model", "version"],
+        )?;
+        registry.register(Box::new(stuck.clone()))?;
+        registry.register(Box::new(stuck_total.clone()))?;
         let in_flight = IntGauge::new(
             "inferencehub_worker_in_flight",
             "Inputs admitted and not yet answered, all models",
@@ -129,6 +151,8 @@ impl Metrics {
             batch_size,
             queue_depth,
             resident_bytes,
+            stuck,
+            stuck_total,
             in_flight,
             dropped,
             connections_refused,

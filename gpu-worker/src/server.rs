@@ -114,6 +114,51 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
+/// How often each model's own health is brought up to date.
+const MODEL_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Each served model's own health (grpc.health.v1 with the model's name as the service):
+/// SERVING while its default version answers, NOT_SERVING while a forward pass of that
+/// version has run past `--forward-deadline`; a model no longer served is cleared (its
+/// check answers NOT_FOUND). The worker's overall health is not touched: its other models
+/// serve.
+async fn model_health(models: Arc<ModelStore>, mut health: HealthReporter) {
+    let mut shown = std::collections::BTreeMap::<String, ServingStatus>::new();
+    let mut tick = tokio::time::interval(MODEL_HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(set) = models.get() else {
+            continue;
+        };
+        for (name, served) in set.iter() {
+            let status = if served.default.batcher.is_stuck() {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            if shown.get(name) != Some(&status) {
+                if status == ServingStatus::NotServing {
+                    tracing::error!(model = %name, "model NOT_SERVING: a forward pass ran past --forward-deadline");
+                } else if shown.contains_key(name) {
+                    tracing::warn!(model = %name, "model SERVING again");
+                }
+                health.set_service_status(name, status).await;
+                shown.insert(name.clone(), status);
+            }
+        }
+        let gone: Vec<String> = shown
+            .keys()
+            .filter(|name| !set.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            health.clear_service_status(&name).await;
+            shown.remove(&name);
+        }
+    }
+}
+
 /// Binds both listeners and starts serving; models load in the background.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     let acceptor = Arc::new(Acceptor::new(
@@ -225,6 +270,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
                     .map(|set| set.keys().cloned().collect())
                     .unwrap_or_default();
                 set_health(&loader_health, ServingStatus::Serving).await;
+                tokio::spawn(model_health(models.clone(), loader_health.clone()));
                 loader_serving.store(true, Ordering::SeqCst);
                 tracing::info!(models = ?names, "all models loaded and warmed up; SERVING");
                 let _ = state_tx.send(WorkerState::Serving);

@@ -637,7 +637,9 @@ fn batch_status(e: BatchError, signature: InputSignature) -> Status {
             FieldError::new(batch_list(signature.field()), e.to_string()).to_status()
         }
         BatchError::DeadlineExceeded => ErrorKind::DeadlineExceeded.status(e.to_string()),
-        BatchError::Closed => ErrorKind::Unavailable.status(e.to_string()),
+        BatchError::Closed | BatchError::Stuck { .. } => {
+            ErrorKind::Unavailable.status(e.to_string())
+        }
         BatchError::Model(_) => internal("forward pass", &e),
     }
 }

@@ -385,5 +385,102 @@ fn hostile_tree_ensembles_are_refused_at_load_with_a_reason() {
             }
         }
     }
-    assert_eq!(seen, (8, 2), "hostile and control fixtures");
+    assert_eq!(seen, (8, 3), "hostile and control fixtures");
+}
+
+/// A model whose forward pass does not come back (`spin`: its `Loop` runs a trillion steps
+/// on an input holding a 1) answers that call with UNAVAILABLE once `--forward-deadline`
+/// passes, turns its own health NOT_SERVING and refuses further calls at once (so the
+/// gateway fails over instead of queueing to 503), while the worker's other model keeps
+/// serving and the overall health stays SERVING. Before, the call waited for the caller's
+/// deadline and every later call queued behind it.
+#[tokio::test]
+async fn a_forward_pass_past_its_deadline_turns_that_model_not_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let hostile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx-hostile");
+    let dir = linked(&hostile, &["spin", "control-small"]);
+    let worker = Worker::serving(dir.path(), &["--forward-deadline", "500ms"]).await;
+    let channel = worker.channel().await;
+    let mut client =
+        inferencehub_proto::pb::model_inference_client::ModelInferenceClient::new(channel.clone());
+    let health = HealthClient::new(channel);
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_string();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .map(|r| r.into_inner().status)
+        }
+    };
+    let call = |model: &str, value: f32, features: usize| {
+        let mut request = tonic::Request::new(PredictRequest {
+            features: vec![value; features],
+            model_name: model.into(),
+            ..Default::default()
+        });
+        request.set_timeout(std::time::Duration::from_secs(20));
+        request
+    };
+    // Both models serve; each has its own health.
+    client.predict(call("spin", 0.0, 1)).await.unwrap();
+    assert_eq!(status("spin").await.unwrap(), 1, "SERVING");
+    assert_eq!(status("control-small").await.unwrap(), 1, "SERVING");
+
+    let started = std::time::Instant::now();
+    let stuck = client.predict(call("spin", 1.0, 1)).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(stuck.code(), Code::Unavailable, "{stuck:?}");
+    assert!(stuck.message().contains("deadline"), "{stuck:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(15),
+        "answered after {waited:?}, not at the forward deadline"
+    );
+    // Its health turns NOT_SERVING (checked a few times: the health view follows within
+    // a tenth of a second), a further call is refused at once, the other model serves.
+    let mut spin_health = 0;
+    for _ in 0..50 {
+        spin_health = status("spin").await.unwrap();
+        if spin_health == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(spin_health, 2, "NOT_SERVING");
+    let refused = client.predict(call("spin", 0.0, 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("not serving"), "{refused:?}");
+    let other = client
+        .predict(call("control-small", 0.1, 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.label, "1");
+    assert_eq!(status("control-small").await.unwrap(), 1, "SERVING");
+    assert_eq!(
+        status("").await.unwrap(),
+        1,
+        "the worker itself still SERVING"
+    );
+    // Reported.
+    assert_eq!(
+        worker
+            .metric("inferencehub_worker_model_stuck{model=\"spin\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        worker
+            .metric("inferencehub_worker_forward_stuck_total{model=\"spin\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        worker.log().contains("ran past its deadline"),
+        "{}",
+        worker.log()
+    );
 }

@@ -19,6 +19,9 @@ API) for the controls beside them.
   live in separate lists.
 - controls: `control-small` (a two-leaf stump) and `control-at-limit` (a chain exactly at
   the 1,024-branch depth limit) load and answer.
+- `spin`: a model that loads and answers an input of zeros at once, but whose `Loop` runs
+  a trillion steps when the input holds a 1 (trip count = max(input) x 1e12): a forward
+  pass that does not come back, for the worker's `--forward-deadline`.
 
 The worker's tests need no Python; `make fixtures` regenerates these.
 """
@@ -150,6 +153,48 @@ HOSTILE = {
     "v5-back-edge": (v5_back_edge(), "cycle"),
 }
 
+def spin():
+    """`Y = X` after `max(X) * 1e12` iterations of an identity `Loop`."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["X"], ["largest"], keepdims=0),
+        helper.make_node("Mul", ["largest", "trillion"], ["steps"]),
+        helper.make_node("Cast", ["steps"], ["M"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["M", "true", "X"], ["Y"], body=body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "spin",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+        initializer=[
+            helper.make_tensor("trillion", TensorProto.FLOAT, [], [1e12]),
+            helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="inferencehub-hostile-fixtures"
+    )
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
 CONTROLS = {"control-small": stump(), "control-at-limit": chain(MAX_DEPTH)}
 
 
@@ -177,6 +222,14 @@ def main() -> None:
         expected = {"refused": False, "inputs": rows.tolist(), "labels": [str(v) for v in labels]}
         (folder / "expected.json").write_text(json.dumps(expected) + "\n")
         print(f"{name}: labels {expected['labels']}")
+    folder = args.out / "spin"
+    folder.mkdir(parents=True)
+    onnx.save(spin(), folder / "model.onnx")
+    zeros = [[0.0], [0.0]]
+    (folder / "expected.json").write_text(
+        json.dumps({"refused": False, "inputs": zeros, "labels": [], "spins_on": [[1.0]]}) + "\n"
+    )
+    print("spin: answers zeros, loops on a 1")
 
 
 if __name__ == "__main__":
