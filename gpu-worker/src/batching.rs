@@ -589,7 +589,10 @@ mod tests {
         let queued = b.submit(vec![input(0.2)], None).expect("admitted");
         for rx in first.into_iter().chain(queued) {
             let answer = rx.await.expect("answered");
-            assert!(matches!(answer, Err(BatchError::Stuck { .. })), "{answer:?}");
+            assert!(
+                matches!(answer, Err(BatchError::Stuck { .. })),
+                "{answer:?}"
+            );
         }
         assert!(started.elapsed() < Duration::from_millis(500));
         assert!(b.is_stuck());

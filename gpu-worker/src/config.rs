@@ -157,6 +157,13 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_CA", hide_env_values = true)]
     pub tls_client_ca: PathBuf,
 
+    /// PEM certificate revocation lists of --tls-client-ca (path or PEM text; several may be
+    /// concatenated). A client certificate they revoke fails the handshake; re-read on
+    /// SIGHUP with the certificates, and --max-connection-age closes the connections a
+    /// revoked certificate already holds.
+    #[arg(long, env = "IHUB_WORKER_TLS_CLIENT_CRL", hide_env_values = true)]
+    pub tls_client_crl: Option<PathBuf>,
+
     /// Client certificate names (subject alternative names) allowed to call every
     /// service, comma-separated. Unset with --tls-health-names and --tls-catalog-names
     /// unset: any certificate from --tls-client-ca may. A certificate for another name fails the handshake.
@@ -185,10 +192,30 @@ pub struct ServeArgs {
     #[arg(long, env = "IHUB_WORKER_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub tls_handshake_timeout: Duration,
 
-    /// Most connections open at once (handshaking or established); more are closed at once.
+    /// Most authenticated (handshake finished) connections open at once; one more is
+    /// closed after its handshake.
     #[arg(long, env = "IHUB_WORKER_MAX_CONNECTIONS", default_value_t = 1_024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+
+    /// Most connections still in their TLS handshake at once, apart from the
+    /// authenticated ones. When it is full, the oldest pending handshake is closed to make
+    /// way for the newest: a real client's handshake takes milliseconds, so idle peers
+    /// holding sockets open cannot lock it out.
+    #[arg(long, env = "IHUB_WORKER_MAX_HANDSHAKES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_handshakes: u32,
+
+    /// HTTP/2 streams (concurrent calls) one connection may have open.
+    #[arg(long, env = "IHUB_WORKER_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_streams: u32,
+
+    /// Longest a connection lives: past it the worker sends GOAWAY (calls in flight finish)
+    /// and the client connects again, handshaking with today's certificates and revocation
+    /// lists.
+    #[arg(long, env = "IHUB_WORKER_MAX_CONNECTION_AGE", default_value = "5m", value_parser = positive_duration)]
+    pub max_connection_age: Duration,
 
     /// Address of the plain-HTTP endpoint serving GET /metrics and GET /healthz. Keep it
     /// on loopback unless a load balancer's health check must reach it (the ECS template
@@ -277,6 +304,7 @@ impl ServeArgs {
         crate::tls::EdgeLimits {
             handshake_timeout: self.tls_handshake_timeout,
             max_connections: self.max_connections as usize,
+            max_handshakes: self.max_handshakes as usize,
         }
     }
 

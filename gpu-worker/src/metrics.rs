@@ -36,11 +36,14 @@ pub struct Metrics {
     /// compute.
     pub dropped: IntCounterVec,
     /// `inferencehub_worker_connections_refused_total{reason}`: connections closed before
-    /// a caller was authenticated (`connection_cap`, `handshake_timeout`,
-    /// `handshake_failed`).
+    /// a caller was served (`handshake_evicted`, `handshake_timeout`, `handshake_failed`,
+    /// `connection_cap`).
     pub connections_refused: IntCounterVec,
-    /// `inferencehub_worker_connections_open`: connections holding a slot under the cap
-    /// (handshaking or established).
+    /// `inferencehub_worker_connections_handshaking`: connections in their TLS handshake,
+    /// under --max-handshakes.
+    pub connections_handshaking: IntGauge,
+    /// `inferencehub_worker_connections_open`: authenticated connections, under
+    /// --max-connections.
     pub connections_open: IntGauge,
 }
 
@@ -139,10 +142,15 @@ impl Metrics {
         registry.register(Box::new(dropped.clone()))?;
         let connections_open = IntGauge::new(
             "inferencehub_worker_connections_open",
-            "Connections open (handshaking or established), under --max-connections",
+            "Authenticated connections open, under --max-connections",
+        )?;
+        let connections_handshaking = IntGauge::new(
+            "inferencehub_worker_connections_handshaking",
+            "Connections in their TLS handshake, under --max-handshakes",
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_handshaking.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -157,6 +165,7 @@ impl Metrics {
             dropped,
             connections_refused,
             connections_open,
+            connections_handshaking,
         })
     }
 

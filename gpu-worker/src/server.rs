@@ -166,6 +166,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
             client_ca: args.tls_client_ca.clone(),
+            client_crl: args.tls_client_crl.clone(),
         },
         args.client_names(),
     )?);
@@ -201,6 +202,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     };
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .max_concurrent_streams(Some(args.max_concurrent_streams))
+        // No grace: with one, tonic sends no GOAWAY at the age and cuts the connection at
+        // age + grace instead; without, the calls in flight (unary, with deadlines) finish.
+        .max_connection_age(args.max_connection_age)
         .add_service(health_service)
         .add_service(ModelInferenceServer::with_interceptor(
             service,

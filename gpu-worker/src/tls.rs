@@ -1,8 +1,12 @@
 //! The worker's network edge: its own TLS acceptor in front of tonic, so that what happens
 //! before a caller is authenticated is bounded and the certificates can be rotated live.
 //!
-//! - **Connection cap**: at most `max_connections` connections are open (handshaking or
-//!   established); one more is closed at once, so descriptors cannot pile up.
+//! - **Two budgets**: at most `max_handshakes` connections are in their TLS handshake and
+//!   at most `max_connections` are authenticated, so descriptors cannot pile up and peers
+//!   that never handshake do not take the authenticated clients' places. When the
+//!   handshake budget is full, the oldest pending handshake is closed for the newest: a real
+//!   client finishes in milliseconds, an idle peer is the one that ages out. One more
+//!   authenticated connection than the cap is closed after its handshake.
 //! - **Handshake timeout**: a connection that has not finished its TLS handshake within
 //!   `handshake_timeout` (idle TCP, a slow-loris client) is closed.
 //! - **Client names**: with `client_names` set, a client certificate must also be valid for
@@ -25,7 +29,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use inferencehub_proto::settings::read_pem;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
@@ -46,6 +52,8 @@ pub struct TlsSources {
     pub key: PathBuf,
     /// CA that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Its certificate revocation lists, if any.
+    pub client_crl: Option<PathBuf>,
 }
 
 /// Which client certificates may call what.
@@ -185,8 +193,10 @@ pub struct Peer {
 pub struct EdgeLimits {
     /// Longest time from TCP accept to a finished TLS handshake.
     pub handshake_timeout: Duration,
-    /// Most connections open at once.
+    /// Most authenticated connections open at once.
     pub max_connections: usize,
+    /// Most connections in their handshake at once; past it the oldest makes way.
+    pub max_handshakes: usize,
 }
 
 /// The chain-and-name check: the CA's WebPKI verifier, then the allowed names, so a
@@ -258,9 +268,21 @@ fn server_config(sources: &TlsSources, names: &ClientNames) -> anyhow::Result<Se
     }
     anyhow::ensure!(!roots.is_empty(), "--tls-client-ca holds no certificate");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(path) = &sources.client_crl {
+        let crls = CertificateRevocationListDer::pem_slice_iter(&read(path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .context("parsing --tls-client-crl")?;
+        anyhow::ensure!(
+            !crls.is_empty(),
+            "--tls-client-crl holds no revocation list"
+        );
+        builder = builder.with_crls(crls);
+    }
+    let webpki = builder
         .build()
-        .context("building the client certificate check")?;
+        .context("building the client certificate check (--tls-client-ca, --tls-client-crl)")?;
     let verifier = Arc::new(NamedClientVerifier {
         inner: webpki,
         names: names.clone(),
@@ -380,6 +402,52 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// The connections in their handshake, oldest first: each can be told to give way.
+#[derive(Default)]
+struct Pending {
+    queue: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+impl Pending {
+    /// Admits handshake `id`, telling the oldest to give way when `max` are pending; the
+    /// receiver fires when `id` itself must give way.
+    fn admit(&self, id: u64, max: usize) -> (tokio::sync::oneshot::Receiver<()>, bool) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut evicted = false;
+        while queue.len() >= max.max(1) {
+            let Some((_, oldest)) = queue.pop_front() else {
+                break;
+            };
+            evicted |= oldest.send(()).is_ok();
+        }
+        queue.push_back((id, tx));
+        (rx, evicted)
+    }
+
+    /// Handshake `id` is over (done, failed or gave way).
+    fn finish(&self, id: u64) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = queue.iter().position(|(i, _)| *i == id) {
+            queue.remove(at);
+        }
+    }
+}
+
+/// A pending handshake: counted while it lasts, taken off the queue when it ends.
+struct Handshaking {
+    id: u64,
+    pending: Arc<Pending>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.pending.finish(self.id);
+        self.gauge.dec();
+    }
+}
+
 /// Accepts on `listener` and yields authenticated connections for tonic's
 /// `serve_with_incoming`. The accept loop ends when the stream is dropped.
 pub fn incoming(
@@ -390,7 +458,9 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel::<io::Result<Conn>>(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let pending = Arc::new(Pending::default());
     tokio::spawn(async move {
+        let mut next_id = 0u64;
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -405,18 +475,23 @@ pub fn incoming(
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                metrics.refused("connection_cap");
-                tracing::warn!(%remote, max = limits.max_connections, "connection cap reached: closing a new connection");
-                drop(tcp);
-                continue;
+            next_id += 1;
+            let (give_way, evicted) = pending.admit(next_id, limits.max_handshakes);
+            if evicted {
+                tracing::warn!(%remote, max = limits.max_handshakes, "handshake budget full: the oldest pending handshake makes way");
+            }
+            metrics.connections_handshaking.inc();
+            let handshaking = Handshaking {
+                id: next_id,
+                pending: pending.clone(),
+                gauge: metrics.connections_handshaking.clone(),
             };
-            let slot = Slot::new(permit, metrics.connections_open.clone());
             let _ = tcp.set_nodelay(true);
             let config = acceptor.current();
             let names = acceptor.names.clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
+            let slots = slots.clone();
             tokio::spawn(async move {
                 // A refusal is counted before its socket closes (the handshake future, and
                 // on failure the error, hold the socket until then): whoever sees the close
@@ -425,20 +500,28 @@ pub fn incoming(
                     .accept(tcp)
                     .into_fallible();
                 tokio::pin!(handshake);
-                let stream =
-                    match tokio::time::timeout(limits.handshake_timeout, &mut handshake).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err((e, _tcp))) => {
-                            metrics.refused("handshake_failed");
-                            tracing::info!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.refused("handshake_timeout");
-                            tracing::info!(%remote, "TLS handshake timed out: closing");
-                            return;
-                        }
-                    };
+                let finished = tokio::select! {
+                    finished = tokio::time::timeout(limits.handshake_timeout, &mut handshake) => finished,
+                    _ = give_way => {
+                        metrics.refused("handshake_evicted");
+                        tracing::info!(%remote, "pending handshake closed to make way for a newer one");
+                        return;
+                    }
+                };
+                let stream = match finished {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err((e, _tcp))) => {
+                        metrics.refused("handshake_failed");
+                        tracing::info!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.refused("handshake_timeout");
+                        tracing::info!(%remote, "TLS handshake timed out: closing");
+                        return;
+                    }
+                };
+                drop(handshaking);
                 let role = stream
                     .get_ref()
                     .1
@@ -449,6 +532,11 @@ pub fn incoming(
                     metrics.refused("handshake_failed");
                     return;
                 };
+                let Ok(permit) = slots.try_acquire_owned() else {
+                    metrics.refused("connection_cap");
+                    tracing::warn!(%remote, max = limits.max_connections, "authenticated connection cap reached: closing a new connection");
+                    return;
+                };
                 let peer = Peer {
                     remote: Some(remote),
                     role,
@@ -457,7 +545,7 @@ pub fn incoming(
                     .send(Ok(Conn {
                         stream,
                         peer,
-                        _slot: slot,
+                        _slot: Slot::new(permit, metrics.connections_open.clone()),
                     }))
                     .await;
             });

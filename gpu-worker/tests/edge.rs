@@ -178,34 +178,38 @@ async fn catalog_names_may_list_models_and_not_predict() {
     assert!(!listed.into_inner().models.is_empty());
 }
 
+/// A gauge of the worker, waiting (bounded) until it reads `want`.
+async fn gauge_reaches(worker: &Worker, series: &str, want: f64) {
+    let reached = async {
+        while worker.metric(series).await.unwrap_or(-1.0) != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reached)
+        .await
+        .unwrap_or_else(|_| panic!("{series} never read {want}"));
+}
+
+/// Idle TCP peers take handshake places only: past `--max-handshakes` the oldest pending
+/// one is closed for the newest, the timeout closes the rest, and authenticated
+/// connections have their own cap (`--max-connections`), enforced after the handshake.
 #[tokio::test]
-async fn idle_connections_are_closed_and_the_connection_cap_holds() {
+async fn the_handshake_budget_evicts_the_oldest_and_authenticated_connections_have_their_own_cap() {
     let dir = model_subset(&["iris"]);
     let worker = Worker::serving(
         dir.path(),
         &[
             "--tls-handshake-timeout",
             "3000ms",
-            "--max-connections",
+            "--max-handshakes",
             "3",
+            "--max-connections",
+            "1",
         ],
     )
     .await;
-    let open = || async {
-        worker
-            .metric("inferencehub_worker_connections_open")
-            .await
-            .unwrap_or(-1.0)
-    };
-    // Wait until the health probes' connections of `serving` are gone.
-    let settle = async {
-        while open().await != 0.0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), settle)
-        .await
-        .expect("no connection left open");
+    // The health probes' connections of `serving` go first.
+    gauge_reaches(&worker, "inferencehub_worker_connections_open", 0.0).await;
 
     // Three idle TCP connections: no TLS hello, nothing.
     let mut idle = Vec::new();
@@ -216,27 +220,28 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
                 .unwrap(),
         );
     }
-    let filled = async {
-        while open().await != 3.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), filled)
-        .await
-        .expect("the three idle connections hold their slots");
+    gauge_reaches(&worker, "inferencehub_worker_connections_handshaking", 3.0).await;
 
-    // A fourth is over the cap: closed at once, while the three are still open.
-    let mut over = TcpStream::connect(("127.0.0.1", worker.grpc_port))
-        .await
-        .unwrap();
-    assert!(
-        closed_by_peer(&mut over, Duration::from_secs(10)).await,
-        "the connection over the cap was left open"
+    // A fourth: the oldest pending handshake makes way, the newest stays.
+    idle.push(
+        TcpStream::connect(("127.0.0.1", worker.grpc_port))
+            .await
+            .unwrap(),
     );
-    assert_eq!(open().await, 3.0, "the idle connections keep their slots");
+    assert!(
+        closed_by_peer(&mut idle[0], Duration::from_secs(2)).await,
+        "the oldest pending handshake was left open"
+    );
+    gauge_reaches(&worker, "inferencehub_worker_connections_handshaking", 3.0).await;
+    assert_eq!(
+        worker
+            .metric("inferencehub_worker_connections_refused_total{reason=\"handshake_evicted\"}")
+            .await,
+        Some(1.0)
+    );
 
-    // The three are closed by the handshake timeout.
-    for stream in &mut idle {
+    // The other three are closed by the handshake timeout.
+    for stream in &mut idle[1..] {
         assert!(
             closed_by_peer(stream, Duration::from_secs(20)).await,
             "an idle connection stayed open past the handshake timeout"
@@ -248,13 +253,114 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
             .await,
         Some(3.0)
     );
-    assert_eq!(
+
+    // One authenticated connection fits; a second is closed after its handshake.
+    let first = worker.channel().await;
+    assert_eq!(predict(first.clone()).await.unwrap(), "setosa");
+    gauge_reaches(&worker, "inferencehub_worker_connections_open", 1.0).await;
+    let second = predict(worker.channel().await).await;
+    assert!(second.is_err(), "a connection over the cap got {second:?}");
+    assert!(
         worker
             .metric("inferencehub_worker_connections_refused_total{reason=\"connection_cap\"}")
-            .await,
-        Some(1.0)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
     );
-    // Their slots are free again: a real client gets in.
+    assert_eq!(predict(first).await.unwrap(), "setosa");
+}
+
+/// The probe from the security review: 1,100 idle TCP connections (more than the old
+/// shared cap of 1,024) while a real mTLS client calls. With the default budgets the idle
+/// peers age out of the handshake places and the client gets in.
+#[tokio::test]
+async fn a_thousand_idle_peers_cannot_lock_a_real_client_out() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(dir.path(), &[]).await;
+    let mut idle = Vec::with_capacity(1_100);
+    for _ in 0..1_100 {
+        idle.push(
+            TcpStream::connect(("127.0.0.1", worker.grpc_port))
+                .await
+                .unwrap(),
+        );
+    }
+    let handshaking = async {
+        while worker
+            .metric("inferencehub_worker_connections_handshaking")
+            .await
+            .unwrap_or(0.0)
+            < 256.0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), handshaking)
+        .await
+        .expect("the idle peers fill the handshake places");
+    // A new client, and its calls, while the 1,100 sockets are still open.
+    let label = tokio::time::timeout(Duration::from_secs(10), async {
+        predict(worker.channel().await).await
+    })
+    .await
+    .expect("the client is not locked out")
+    .unwrap();
+    assert_eq!(label, "setosa");
+    let evicted = worker
+        .metric("inferencehub_worker_connections_refused_total{reason=\"handshake_evicted\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(evicted >= 1_100.0 - 256.0, "evicted {evicted}");
+    drop(idle);
+}
+
+/// A revoked client certificate: once the revocation list names it and the worker re-reads
+/// it (SIGHUP), new handshakes with it fail, and the connection it already holds ends at
+/// `--max-connection-age`; its reconnection is refused. Other clients keep working.
+#[tokio::test]
+async fn a_revoked_certificate_loses_its_connections_within_the_maximum_age() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(dir.path(), &["--max-connection-age", "2s"]).await;
+    let cert = worker.dir.path().join("revoked.pem");
+    let key = worker.dir.path().join("revoked.key");
+    let serial = worker
+        .ca
+        .issue_client(GATEWAY_CLIENT_NAME, None, &cert, &key)
+        .unwrap();
+    let held = worker
+        .channel_with(&worker.certs.ca, Some((cert.as_path(), key.as_path())))
+        .await;
+    assert_eq!(predict(held.clone()).await.unwrap(), "setosa");
+
+    worker.revoke(&[serial]);
+    // New handshakes with it fail once the list is re-read.
+    let mut refused = false;
+    for _ in 0..100 {
+        let fresh = worker
+            .channel_with(&worker.certs.ca, Some((cert.as_path(), key.as_path())))
+            .await;
+        if predict(fresh).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "a revoked certificate still got in:\n{}",
+        worker.log()
+    );
+    // The connection it held is closed at its maximum age, and the reconnection fails.
+    let mut cut_off = false;
+    for _ in 0..100 {
+        if predict(held.clone()).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cut_off, "the revoked certificate's connection kept working");
+    // The gateway's own certificate is not revoked.
     assert_eq!(predict(worker.channel().await).await.unwrap(), "setosa");
 }
 
@@ -271,10 +377,15 @@ async fn sighup_reloads_the_certificates_without_dropping_established_connection
 
     // A new CA, server and client certificates, written over the worker's files.
     let rotated = tempfile::tempdir().unwrap();
-    let new = certs::generate(rotated.path()).unwrap();
+    let (new, new_ca) = certs::generate_with_ca(rotated.path()).unwrap();
     copy(&new.server_cert, &worker.certs.server_cert);
     copy(&new.server_key, &worker.certs.server_key);
     copy(&new.ca, &worker.certs.ca);
+    // The revocation list rotates with its CA (one from another CA would leave every new
+    // client's status unknown, which is refused).
+    new_ca
+        .write_crl(&[], &worker.certs.ca.with_file_name("crl.pem"))
+        .unwrap();
     let pid = worker.child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &pid])
@@ -340,4 +451,71 @@ async fn sighup_reloads_the_certificates_without_dropping_established_connection
     }
     assert!(logged, "log:\n{}", worker.log());
     assert_eq!(predict(fresh().await).await.unwrap(), "setosa");
+}
+
+/// The first HTTP/2 SETTINGS the worker sends an authenticated client, as (id, value).
+async fn server_settings(worker: &Worker) -> Vec<(u16, u32)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncWriteExt;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&worker.certs.ca).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(&worker.certs.client_cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&worker.certs.client_key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", worker.grpc_port))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    // The client preface and an empty SETTINGS frame; the server's first frame is its
+    // SETTINGS (RFC 9113 §3.4).
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    tls.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 0x4, "the first frame is SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect()
+}
+
+/// One connection may hold at most `--max-concurrent-streams` calls at once: the worker
+/// says so in its HTTP/2 SETTINGS (SETTINGS_MAX_CONCURRENT_STREAMS, id 3), which clients
+/// must respect.
+#[tokio::test]
+async fn the_worker_bounds_concurrent_streams_per_connection() {
+    let dir = model_subset(&["iris"]);
+    let worker = Worker::serving(dir.path(), &["--max-concurrent-streams", "17"]).await;
+    let settings = server_settings(&worker).await;
+    assert!(settings.contains(&(3, 17)), "{settings:?}");
+    // The default is set too (h2 would otherwise advertise no limit).
+    let worker = Worker::serving(dir.path(), &[]).await;
+    let settings = server_settings(&worker).await;
+    assert!(settings.contains(&(3, 256)), "{settings:?}");
 }

@@ -85,6 +85,10 @@ impl Worker {
     ) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let (certs, ca) = certs::generate_with_ca(&dir.path().join("certs")).unwrap();
+        // Every test worker checks client certificates against its CA's revocation list
+        // (empty until a test revokes one: `Worker::revoke`).
+        let crl = dir.path().join("certs").join("crl.pem");
+        ca.write_crl(&[], &crl).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"));
         command
@@ -96,6 +100,7 @@ impl Worker {
             ("--tls-cert", "IHUB_WORKER_TLS_CERT", &certs.server_cert),
             ("--tls-key", "IHUB_WORKER_TLS_KEY", &certs.server_key),
             ("--tls-client-ca", "IHUB_WORKER_TLS_CLIENT_CA", &certs.ca),
+            ("--tls-client-crl", "IHUB_WORKER_TLS_CLIENT_CRL", &crl),
         ] {
             if inline_tls {
                 command.env(env, std::fs::read_to_string(path).unwrap());
@@ -149,6 +154,20 @@ impl Worker {
             .unwrap();
         assert!(!status.success(), "{status:?}");
         std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap()
+    }
+
+    /// Revokes the client certificates with these serial numbers: rewrites the worker's
+    /// revocation list and sends SIGHUP, which re-reads it.
+    pub fn revoke(&self, serials: &[Vec<u8>]) {
+        self.ca
+            .write_crl(serials, &self.dir.path().join("certs").join("crl.pem"))
+            .unwrap();
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Starts a worker and waits until health says SERVING.

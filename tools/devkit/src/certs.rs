@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
 
 /// Paths of the files [`generate`] writes.
@@ -121,33 +122,66 @@ impl DevCa {
         sans: Vec<String>,
         usage: ExtendedKeyUsagePurpose,
         validity: Validity,
-    ) -> anyhow::Result<(String, String)> {
+    ) -> anyhow::Result<(String, String, Vec<u8>)> {
         let key = KeyPair::generate()?;
         let mut params = leaf_params(common_name, sans, usage)?;
+        // A serial of its own (the time and a counter), to name it in a revocation list.
+        static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+        let serial = (nanos & !0xffff)
+            | (ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff);
+        let serial = SerialNumber::from(serial);
+        params.serial_number = Some(serial.clone());
         if let Some((not_before, not_after)) = validity {
             params.not_before = not_before;
             params.not_after = not_after;
         }
         let cert = params.signed_by(&key, &Issuer::new(self.params.clone(), &self.key))?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((cert.pem(), key.serialize_pem(), serial.to_bytes()))
     }
 
-    /// Writes a client certificate valid for `name` to `cert` and its key to `key`.
+    /// Writes a client certificate valid for `name` to `cert` and its key to `key`; returns
+    /// its serial number (for [`DevCa::write_crl`]).
     pub fn issue_client(
         &self,
         name: &str,
         validity: Validity,
         cert: &Path,
         key: &Path,
-    ) -> anyhow::Result<()> {
-        let (cert_pem, key_pem) = self.issue(
+    ) -> anyhow::Result<Vec<u8>> {
+        let (cert_pem, key_pem, serial) = self.issue(
             name,
             vec![name.into()],
             ExtendedKeyUsagePurpose::ClientAuth,
             validity,
         )?;
         write(cert, &cert_pem, false)?;
-        write(key, &key_pem, true)
+        write(key, &key_pem, true)?;
+        Ok(serial)
+    }
+
+    /// Writes to `path` a certificate revocation list, signed by this CA and valid for a
+    /// day, that revokes the certificates with these serial numbers.
+    pub fn write_crl(&self, serials: &[Vec<u8>], path: &Path) -> anyhow::Result<()> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&Issuer::new(self.params.clone(), &self.key))?;
+        write(path, &crl.pem()?, false)
     }
 }
 
@@ -163,7 +197,7 @@ pub fn generate_with_ca(out: &Path) -> anyhow::Result<(CertPaths, DevCa)> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let paths = CertPaths::in_dir(out);
     let ca = DevCa::new()?;
-    let (server_cert, server_key) = ca.issue(
+    let (server_cert, server_key, _) = ca.issue(
         "inferencehub-worker",
         vec!["localhost".into(), "127.0.0.1".into()],
         ExtendedKeyUsagePurpose::ServerAuth,
