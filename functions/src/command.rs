@@ -654,6 +654,79 @@ pub fn validate(
     }
 }
 
+/// Bytes an answer's JSON may take per element of an output of `datatype` (the longest
+/// text of one value and its separator); BYTES elements other than labels are counted at
+/// 64.
+fn json_bytes_per_element(datatype: &str) -> u64 {
+    match datatype {
+        "BOOL" => 6,
+        "INT8" | "UINT8" => 5,
+        "INT16" | "UINT16" => 7,
+        "FP16" => 12,
+        "INT32" | "UINT32" => 12,
+        "FP32" => 16,
+        "INT64" | "UINT64" => 21,
+        "FP64" => 25,
+        _ => 64,
+    }
+}
+
+/// What the answer to `n` inputs of `model` takes at most, in bytes of JSON: the outputs
+/// it carries (the gateway's own and the named ones asked for, or all) from their declared
+/// shapes, and a fixed part per input (ids, version, latency). A dimension the model
+/// leaves dynamic beyond the first counts once; the worker's message limit bounds those.
+pub fn answer_bytes(model: &ModelInfo, requested: Option<&[String]>, n: usize) -> u64 {
+    const PER_INPUT: u64 = 256;
+    let longest_label = model.labels.iter().map(String::len).max().unwrap_or(0) as u64;
+    let per_input: u64 = outputs(model)
+        .iter()
+        .filter(|o| !o.named || requested.is_none_or(|r| r.contains(&o.name)))
+        .map(|o| {
+            let elements: u64 = o
+                .shape
+                .iter()
+                .skip(1)
+                .map(|&d| u64::try_from(d).unwrap_or(1).max(1))
+                .product();
+            let each = if o.name == "label" && !o.named {
+                longest_label + 3
+            } else if o.name == "scores" && !o.named {
+                json_bytes_per_element(&o.datatype) + longest_label + 24
+            } else {
+                json_bytes_per_element(&o.datatype)
+            };
+            elements.saturating_mul(each)
+        })
+        .fold(PER_INPUT, u64::saturating_add);
+    per_input.saturating_mul(n as u64)
+}
+
+/// Refuses a request whose answer would pass `max` bytes (see [`answer_bytes`]).
+pub fn check_answer_size(
+    model: &ModelInfo,
+    requested: Option<&[String]>,
+    n: usize,
+    max: usize,
+) -> Result<(), Vec<Invalid>> {
+    let bytes = answer_bytes(model, requested, n);
+    if bytes <= max as u64 {
+        return Ok(());
+    }
+    let per_input = bytes / n.max(1) as u64;
+    Err(vec![Invalid::new(
+        if requested.is_some_and(|r| !r.is_empty()) {
+            Place::Output(0)
+        } else {
+            Place::Batch
+        },
+        format!(
+            "the answer would take up to {bytes} bytes ({per_input} per input), over the \
+             limit of {max}: send at most {} inputs, or ask for fewer outputs",
+            (max as u64 / per_input.max(1)).max(1)
+        ),
+    )])
+}
+
 /// Checks the requested output names against what `model` answers.
 pub fn check_outputs(requested: Option<&[String]>, model: &ModelInfo) -> Result<(), Vec<Invalid>> {
     let available = outputs(model);

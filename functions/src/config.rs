@@ -298,6 +298,15 @@ pub struct ApiConfig {
         default_value_t = 32
     )]
     pub max_batch_inputs: usize,
+    /// Largest answer a request may ask for, in bytes of JSON, estimated from the model's
+    /// signature before any quota is spent or the worker runs (400 beyond: fewer inputs
+    /// or outputs). Lambda answers at most 6 MB.
+    #[arg(
+        long = "max-answer-bytes",
+        env = "IHUB_GATEWAY_MAX_ANSWER_BYTES",
+        default_value_t = 5_000_000
+    )]
+    pub max_answer_bytes: usize,
     /// How long the model catalogue is cached.
     #[arg(long = "catalog-ttl", env = "IHUB_GATEWAY_CATALOG_TTL", default_value = "60s", value_parser = duration)]
     pub catalog_ttl: Duration,

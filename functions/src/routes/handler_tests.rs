@@ -515,3 +515,48 @@ async fn model_names_outside_the_allowed_set_are_refused_in_every_protocol() {
     assert_eq!(calls(&app), 0);
     assert!(app.app.predict.limiter.charges().is_empty());
 }
+
+/// An answer is bounded before any quota is spent or the worker runs: a batch whose answer
+/// the model's signature puts over `IHUB_GATEWAY_MAX_ANSWER_BYTES` is refused with 400,
+/// naming the inputs (v1) or the outputs asked for (v2) and how many inputs fit.
+#[tokio::test]
+async fn an_answer_over_the_size_limit_is_refused_before_the_worker_runs() {
+    let mut app = TestApp::with_limit(100);
+    // iris: label, probability and three scores, about 435 bytes an input.
+    app.app.predict.api.max_answer_bytes = 1_000;
+    let batch = |n: usize| {
+        let inputs: Vec<Value> = (0..n)
+            .map(|_| serde_json::json!({"features": [5.1, 3.5, 1.4, 0.2]}))
+            .collect();
+        serde_json::json!({"model_name": "iris", "inputs": inputs}).to_string()
+    };
+    let refused = predict(&app, &batch(3)).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(refused.fields(), vec!["inputs"]);
+    let detail = refused.body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.contains("at most 2 inputs"), "{detail}");
+    let token = app.token("predict");
+    let v2 = serde_json::json!({
+        "inputs": [{"name": "features", "shape": [3, 4], "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2, 5.1, 3.5, 1.4, 0.2, 5.1, 3.5, 1.4, 0.2]}],
+        "outputs": [{"name": "scores"}]
+    });
+    let refused = call(
+        &app,
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&token),
+        &v2.to_string(),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(refused.fields(), vec!["outputs[0].name"]);
+    assert_eq!(calls(&app), 0, "the worker ran");
+    assert!(app.app.predict.limiter.charges().is_empty(), "quota spent");
+    // Two fit.
+    assert_eq!(predict(&app, &batch(2)).await.status, 200);
+    assert_eq!(calls(&app), 1);
+}

@@ -142,6 +142,13 @@ impl<L: RateLimiter, W: Worker> Predict<L, W> {
         let signature = gateway_signature(&model, self.api.max_prompt_bytes)?;
         command::validate(&inputs, &model, signature, self.api.max_batch_inputs)
             .map_err(invalid)?;
+        command::check_answer_size(
+            &model,
+            command.outputs.as_deref(),
+            inputs.len(),
+            self.api.max_answer_bytes,
+        )
+        .map_err(invalid)?;
         // A request costs its number of inputs: a batch of 32 uses what 32 single calls do.
         let cost = inputs.len() as u32;
         let decision = cx
