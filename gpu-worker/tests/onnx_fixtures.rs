@@ -385,7 +385,7 @@ fn hostile_tree_ensembles_are_refused_at_load_with_a_reason() {
             }
         }
     }
-    assert_eq!(seen, (8, 3), "hostile and control fixtures");
+    assert_eq!(seen, (9, 3), "hostile and control fixtures");
 }
 
 /// A model whose forward pass does not come back (`spin`: its `Loop` runs a trillion steps

@@ -15,6 +15,7 @@ API) for the controls beside them.
 - `missing-feature`: a branch reading feature 9 of a 4-feature input.
 - `negative-feature`: a branch reading feature -3.
 - `dangling-child`: a branch whose true child is node 7 of a 3-node tree.
+- `negative-dimension`: a stump whose input declares `[N, -4]`.
 - `v5-back-edge`: the same back edge in opset 5's `TreeEnsemble`, whose nodes and leaves
   live in separate lists.
 - controls: `control-small` (a two-leaf stump) and `control-at-limit` (a chain exactly at
@@ -106,6 +107,12 @@ def stump(feature=0, true_id=1):
     )
 
 
+def negative_dimension():
+    model = stump()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = -4
+    return model
+
+
 def v5_back_edge():
     """Opset 5 `TreeEnsemble`: nodes 0 and 1 are branches (leaves are a separate list);
     node 0's false child is node 1 and node 1's true child is node 0."""
@@ -150,6 +157,7 @@ HOSTILE = {
     "missing-feature": (stump(feature=9), "feature 9"),
     "negative-feature": (stump(feature=-3), "feature -3"),
     "dangling-child": (stump(true_id=7), "node 7"),
+    "negative-dimension": (negative_dimension(), "dimension -4"),
     "v5-back-edge": (v5_back_edge(), "cycle"),
 }
 

@@ -334,6 +334,27 @@ mod tests {
 /// shallower (XGBoost's default depth is 6; LightGBM's 31 leaves bound it at 30).
 pub const MAX_TREE_DEPTH: usize = 1024;
 
+/// Refuses a graph whose inputs or outputs declare a negative dimension (which would wrap
+/// to a huge size wherever it is taken as unsigned).
+pub fn check_dimensions(graph: &GraphProto) -> anyhow::Result<()> {
+    for value in graph.input.iter().chain(&graph.output) {
+        let dims = value
+            .r#type
+            .as_ref()
+            .and_then(|t| t.tensor_type.as_ref())
+            .and_then(|t| t.shape.as_ref())
+            .map(|s| s.dim.as_slice())
+            .unwrap_or_default();
+        if let Some(d) = dims.iter().filter_map(|d| d.dim_value).find(|&d| d < 0) {
+            anyhow::bail!(
+                "{:?} declares dimension {d}; a size cannot be negative",
+                value.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Refuses tree ensembles that would hang, crash or misread at run time, whatever engine
 /// runs them: a tree whose branches loop back (a cycle), with no root, deeper than
 /// [`MAX_TREE_DEPTH`], whose child ids name no node, or whose branches read a feature the

@@ -392,7 +392,9 @@ pub fn load(
 ) -> anyhow::Result<LoadedModel> {
     let bytes = std::fs::read(dir.join(MODEL_FILE)).context("reading model.onnx")?;
     let graph = graph::read(&bytes)?;
-    graph::check_trees(&graph).with_context(|| format!("model {name:?}"))?;
+    graph::check_dimensions(&graph)
+        .and_then(|()| graph::check_trees(&graph))
+        .with_context(|| format!("model {name:?}"))?;
     if dir.join(text::TOKENIZER_FILE).is_file() {
         return text::load(dir, name, version, opts, &bytes, &graph);
     }
