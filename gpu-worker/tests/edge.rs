@@ -386,12 +386,7 @@ async fn sighup_reloads_the_certificates_without_dropping_established_connection
     new_ca
         .write_crl(&[], &worker.certs.ca.with_file_name("crl.pem"))
         .unwrap();
-    let pid = worker.child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    worker.sighup();
 
     // New clients with the new material get in (once the signal is handled).
     let fresh = || worker.channel_with(&new.ca, Some((&new.client_cert, &new.client_key)));
@@ -437,10 +432,7 @@ async fn sighup_reloads_the_certificates_without_dropping_established_connection
 
     // A broken file on the next SIGHUP keeps the working certificates.
     std::fs::write(&worker.certs.server_key, "not a key").unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
+    worker.sighup();
     let mut logged = false;
     for _ in 0..100 {
         if worker.log().contains("TLS reload failed") {

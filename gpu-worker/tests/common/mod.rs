@@ -162,6 +162,11 @@ impl Worker {
         self.ca
             .write_crl(serials, &self.dir.path().join("certs").join("crl.pem"))
             .unwrap();
+        self.sighup();
+    }
+
+    /// Sends SIGHUP: the worker re-reads its certificates, key, CA and revocation lists.
+    pub fn sighup(&self) {
         let pid = self.child.id().unwrap().to_string();
         let status = std::process::Command::new("kill")
             .args(["-HUP", &pid])

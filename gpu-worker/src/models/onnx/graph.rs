@@ -511,6 +511,18 @@ impl NodeProto {
         self.attribute(name).map_or(&[], |a| a.ints.as_slice())
     }
 
+    /// Every per-node list holds `n` entries (`lists`: name and length).
+    fn same_lengths(&self, n: usize, lists: &[(&str, usize)]) -> anyhow::Result<()> {
+        match lists.iter().find(|(_, len)| *len != n) {
+            Some((what, len)) => Err(anyhow::anyhow!(
+                "{} (node {:?}): {what} has {len} entries for {n} nodes",
+                self.op_type,
+                self.name
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The trees of `TreeEnsembleClassifier`/`Regressor` (opsets 1–3): parallel lists of
     /// (tree id, node id, mode, feature, true child id, false child id).
     fn trees_v3(&self) -> anyhow::Result<Vec<Tree>> {
@@ -523,21 +535,16 @@ impl NodeProto {
             .attribute("nodes_modes")
             .map_or(&[][..], |a| a.strings.as_slice());
         let n = tree_ids.len();
-        for (what, len) in [
-            ("nodes_nodeids", node_ids.len()),
-            ("nodes_featureids", features.len()),
-            ("nodes_truenodeids", trues.len()),
-            ("nodes_falsenodeids", falses.len()),
-            ("nodes_modes", modes.len()),
-        ] {
-            if len != n {
-                anyhow::bail!(
-                    "{} (node {:?}): {what} has {len} entries for {n} nodes",
-                    self.op_type,
-                    self.name
-                );
-            }
-        }
+        self.same_lengths(
+            n,
+            &[
+                ("nodes_nodeids", node_ids.len()),
+                ("nodes_featureids", features.len()),
+                ("nodes_truenodeids", trues.len()),
+                ("nodes_falsenodeids", falses.len()),
+                ("nodes_modes", modes.len()),
+            ],
+        )?;
         let mut by_tree: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
         for (i, &t) in tree_ids.iter().enumerate() {
             by_tree.entry(t).or_default().push(i);
@@ -594,16 +601,15 @@ impl NodeProto {
         let leaves = self.ints("leaf_targetids").len();
         let n = features.len();
         let place = |e: String| anyhow::anyhow!("{} (node {:?}): {e}", self.op_type, self.name);
-        for (what, len) in [
-            ("nodes_truenodeids", trues.len()),
-            ("nodes_falsenodeids", falses.len()),
-            ("nodes_trueleafs", true_leaf.len()),
-            ("nodes_falseleafs", false_leaf.len()),
-        ] {
-            if len != n {
-                return Err(place(format!("{what} has {len} entries for {n} nodes")));
-            }
-        }
+        self.same_lengths(
+            n,
+            &[
+                ("nodes_truenodeids", trues.len()),
+                ("nodes_falsenodeids", falses.len()),
+                ("nodes_trueleafs", true_leaf.len()),
+                ("nodes_falseleafs", false_leaf.len()),
+            ],
+        )?;
         let child = |id: i64, is_leaf: i64| -> anyhow::Result<Option<usize>> {
             let limit = if is_leaf != 0 { leaves } else { n };
             let index = usize::try_from(id)
