@@ -258,6 +258,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_waiting: u32,
 
+    /// Threads that compute on the CPU: the worker's own kernels (a rayon pool, threads
+    /// named `compute-N`) and ONNX Runtime's intra-op pool. Default: the cores this process
+    /// may use (its affinity and its cgroup's CPU quota, as a container's CPU limit sets
+    /// it), where ONNX Runtime alone would take every physical core of the machine.
+    #[arg(long, env = "IHUB_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
     /// Longest a model's forward pass may run. One that runs longer (a model that loops
     /// or hangs) answers its callers and the model's queue with UNAVAILABLE, turns the
     /// model's health (grpc.health.v1, service = its name) NOT_SERVING and refuses new

@@ -171,16 +171,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         args.client_names(),
     )?);
     let device = parse_device(&args.device)?;
+    compute_threads(args.threads);
     let drain_timeout = args.drain_timeout;
     let metrics = Arc::new(Metrics::new()?);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding gRPC on {}", args.listen))?;
+    let listener = bind(args.listen, "gRPC").await?;
     let grpc_addr = listener.local_addr()?;
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
-        .await
-        .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
+    let metrics_listener = bind(args.metrics_listen, "metrics").await?;
     let metrics_addr = metrics_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -302,6 +299,52 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         drain_timeout,
         acceptor,
     })
+}
+
+/// How long a listener keeps trying an address that is in use.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds `addr`, trying again for [`BIND_RETRY`] while it is in use. A client that dials a
+/// loopback port in the ephemeral range before its server listens (the gateway, while the
+/// local stack starts or a chaos test restarts a worker) can be given that very port as
+/// its own source, a TCP self-connection that holds the port until the client gives up a
+/// moment later. An address another server holds still fails, after the retries.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(%addr, "{what} address in use: trying again for up to 10 s");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding {what} on {addr}")),
+        }
+    }
+}
+
+/// Sizes the CPU pools: the worker's rayon pool and ONNX Runtime's intra-op pool get
+/// `threads`, or the cores this process may use.
+fn compute_threads(threads: Option<u32>) {
+    let cores = crate::models::device::cores();
+    let threads = threads.map_or(cores, |t| t as usize);
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("compute-{i}"))
+        .build_global();
+    if let Err(e) = built {
+        // A second worker in one process (tests) finds the pool made: it keeps that size.
+        tracing::debug!(error = %e, "the compute pool already exists");
+    }
+    crate::models::onnx::runtime::use_threads(threads);
+    tracing::info!(threads, cores, "compute threads");
 }
 
 /// The registry of the repository `args` names, with the worker's load options.

@@ -611,3 +611,61 @@ async fn a_refused_model_folder_exits_non_zero_naming_the_model() {
     let log = Worker::spawn(models.path(), &[]).await.failed_log().await;
     assert!(log.contains("loading model \\\"broken\\\""), "{log}");
 }
+
+/// The worker's compute threads (`compute-N`) in its process.
+fn compute_threads(worker: &Worker) -> usize {
+    let pid = worker.child.id().unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("compute-"))
+        .count()
+}
+
+/// The worker computes on the cores it is given: `--threads` when set, else the cores its
+/// process may use. Pinned to one core (`taskset`, which the standard library reads like a
+/// container's CPU quota), it starts one compute thread, not one per core of the machine;
+/// ONNX Runtime's pool is sized the same (its log line says so).
+#[tokio::test]
+async fn the_worker_computes_on_the_cores_it_is_given() {
+    // A folder with an ONNX model, so ONNX Runtime's pool is made too.
+    let onnx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx-hostile");
+    let dir = common::linked(&onnx, &["control-small"]);
+    let worker = Worker::serving(dir.path(), &["--threads", "3"]).await;
+    assert_eq!(compute_threads(&worker), 3);
+
+    let pinned = Worker::spawn_under(&["taskset", "-c", "0"], dir.path(), &[]).await;
+    pinned.wait_serving().await;
+    assert_eq!(compute_threads(&pinned), 1);
+    let log = pinned.log();
+    assert!(
+        log.contains("ONNX Runtime loaded") && log.contains("threads=1"),
+        "{log}"
+    );
+
+    let free = Worker::serving(dir.path(), &[]).await;
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(compute_threads(&free), cores);
+}
+
+/// A gRPC address held for a moment when the worker starts (on loopback, a client that
+/// dialled the port before the worker listened can hold it as its own source port) delays
+/// the worker instead of stopping it.
+#[tokio::test]
+async fn a_port_held_for_a_moment_delays_the_worker_instead_of_stopping_it() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(held);
+    });
+    let dir = model_subset(&["iris"]);
+    let listen = format!("--listen={addr}");
+    let worker = Worker::serving(dir.path(), &[&listen]).await;
+    release.join().unwrap();
+    assert_eq!(
+        worker.grpc_port.to_string(),
+        addr.rsplit(':').next().unwrap()
+    );
+    assert!(worker.log().contains("address in use"), "{}", worker.log());
+}

@@ -63,6 +63,13 @@ pub fn free_bytes(device: &Device) -> anyhow::Result<Option<u64>> {
     }
 }
 
+/// The CPU cores this process may use: its affinity mask and its cgroup's CPU quota
+/// (`cpu.max`, `cpu.cfs_quota_us`), as the standard library reads them, rounded down, at
+/// least 1. What the worker computes with unless `--threads` says otherwise.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

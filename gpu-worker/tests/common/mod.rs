@@ -69,12 +69,17 @@ impl Worker {
     /// Like [`Worker::spawn`]; with `inline_tls` the PEM texts themselves go through the
     /// `IHUB_WORKER_TLS_*` environment variables (as ECS injects secrets) instead of paths.
     pub async fn spawn_with(model_dir: &Path, extra: &[&str], inline_tls: bool) -> Worker {
-        Self::start(model_dir, extra, inline_tls, &[]).await
+        Self::start(model_dir, extra, inline_tls, &[], &[]).await
     }
 
     /// Like [`Worker::spawn`], with `env` set for the worker.
     pub async fn spawn_env(model_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Worker {
-        Self::start(model_dir, extra, false, env).await
+        Self::start(model_dir, extra, false, env, &[]).await
+    }
+
+    /// Like [`Worker::spawn`], the binary run by `wrapper` (e.g. `["taskset", "-c", "0"]`).
+    pub async fn spawn_under(wrapper: &[&str], model_dir: &Path, extra: &[&str]) -> Worker {
+        Self::start(model_dir, extra, false, &[], wrapper).await
     }
 
     async fn start(
@@ -82,6 +87,7 @@ impl Worker {
         extra: &[&str],
         inline_tls: bool,
         env: &[(&str, String)],
+        wrapper: &[&str],
     ) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let (certs, ca) = certs::generate_with_ca(&dir.path().join("certs")).unwrap();
@@ -90,10 +96,22 @@ impl Worker {
         let crl = dir.path().join("certs").join("crl.pem");
         ca.write_crl(&[], &crl).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_inferencehub-worker"));
+        let binary = env!("CARGO_BIN_EXE_inferencehub-worker");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command.arg("serve");
+        // Port 0 unless the test names the gRPC address itself.
+        if !extra.iter().any(|a| a.starts_with("--listen")) {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--model-dir")
             .arg(model_dir);
         for (flag, env, path) in [

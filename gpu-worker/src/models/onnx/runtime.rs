@@ -19,6 +19,14 @@ pub const LIBRARY_VAR: &str = "IHUB_WORKER_ONNXRUNTIME";
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// The threads of the intra-op pool every ONNX model shares (the worker's `--threads`);
+/// without it, the cores this process may use. ONNX Runtime's own default is the machine's
+/// physical cores, whatever CPU quota the container has.
+pub fn use_threads(threads: usize) {
+    let _ = THREADS.set(threads.max(1));
+}
 
 /// Names the library the first ONNX model loads (the worker's `--onnxruntime`); without
 /// it, the one `IHUB_WORKER_ONNXRUNTIME` names, else [`DEFAULT_LIBRARY`]. A worker that
@@ -65,8 +73,9 @@ fn start(path: &Path) -> anyhow::Result<Environment> {
             path.display()
         )
     })?;
+    let threads = *THREADS.get_or_init(crate::models::device::cores);
     let pool = GlobalThreadPoolOptions::default()
-        .with_intra_threads(0)
+        .with_intra_threads(threads)
         .and_then(|p| p.with_inter_threads(1))
         .and_then(|p| p.with_spin_control(false))
         .context("ONNX Runtime thread pool")?;
@@ -75,6 +84,6 @@ fn start(path: &Path) -> anyhow::Result<Environment> {
         .with_global_thread_pool(pool)
         .build()
         .context("creating the ONNX Runtime environment")?;
-    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    tracing::info!(library = %path.display(), threads, "ONNX Runtime loaded");
     Ok(environment)
 }
