@@ -189,10 +189,10 @@ fmt: ## Format the code
 
 BENCH_REQUIREMENTS := tools/bench/benches/requirements.txt
 
-bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC
+bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC (THREADS=N: every side on N threads)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
-	$(CARGO) bench -p inferencehub-bench --bench forward
+	$(if $(THREADS),IHUB_WORKER_THREADS=$(THREADS) )$(CARGO) bench -p inferencehub-bench --bench forward
 
 bench-tabular: models ## Benchmark the tree-ensemble demo model (wine): in process against ONNX Runtime from Python, and over gRPC
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)

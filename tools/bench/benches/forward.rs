@@ -14,6 +14,9 @@
 //!    worker's resident memory before and after the load.
 //!
 //! Writes the table to `target/bench-worker.md` and the plot to `docs/bench-worker-cpu.svg`.
+//! With `IHUB_WORKER_THREADS=N` (`make bench-worker THREADS=N`) every side computes on N
+//! threads — the worker's encoder, ONNX Runtime's intra-op pool and the worker process over
+//! gRPC — and the table goes to `target/bench-worker-Nt.md` (no plot).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -88,14 +91,15 @@ impl Encoder for CandleBert {
 struct Ort(PyBridge);
 
 impl Ort {
-    fn start(model_dir: &Path) -> Ort {
+    fn start(model_dir: &Path, threads: usize) -> Ort {
+        let threads = threads.to_string();
         Ort(PyBridge::start(
             "ort_encoder.py",
             &[
                 std::ffi::OsStr::new("--model-dir"),
                 model_dir.as_os_str(),
                 std::ffi::OsStr::new("--threads"),
-                std::ffi::OsStr::new("2"),
+                std::ffi::OsStr::new(&threads),
             ],
         ))
     }
@@ -252,13 +256,30 @@ fn svg(rows: &[Measured]) -> String {
 async fn main() {
     let model_dir = root().join("models/sentiment");
     assert!(model_dir.is_dir(), "run `make models` first");
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let chosen: Option<usize> = std::env::var("IHUB_WORKER_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok());
+    let threads = chosen.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
     let (short, long) = token_sets(&model_dir);
     let (worker, _) = load_body(&model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
     let candle = CandleBert::load(&model_dir);
-    let mut ort = Ort::start(&model_dir);
+    let mut ort = Ort::start(&model_dir, chosen.unwrap_or(2));
 
     let mut check_ids: Vec<Vec<u32>> = short[..8].to_vec();
     check_ids.extend(long[..4].iter().cloned());
@@ -315,10 +336,11 @@ async fn main() {
 
     // Batch 1 latency, from the same samples.
     let mut table = format!(
-        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with 2 intra-op threads; {threads} CPU threads)\n\n\
+        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with {} intra-op threads; the worker on {threads} threads; {cpu})\n\n\
          | cell (batch x text) | ONNX Runtime | worker | ratio | candle BertModel (before) | ratio |\n\
          |---|---|---|---|---|---|\n",
-        ort_version
+        ort_version,
+        chosen.unwrap_or(2)
     );
     for r in &rows {
         table += &format!(
@@ -411,6 +433,12 @@ async fn main() {
     drop(process);
 
     println!("\n{table}");
+    if let Some(n) = chosen {
+        let out = root().join(format!("target/bench-worker-{n}t.md"));
+        std::fs::write(&out, &table).unwrap();
+        eprintln!("wrote {}", out.display());
+        return;
+    }
     let out = root().join("target/bench-worker.md");
     std::fs::write(&out, &table).unwrap();
     let plot = root().join("docs/bench-worker-cpu.svg");
