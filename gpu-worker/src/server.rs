@@ -271,9 +271,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
                     .get()
                     .map(|set| set.keys().cloned().collect())
                     .unwrap_or_default();
+                // The HTTP mirror first: whoever sees SERVING over gRPC finds /healthz 200.
+                loader_serving.store(true, Ordering::SeqCst);
                 set_health(&loader_health, ServingStatus::Serving).await;
                 tokio::spawn(model_health(models.clone(), loader_health.clone()));
-                loader_serving.store(true, Ordering::SeqCst);
                 tracing::info!(models = ?names, "all models loaded and warmed up; SERVING");
                 let _ = state_tx.send(WorkerState::Serving);
                 if args.model_control == ModelControl::Poll {
