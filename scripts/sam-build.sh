@@ -3,7 +3,8 @@
 # arm64 through cargo-lambda and zig, release profile, stripped), then zips each function
 # as `sam package` would and checks its size: every zip must stay at most MAX_ZIP_BYTES
 # (default 6 MB). Prints a table of bootstrap and zip sizes; exits non-zero when a zip is
-# too large.
+# too large. Also checks that aws-lc was built without its CPU-jitter entropy collector
+# (.cargo/config.toml; its start-up was two thirds of a cold start's CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,16 @@ rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
 echo "== sam build (arm64, release, stripped functions)"
 SAM_CLI_TELEMETRY=0 SAM_CLI_BETA_RUST_CARGO_LAMBDA=1 \
   sam build --beta-features --template-file template.yaml --build-dir "$BUILD_DIR"
+
+echo "== aws-lc built for arm64 without the CPU-jitter entropy collector"
+TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+# The build script of the aws-lc-sys that sam just linked (the newest) logs the setting.
+newest="$(ls -t "$TARGET"/aarch64-unknown-linux-gnu/release/build/aws-lc-sys-*/output 2>/dev/null | head -1)"
+if [ -z "$newest" ] || ! grep -q "AWS_LC_SYS_NO_JITTER_ENTROPY': '1'" "$newest"; then
+  echo "aws-lc-sys was built with its jitter collector (${newest:-no build output found}): .cargo/config.toml's [env] did not reach the build" >&2
+  exit 1
+fi
+echo "yes ($newest)"
 
 echo "== what a deployment ships"
 python3 - "$BUILD_DIR" "$MAX_ZIP_BYTES" <<'PY'

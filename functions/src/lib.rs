@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod aws;
 pub mod catalog;
 pub mod command;
 pub mod config;

@@ -119,7 +119,7 @@ impl DynamoLimiter {
     /// no retries of its own: [`DynamoLimiter`] retries once itself, only after a timeout or
     /// a transport failure, so a refusal is never turned into a fail-open by a later timeout.
     pub async fn client_from_env(timeout: Duration) -> Client {
-        let sdk = aws_config::from_env()
+        let config = aws_sdk_dynamodb::config::Builder::from(crate::aws::sdk_config().await)
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .operation_timeout(timeout)
@@ -127,9 +127,8 @@ impl DynamoLimiter {
                     .build(),
             )
             .retry_config(aws_config::retry::RetryConfig::disabled())
-            .load()
-            .await;
-        Client::new(&sdk)
+            .build();
+        Client::from_conf(config)
     }
 }
 

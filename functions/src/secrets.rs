@@ -55,15 +55,14 @@ pub async fn worker_client_pems(config: &WorkerConfig) -> anyhow::Result<ClientP
         !config.tls.any_set(),
         "set either IHUB_GATEWAY_WORKER_TLS_SECRET_ID or the IHUB_GATEWAY_WORKER_TLS_CA/CERT/KEY values, not both"
     );
-    let sdk = aws_config::from_env()
+    let config = aws_sdk_secretsmanager::config::Builder::from(crate::aws::sdk_config().await)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .operation_timeout(std::time::Duration::from_secs(5))
                 .build(),
         )
-        .load()
-        .await;
-    fetch_client_pems(&aws_sdk_secretsmanager::Client::new(&sdk), id).await
+        .build();
+    fetch_client_pems(&aws_sdk_secretsmanager::Client::from_conf(config), id).await
 }
 
 /// One GetSecretValue of `id`, parsed as the worker client's TLS material.

@@ -3,7 +3,8 @@
 use inferencehub_functions::config::{HealthConfig, from_env};
 use inferencehub_functions::routes::Health;
 
-#[tokio::main]
+// One thread, one invocation at a time: see predict.rs.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     inferencehub_functions::runtime::init_tracing();
     // Built once per cold start; warm invocations reuse the clients and connections.

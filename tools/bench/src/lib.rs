@@ -3,5 +3,6 @@
 //! project's one load generator ([`load`]), which the benchmarks in `benches/` drive too.
 //! Nothing here ships in a Lambda zip or a worker image.
 
+pub mod cold_start;
 pub mod load;
 pub mod measure;

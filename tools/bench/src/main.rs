@@ -2,7 +2,7 @@
 //! the GPU check, which carries this binary). Nothing here ships.
 
 use clap::{Parser, Subcommand};
-use inferencehub_bench::{load, measure};
+use inferencehub_bench::{cold_start, load, measure};
 
 /// InferenceHub measurement tooling.
 #[derive(Debug, Parser)]
@@ -21,6 +21,9 @@ enum Command {
     /// Send load to the gateway (HTTP) or a worker (gRPC) and print requests, failures,
     /// latency and batch sizes.
     Load(Box<load::LoadArgs>),
+    /// Start a Lambda function binary against a minimal runtime API, at the CPU share of
+    /// each memory size, and print its time to ready and to the first answer.
+    ColdStart(Box<cold_start::ColdStartArgs>),
 }
 
 #[tokio::main]
@@ -29,5 +32,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Classify(args) => measure::classify(&args),
         Command::BenchEncoder(args) => measure::bench_encoder(&args),
         Command::Load(args) => load::run(*args).await,
+        Command::ColdStart(args) => cold_start::run(*args).await,
     }
 }
