@@ -170,9 +170,7 @@ pub async fn run(args: ColdStartArgs) -> anyhow::Result<()> {
             runs.push(run);
         }
         eprintln!();
-        if let Some(q) = quota {
-            q.remove();
-        }
+        drop(quota);
         let mut summary = summarise(mb, share, quota_applied(&cgroups, share, cores), &runs);
         if let Some(p) = prices {
             summary.usd_per_cold_start = Some(p.invocation(mb, summary.first_answer_ms[0]));
@@ -388,8 +386,9 @@ async fn cold_start(
     server.abort();
     outcome.with_context(|| {
         format!(
-            "cold start of {} (its log: see --log)",
-            args.binary.display()
+            "cold start of {} (its log: {})",
+            args.binary.display(),
+            args.log.display()
         )
     })
 }
@@ -538,15 +537,16 @@ impl Cgroups {
     }
 }
 
-/// One memory size's cgroup; removed when done.
+/// One memory size's cgroup; removed when dropped, a failed run included (its function
+/// has been killed and reaped by then, so the cgroup is empty).
 struct Quota {
     dir: PathBuf,
     tasks: PathBuf,
     memory_mb: u32,
 }
 
-impl Quota {
-    fn remove(self) {
+impl Drop for Quota {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
