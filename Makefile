@@ -246,10 +246,11 @@ bench-gpu: ## Prepare the GPU check (.cache/gpu-run, < 64 MiB); on the GPU machi
 bench-batching: models ## Benchmark the worker's batching settings over gRPC (release build)
 	$(CARGO) bench -p inferencehub-bench --bench batching
 
-bench-per-call: models certs ## What one call costs beyond the forward pass at batch 1: the release worker and a Rust mTLS client on loopback
-	scripts/bench-per-call.sh
+bench-per-call: models ## What one call costs beyond the forward pass at batch 1: the release worker and a Rust mTLS client on loopback
+	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
+	$(CARGO) bench -p inferencehub-bench --bench per_call
 
-bench-cold-start: models dynalite ## The predict function's cold start (release) at the CPU share of 1769, 512 and 256 MB, against a minimal Lambda Runtime API (needs root for the cgroup quota)
+bench-cold-start: models dynalite ## The predict function's cold start (release) at the CPU share of 1769, 1024, 512, 256 and 128 MB (MEMORY=...), against a minimal Lambda Runtime API (needs root for the cgroup quota)
 	scripts/bench-cold-start.sh
 
 bench-gateway: models dynalite ## Benchmark the gateway (release build): own cost per request, end to end vs direct

@@ -268,18 +268,13 @@ async fn main() {
         .num_threads(threads)
         .build_global()
         .unwrap();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
+    let cpu = common::cpu_model();
     let (short, long) = token_sets(&model_dir);
     let (worker, _) = load_body(&model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
     let candle = CandleBert::load(&model_dir);
-    let mut ort = Ort::start(&model_dir, chosen.unwrap_or(2));
+    // ONNX Runtime's intra-op pool: the threads chosen, else two (this machine's cores).
+    let ort_threads = chosen.unwrap_or(2);
+    let mut ort = Ort::start(&model_dir, ort_threads);
 
     let mut check_ids: Vec<Vec<u32>> = short[..8].to_vec();
     check_ids.extend(long[..4].iter().cloned());
@@ -339,8 +334,7 @@ async fn main() {
         "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with {} intra-op threads; the worker on {threads} threads; {cpu})\n\n\
          | cell (batch x text) | ONNX Runtime | worker | ratio | candle BertModel (before) | ratio |\n\
          |---|---|---|---|---|---|\n",
-        ort_version,
-        chosen.unwrap_or(2)
+        ort_version, ort_threads
     );
     for r in &rows {
         table += &format!(

@@ -10,7 +10,6 @@
 //! cold start: milliseconds to ready, to the first answer, the function's CPU time up to
 //! that answer, and the median warm invocation (event handed out to answer back).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -91,13 +90,13 @@ pub struct Summary {
     pub share: f64,
     /// Whether a quota was applied (false: the full machine).
     pub quota: bool,
-    /// Median and range of each figure.
+    /// [`ColdStart::ready_ms`]: median, min, max.
     pub ready_ms: [f64; 3],
-    /// Median and range of each figure.
+    /// [`ColdStart::first_answer_ms`]: median, min, max.
     pub first_answer_ms: [f64; 3],
-    /// Median and range of each figure.
+    /// [`ColdStart::cpu_ms`]: median, min, max.
     pub cpu_ms: [f64; 3],
-    /// Median and range of each figure.
+    /// [`ColdStart::warm_ms`]: median, min, max.
     pub warm_ms: [f64; 3],
     /// USD billed for one cold start's first invocation (init and invoke), at the median.
     pub usd_per_cold_start: Option<f64>,
@@ -158,20 +157,21 @@ pub async fn run(args: ColdStartArgs) -> anyhow::Result<()> {
             Ok(c) if share < cores => Some(c.create(mb, share, args.period)?),
             _ => None,
         };
+        let applied = quota.is_some();
         let mut runs = Vec::new();
         for i in 0..args.runs {
             eprint!(
                 "\r{mb} MB ({share:.3} core{}): cold start {} of {}",
-                if quota.is_some() { "" } else { ", no quota" },
+                if applied { "" } else { ", no quota" },
                 i + 1,
                 args.runs
             );
-            let run = cold_start(&args, &event, quota.as_ref(), &log).await?;
+            let run = cold_start(&args, &event, mb, quota.as_ref(), &log).await?;
             runs.push(run);
         }
         eprintln!();
         drop(quota);
-        let mut summary = summarise(mb, share, quota_applied(&cgroups, share, cores), &runs);
+        let mut summary = summarise(mb, share, applied, &runs);
         if let Some(p) = prices {
             summary.usd_per_cold_start = Some(p.invocation(mb, summary.first_answer_ms[0]));
             summary.usd_per_million_warm = Some(1e6 * p.invocation(mb, summary.warm_ms[0]));
@@ -184,10 +184,6 @@ pub async fn run(args: ColdStartArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-fn quota_applied(cgroups: &anyhow::Result<Cgroups>, share: f64, cores: f64) -> bool {
-    cgroups.is_ok() && share < cores
 }
 
 fn summarise(memory_mb: u32, share: f64, quota: bool, runs: &[ColdStart]) -> Summary {
@@ -322,6 +318,7 @@ async fn init_error(State(rt): State<Arc<Runtime>>, body: Bytes) -> StatusCode {
 async fn cold_start(
     args: &ColdStartArgs,
     event: &[u8],
+    memory_mb: u32,
     quota: Option<&Quota>,
     log: &std::fs::File,
 ) -> anyhow::Result<ColdStart> {
@@ -344,7 +341,7 @@ async fn cold_start(
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let started = Instant::now();
-    let mut child = spawn(args, addr, quota, log)?;
+    let mut child = spawn(args, addr, memory_mb, quota, log)?;
     let pid = child.id();
     let outcome = async {
         let ready = alive(&mut child, args.timeout, ready_rx)
@@ -432,23 +429,19 @@ fn check_answer(body: &[u8]) -> anyhow::Result<()> {
 fn spawn(
     args: &ColdStartArgs,
     addr: std::net::SocketAddr,
+    memory_mb: u32,
     quota: Option<&Quota>,
     log: &std::fs::File,
 ) -> anyhow::Result<Child> {
     let mut cmd = std::process::Command::new(&args.binary);
-    let env: HashMap<&str, String> = HashMap::from([
+    let env = [
         ("AWS_LAMBDA_RUNTIME_API", addr.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", "cold-start".into()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
-        (
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-            quota
-                .map_or(MB_PER_CORE as u32, |q| q.memory_mb)
-                .to_string(),
-        ),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/cold-start".into()),
         ("AWS_LAMBDA_LOG_STREAM_NAME", "cold-start".into()),
-    ]);
+    ];
     cmd.envs(env)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -532,7 +525,6 @@ impl Cgroups {
         Ok(Quota {
             tasks: dir.join("tasks"),
             dir,
-            memory_mb,
         })
     }
 }
@@ -542,7 +534,6 @@ impl Cgroups {
 struct Quota {
     dir: PathBuf,
     tasks: PathBuf,
-    memory_mb: u32,
 }
 
 impl Drop for Quota {
@@ -588,7 +579,7 @@ mod tests {
             ("/nonexistent/predict", "/nonexistent/predict"),
         ] {
             let log = tempfile::tempfile().unwrap();
-            let err = cold_start(&args(binary), b"{}", None, &log)
+            let err = cold_start(&args(binary), b"{}", 1769, None, &log)
                 .await
                 .unwrap_err();
             assert!(format!("{err:#}").contains(says), "{binary}: {err:#}");

@@ -265,6 +265,18 @@ pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &s
 }
 
 /// The repository's root.
+/// The CPU's model name (`/proc/cpuinfo`), for the tables: the machines vary.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default()
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
