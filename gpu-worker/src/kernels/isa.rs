@@ -41,6 +41,11 @@ impl Isa {
         }
     }
 
+    /// f32 lanes in one of its vectors.
+    pub fn lanes(self) -> usize {
+        self.run(Lanes)
+    }
+
     /// Runs `op` compiled for this instruction set.
     #[inline(always)]
     pub fn run<Op: pulp::WithSimd>(self, op: Op) -> Op::Output {
@@ -52,5 +57,15 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Self::Avx512(simd) => Simd::vectorize(simd, op),
         }
+    }
+}
+
+struct Lanes;
+
+impl pulp::WithSimd for Lanes {
+    type Output = usize;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
+        S::F32_LANES
     }
 }

@@ -1,20 +1,23 @@
-//! The CPU encoder's kernels: embeddings, bias + GELU, residual + LayerNorm and attention,
+//! The CPU encoder's kernels: embeddings, dense layers with their bias and GELU or residual
+//! applied as they are stored ([`matmul`] on a [`PackedMatrix`]), LayerNorm and attention,
 //! written once over pulp's `Simd` trait and compiled for each instruction set. Which one
 //! runs is an [`Isa`] value chosen at load ([`Isa::best`]); tests and benchmarks pick each
 //! explicitly, and [`reference`] holds the plain scalar arithmetic every path is held to.
 //!
-//! Each entry point splits its rows over the rayon pool; each task runs one kernel struct
+//! Each entry point splits its work over the rayon pool; each task runs one kernel struct
 //! (a `pulp::WithSimd`) whose `with_simd` is `#[inline(always)]`, as is everything its loops
 //! call, so the whole body is compiled inside pulp's target-feature function.
 
+mod gemm;
 mod isa;
 mod math;
 mod ops;
 pub mod reference;
 
+pub use gemm::{Epilogue, PackedMatrix, matmul, tile_rows};
 pub use isa::Isa;
 pub use math::{erf, exp, gelu};
-pub use ops::{Norm, attention, bias_gelu, embed, residual_norm};
+pub use ops::{Norm, attention, embed, layer_norm_rows};
 
 #[cfg(test)]
 mod tests;

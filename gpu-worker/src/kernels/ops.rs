@@ -3,8 +3,9 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{Epilogue, Panels, product};
 use super::isa::Isa;
-use super::math::{exp, exp_simd, gelu, gelu_simd};
+use super::math::{exp, exp_simd};
 
 /// Rows handed to one task of the element-wise passes.
 const ROWS: usize = 16;
@@ -47,36 +48,29 @@ pub fn embed(
         });
 }
 
-/// `out = GELU(input + bias)`, row by row (rows as wide as `bias`).
-pub fn bias_gelu(isa: Isa, out: &mut [f32], input: &[f32], bias: &[f32]) {
-    let w = bias.len();
-    out.par_chunks_mut(w * ROWS)
-        .zip(input.par_chunks(w * ROWS))
-        .for_each(|(out, input)| isa.run(BiasGelu { out, input, bias }));
-}
-
-/// `out = LayerNorm(x + y + bias)`, row by row (rows as wide as `bias`).
-pub fn residual_norm(isa: Isa, out: &mut [f32], x: &[f32], y: &[f32], bias: &[f32], norm: &Norm) {
-    let h = bias.len();
-    out.par_chunks_mut(h * ROWS)
-        .zip(x.par_chunks(h * ROWS).zip(y.par_chunks(h * ROWS)))
-        .for_each(|(out, (x, y))| {
-            isa.run(ResidualNorm {
-                out,
-                x,
-                y,
-                bias,
-                norm,
-            })
-        });
+/// LayerNorm of every row of `rows` (rows as wide as `norm`), in place. A few rows run on
+/// the calling thread.
+pub fn layer_norm_rows(isa: Isa, rows: &mut [f32], norm: &Norm) {
+    let h = norm.gamma.len();
+    if rows.len() <= h * ROWS {
+        isa.run(NormRows { rows, norm });
+    } else {
+        rows.par_chunks_mut(h * ROWS)
+            .for_each(|rows| isa.run(NormRows { rows, norm }));
+    }
 }
 
 /// Multi-head self-attention of every sequence over its own tokens, from the fused
-/// projection `qkv` (`[tokens, 3 * hidden]`: queries, keys, values; `bias` not yet added).
-/// Sequence `s` holds rows `offsets[s]..offsets[s + 1]`. Returns the context `[tokens,
-/// hidden]`. One task per (sequence, head).
-pub fn attention(isa: Isa, qkv: &[f32], bias: &[f32], offsets: &[usize], heads: usize) -> Vec<f32> {
-    let h = bias.len() / 3;
+/// projection `qkv` (`[tokens, 3 * hidden]`: queries, keys, values, biases added), into
+/// `context` (`[tokens, hidden]`). Sequence `s` holds rows `offsets[s]..offsets[s + 1]`.
+/// One task per (sequence, head).
+pub fn attention(isa: Isa, context: &mut [f32], qkv: &[f32], offsets: &[usize], heads: usize) {
+    let h = context.len() / offsets.last().copied().unwrap_or(0).max(1);
+    assert_eq!(
+        qkv.len(),
+        3 * context.len(),
+        "qkv is not [tokens, 3 * hidden]"
+    );
     let d = h / heads;
     let scale = 1.0 / (d as f32).sqrt();
     let jobs: Vec<(usize, usize)> = (0..offsets.len().saturating_sub(1))
@@ -87,7 +81,6 @@ pub fn attention(isa: Isa, qkv: &[f32], bias: &[f32], offsets: &[usize], heads: 
         .map(|&(s, head)| {
             isa.run(Attend {
                 qkv,
-                bias,
                 h,
                 d,
                 head,
@@ -96,14 +89,12 @@ pub fn attention(isa: Isa, qkv: &[f32], bias: &[f32], offsets: &[usize], heads: 
             })
         })
         .collect();
-    let mut context = vec![0f32; qkv.len() / 3];
     for (&(s, head), part) in jobs.iter().zip(&parts) {
         for (i, row) in part.chunks_exact(d).enumerate() {
             let at = (offsets[s] + i) * h + head * d;
             context[at..at + d].copy_from_slice(row);
         }
     }
-    context
 }
 
 struct Embed<'a> {
@@ -131,53 +122,18 @@ impl pulp::WithSimd for Embed<'_> {
     }
 }
 
-struct BiasGelu<'a> {
-    out: &'a mut [f32],
-    input: &'a [f32],
-    bias: &'a [f32],
-}
-
-impl pulp::WithSimd for BiasGelu<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let w = self.bias.len();
-        let (bias, bias_tail) = S::as_simd_f32s(self.bias);
-        for (out, row) in self.out.chunks_exact_mut(w).zip(self.input.chunks_exact(w)) {
-            let (out, out_tail) = S::as_mut_simd_f32s(out);
-            let (row, row_tail) = S::as_simd_f32s(row);
-            for ((o, &v), &b) in out.iter_mut().zip(row).zip(bias) {
-                *o = gelu_simd(simd, simd.add_f32s(v, b));
-            }
-            for ((o, &v), &b) in out_tail.iter_mut().zip(row_tail).zip(bias_tail) {
-                *o = gelu(v + b);
-            }
-        }
-    }
-}
-
-struct ResidualNorm<'a> {
-    out: &'a mut [f32],
-    x: &'a [f32],
-    y: &'a [f32],
-    bias: &'a [f32],
+struct NormRows<'a> {
+    rows: &'a mut [f32],
     norm: &'a Norm,
 }
 
-impl pulp::WithSimd for ResidualNorm<'_> {
+impl pulp::WithSimd for NormRows<'_> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let h = self.bias.len();
-        let rows = self
-            .out
-            .chunks_exact_mut(h)
-            .zip(self.x.chunks_exact(h).zip(self.y.chunks_exact(h)));
-        for (out, (x, y)) in rows {
-            for (((o, &a), &b), &c) in out.iter_mut().zip(x).zip(y).zip(self.bias) {
-                *o = a + b + c;
-            }
-            layer_norm(out, self.norm);
+        let h = self.norm.gamma.len();
+        for row in self.rows.chunks_exact_mut(h) {
+            layer_norm(row, self.norm);
         }
     }
 }
@@ -185,7 +141,6 @@ impl pulp::WithSimd for ResidualNorm<'_> {
 /// One head of one sequence: softmax(q kᵀ · scale) v over the sequence's `rows`.
 struct Attend<'a> {
     qkv: &'a [f32],
-    bias: &'a [f32],
     h: usize,
     d: usize,
     head: usize,
@@ -199,105 +154,81 @@ impl pulp::WithSimd for Attend<'_> {
     fn with_simd<S: pulp::Simd>(self, simd: S) -> Vec<f32> {
         let Attend {
             qkv,
-            bias,
             h,
             d,
             head,
             rows,
             scale,
         } = self;
-        let lanes = S::F32_LANES;
-        let start = rows.start;
+        let panel = 2 * S::F32_LANES;
         let n = rows.len();
-        // Keys and score rows padded to whole vectors; the padding scores are never used.
-        let np = n.div_ceil(lanes) * lanes;
-        let dp = d.div_ceil(lanes) * lanes;
         let stride = 3 * h;
+        let token = |j: usize| &qkv[(rows.start + j) * stride..][..stride];
         let (qo, ko, vo) = (head * d, h + head * d, 2 * h + head * d);
-        // This head's queries (scaled) [n][d], keys transposed [d][np] and values
-        // [n][dp], biases added, each contiguous for the blocked products below.
-        let mut q = vec![0f32; n * d];
-        let mut kt = vec![0f32; d * np];
-        let mut v = vec![0f32; n * dp];
+        // Both products run on the dense layers' tiles: the queries (scaled) as rows
+        // [n, d]; the keys as the panels of Kᵀ ([d, n]); the scores as rows [n, n]; the
+        // values as the panels of V ([n, d]).
+        let mut q = Vec::with_capacity(n * d);
         for j in 0..n {
-            let row = &qkv[(start + j) * stride..][..stride];
-            for c in 0..d {
-                q[j * d + c] = (row[qo + c] + bias[qo + c]) * scale;
-                kt[c * np + j] = row[ko + c] + bias[ko + c];
-                v[j * dp + c] = row[vo + c] + bias[vo + c];
+            q.extend(token(j)[qo..qo + d].iter().map(|v| v * scale));
+        }
+        let key_panels = n.div_ceil(panel);
+        let mut kt = vec![0f32; key_panels * d * panel];
+        for j in 0..n {
+            let dst = &mut kt[(j / panel) * d * panel + j % panel..];
+            for (c, &v) in token(j)[ko..ko + d].iter().enumerate() {
+                dst[c * panel] = v;
             }
         }
-        let mut scores = vec![0f32; n * np];
-        matmul(simd, (&q, d), (&kt, np), n, d, (&mut scores, np));
-        for row in scores.chunks_exact_mut(np) {
-            softmax(simd, &mut row[..n]);
-        }
-        let mut out = vec![0f32; n * dp];
-        matmul(simd, (&scores, np), (&v, dp), n, n, (&mut out, dp));
-        if dp == d {
-            return out;
-        }
-        out.chunks_exact(dp)
-            .flat_map(|r| &r[..d])
-            .copied()
-            .collect()
-    }
-}
-
-/// `c = a · b` for row-major `a` [m × k] and `b` [k × columns of c], each given with its
-/// row stride; `c`'s width is a whole number of vectors. Register blocks of 4 rows by 2
-/// vectors keep eight independent FMA chains in flight.
-#[inline(always)]
-fn matmul<S: pulp::Simd>(
-    simd: S,
-    (a, lda): (&[f32], usize),
-    (b, ldb): (&[f32], usize),
-    m: usize,
-    k: usize,
-    (c, ldc): (&mut [f32], usize),
-) {
-    let lanes = S::F32_LANES;
-    let zero = simd.splat_f32s(0.0);
-    for i in (0..m).step_by(4) {
-        // Rows past the end repeat the last one; they are never stored.
-        let r = [
-            i,
-            (i + 1).min(m - 1),
-            (i + 2).min(m - 1),
-            (i + 3).min(m - 1),
-        ];
-        let rows = (m - i).min(4);
-        let mut j = 0;
-        while j < ldc {
-            let wide = j + 2 * lanes <= ldc;
-            let width = if wide { 2 * lanes } else { lanes };
-            let mut acc = [[zero; 2]; 4];
-            if wide {
-                for kk in 0..k {
-                    let (bv, _) = S::as_simd_f32s(&b[kk * ldb + j..][..width]);
-                    let (b0, b1) = (bv[0], bv[1]);
-                    for (acc, &row) in acc.iter_mut().zip(&r) {
-                        let av = simd.splat_f32s(a[row * lda + kk]);
-                        acc[0] = simd.mul_add_f32s(av, b0, acc[0]);
-                        acc[1] = simd.mul_add_f32s(av, b1, acc[1]);
-                    }
-                }
-            } else {
-                for kk in 0..k {
-                    let (bv, _) = S::as_simd_f32s(&b[kk * ldb + j..][..width]);
-                    let b0 = bv[0];
-                    for (acc, &row) in acc.iter_mut().zip(&r) {
-                        let av = simd.splat_f32s(a[row * lda + kk]);
-                        acc[0] = simd.mul_add_f32s(av, b0, acc[0]);
-                    }
-                }
+        let value_panels = d.div_ceil(panel);
+        let mut vp = vec![0f32; value_panels * n * panel];
+        for j in 0..n {
+            let value = &token(j)[vo..vo + d];
+            for (p, part) in value.chunks(panel).enumerate() {
+                vp[(p * n + j) * panel..][..part.len()].copy_from_slice(part);
             }
-            for (rr, acc) in acc.iter().enumerate().take(rows) {
-                let (cv, _) = S::as_mut_simd_f32s(&mut c[(i + rr) * ldc + j..][..width]);
-                cv.copy_from_slice(&acc[..width / lanes]);
-            }
-            j += width;
         }
+        let zeros = vec![0f32; key_panels.max(value_panels) * panel];
+        let mut scores = vec![0f32; n * n];
+        let keys = Panels {
+            panel,
+            k: d,
+            n,
+            data: &kt,
+            bias: &zeros,
+        };
+        let mut score_rows: Vec<&mut [f32]> = scores.chunks_exact_mut(n).collect();
+        product(
+            simd,
+            &mut score_rows,
+            0,
+            0..key_panels,
+            &q,
+            keys,
+            Epilogue::Bias,
+        );
+        for row in scores.chunks_exact_mut(n) {
+            softmax(simd, row);
+        }
+        let values = Panels {
+            panel,
+            k: n,
+            n: d,
+            data: &vp,
+            bias: &zeros,
+        };
+        let mut out = vec![0f32; n * d];
+        let mut out_rows: Vec<&mut [f32]> = out.chunks_exact_mut(d).collect();
+        product(
+            simd,
+            &mut out_rows,
+            0,
+            0..value_panels,
+            &scores,
+            values,
+            Epilogue::Bias,
+        );
+        out
     }
 }
 

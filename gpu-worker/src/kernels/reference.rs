@@ -55,38 +55,28 @@ pub fn embed(
         .collect()
 }
 
-/// See [`super::bias_gelu`].
-pub fn bias_gelu(input: &[f32], bias: &[f32]) -> Vec<f32> {
-    input
-        .chunks_exact(bias.len())
+/// `a · w + bias` in f64 (see [`super::matmul`]): `a` `[rows, k]`, `w` `[k, n]`.
+pub fn dense(a: &[f32], w: &[f32], k: usize, bias: &[f32]) -> Vec<f64> {
+    let n = bias.len();
+    a.chunks_exact(k)
         .flat_map(|row| {
-            row.iter()
-                .zip(bias)
-                .map(|(&v, &b)| gelu(f64::from(v) + f64::from(b)) as f32)
-        })
-        .collect()
-}
-
-/// See [`super::residual_norm`].
-pub fn residual_norm(x: &[f32], y: &[f32], bias: &[f32], norm: &Norm) -> Vec<f32> {
-    let h = bias.len();
-    x.chunks_exact(h)
-        .zip(y.chunks_exact(h))
-        .flat_map(|(x, y)| {
-            let sum: Vec<f64> = (0..h)
-                .map(|c| f64::from(x[c]) + f64::from(y[c]) + f64::from(bias[c]))
-                .collect();
-            layer_norm(&sum, norm)
+            (0..n).map(move |c| {
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &x)| f64::from(x) * f64::from(w[i * n + c]))
+                    .sum::<f64>()
+                    + f64::from(bias[c])
+            })
         })
         .collect()
 }
 
 /// See [`super::attention`].
-pub fn attention(qkv: &[f32], bias: &[f32], offsets: &[usize], heads: usize) -> Vec<f32> {
-    let h = bias.len() / 3;
+pub fn attention(qkv: &[f32], offsets: &[usize], heads: usize) -> Vec<f32> {
+    let h = qkv.len() / 3 / offsets[offsets.len() - 1];
     let d = h / heads;
     let scale = 1.0 / (d as f64).sqrt();
-    let at = |row: usize, col: usize| f64::from(qkv[row * 3 * h + col]) + f64::from(bias[col]);
+    let at = |row: usize, col: usize| f64::from(qkv[row * 3 * h + col]);
     let mut context = vec![0f32; qkv.len() / 3];
     for s in 0..offsets.len() - 1 {
         let rows = offsets[s]..offsets[s + 1];

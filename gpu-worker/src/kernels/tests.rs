@@ -127,24 +127,90 @@ fn embeddings_match_the_reference() {
 }
 
 #[test]
-fn bias_gelu_and_residual_norm_match_the_reference() {
-    // Widths that are and are not whole vectors, so the tails run too.
-    for w in [16, 37, 384] {
-        let rows = 21;
-        let input = values(rows * w, 5, 4.0);
-        let other = values(rows * w, 6, 4.0);
-        let bias = values(w, 9, 1.0);
-        let norm = norm(w);
-        let gelu_want = reference::bias_gelu(&input, &bias);
-        let norm_want = reference::residual_norm(&input, &other, &bias, &norm);
+fn dense_layers_and_their_epilogues_match_the_reference() {
+    // Rows below, at and above a register tile and past the panel split; output widths that
+    // are and are not whole panels; inner sizes of one and of many vectors.
+    for (rows, k, n) in [
+        (1, 16, 32),
+        (5, 37, 21),
+        (13, 64, 100),
+        (29, 384, 96),
+        (300, 40, 70),
+    ] {
+        let a = values(rows * k, 12, 1.0);
+        let w = values(k * n, 13, 0.3);
+        let bias = values(n, 14, 0.5);
+        let residual = values(rows * n, 15, 2.0);
+        let plain = reference::dense(&a, &w, k, &bias);
+        let want_bias: Vec<f32> = plain.iter().map(|&v| v as f32).collect();
+        let want_gelu: Vec<f32> = plain.iter().map(|&v| reference::gelu(v) as f32).collect();
+        let want_residual: Vec<f32> = plain
+            .iter()
+            .zip(&residual)
+            .map(|(&v, &r)| (v + f64::from(r)) as f32)
+            .collect();
         for isa in Isa::all() {
-            let mut out = vec![0f32; rows * w];
-            bias_gelu(isa, &mut out, &input, &bias);
-            assert!(worst(&out, &gelu_want) < 1e-5, "{} gelu w={w}", isa.name());
-            residual_norm(isa, &mut out, &input, &other, &bias, &norm);
-            assert!(worst(&out, &norm_want) < 1e-5, "{} norm w={w}", isa.name());
+            let packed = PackedMatrix::new(isa, &w, k, n, &bias);
+            assert_eq!((packed.inputs(), packed.outputs()), (k, n));
+            let mut out = vec![f32::NAN; rows * n];
+            let cases = [
+                ("bias", Epilogue::Bias, &want_bias),
+                ("gelu", Epilogue::BiasGelu, &want_gelu),
+                (
+                    "residual",
+                    Epilogue::BiasResidual(&residual),
+                    &want_residual,
+                ),
+            ];
+            for (name, epilogue, want) in cases {
+                out.fill(f32::NAN);
+                matmul(isa, &mut out, &a, &packed, epilogue);
+                let w = worst(&out, want);
+                assert!(w < 1e-5, "{} {name} {rows}x{k}x{n}: {w}", isa.name());
+            }
         }
     }
+}
+
+#[test]
+fn layer_norm_matches_the_reference() {
+    for (rows, h) in [(3, 16), (21, 37), (70, 384)] {
+        let x = values(rows * h, 5, 4.0);
+        let norm = norm(h);
+        let want: Vec<f32> = x
+            .chunks_exact(h)
+            .flat_map(|row| {
+                let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+                reference::layer_norm(&row, &norm)
+            })
+            .collect();
+        for isa in Isa::all() {
+            let mut out = x.clone();
+            layer_norm_rows(isa, &mut out, &norm);
+            assert!(
+                worst(&out, &want) < 1e-5,
+                "{} rows={rows} h={h}",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn weights_packed_for_one_instruction_set_are_refused_by_another() {
+    let all = Isa::all();
+    let (Some(narrow), Some(wide)) = (all.first(), all.last()) else {
+        return;
+    };
+    if narrow.lanes() == wide.lanes() {
+        return;
+    }
+    let packed = PackedMatrix::new(*narrow, &[1.0; 4], 2, 2, &[0.0; 2]);
+    let caught = std::panic::catch_unwind(|| {
+        let mut out = [0f32; 2];
+        matmul(*wide, &mut out, &[1.0, 1.0], &packed, Epilogue::Bias);
+    });
+    assert!(caught.is_err());
 }
 
 #[test]
@@ -154,10 +220,10 @@ fn attention_matches_the_reference() {
         let offsets = [0, 1, 6, 23, 87];
         let tokens = offsets[offsets.len() - 1];
         let qkv = values(tokens * 3 * hidden, 10, 2.0);
-        let bias = values(3 * hidden, 11, 0.5);
-        let want = reference::attention(&qkv, &bias, &offsets, heads);
+        let want = reference::attention(&qkv, &offsets, heads);
         for isa in Isa::all() {
-            let got = attention(isa, &qkv, &bias, &offsets, heads);
+            let mut got = vec![f32::NAN; tokens * hidden];
+            attention(isa, &mut got, &qkv, &offsets, heads);
             let w = worst(&got, &want);
             assert!(
                 w < 1e-5,

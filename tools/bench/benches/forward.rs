@@ -178,12 +178,13 @@ struct Measured {
     candle: f64,
 }
 
-fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: &CandleBert) -> Measured {
+/// Times `cell` on ONNX Runtime, the worker and (when given) candle's `BertModel`.
+fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: Option<&CandleBert>) -> Measured {
     let n = cell.ids.len() as f64;
     // One warm-up call each, which also sizes the samples.
     let t_ort = ort.seconds(&cell.ids, 1);
     let t_worker = encoder_seconds(worker, &cell.ids, 1);
-    let t_candle = encoder_seconds(candle, &cell.ids, 1);
+    let t_candle = candle.map_or(0.0, |c| encoder_seconds(c, &cell.ids, 1));
     let (r_ort, r_worker, r_candle) = (calibrate(t_ort), calibrate(t_worker), calibrate(t_candle));
     let (mut best_ort, mut best_worker, mut best_candle) = (0f64, 0f64, 0f64);
     // Both engines' thread pools spin for a moment after a run; a pause between engines
@@ -195,9 +196,11 @@ fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: &CandleBert) -
         pause();
         best_worker =
             best_worker.max(n * r_worker as f64 / encoder_seconds(worker, &cell.ids, r_worker));
-        pause();
-        best_candle =
-            best_candle.max(n * r_candle as f64 / encoder_seconds(candle, &cell.ids, r_candle));
+        if let Some(candle) = candle {
+            pause();
+            best_candle =
+                best_candle.max(n * r_candle as f64 / encoder_seconds(candle, &cell.ids, r_candle));
+        }
     }
     Measured {
         label: cell.label.clone(),
@@ -321,11 +324,30 @@ async fn main() {
         );
         return;
     }
+    // IHUB_BENCH_CELLS=<label>,<label>: those cells against ONNX Runtime only, no table
+    // files, no gRPC (a quick same-run check while working on one cell).
+    if let Ok(only) = std::env::var("IHUB_BENCH_CELLS") {
+        for label in only.split(',') {
+            let cell = cells
+                .iter()
+                .find(|c| c.label == label)
+                .expect("no such cell");
+            let r = measure(cell, &mut ort, &worker, None);
+            println!(
+                "{}: ONNX Runtime {:.1}, worker {:.1} sentences/s ({:.2}x)",
+                r.label,
+                r.ort,
+                r.worker,
+                r.worker / r.ort
+            );
+        }
+        return;
+    }
     let ort_version = ort.0.version.clone();
     let mut rows = Vec::new();
     for (i, cell) in cells.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, cells.len(), cell.label);
-        rows.push(measure(cell, &mut ort, &worker, &candle));
+        rows.push(measure(cell, &mut ort, &worker, Some(&candle)));
     }
     drop(ort);
 

@@ -5,34 +5,35 @@
 //!   which hold almost all the FLOPs, see `[total tokens, hidden]`, so a batch mixing a
 //!   short and a 128-token input costs its real tokens, not 128 per input. Attention runs
 //!   per (sequence, head) on that sequence's own tokens, so no mask is needed.
-//! - **Few, large matrix products.** Query, key and value come from one fused projection;
-//!   the four products per layer go to candle's `matmul` (gemm, on every core).
-//! - **Fused element-wise work.** Bias, residual, LayerNorm and GELU are each one pass
-//!   over a matmul's output that writes the next layer's input; attention, softmax and
-//!   those passes run on all cores (rayon), in [`crate::kernels`], on the widest
-//!   instruction set the CPU has (AVX-512, AVX2 + FMA, or scalar), chosen at load.
+//! - **Few, large matrix products, weights packed at load.** Query, key and value come from
+//!   one fused projection; the four products per layer run [`kernels::matmul`] on weights
+//!   packed once for its register tiles, with the bias and the GELU or the residual applied
+//!   to the accumulators before they are stored (no separate pass over the output).
+//! - **Buffers reused.** One pass's intermediate buffers serve every layer and are kept for
+//!   the next pass: no zero-fill or first-touch page faults per layer.
+//! - **One hand-off per pass.** The pass runs on the compute pool (rayon) as a whole, so its
+//!   products, attention and LayerNorms share work among the pool's threads without waking
+//!   the calling thread. Everything runs on the widest instruction set the CPU has
+//!   (AVX-512, AVX2 + FMA, or scalar), chosen at load.
 //!
 //! The tensor encoder ([`super::tensor`]) serves CUDA; this one serves `Device::Cpu`.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use super::weights::encoder_prefix;
-use crate::kernels::{self, Isa, Norm};
+use crate::kernels::{self, Epilogue, Isa, Norm, PackedMatrix};
 use anyhow::{Context, bail};
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Tensor};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct, PositionEmbeddingType};
 
-/// One encoder layer's weights: matrices pre-transposed to `[in, out]` for `x · W`.
+/// One encoder layer's weights, each dense layer packed with its bias.
 struct Layer {
-    qkv_w: Tensor,
-    qkv_b: Vec<f32>,
-    out_w: Tensor,
-    out_b: Vec<f32>,
+    qkv: PackedMatrix,
+    out: PackedMatrix,
     ln1: Norm,
-    ff1_w: Tensor,
-    ff1_b: Vec<f32>,
-    ff2_w: Tensor,
-    ff2_b: Vec<f32>,
+    ff1: PackedMatrix,
+    ff2: PackedMatrix,
     ln2: Norm,
 }
 
@@ -47,6 +48,8 @@ pub struct CpuBert {
     token_type0: Vec<f32>,
     emb_ln: Norm,
     layers: Vec<Layer>,
+    /// The intermediate buffers of the last pass, for the next.
+    scratch: Mutex<Vec<f32>>,
 }
 
 /// Hidden states of a packed batch: `[total tokens, hidden]`, sequence `i` at rows
@@ -81,21 +84,6 @@ fn vec_of(t: &Tensor) -> anyhow::Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-/// Calls `f` with the f32 contents of a contiguous CPU tensor, without copying.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> anyhow::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("the CPU encoder got a tensor on another device");
-    };
-    let all = cpu.as_slice::<f32>()?;
-    let start = layout.start_offset();
-    let end = start + layout.shape().elem_count();
-    if !layout.is_contiguous() {
-        bail!("the CPU encoder needs contiguous tensors");
-    }
-    Ok(f(&all[start..end]))
-}
-
 impl CpuBert {
     /// Whether this encoder computes what `config` describes.
     pub fn supports(config: &BertConfig) -> bool {
@@ -119,10 +107,25 @@ impl CpuBert {
                 .get(&format!("{prefix}{name}"))
                 .with_context(|| format!("the checkpoint lacks {prefix}{name}"))
         };
-        // x · W with W stored [out, in] by PyTorch: keep W^T [in, out], contiguous.
-        let transposed = |name: &str| -> anyhow::Result<Tensor> {
-            Ok(get(name)?.to_dtype(DType::F32)?.t()?.contiguous()?)
+        let isa = Isa::best();
+        // x · W with W stored [out, in] by PyTorch: packed from W^T [in, out].
+        let dense = |weights: &[String], biases: &[String]| -> anyhow::Result<PackedMatrix> {
+            let parts = weights
+                .iter()
+                .map(|name| Ok(get(name)?.to_dtype(DType::F32)?.t()?))
+                .collect::<anyhow::Result<Vec<Tensor>>>()?;
+            let w = Tensor::cat(&parts, 1)?;
+            let (k, n) = w.dims2()?;
+            let mut bias = Vec::with_capacity(n);
+            for name in biases {
+                bias.extend(vec_of(get(name)?)?);
+            }
+            if bias.len() != n {
+                bail!("{} has {} biases for {n} outputs", weights[0], bias.len());
+            }
+            Ok(PackedMatrix::new(isa, &vec_of(&w)?, k, n, &bias))
         };
+        let one = |name: &str| dense(&[format!("{name}.weight")], &[format!("{name}.bias")]);
         let norm = |name: &str| -> anyhow::Result<Norm> {
             Ok(Norm {
                 gamma: vec_of(get(&format!("{name}.weight"))?)?,
@@ -134,35 +137,24 @@ impl CpuBert {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let qkv_w = Tensor::cat(
-                &[
-                    transposed(&format!("{p}.attention.self.query.weight"))?,
-                    transposed(&format!("{p}.attention.self.key.weight"))?,
-                    transposed(&format!("{p}.attention.self.value.weight"))?,
-                ],
-                1,
-            )?
-            .contiguous()?;
-            let mut qkv_b = Vec::with_capacity(3 * hidden);
-            for part in ["query", "key", "value"] {
-                qkv_b.extend(vec_of(get(&format!("{p}.attention.self.{part}.bias"))?)?);
-            }
+            let part = |m: &str, t: &str| format!("{p}.attention.self.{m}.{t}");
+            let parts = ["query", "key", "value"];
             layers.push(Layer {
-                qkv_w,
-                qkv_b,
-                out_w: transposed(&format!("{p}.attention.output.dense.weight"))?,
-                out_b: vec_of(get(&format!("{p}.attention.output.dense.bias"))?)?,
+                // Query, key and value as one [H, 3H] product.
+                qkv: dense(
+                    &parts.map(|m| part(m, "weight")),
+                    &parts.map(|m| part(m, "bias")),
+                )?,
+                out: one(&format!("{p}.attention.output.dense"))?,
                 ln1: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                ff1_w: transposed(&format!("{p}.intermediate.dense.weight"))?,
-                ff1_b: vec_of(get(&format!("{p}.intermediate.dense.bias"))?)?,
-                ff2_w: transposed(&format!("{p}.output.dense.weight"))?,
-                ff2_b: vec_of(get(&format!("{p}.output.dense.bias"))?)?,
+                ff1: one(&format!("{p}.intermediate.dense"))?,
+                ff2: one(&format!("{p}.output.dense"))?,
                 ln2: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
         let token_types = vec_of(get("embeddings.token_type_embeddings.weight")?)?;
         Ok(Self {
-            isa: Isa::best(),
+            isa,
             hidden,
             heads: config.num_attention_heads,
             max_positions: config.max_position_embeddings,
@@ -171,6 +163,7 @@ impl CpuBert {
             token_type0: token_types[..hidden].to_vec(),
             emb_ln: norm("embeddings.LayerNorm")?,
             layers,
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -197,6 +190,18 @@ impl CpuBert {
             offsets.push(offsets[offsets.len() - 1] + seq.len());
         }
         let tokens = offsets[offsets.len() - 1];
+        // The whole pass on the compute pool: its parallel steps are shared among the
+        // pool's threads from there, not handed over from this thread one by one.
+        let data = rayon::scope(|_| self.pass(sequences, &offsets, tokens));
+        Ok(Packed {
+            data,
+            offsets,
+            hidden: h,
+        })
+    }
+
+    fn pass(&self, sequences: &[&[u32]], offsets: &[usize], tokens: usize) -> Vec<f32> {
+        let h = self.hidden;
         let mut x = vec![0f32; tokens * h];
         // Embeddings: word + position + token type 0, then LayerNorm; one pass per row.
         let rows: Vec<(u32, usize)> = sequences
@@ -212,48 +217,35 @@ impl CpuBert {
             &self.token_type0,
             &self.emb_ln,
         );
-        for layer in &self.layers {
-            x = self.layer(layer, x, &offsets)?;
+        let Some(first) = self.layers.first() else {
+            return x;
+        };
+        // qkv [tokens, 3h], context and x1 [tokens, h], inner [tokens, intermediate]: taken
+        // from the last pass's buffers (a concurrent pass allocates its own).
+        let widths = [3 * h, h, h, first.ff1.outputs()];
+        let need = tokens * widths.iter().sum::<usize>();
+        let mut kept = self.scratch.try_lock().ok();
+        let mut own = Vec::new();
+        let buffer = kept.as_deref_mut().unwrap_or(&mut own);
+        if buffer.len() < need {
+            buffer.resize(need, 0.0);
         }
-        Ok(Packed {
-            data: x,
-            offsets,
-            hidden: h,
-        })
-    }
-
-    fn layer(&self, layer: &Layer, x: Vec<f32>, offsets: &[usize]) -> anyhow::Result<Vec<f32>> {
-        let h = self.hidden;
-        let tokens = x.len() / h;
-        let x = Tensor::from_vec(x, (tokens, h), &Device::Cpu)?;
-        let qkv = x.matmul(&layer.qkv_w)?;
-        let context = with_slice(&qkv, |qkv| {
-            kernels::attention(self.isa, qkv, &layer.qkv_b, offsets, self.heads)
-        })?;
-        let context = Tensor::from_vec(context, (tokens, h), &Device::Cpu)?;
-        let attended = context.matmul(&layer.out_w)?;
-        // x1 = LayerNorm(x + attended + bias)
-        let mut x1 = vec![0f32; tokens * h];
-        with_slice(&x, |x| {
-            with_slice(&attended, |a| {
-                kernels::residual_norm(self.isa, &mut x1, x, a, &layer.out_b, &layer.ln1)
-            })
-        })??;
-        let x1 = Tensor::from_vec(x1, (tokens, h), &Device::Cpu)?;
-        let inner = x1.matmul(&layer.ff1_w)?;
-        let width = layer.ff1_b.len();
-        let mut activated = vec![0f32; tokens * width];
-        with_slice(&inner, |inner| {
-            kernels::bias_gelu(self.isa, &mut activated, inner, &layer.ff1_b)
-        })?;
-        let activated = Tensor::from_vec(activated, (tokens, width), &Device::Cpu)?;
-        let projected = activated.matmul(&layer.ff2_w)?;
-        let mut out = vec![0f32; tokens * h];
-        with_slice(&x1, |x1| {
-            with_slice(&projected, |p| {
-                kernels::residual_norm(self.isa, &mut out, x1, p, &layer.ff2_b, &layer.ln2)
-            })
-        })??;
-        Ok(out)
+        let (qkv, rest) = buffer.split_at_mut(tokens * widths[0]);
+        let (context, rest) = rest.split_at_mut(tokens * widths[1]);
+        let (x1, rest) = rest.split_at_mut(tokens * widths[2]);
+        let inner = &mut rest[..tokens * widths[3]];
+        for layer in &self.layers {
+            let isa = self.isa;
+            kernels::matmul(isa, qkv, &x, &layer.qkv, Epilogue::Bias);
+            kernels::attention(isa, context, qkv, offsets, self.heads);
+            // x1 = LayerNorm(x + context · W + b)
+            kernels::matmul(isa, x1, context, &layer.out, Epilogue::BiasResidual(&x));
+            kernels::layer_norm_rows(isa, x1, &layer.ln1);
+            kernels::matmul(isa, inner, x1, &layer.ff1, Epilogue::BiasGelu);
+            // x = LayerNorm(x1 + GELU(x1 · W1 + b1) · W2 + b2)
+            kernels::matmul(isa, &mut x, inner, &layer.ff2, Epilogue::BiasResidual(x1));
+            kernels::layer_norm_rows(isa, &mut x, &layer.ln2);
+        }
+        x
     }
 }

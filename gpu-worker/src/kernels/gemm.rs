@@ -1,0 +1,402 @@
+//! The encoder's dense layers: `x · W + b`, then GELU or a residual added, in one pass over
+//! the output, with `W` packed once at load.
+//!
+//! - **Packed weights.** [`PackedMatrix`] stores `W` (`[k, n]`) as column panels two
+//!   vectors wide (32 floats on AVX-512), each panel's `k` rows contiguous: the kernel reads
+//!   a panel front to back, the bias beside it padded to whole panels. Nothing is packed per
+//!   call but the inputs' rows of each task.
+//! - **Register tiles.** A tile of up to [`tile_rows`] rows by one panel is accumulated in
+//!   registers over the whole of `k` (16 or 12 independent FMA chains), each step one
+//!   broadcast per row and two vector loads of the panel. The inputs' rows are interleaved
+//!   (`[k][rows]`) so the broadcasts read one contiguous stream.
+//! - **Epilogue in registers.** Bias, GELU or the residual are applied to the accumulators
+//!   before they are stored: the product's output is written once and never read back by a
+//!   separate pass.
+//! - **Tasks by size.** Up to [`PANEL_SPLIT_ROWS`] rows, the panels are shared out among the
+//!   pool's threads and every task computes all rows (the weights are streamed from memory
+//!   once, whatever the batch); above, the rows are split into chunks of [`ROW_CHUNK`]
+//!   (each task's inputs stay in its core's cache while it walks every panel).
+//!
+//! Tasks write their tiles through disjoint row slices of the output, so none of this needs
+//! `unsafe`.
+
+use rayon::prelude::*;
+
+use super::isa::Isa;
+use super::math::gelu_simd;
+
+/// Rows up to which a product splits its columns among threads rather than its rows.
+const PANEL_SPLIT_ROWS: usize = 256;
+
+/// Rows per task when a product splits its rows.
+const ROW_CHUNK: usize = 64;
+
+/// Widest panel any instruction set packs (two 16-lane vectors).
+const MAX_PANEL: usize = 32;
+
+/// A weight matrix `W` (`[k, n]`, for `x · W`) and its bias, packed for [`matmul`] on one
+/// instruction set.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    /// Columns per panel: two vectors of the instruction set it was packed for.
+    panel: usize,
+    k: usize,
+    n: usize,
+    /// Panel after panel, each `[k][panel]`; columns past `n` are zero.
+    panels: Vec<f32>,
+    /// The bias, zero-padded to whole panels.
+    bias: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs row-major `w` (`[k, n]`) and `bias` (`[n]`) for `isa`.
+    pub fn new(isa: Isa, w: &[f32], k: usize, n: usize, bias: &[f32]) -> Self {
+        assert_eq!(w.len(), k * n, "weight is not [k, n]");
+        assert_eq!(bias.len(), n, "bias is not [n]");
+        let panel = 2 * isa.lanes();
+        let count = n.div_ceil(panel);
+        let mut panels = vec![0f32; count * k * panel];
+        for (p, packed) in panels.chunks_exact_mut(k * panel).enumerate() {
+            let (c0, c1) = (p * panel, ((p + 1) * panel).min(n));
+            for (row, dst) in w.chunks_exact(n).zip(packed.chunks_exact_mut(panel)) {
+                dst[..c1 - c0].copy_from_slice(&row[c0..c1]);
+            }
+        }
+        let mut padded = vec![0f32; count * panel];
+        padded[..n].copy_from_slice(bias);
+        Self {
+            panel,
+            k,
+            n,
+            panels,
+            bias: padded,
+        }
+    }
+
+    /// Input width `k`.
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
+    /// Output width `n`.
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    fn panel_count(&self) -> usize {
+        self.n.div_ceil(self.panel)
+    }
+}
+
+/// What is done to `x · W` before it is stored.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `x · W + b`.
+    Bias,
+    /// `GELU(x · W + b)` (exact, erf form).
+    BiasGelu,
+    /// `x · W + b + residual`, `residual` as `[rows, n]`.
+    BiasResidual(&'a [f32]),
+}
+
+/// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
+/// vector registers hold two accumulators each for, with room for the panel and a broadcast.
+pub fn tile_rows(lanes: usize) -> usize {
+    match lanes {
+        16.. => 12,
+        8.. => 6,
+        _ => 4,
+    }
+}
+
+/// `out = epilogue(a · W + b)`, `a` row-major `[rows, k]`, `out` `[rows, n]`.
+pub fn matmul(isa: Isa, out: &mut [f32], a: &[f32], w: &PackedMatrix, epilogue: Epilogue<'_>) {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(
+        w.panel,
+        2 * isa.lanes(),
+        "weights packed for another instruction set"
+    );
+    assert!(k > 0 && a.len().is_multiple_of(k), "input is not [rows, k]");
+    let m = a.len() / k;
+    assert_eq!(out.len(), m * n, "output is not [rows, n]");
+    if let Epilogue::BiasResidual(r) = epilogue {
+        assert_eq!(r.len(), m * n, "residual is not [rows, n]");
+    }
+    if m == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let panels = w.panel_count();
+    // Tiles: (first row, rows, first panel, panels).
+    let (row_step, groups) = if m <= PANEL_SPLIT_ROWS {
+        (m, threads.min(panels))
+    } else {
+        (ROW_CHUNK, 1)
+    };
+    let per_group = panels.div_ceil(groups);
+    let bounds: Vec<(usize, usize)> = (0..groups)
+        .map(|g| (g * per_group, ((g + 1) * per_group).min(panels)))
+        .filter(|(p0, p1)| p0 < p1)
+        .collect();
+    // Each output row cut at the groups' column bounds, so each tile owns its pieces.
+    let mut tiles: Vec<Tile<'_>> = Vec::with_capacity(m.div_ceil(row_step) * bounds.len());
+    for (chunk, rows) in out.chunks_mut(row_step * n).enumerate() {
+        let first = tiles.len();
+        for &(p0, p1) in &bounds {
+            tiles.push(Tile {
+                row0: chunk * row_step,
+                panels: p0..p1,
+                rows: Vec::with_capacity(rows.len() / n),
+            });
+        }
+        for row in rows.chunks_exact_mut(n) {
+            let mut rest = row;
+            for tile in &mut tiles[first..] {
+                let width = (tile.panels.end * w.panel).min(n) - tile.panels.start * w.panel;
+                let (piece, after) = rest.split_at_mut(width);
+                tile.rows.push(piece);
+                rest = after;
+            }
+        }
+    }
+    let run = |tile: Tile<'_>| {
+        isa.run(Product {
+            tile,
+            a,
+            w,
+            epilogue,
+        })
+    };
+    if tiles.len() == 1 {
+        tiles.into_iter().for_each(run);
+    } else {
+        tiles.into_par_iter().for_each(run);
+    }
+}
+
+/// Rows `row0..` of the output, columns of `panels`: one slice per row.
+struct Tile<'a> {
+    row0: usize,
+    panels: std::ops::Range<usize>,
+    rows: Vec<&'a mut [f32]>,
+}
+
+struct Product<'a, 't> {
+    tile: Tile<'t>,
+    a: &'a [f32],
+    w: &'a PackedMatrix,
+    epilogue: Epilogue<'a>,
+}
+
+impl pulp::WithSimd for Product<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let Product {
+            mut tile,
+            a,
+            w,
+            epilogue,
+        } = self;
+        let m = tile.rows.len();
+        let a = &a[tile.row0 * w.k..(tile.row0 + m) * w.k];
+        product(
+            simd,
+            &mut tile.rows,
+            tile.row0,
+            tile.panels,
+            a,
+            w.view(),
+            epilogue,
+        );
+    }
+}
+
+/// A packed matrix as the tiles read it (a [`PackedMatrix`], or one packed on the fly).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Panels<'a> {
+    /// Columns per panel (two vectors).
+    pub panel: usize,
+    /// Rows.
+    pub k: usize,
+    /// Columns.
+    pub n: usize,
+    /// `[panel count][k][panel]`.
+    pub data: &'a [f32],
+    /// One per column, padded to whole panels.
+    pub bias: &'a [f32],
+}
+
+impl PackedMatrix {
+    fn view(&self) -> Panels<'_> {
+        Panels {
+            panel: self.panel,
+            k: self.k,
+            n: self.n,
+            data: &self.panels,
+            bias: &self.bias,
+        }
+    }
+}
+
+/// `rows = epilogue(a · w + b)` over the columns of `panels`: `a` is `[rows.len(), k]`,
+/// row-major, its first row output row `row0` (where the residual is read); each of `rows`
+/// starts at the first panel's column.
+#[inline(always)]
+pub(super) fn product<S: pulp::Simd>(
+    simd: S,
+    rows: &mut [&mut [f32]],
+    row0: usize,
+    panels: std::ops::Range<usize>,
+    a: &[f32],
+    w: Panels<'_>,
+    epilogue: Epilogue<'_>,
+) {
+    let (k, panel) = (w.k, w.panel);
+    assert_eq!(panel, 2 * S::F32_LANES, "panels packed for another width");
+    let m = rows.len();
+    // Blocks of at most `tile_rows`, as even as they divide (16 rows: 8 + 8, not 12 + 4).
+    let mr = m.div_ceil(m.div_ceil(tile_rows(S::F32_LANES)));
+    let col0 = panels.start * panel;
+    for p in panels {
+        let (packed, _) = S::as_simd_f32s(&w.data[p * k * panel..][..k * panel]);
+        let (bias, _) = S::as_simd_f32s(&w.bias[p * panel..][..panel]);
+        let store = Store {
+            col: p * panel - col0,
+            width: panel.min(w.n - p * panel),
+            n: w.n,
+            gcol: p * panel,
+            bias: [bias[0], bias[1]],
+            epilogue,
+        };
+        for b0 in (0..m).step_by(mr.max(1)) {
+            let r = (b0 + mr).min(m) - b0;
+            let block = &a[b0 * k..(b0 + r) * k];
+            let rows = &mut rows[b0..b0 + r];
+            let row0 = row0 + b0;
+            match r {
+                1 => tile_of::<S, 1>(simd, block, k, packed, rows, row0, &store),
+                2 => tile_of::<S, 2>(simd, block, k, packed, rows, row0, &store),
+                3 => tile_of::<S, 3>(simd, block, k, packed, rows, row0, &store),
+                4 => tile_of::<S, 4>(simd, block, k, packed, rows, row0, &store),
+                5 => tile_of::<S, 5>(simd, block, k, packed, rows, row0, &store),
+                6 => tile_of::<S, 6>(simd, block, k, packed, rows, row0, &store),
+                7 => tile_of::<S, 7>(simd, block, k, packed, rows, row0, &store),
+                8 => tile_of::<S, 8>(simd, block, k, packed, rows, row0, &store),
+                9 => tile_of::<S, 9>(simd, block, k, packed, rows, row0, &store),
+                10 => tile_of::<S, 10>(simd, block, k, packed, rows, row0, &store),
+                11 => tile_of::<S, 11>(simd, block, k, packed, rows, row0, &store),
+                _ => tile_of::<S, 12>(simd, block, k, packed, rows, row0, &store),
+            }
+        }
+    }
+}
+
+/// Where and how one panel's accumulators are stored.
+struct Store<'a, V> {
+    /// First column in the tile's row slices.
+    col: usize,
+    /// Columns of the panel inside the matrix.
+    width: usize,
+    /// Output width (the residual's row stride).
+    n: usize,
+    /// First column in the whole output.
+    gcol: usize,
+    bias: [V; 2],
+    epilogue: Epilogue<'a>,
+}
+
+/// `R` rows (`block`, row-major `[R, k]`) times one panel (`packed`, `[k][2 vectors]`),
+/// accumulated in registers over the whole of `k`, then the epilogue and the store. (Blocking
+/// `k` to keep the panel in L1 was measured: no faster on these sizes.)
+#[inline(always)]
+fn tile_of<S: pulp::Simd, const R: usize>(
+    simd: S,
+    block: &[f32],
+    k: usize,
+    packed: &[S::f32s],
+    rows: &mut [&mut [f32]],
+    row0: usize,
+    store: &Store<'_, S::f32s>,
+) {
+    let (packed, _) = packed.as_chunks::<2>();
+    let packed = &packed[..k];
+    // Each row sliced to exactly `k`, so the loop over `k` indexes them unchecked.
+    let mut xs = [&block[..0]; R];
+    for (r, x) in xs.iter_mut().enumerate() {
+        *x = &block[r * k..][..k];
+    }
+    if k == 0 {
+        return;
+    }
+    // The first step multiplies rather than adding to zeros: every accumulator is written
+    // before it is read, so none is zero-filled in memory and loaded back.
+    let zero = simd.splat_f32s(0.0);
+    let mut acc = [[zero; 2]; R];
+    for (acc, x) in acc.iter_mut().zip(&xs) {
+        let x = simd.splat_f32s(x[0]);
+        *acc = [
+            simd.mul_f32s(x, packed[0][0]),
+            simd.mul_f32s(x, packed[0][1]),
+        ];
+    }
+    for kk in 1..k {
+        let b = &packed[kk];
+        for (acc, x) in acc.iter_mut().zip(&xs) {
+            let x = simd.splat_f32s(x[kk]);
+            acc[0] = simd.mul_add_f32s(x, b[0], acc[0]);
+            acc[1] = simd.mul_add_f32s(x, b[1], acc[1]);
+        }
+    }
+    for (r, (acc, row)) in acc.iter().zip(rows.iter_mut()).enumerate() {
+        let dst = &mut row[store.col..store.col + store.width];
+        let mut v = [
+            simd.add_f32s(acc[0], store.bias[0]),
+            simd.add_f32s(acc[1], store.bias[1]),
+        ];
+        match store.epilogue {
+            Epilogue::Bias => {}
+            // Not `v.map(..)`: a closure is compiled outside pulp's target-feature
+            // function, and its intrinsics become calls.
+            Epilogue::BiasGelu => v = [gelu_simd(simd, v[0]), gelu_simd(simd, v[1])],
+            Epilogue::BiasResidual(residual) => {
+                let at = (row0 + r) * store.n + store.gcol;
+                let res = load::<S>(&residual[at..at + store.width]);
+                v = [simd.add_f32s(v[0], res[0]), simd.add_f32s(v[1], res[1])];
+            }
+        }
+        save::<S>(dst, v);
+    }
+}
+
+/// Two vectors from `src` (one panel's columns; a partial panel's missing ones are zero).
+#[inline(always)]
+fn load<S: pulp::Simd>(src: &[f32]) -> [S::f32s; 2] {
+    let lanes = S::F32_LANES;
+    let mut buf = [0f32; MAX_PANEL];
+    let src = if src.len() == 2 * lanes {
+        src
+    } else {
+        buf[..src.len()].copy_from_slice(src);
+        &buf[..2 * lanes]
+    };
+    let (v, _) = S::as_simd_f32s(src);
+    [v[0], v[1]]
+}
+
+/// Two vectors into `dst` (one panel's columns; a partial panel stores only those).
+#[inline(always)]
+fn save<S: pulp::Simd>(dst: &mut [f32], v: [S::f32s; 2]) {
+    let lanes = S::F32_LANES;
+    if dst.len() == 2 * lanes {
+        let (dst, _) = S::as_mut_simd_f32s(dst);
+        dst.copy_from_slice(&v);
+    } else {
+        let mut buf = [0f32; MAX_PANEL];
+        let (whole, _) = S::as_mut_simd_f32s(&mut buf[..2 * lanes]);
+        whole.copy_from_slice(&v);
+        let width = dst.len();
+        dst.copy_from_slice(&buf[..width]);
+    }
+}
