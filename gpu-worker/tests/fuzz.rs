@@ -251,8 +251,7 @@ async fn arbitrary_tensors_get_an_answer_or_a_named_field() {
         ),
     );
     let client = ModelInferenceClient::new(channel.clone());
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = answered.clone();
+    let mut fixed = client.clone();
     tokio::task::spawn_blocking(move || {
         runner()
             .run(&requests, |(model_name, inputs, outputs)| {
@@ -264,9 +263,6 @@ async fn arbitrary_tensors_get_an_answer_or_a_named_field() {
                 };
                 let mut client = client.clone();
                 let result = handle.block_on(client.predict_batch(request));
-                if result.is_ok() {
-                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
                 check(result, |r| {
                     !r.results.is_empty() && r.results.iter().all(sane)
                 })
@@ -275,8 +271,36 @@ async fn arbitrary_tensors_get_an_answer_or_a_named_field() {
     })
     .await
     .unwrap();
-    // The well-formed requests among them were answered.
-    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // A well-formed request of the generated kind is answered. (Fixed here rather than
+    // counted among the random ones: about one generated case in 30 is well-formed, so 200
+    // of them held none about once in a few hundred runs.)
+    let number = |name: &str, value: f32| Tensor {
+        name: name.into(),
+        datatype: "FP32".into(),
+        shape: vec![2, 1],
+        raw_contents: [value, value]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        bytes_contents: Vec::new(),
+    };
+    let well_formed = PredictBatchRequest {
+        model_name: "columns".into(),
+        inputs: vec![
+            number("age", 41.0),
+            number("income", 52_000.0),
+            Tensor {
+                name: "city".into(),
+                datatype: "BYTES".into(),
+                shape: vec![2, 1],
+                raw_contents: Vec::new(),
+                bytes_contents: vec![b"paris".to_vec(); 2],
+            },
+        ],
+        ..Default::default()
+    };
+    let answer = fixed.predict_batch(well_formed).await.unwrap().into_inner();
+    assert!(!answer.results.is_empty() && answer.results.iter().all(sane));
 
     // Still serving, still right.
     let mut client = worker.client().await;
