@@ -4,11 +4,10 @@
 //! - **Packed weights.** [`PackedMatrix`] stores `W` (`[k, n]`) as column panels two
 //!   vectors wide (32 floats on AVX-512), each panel's `k` rows contiguous: the kernel reads
 //!   a panel front to back, the bias beside it padded to whole panels. Nothing is packed per
-//!   call but the inputs' rows of each task.
+//!   call: the inputs are read in place.
 //! - **Register tiles.** A tile of up to [`tile_rows`] rows by one panel is accumulated in
-//!   registers over the whole of `k` (16 or 12 independent FMA chains), each step one
-//!   broadcast per row and two vector loads of the panel. The inputs' rows are interleaved
-//!   (`[k][rows]`) so the broadcasts read one contiguous stream.
+//!   registers over the whole of `k` (two accumulators per row: 24 independent FMA chains
+//!   on AVX-512), each step one broadcast per row and two vector loads of the panel.
 //! - **Epilogue in registers.** Bias, GELU or the residual are applied to the accumulators
 //!   before they are stored: the product's output is written once and never read back by a
 //!   separate pass.
@@ -101,7 +100,7 @@ pub enum Epilogue<'a> {
 
 /// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
 /// vector registers hold two accumulators each for, with room for the panel and a broadcast.
-pub fn tile_rows(lanes: usize) -> usize {
+fn tile_rows(lanes: usize) -> usize {
     match lanes {
         16.. => 12,
         8.. => 6,
@@ -128,7 +127,7 @@ pub fn matmul(isa: Isa, out: &mut [f32], a: &[f32], w: &PackedMatrix, epilogue: 
     }
     let threads = rayon::current_num_threads().max(1);
     let panels = w.panel_count();
-    // Tiles: (first row, rows, first panel, panels).
+    // Tiles: a chunk of rows by a group of panels.
     let (row_step, groups) = if m <= PANEL_SPLIT_ROWS {
         (m, threads.min(panels))
     } else {

@@ -14,7 +14,7 @@ mod math;
 mod ops;
 pub mod reference;
 
-pub use gemm::{Epilogue, PackedMatrix, matmul, tile_rows};
+pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
 pub use math::{erf, exp, gelu};
 pub use ops::{Norm, attention, embed, layer_norm_rows};
