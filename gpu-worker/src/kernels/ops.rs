@@ -63,9 +63,10 @@ pub fn layer_norm_rows(isa: Isa, rows: &mut [f32], norm: &Norm) {
 /// Multi-head self-attention of every sequence over its own tokens, from the fused
 /// projection `qkv` (`[tokens, 3 * hidden]`: queries, keys, values, biases added), into
 /// `context` (`[tokens, hidden]`). Sequence `s` holds rows `offsets[s]..offsets[s + 1]`.
-/// One task per (sequence, head).
+/// One task per (sequence, head), each writing its head's columns of its sequence's rows.
 pub fn attention(isa: Isa, context: &mut [f32], qkv: &[f32], offsets: &[usize], heads: usize) {
-    let h = context.len() / offsets.last().copied().unwrap_or(0).max(1);
+    let tokens = offsets.last().copied().unwrap_or(0);
+    let h = context.len() / tokens.max(1);
     assert_eq!(
         qkv.len(),
         3 * context.len(),
@@ -73,28 +74,28 @@ pub fn attention(isa: Isa, context: &mut [f32], qkv: &[f32], offsets: &[usize], 
     );
     let d = h / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let jobs: Vec<(usize, usize)> = (0..offsets.len().saturating_sub(1))
-        .flat_map(|s| (0..heads).map(move |head| (s, head)))
-        .collect();
-    let parts: Vec<Vec<f32>> = jobs
-        .par_iter()
-        .map(|&(s, head)| {
-            isa.run(Attend {
-                qkv,
-                h,
-                d,
-                head,
-                rows: offsets[s]..offsets[s + 1],
-                scale,
-            })
-        })
-        .collect();
-    for (&(s, head), part) in jobs.iter().zip(&parts) {
-        for (i, row) in part.chunks_exact(d).enumerate() {
-            let at = (offsets[s] + i) * h + head * d;
-            context[at..at + d].copy_from_slice(row);
+    let mut jobs: Vec<Attend<'_, '_>> = Vec::with_capacity(offsets.len() * heads);
+    let mut rest = &mut context[..tokens * h];
+    for bounds in offsets.windows(2) {
+        let (sequence, after) = rest.split_at_mut((bounds[1] - bounds[0]) * h);
+        rest = after;
+        let first = jobs.len();
+        jobs.extend((0..heads).map(|head| Attend {
+            qkv,
+            h,
+            d,
+            head,
+            rows: bounds[0]..bounds[1],
+            scale,
+            out: Vec::with_capacity(bounds[1] - bounds[0]),
+        }));
+        for row in sequence.chunks_exact_mut(h) {
+            for (job, piece) in jobs[first..].iter_mut().zip(row.chunks_exact_mut(d)) {
+                job.out.push(piece);
+            }
         }
     }
+    jobs.into_par_iter().for_each(|job| isa.run(job));
 }
 
 struct Embed<'a> {
@@ -138,20 +139,28 @@ impl pulp::WithSimd for NormRows<'_> {
     }
 }
 
-/// One head of one sequence: softmax(q kᵀ · scale) v over the sequence's `rows`.
-struct Attend<'a> {
+/// One head of one sequence: softmax(q kᵀ · scale) v over the sequence's `rows`, into
+/// `out` (the head's `d` columns of each of those rows of the context).
+struct Attend<'a, 'o> {
     qkv: &'a [f32],
     h: usize,
     d: usize,
     head: usize,
     rows: std::ops::Range<usize>,
     scale: f32,
+    out: Vec<&'o mut [f32]>,
 }
 
-impl pulp::WithSimd for Attend<'_> {
-    type Output = Vec<f32>;
+thread_local! {
+    /// Each thread's attention buffers (queries, packed keys and values, scores), kept
+    /// between tasks.
+    static ATTEND_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl pulp::WithSimd for Attend<'_, '_> {
+    type Output = ();
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, simd: S) -> Vec<f32> {
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
         let Attend {
             qkv,
             h,
@@ -159,6 +168,7 @@ impl pulp::WithSimd for Attend<'_> {
             head,
             rows,
             scale,
+            mut out,
         } = self;
         let panel = 2 * S::F32_LANES;
         let n = rows.len();
@@ -168,34 +178,52 @@ impl pulp::WithSimd for Attend<'_> {
         // Both products run on the dense layers' tiles: the queries (scaled) as rows
         // [n, d]; the keys as the panels of Kᵀ ([d, n]); the scores as rows [n, n]; the
         // values as the panels of V ([n, d]).
-        let mut q = Vec::with_capacity(n * d);
-        for j in 0..n {
-            q.extend(token(j)[qo..qo + d].iter().map(|v| v * scale));
-        }
         let key_panels = n.div_ceil(panel);
-        let mut kt = vec![0f32; key_panels * d * panel];
+        let value_panels = d.div_ceil(panel);
+        let mut scratch = ATTEND_SCRATCH.with(|c| c.take());
+        let sizes = [
+            n * d,
+            key_panels * d * panel,
+            value_panels * n * panel,
+            key_panels.max(value_panels) * panel,
+            n * n,
+        ];
+        scratch.resize(sizes.iter().sum(), 0.0);
+        let (q, rest) = scratch.split_at_mut(sizes[0]);
+        let (kt, rest) = rest.split_at_mut(sizes[1]);
+        let (vp, rest) = rest.split_at_mut(sizes[2]);
+        let (zeros, scores) = rest.split_at_mut(sizes[3]);
+        for (j, dst) in q.chunks_exact_mut(d).enumerate() {
+            for (q, &v) in dst.iter_mut().zip(&token(j)[qo..qo + d]) {
+                *q = v * scale;
+            }
+        }
+        // Kᵀ's panels; the last panel's columns past `n` stay zero.
+        if !n.is_multiple_of(panel) {
+            kt[(key_panels - 1) * d * panel..].fill(0.0);
+        }
         for j in 0..n {
             let dst = &mut kt[(j / panel) * d * panel + j % panel..];
             for (c, &v) in token(j)[ko..ko + d].iter().enumerate() {
                 dst[c * panel] = v;
             }
         }
-        let value_panels = d.div_ceil(panel);
-        let mut vp = vec![0f32; value_panels * n * panel];
+        if !d.is_multiple_of(panel) {
+            vp.fill(0.0);
+        }
         for j in 0..n {
             let value = &token(j)[vo..vo + d];
             for (p, part) in value.chunks(panel).enumerate() {
                 vp[(p * n + j) * panel..][..part.len()].copy_from_slice(part);
             }
         }
-        let zeros = vec![0f32; key_panels.max(value_panels) * panel];
-        let mut scores = vec![0f32; n * n];
+        zeros.fill(0.0);
         let keys = Panels {
             panel,
             k: d,
             n,
-            data: &kt,
-            bias: &zeros,
+            data: kt,
+            bias: zeros,
         };
         let mut score_rows: Vec<&mut [f32]> = scores.chunks_exact_mut(n).collect();
         product(
@@ -203,7 +231,7 @@ impl pulp::WithSimd for Attend<'_> {
             &mut score_rows,
             0,
             0..key_panels,
-            &q,
+            q,
             keys,
             Epilogue::Bias,
         );
@@ -214,21 +242,19 @@ impl pulp::WithSimd for Attend<'_> {
             panel,
             k: n,
             n: d,
-            data: &vp,
-            bias: &zeros,
+            data: vp,
+            bias: zeros,
         };
-        let mut out = vec![0f32; n * d];
-        let mut out_rows: Vec<&mut [f32]> = out.chunks_exact_mut(d).collect();
         product(
             simd,
-            &mut out_rows,
+            &mut out,
             0,
             0..value_panels,
-            &scores,
+            scores,
             values,
             Epilogue::Bias,
         );
-        out
+        ATTEND_SCRATCH.with(|c| c.replace(scratch));
     }
 }
 
