@@ -110,7 +110,7 @@ struct Embed<'a> {
 impl pulp::WithSimd for Embed<'_> {
     type Output = ();
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
         let h = self.token_type0.len();
         for (out, &(id, pos)) in self.out.chunks_exact_mut(h).zip(self.rows) {
             let word = &self.word[id as usize * h..][..h];
@@ -118,7 +118,7 @@ impl pulp::WithSimd for Embed<'_> {
             for (((o, w), p), t) in out.iter_mut().zip(word).zip(position).zip(self.token_type0) {
                 *o = w + p + t;
             }
-            layer_norm(out, self.norm);
+            layer_norm(simd, out, self.norm);
         }
     }
 }
@@ -131,10 +131,10 @@ struct NormRows<'a> {
 impl pulp::WithSimd for NormRows<'_> {
     type Output = ();
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
         let h = self.norm.gamma.len();
         for row in self.rows.chunks_exact_mut(h) {
-            layer_norm(row, self.norm);
+            layer_norm(simd, row, self.norm);
         }
     }
 }
@@ -258,25 +258,54 @@ impl pulp::WithSimd for Attend<'_, '_> {
     }
 }
 
-/// Sum in 16 independent lanes: a strict left-to-right float sum cannot vectorise.
+/// `Σ f(x)` over `xs` in vector lanes (four accumulators), then across the lanes; `f` is
+/// `x` itself or, with `centre` set, `(x - centre)²`. (Summing scalars left to right does
+/// not vectorise.)
 #[inline(always)]
-fn lane_sum(xs: impl ExactSizeIterator<Item = f32> + Clone) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut it = xs;
-    let full = it.len() / 16;
-    for _ in 0..full {
-        for a in acc.iter_mut() {
-            *a += it.next().unwrap_or(0.0);
+fn lane_sum<S: pulp::Simd>(simd: S, xs: &[f32], centre: Option<f32>) -> f32 {
+    let (head, tail) = S::as_simd_f32s(xs);
+    let zero = simd.splat_f32s(0.0);
+    let c = simd.splat_f32s(centre.unwrap_or(0.0));
+    let mut acc = [zero; 4];
+    let (quads, rest) = head.as_chunks::<4>();
+    // Not a closure per element: one would be compiled outside pulp's target features.
+    if centre.is_some() {
+        for quad in quads {
+            for (a, &v) in acc.iter_mut().zip(quad) {
+                let d = simd.sub_f32s(v, c);
+                *a = simd.mul_add_f32s(d, d, *a);
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(rest) {
+            let d = simd.sub_f32s(v, c);
+            *a = simd.mul_add_f32s(d, d, *a);
+        }
+    } else {
+        for quad in quads {
+            for (a, &v) in acc.iter_mut().zip(quad) {
+                *a = simd.add_f32s(*a, v);
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(rest) {
+            *a = simd.add_f32s(*a, v);
         }
     }
-    acc.iter().sum::<f32>() + it.sum::<f32>()
+    let lanes = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+    let mut rest = 0f32;
+    for &v in tail {
+        rest += match centre {
+            Some(c) => (v - c) * (v - c),
+            None => v,
+        };
+    }
+    simd.reduce_sum_f32s(lanes) + rest
 }
 
 #[inline(always)]
-fn layer_norm(row: &mut [f32], norm: &Norm) {
+fn layer_norm<S: pulp::Simd>(simd: S, row: &mut [f32], norm: &Norm) {
     let n = row.len() as f32;
-    let mean = lane_sum(row.iter().copied()) / n;
-    let var = lane_sum(row.iter().map(|v| (v - mean) * (v - mean))) / n;
+    let mean = lane_sum(simd, row, None) / n;
+    let var = lane_sum(simd, row, Some(mean)) / n;
     let inv = 1.0 / (var + norm.eps).sqrt();
     for ((v, &g), &b) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
         *v = (*v - mean) * inv * g + b;
@@ -285,26 +314,33 @@ fn layer_norm(row: &mut [f32], norm: &Norm) {
 
 #[inline(always)]
 fn softmax<S: pulp::Simd>(simd: S, row: &mut [f32]) {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = row.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = m.max(v);
-        }
-    }
-    let max = lanes
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let (head, tail) = S::as_mut_simd_f32s(row);
+    let mut lanes = simd.splat_f32s(f32::NEG_INFINITY);
+    for &v in head.iter() {
+        lanes = simd.max_f32s(lanes, v);
+    }
+    let mut max = simd.reduce_max_f32s(lanes);
+    for &v in tail.iter() {
+        max = max.max(v);
+    }
+    // exp(x - max), summed as it is stored.
     let shift = simd.splat_f32s(max);
+    let mut sums = simd.splat_f32s(0.0);
     for v in head.iter_mut() {
         *v = exp_simd(simd, simd.sub_f32s(*v, shift));
+        sums = simd.add_f32s(sums, *v);
     }
+    let mut sum = simd.reduce_sum_f32s(sums);
     for v in tail.iter_mut() {
         *v = exp(*v - max);
+        sum += *v;
     }
-    let inv = 1.0 / lane_sum(row.iter().copied());
-    row.iter_mut().for_each(|v| *v *= inv);
+    let inv = 1.0 / sum;
+    let scale = simd.splat_f32s(inv);
+    for v in head.iter_mut() {
+        *v = simd.mul_f32s(*v, scale);
+    }
+    for v in tail.iter_mut() {
+        *v *= inv;
+    }
 }
