@@ -396,6 +396,46 @@ fn bert_for_sequence_classification_matches_the_reference() {
     }
 }
 
+/// The tensor encoder's two attention paths, whole passes over a padded batch: the fused
+/// one (on the CPU, the plain implementation of the CUDA kernel's contract: padded keys
+/// skipped, no mask) against the tensor operations with the finite padding bias (which the
+/// test above holds to the f64 reference), on every row. The CPU itself serves the latter.
+#[test]
+fn fused_attention_matches_the_reference_path_through_the_encoder() {
+    use inferencehub_worker::models::bert::encoder::read_weights;
+    use inferencehub_worker::models::bert::tensor::{AttentionPath, TensorBert};
+
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_checkpoint());
+    let tensors = read_weights(dir.path(), &Device::Cpu).unwrap();
+    let config: candle_transformers::models::bert::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let rows: [&[u32]; 3] = [&[2, 9, 10, 3], &[2, 4, 5, 6, 7, 4, 8, 3], &[2, 12, 3]];
+    for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F16, 2e-2)] {
+        let bert = TensorBert::load(&tensors, &config, dtype, &Device::Cpu).unwrap();
+        assert_eq!(bert.attention(), AttentionPath::Reference, "{dtype:?}");
+        let pass = |path| {
+            let (hidden, mask) = bert.forward_observed(&rows, path, &mut |_| Ok(())).unwrap();
+            assert_eq!(hidden.dims(), &[3, 8, H]);
+            assert_eq!(mask.sum_all().unwrap().to_scalar::<f32>().unwrap(), 15.0);
+            hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (fused, reference) = (pass(AttentionPath::Fused), pass(AttentionPath::Reference));
+        let worst = fused
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            fused.iter().all(|v| v.is_finite()) && worst < tolerance,
+            "{dtype:?}: fused and reference attention differ by {worst}"
+        );
+        // The states differ between tokens: equal outputs would prove nothing.
+        assert!((fused[0] - fused[H]).abs() > 1e-3);
+    }
+}
+
 #[test]
 fn refuses_a_checkpoint_it_cannot_serve_faithfully() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,11 @@ sentence encoder in f16), development certificates, the demo data and the CPU f3
 
 1. correctness: the worker on the GPU in f16 and f32 answers the demo sets; labels and
    probabilities against the CPU f32 answers computed where the binary was built;
-2. forward pass: the worker's encoder against PyTorch + transformers fp16 (the model's own
-   AutoModel, same weights, same token ids, mean pooling on both sides, every result copied
-   to the host), interleaved, at batch {1, 32, 128} x {16, 128} tokens;
+2. forward pass: the worker's fused attention kernel against its reference path (tensor
+   operations) on padded batches, then the worker's encoder against PyTorch + transformers
+   fp16 (the model's own AutoModel, same weights, same token ids, mean pooling on both
+   sides, every result copied to the host), interleaved, at batch {1, 32, 128} x {16, 128}
+   tokens, and the share of the card's fp16 tensor peak the worker reaches;
 3. gRPC: 1 and 64 concurrent callers (the project's load generator) over mutual TLS against
    `serve --device cuda`.
 
@@ -26,6 +28,9 @@ import traceback
 from pathlib import Path
 
 CELLS = [(1, 16), (1, 128), (32, 16), (32, 128), (128, 16), (128, 128)]
+# Dense fp16 tensor-core peak (TFLOP/s, no sparsity) of the cards the check runs on, from
+# NVIDIA's data sheets (SXM parts).
+FP16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10G": 125.0}
 # "cuda" on the GPU machine; "cpu" for a dry run of this script where the binary was built.
 DEVICE = "cuda"
 LOAD_SECONDS = 8.0
@@ -130,6 +135,17 @@ def forward(run, binary, report):
         return time.perf_counter() - started
 
     worker = Worker(binary, model_dir, "f16")
+    config = json.loads((model_dir / "config.json").read_text())
+    peak = next((v for k, v in FP16_PEAK_TFLOPS.items() if k in sh("nvidia-smi --query-gpu=name --format=csv,noheader")), None)
+
+    def flops(batch, tokens):
+        # Matrix products of one pass (2 flops per multiply-add): q/k/v, output, two
+        # feed-forward layers, and attention's scores and context.
+        h, inner, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+        dense = batch * tokens * (3 * h * h + h * h + 2 * h * inner)
+        attention = 2 * batch * tokens * tokens * h
+        return 2 * layers * (dense + attention)
+
     rows = []
     try:
         with torch.inference_mode():
@@ -139,6 +155,16 @@ def forward(run, binary, report):
             cosine = torch.nn.functional.cosine_similarity(ours, theirs).min().item()
             log(f"  same ids, fp16 both: min cosine similarity of the embeddings {cosine:.5f}")
             report["embedding_min_cosine"] = cosine
+            # The fused attention kernel against the reference path, same pass otherwise:
+            # padded batches (every length from 1 to 128, and 128 x 128 unpadded).
+            checks = []
+            lengths = list(range(1, 129))
+            padded = [ids_for(1, max(n, 2))[0].tolist() for n in lengths]
+            for name, batch in [("padded, 2 to 128 tokens", padded), ("128 x 128", ids_for(128, 128).tolist())]:
+                answer = worker.call({"cmd": "attention", "ids": batch})
+                checks.append({"batch": name, **answer})
+                log(f"  attention, fused vs reference, {name}: {answer}")
+            report["attention"] = checks
             for batch, tokens in CELLS:
                 ids = ids_for(batch, tokens)
                 listed = ids.tolist()
@@ -151,7 +177,10 @@ def forward(run, binary, report):
                     best_w = min(best_w, worker.call({"cmd": "time", "ids": listed, "reps": reps})["seconds"] / reps)
                     best_t = min(best_t, torch_seconds(ids, reps) / reps)
                 rows.append({"batch": batch, "tokens": tokens, "worker_ms": best_w * 1e3,
-                             "torch_ms": best_t * 1e3, "speed_vs_torch": best_t / best_w})
+                             "torch_ms": best_t * 1e3, "speed_vs_torch": best_t / best_w,
+                             "worker_tflops": flops(batch, tokens) / best_w / 1e12})
+                if peak:
+                    rows[-1]["share_of_fp16_peak"] = rows[-1]["worker_tflops"] / peak
                 log(f"  batch {batch:3} x {tokens:3} tokens: worker {best_w * 1e3:8.3f} ms, "
                     f"PyTorch {best_t * 1e3:8.3f} ms, worker speed {best_t / best_w:.2f}x")
                 if tokens == 128 and batch >= 32:
@@ -217,10 +246,19 @@ def markdown(report):
         for r in report["correctness"]:
             lines.append(f"| {r['model']} | {r['dtype']} | {r['inputs']} | {r['same_labels']} | {r['max_probability_diff']:.1e} |")
         lines.append("")
+    if "attention" in report:
+        lines += ["| attention check (f16, same pass) | path chosen at load | max abs diff, fused vs reference |", "|---|---|---:|"]
+        for r in report["attention"]:
+            diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else f"error: {r.get('error')}"
+            lines.append(f"| {r['batch']} | {r.get('path', '?')} | {diff} |")
+        lines.append("")
     if "forward" in report:
-        lines += ["| batch x tokens | worker f16 (ms) | PyTorch fp16 (ms) | worker speed vs PyTorch |", "|---|---:|---:|---:|"]
+        lines += ["| batch x tokens | worker f16 (ms) | PyTorch fp16 (ms) | worker speed vs PyTorch | worker TFLOP/s | share of fp16 tensor peak |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in report["forward"]:
-            lines.append(f"| {r['batch']} x {r['tokens']} | {r['worker_ms']:.3f} | {r['torch_ms']:.3f} | {r['speed_vs_torch']:.2f}x |")
+            share = f"{100 * r['share_of_fp16_peak']:.1f} %" if "share_of_fp16_peak" in r else "n/a"
+            lines.append(f"| {r['batch']} x {r['tokens']} | {r['worker_ms']:.3f} | {r['torch_ms']:.3f} | {r['speed_vs_torch']:.2f}x "
+                         f"| {r['worker_tflops']:.1f} | {share} |")
         lines.append("")
         for r in report["forward"]:
             if "stages_ms" in r:

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body};
-use inferencehub_worker::models::bert::tensor::TensorBert;
+use inferencehub_worker::models::bert::tensor::{AttentionPath, TensorBert};
 use inferencehub_worker::models::device::{parse_device, parse_dtype};
 use inferencehub_worker::models::model::token_rows;
 use inferencehub_worker::models::{LoadOptions, ModelInput, argmax, load_model};
@@ -135,7 +135,11 @@ pub struct BenchEncoderArgs {
 /// `{"cmd": "embed", "ids": [[...]]}` → `{"embedding": [[...]]}` (mean-pooled last hidden
 /// states), `{"cmd": "time", "ids": [[...]], "reps": N}` → `{"seconds": total}`,
 /// `{"cmd": "profile", "ids": [[...]], "reps": N}` → `{"stages": [[name, seconds], ...]}`
-/// (mean per pass, the tensor encoder only). Every
+/// (mean per pass, the tensor encoder only), `{"cmd": "attention", "ids": [[...]]}` →
+/// `{"path": "Fused"|"Reference", "max_abs_diff": x}` (the path chosen at load, and the
+/// largest difference between the fused and the reference attention paths over the real
+/// tokens' last hidden states of one padded pass; `error` instead where the fused kernel
+/// fails). Every
 /// repetition copies its result to the host, so a timing includes the device's whole work.
 pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
     let (device, dtype) = args.model.device_and_dtype()?;
@@ -169,6 +173,10 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
                 }
                 json!({"stages": totals.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>()})
             }
+            Some("attention") => match attention_check(&body, &inputs) {
+                Ok((path, diff)) => json!({"path": format!("{path:?}"), "max_abs_diff": diff}),
+                Err(e) => json!({"error": format!("{e:#}")}),
+            },
             Some("time") => {
                 let reps = request["reps"].as_u64().unwrap_or(1) as usize;
                 let started = Instant::now();
@@ -195,12 +203,49 @@ pub fn profile(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<Vec<(&'
     stages(bert, &token_rows(inputs)?)
 }
 
+/// The tensor encoder's attention path, and the largest difference between its fused and
+/// reference attention over the real tokens of one padded pass of `inputs`.
+fn attention_check(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<(AttentionPath, f32)> {
+    let bert = body
+        .tensor()
+        .context("the CPU encoder has no attention paths to compare")?;
+    let rows = token_rows(inputs)?;
+    let pass = |path| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        let (hidden, mask) = bert.forward_observed(&rows, path, &mut |_| Ok(()))?;
+        let h = hidden.dim(2)?;
+        let mask = mask.flatten_all()?.to_vec1::<f32>()?;
+        let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
+        Ok((
+            hidden,
+            mask.iter()
+                .flat_map(|&m| std::iter::repeat_n(m, h))
+                .collect(),
+        ))
+    };
+    let (fused, real) = pass(AttentionPath::Fused)?;
+    let (reference, _) = pass(AttentionPath::Reference)?;
+    let worst = fused
+        .iter()
+        .zip(&reference)
+        .zip(&real)
+        .filter(|(_, m)| **m > 0.0)
+        .map(|((a, b), _)| {
+            if a.is_finite() {
+                (a - b).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
+        .fold(0f32, f32::max);
+    Ok((bert.attention(), worst))
+}
+
 fn stages(bert: &TensorBert, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let device = bert.device().clone();
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     device.synchronize()?;
     let mut last = Instant::now();
-    bert.forward_observed(rows, &mut |stage| {
+    bert.forward_observed(rows, bert.attention(), &mut |stage| {
         device.synchronize()?;
         let now = Instant::now();
         let spent = (now - last).as_secs_f64();

@@ -9,8 +9,13 @@
 //! - a batch is split into length buckets ([`buckets`]) before padding, so a batch mixing
 //!   short and long inputs does not pay for the longest one on every row.
 //!
-//! Matrix products run in the model's dtype (tensor cores in f16/bf16); LayerNorm and
-//! softmax use candle's fused kernels, which accumulate in f32.
+//! Matrix products run in the model's dtype (tensor cores in f16/bf16); LayerNorm uses
+//! candle's fused kernel, which accumulates in f32. Attention is one fused kernel
+//! ([`inferencehub_fused::attention`]) reading queries, keys and values straight from the
+//! q/k/v projection and skipping padded keys, where the device has a kernel for the head
+//! size (CUDA: 32 and 64) and it matched the reference path on this device at load
+//! ([`AttentionPath`]); otherwise (the CPU included) the reference path: head split,
+//! scores, masked softmax, context as tensor operations.
 
 use std::collections::HashMap;
 
@@ -62,6 +67,113 @@ impl Proj {
     }
 }
 
+/// How a pass computes self-attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// One kernel from the q/k/v projection to the context ([`inferencehub_fused`]).
+    Fused,
+    /// Tensor operations: the head split (copies), scores with the padding bias, softmax,
+    /// context. The plain reference the fused kernel is checked against.
+    Reference,
+}
+
+/// Largest difference between the fused and the reference attention accepted by the
+/// check at load, per dtype (the probe's values are below 0.5 in magnitude).
+fn attention_tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 2e-2,
+        DType::BF16 => 6e-2,
+        _ => 1e-4,
+    }
+}
+
+/// The fused attention's probe at load: three sequences of 20 tokens (one 16-key tile and
+/// a partial one), two of them padded; the largest difference from the reference path.
+fn probe_attention(device: &Device, dtype: DType, heads: usize, d: usize) -> anyhow::Result<f32> {
+    let (b, t, h) = (3, 20, heads * d);
+    let lengths = [20u32, 17, 3];
+    let values: Vec<f32> = (0..b * t * 3 * h)
+        .map(|i| 0.5 * ((i as f32) * 0.61).sin() * ((i % 5) as f32 / 5.0 + 0.2))
+        .collect();
+    let qkv = Tensor::from_vec(values, (b * t, 3 * h), device)?.to_dtype(dtype)?;
+    let on_device = Tensor::from_slice(&lengths, b, device)?;
+    let fused = fused_attention(&qkv, &on_device, (b, t, heads, d))?;
+    let bias = padding_bias(&lengths, t, dtype, device)?;
+    let reference = reference_attention(&qkv, bias.as_ref(), (b, t, heads, d), &mut |_| Ok(()))?;
+    let diff = (fused.to_dtype(DType::F32)? - reference.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    Ok(diff)
+}
+
+/// The fused path: `qkv` `[b·t, 3h]` to the context `[b·t, h]`.
+/// `lengths` is u32 `[b]`.
+fn fused_attention(
+    qkv: &Tensor,
+    lengths: &Tensor,
+    (b, t, heads, d): (usize, usize, usize, usize),
+) -> anyhow::Result<Tensor> {
+    let qkv = qkv.reshape((b, t, 3 * heads * d))?;
+    Ok(inferencehub_fused::attention(&qkv, lengths, heads)?.reshape((b * t, heads * d))?)
+}
+
+/// `[b, 1, 1, t]`: 0 on real tokens, [`MASK_BIAS`] on padding; none without padding.
+fn padding_bias(
+    lengths: &[u32],
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> anyhow::Result<Option<Tensor>> {
+    if lengths.iter().all(|&l| l as usize >= t) {
+        return Ok(None);
+    }
+    let bias: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&l| {
+            (0..t).map(move |j| {
+                if j < l as usize {
+                    0.0
+                } else {
+                    MASK_BIAS as f32
+                }
+            })
+        })
+        .collect();
+    Ok(Some(
+        Tensor::from_vec(bias, (lengths.len(), 1, 1, t), device)?.to_dtype(dtype)?,
+    ))
+}
+
+/// The reference path: `qkv` `[b·t, 3h]` split into heads (copies), scaled scores plus
+/// the padding `bias`, softmax, context `[b·t, h]`; `mark` after each step.
+fn reference_attention(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    (b, t, heads, d): (usize, usize, usize, usize),
+    mark: &mut dyn FnMut(&'static str) -> anyhow::Result<()>,
+) -> anyhow::Result<Tensor> {
+    let scale = 1.0 / (d as f64).sqrt();
+    let qkv = qkv.reshape((b, t, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.i(0)?.contiguous()? * scale)?;
+    let k = qkv.i(1)?.contiguous()?;
+    let v = qkv.i(2)?.contiguous()?;
+    mark("qkv split")?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(bias)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    mark("scores + softmax")?;
+    let context = probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b * t, heads * d))?;
+    mark("context")?;
+    Ok(context)
+}
+
 struct Layer {
     qkv: Proj,
     out: Proj,
@@ -85,6 +197,41 @@ pub struct TensorBert {
     pad_id: u32,
     dtype: DType,
     device: Device,
+    attention: AttentionPath,
+}
+
+/// The fused path where `device` has a kernel for heads of `d` and it matches the
+/// reference path on the load-time probe; otherwise the reference path, with the reason in
+/// the log.
+fn choose_attention(device: &Device, dtype: DType, heads: usize, d: usize) -> AttentionPath {
+    if !inferencehub_fused::has_kernel(device, d) {
+        tracing::debug!(
+            head_size = d,
+            "attention: reference path (no fused kernel for this device and head size)"
+        );
+        return AttentionPath::Reference;
+    }
+    match probe_attention(device, dtype, heads, d) {
+        Ok(diff) if diff <= attention_tolerance(dtype) => {
+            tracing::debug!(
+                max_difference = diff,
+                "attention: fused kernel, checked against the reference path"
+            );
+            AttentionPath::Fused
+        }
+        Ok(diff) => {
+            tracing::warn!(
+                max_difference = diff,
+                ?dtype,
+                "attention: the fused kernel differs from the reference path on this device; using the reference path"
+            );
+            AttentionPath::Reference
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "attention: the fused kernel failed on this device; using the reference path");
+            AttentionPath::Reference
+        }
+    }
 }
 
 impl TensorBert {
@@ -165,6 +312,8 @@ impl TensorBert {
         let position = get("embeddings.position_embeddings.weight")?
             .broadcast_add(&type0)?
             .contiguous()?;
+        let heads = config.num_attention_heads;
+        let attention = choose_attention(device, dtype, heads, config.hidden_size / heads);
         Ok(Self {
             word: get("embeddings.word_embeddings.weight")?,
             position,
@@ -177,7 +326,13 @@ impl TensorBert {
             pad_id: config.pad_token_id as u32,
             dtype,
             device: device.clone(),
+            attention,
         })
+    }
+
+    /// The attention path its passes take.
+    pub fn attention(&self) -> AttentionPath {
+        self.attention
     }
 
     /// The device the encoder runs on.
@@ -193,14 +348,16 @@ impl TensorBert {
     /// Last hidden states `[batch, longest, hidden]` (in f32) of one padded batch and its
     /// mask `[batch, longest]` (1 for real tokens).
     pub fn forward_padded(&self, rows: &[&[u32]]) -> anyhow::Result<(Tensor, Tensor)> {
-        self.forward_observed(rows, &mut |_| Ok(()))
+        self.forward_observed(rows, self.attention, &mut |_| Ok(()))
     }
 
-    /// The forward pass; `mark` is called at the end of every stage with its name (where a
-    /// profiler synchronises the device and reads its clock).
+    /// The forward pass with attention computed by `attention`; `mark` is called at the
+    /// end of every stage with its name (where a profiler synchronises the device and reads
+    /// its clock).
     pub fn forward_observed(
         &self,
         rows: &[&[u32]],
+        attention: AttentionPath,
         mark: &mut dyn FnMut(&'static str) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Tensor, Tensor)> {
         let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -222,16 +379,13 @@ impl TensorBert {
         let mut x =
             (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?;
         x = self.emb_norm.forward(&x)?;
-        // [b, 1, 1, t]: 0 on real tokens, MASK_BIAS on padding; none without padding.
-        let padded = rows.iter().any(|r| r.len() < t);
-        let bias = if padded {
-            Some(
-                ((&mask - 1.0)? * -MASK_BIAS)?
-                    .to_dtype(self.dtype)?
-                    .reshape((b, 1, 1, t))?,
-            )
-        } else {
-            None
+        let lengths: Vec<u32> = rows.iter().map(|r| r.len() as u32).collect();
+        // What the attention path needs of the lengths, once for every layer.
+        let (bias, on_device) = match attention {
+            AttentionPath::Reference => {
+                (padding_bias(&lengths, t, self.dtype, &self.device)?, None)
+            }
+            AttentionPath::Fused => (None, Some(Tensor::from_slice(&lengths, b, &self.device)?)),
         };
         // Folded projections take their input widened by a one and zeros.
         let ones = if b * t >= FOLD_MIN_ROWS {
@@ -253,28 +407,18 @@ impl TensorBert {
             })
         };
         mark("embeddings")?;
-        let heads = self.heads;
-        let d = h / heads;
-        let scale = 1.0 / (d as f64).sqrt();
+        let dims = (b, t, self.heads, h / self.heads);
         for layer in &self.layers {
-            let qkv = layer
-                .qkv
-                .forward(&x, widen(&x)?.as_ref())?
-                .reshape((b, t, 3, heads, d))?
-                .permute((2, 0, 3, 1, 4))?;
+            let qkv = layer.qkv.forward(&x, widen(&x)?.as_ref())?;
             mark("qkv projection")?;
-            let q = (qkv.i(0)?.contiguous()? * scale)?;
-            let k = qkv.i(1)?.contiguous()?;
-            let v = qkv.i(2)?.contiguous()?;
-            mark("qkv split")?;
-            let mut scores = q.matmul(&k.t()?)?;
-            if let Some(bias) = &bias {
-                scores = scores.broadcast_add(bias)?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            mark("scores + softmax")?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
-            mark("context")?;
+            let context = match &on_device {
+                Some(lengths) => {
+                    let context = fused_attention(&qkv, lengths, dims)?;
+                    mark("attention")?;
+                    context
+                }
+                None => reference_attention(&qkv, bias.as_ref(), dims, mark)?,
+            };
             let projected = layer.out.forward(&context, widen(&context)?.as_ref())?;
             x = layer.ln1.forward(&(projected + &x)?)?;
             mark("output + norm")?;
@@ -335,5 +479,30 @@ impl TensorBert {
         }
         let index = Tensor::from_vec(inverse, order.len(), all.device())?;
         Ok(all.index_select(&index, 0)?.contiguous()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe that decides the path at load, run here on the CPU's plain implementation
+    /// of the fused contract: it passes where the two paths agree (bf16 is CUDA only: the
+    /// CPU has no bf16 matrix product).
+    #[test]
+    fn the_load_time_probe_passes_where_the_paths_agree() {
+        for dtype in [DType::F32, DType::F16] {
+            let diff = probe_attention(&Device::Cpu, dtype, 2, 32).unwrap();
+            assert!(diff <= attention_tolerance(dtype), "{dtype:?}: {diff}");
+            assert!(diff.is_finite());
+        }
+    }
+
+    #[test]
+    fn the_cpu_keeps_the_reference_path() {
+        assert_eq!(
+            choose_attention(&Device::Cpu, DType::F32, 12, 32),
+            AttentionPath::Reference
+        );
     }
 }

@@ -1,0 +1,143 @@
+// Fused multi-head self-attention for the tensor encoder on CUDA.
+//
+// Reads queries, keys and values straight from the fused projection's output
+// (`qkv`, `[batch * tokens, 3 * hidden]`, row-major: every token's queries, then its keys,
+// then its values, heads side by side) and writes the context (`[batch * tokens, hidden]`):
+// no head split copy, no score matrix in memory, no separate softmax or mask pass.
+//
+// One block per (query tile, head, sequence); one thread per query row. Keys and values of
+// the sequence's head are staged through shared memory, KT keys at a time, as f32; each
+// thread keeps its (scaled) query and its output accumulator in registers and runs an
+// online softmax over the tiles (running maximum `m`, running sum `l`; the accumulator is
+// rescaled once per tile). Keys past the sequence's length (padding) are never read, which
+// is what the reference path's -10 000 bias on padded keys computes (exp underflows to 0).
+// Query rows past the length are computed like the others and ignored by the pooling, as
+// in the reference path. Arithmetic is f32 whatever the storage type.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace {
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}
+
+// Keys (and values) per shared-memory tile (16 x 64 x 2 floats = 8 KiB at the widest head):
+// the tile's scores stay in registers, and the kernels' code stays small.
+constexpr int KT = 16;
+
+template <typename T, int D>
+__device__ void attention(const T *__restrict__ qkv, const uint32_t *__restrict__ lengths,
+                          T *__restrict__ out, int tokens, int heads, float scale) {
+    // As float4: one shared-memory load feeds four multiply-adds.
+    __shared__ float4 keys[KT][D / 4];
+    __shared__ float4 values[KT][D / 4];
+    const int seq = blockIdx.z;
+    const int head = blockIdx.y;
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;
+    const int hidden = heads * D;
+    const size_t stride = 3 * (size_t)hidden;
+    const int len = min((int)lengths[seq], tokens);
+    const T *base = qkv + (size_t)seq * tokens * stride + (size_t)head * D;
+    const bool active = row < tokens;
+
+    float q[D];
+    float acc[D];
+#pragma unroll
+    for (int c = 0; c < D; ++c) {
+        q[c] = active ? to_f32(base[(size_t)row * stride + c]) * scale : 0.0f;
+        acc[c] = 0.0f;
+    }
+    float m = -INFINITY;
+    float l = 0.0f;
+    for (int k0 = 0; k0 < len; k0 += KT) {
+        const int n = min(KT, len - k0);
+        __syncthreads();  // the previous tile is no longer read
+        for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
+            const int j = i / D;
+            const int c = i % D;
+            const T *token = base + (size_t)(k0 + j) * stride;
+            reinterpret_cast<float *>(keys[j])[c] = to_f32(token[hidden + c]);
+            reinterpret_cast<float *>(values[j])[c] = to_f32(token[2 * hidden + c]);
+        }
+        __syncthreads();
+        if (!active) {
+            continue;
+        }
+        float s[KT];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+            if (j < n) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int c = 0; c < D / 4; ++c) {
+                    const float4 k = keys[j][c];
+                    dot = fmaf(q[4 * c], k.x, dot);
+                    dot = fmaf(q[4 * c + 1], k.y, dot);
+                    dot = fmaf(q[4 * c + 2], k.z, dot);
+                    dot = fmaf(q[4 * c + 3], k.w, dot);
+                }
+                s[j] = dot;
+                tile_max = fmaxf(tile_max, dot);
+            }
+        }
+        const float next = fmaxf(m, tile_max);
+        const float rescale = expf(m - next);  // 0 on the first tile (m = -inf)
+        l *= rescale;
+#pragma unroll
+        for (int c = 0; c < D; ++c) {
+            acc[c] *= rescale;
+        }
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+            if (j < n) {
+                const float p = expf(s[j] - next);
+                l += p;
+#pragma unroll
+                for (int c = 0; c < D / 4; ++c) {
+                    const float4 v = values[j][c];
+                    acc[4 * c] = fmaf(p, v.x, acc[4 * c]);
+                    acc[4 * c + 1] = fmaf(p, v.y, acc[4 * c + 1]);
+                    acc[4 * c + 2] = fmaf(p, v.z, acc[4 * c + 2]);
+                    acc[4 * c + 3] = fmaf(p, v.w, acc[4 * c + 3]);
+                }
+            }
+        }
+        m = next;
+    }
+    if (!active) {
+        return;
+    }
+    // An empty sequence (never sent by the encoder) gets zeros, not a division by zero.
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    T *dst = out + ((size_t)seq * tokens + row) * hidden + (size_t)head * D;
+#pragma unroll
+    for (int c = 0; c < D; ++c) {
+        dst[c] = from_f32<T>(acc[c] * inv);
+    }
+}
+
+}  // namespace
+
+#define ATTENTION(NAME, T, D)                                                                 \
+    extern "C" __global__ void NAME(const T *qkv, const uint32_t *lengths, T *out, int tokens, \
+                                    int heads, float scale) {                                 \
+        attention<T, D>(qkv, lengths, out, tokens, heads, scale);                            \
+    }
+
+ATTENTION(attention_f32_d32, float, 32)
+ATTENTION(attention_f32_d64, float, 64)
+ATTENTION(attention_f16_d32, __half, 32)
+ATTENTION(attention_f16_d64, __half, 64)
+ATTENTION(attention_bf16_d32, __nv_bfloat16, 32)
+ATTENTION(attention_bf16_d64, __nv_bfloat16, 64)
