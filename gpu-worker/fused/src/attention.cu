@@ -2,8 +2,9 @@
 //
 // Reads queries, keys and values straight from the fused projection's output
 // (`qkv`, `[batch * tokens, 3 * hidden]`, row-major: every token's queries, then its keys,
-// then its values, heads side by side) and writes the context (`[batch * tokens, hidden]`):
-// no head split copy, no score matrix in memory, no separate softmax or mask pass.
+// then its values, heads side by side; the projection's bias, `[3 * hidden]`, added here as
+// they are read) and writes the context (`[batch * tokens, hidden]`): no bias pass, no head
+// split copy, no score matrix in memory, no separate softmax or mask pass.
 //
 // One block per (query tile, head, sequence); one thread per query row. Keys and values of
 // the sequence's head are staged through shared memory, KT keys at a time, as f32; each
@@ -14,30 +15,20 @@
 // Query rows past the length are computed like the others and ignored by the pooling, as
 // in the reference path. Arithmetic is f32 whatever the storage type.
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "convert.cuh"
+
 namespace {
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-    return __float2bfloat16(x);
-}
 
 // Keys (and values) per shared-memory tile (16 x 64 x 2 floats = 8 KiB at the widest head):
 // the tile's scores stay in registers, and the kernels' code stays small.
 constexpr int KT = 16;
 
 template <typename T, int D>
-__device__ void attention(const T *__restrict__ qkv, const uint32_t *__restrict__ lengths,
-                          T *__restrict__ out, int tokens, int heads, float scale) {
+__device__ void attention(const T *__restrict__ qkv, const T *__restrict__ bias,
+                          const uint32_t *__restrict__ lengths, T *__restrict__ out, int tokens,
+                          int heads, float scale) {
     // As float4: one shared-memory load feeds four multiply-adds.
     __shared__ float4 keys[KT][D / 4];
     __shared__ float4 values[KT][D / 4];
@@ -49,12 +40,15 @@ __device__ void attention(const T *__restrict__ qkv, const uint32_t *__restrict_
     const int len = min((int)lengths[seq], tokens);
     const T *base = qkv + (size_t)seq * tokens * stride + (size_t)head * D;
     const bool active = row < tokens;
+    const T *qb = bias + head * D;
+    const T *kb = qb + hidden;
+    const T *vb = qb + 2 * hidden;
 
     float q[D];
     float acc[D];
 #pragma unroll
     for (int c = 0; c < D; ++c) {
-        q[c] = active ? to_f32(base[(size_t)row * stride + c]) * scale : 0.0f;
+        q[c] = active ? (to_f32(base[(size_t)row * stride + c]) + to_f32(qb[c])) * scale : 0.0f;
         acc[c] = 0.0f;
     }
     float m = -INFINITY;
@@ -66,8 +60,8 @@ __device__ void attention(const T *__restrict__ qkv, const uint32_t *__restrict_
             const int j = i / D;
             const int c = i % D;
             const T *token = base + (size_t)(k0 + j) * stride;
-            reinterpret_cast<float *>(keys[j])[c] = to_f32(token[hidden + c]);
-            reinterpret_cast<float *>(values[j])[c] = to_f32(token[2 * hidden + c]);
+            reinterpret_cast<float *>(keys[j])[c] = to_f32(token[hidden + c]) + to_f32(kb[c]);
+            reinterpret_cast<float *>(values[j])[c] = to_f32(token[2 * hidden + c]) + to_f32(vb[c]);
         }
         __syncthreads();
         if (!active) {
@@ -129,10 +123,10 @@ __device__ void attention(const T *__restrict__ qkv, const uint32_t *__restrict_
 
 }  // namespace
 
-#define ATTENTION(NAME, T, D)                                                                 \
-    extern "C" __global__ void NAME(const T *qkv, const uint32_t *lengths, T *out, int tokens, \
-                                    int heads, float scale) {                                 \
-        attention<T, D>(qkv, lengths, out, tokens, heads, scale);                            \
+#define ATTENTION(NAME, T, D)                                                              \
+    extern "C" __global__ void NAME(const T *qkv, const T *bias, const uint32_t *lengths,    \
+                                    T *out, int tokens, int heads, float scale) {           \
+        attention<T, D>(qkv, bias, lengths, out, tokens, heads, scale);                     \
     }
 
 ATTENTION(attention_f32_d32, float, 32)

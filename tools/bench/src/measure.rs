@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body};
-use inferencehub_worker::models::bert::tensor::{AttentionPath, TensorBert};
+use inferencehub_worker::models::bert::tensor::TensorBert;
 use inferencehub_worker::models::device::{parse_device, parse_dtype};
 use inferencehub_worker::models::model::token_rows;
 use inferencehub_worker::models::{LoadOptions, ModelInput, argmax, load_model};
@@ -135,11 +135,11 @@ pub struct BenchEncoderArgs {
 /// `{"cmd": "embed", "ids": [[...]]}` → `{"embedding": [[...]]}` (mean-pooled last hidden
 /// states), `{"cmd": "time", "ids": [[...]], "reps": N}` → `{"seconds": total}`,
 /// `{"cmd": "profile", "ids": [[...]], "reps": N}` → `{"stages": [[name, seconds], ...]}`
-/// (mean per pass, the tensor encoder only), `{"cmd": "attention", "ids": [[...]]}` →
-/// `{"path": "Fused"|"Reference", "max_abs_diff": x}` (the path chosen at load, and the
-/// largest difference between the fused and the reference attention paths over the real
-/// tokens' last hidden states of one padded pass; `error` instead where the fused kernel
-/// fails). Every
+/// (mean per pass, the tensor encoder only), `{"cmd": "kernels", "ids": [[...]]}` →
+/// `{"kernels": "Fused"|"Reference", "max_abs_diff": x, "largest_state": y}` (the kernels
+/// chosen at load, and the largest difference between one padded pass through the fused
+/// and one through the reference kernels, over real tokens; `error` instead where the fused
+/// kernels fail). Every
 /// repetition copies its result to the host, so a timing includes the device's whole work.
 pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
     let (device, dtype) = args.model.device_and_dtype()?;
@@ -173,8 +173,12 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
                 }
                 json!({"stages": totals.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>()})
             }
-            Some("attention") => match attention_check(&body, &inputs) {
-                Ok((path, diff)) => json!({"path": format!("{path:?}"), "max_abs_diff": diff}),
+            Some("kernels") => match kernels_check(&body, &inputs) {
+                Ok((kernels, diff, scale)) => json!({
+                    "kernels": format!("{kernels:?}"),
+                    "max_abs_diff": diff,
+                    "largest_state": scale,
+                }),
                 Err(e) => json!({"error": format!("{e:#}")}),
             },
             Some("time") => {
@@ -203,41 +207,16 @@ pub fn profile(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<Vec<(&'
     stages(bert, &token_rows(inputs)?)
 }
 
-/// The tensor encoder's attention path, and the largest difference between its fused and
-/// reference attention over the real tokens of one padded pass of `inputs`.
-fn attention_check(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<(AttentionPath, f32)> {
+/// The tensor encoder's kernels, and [`TensorBert::compare_kernels`] over `inputs`.
+fn kernels_check(
+    body: &BertBody,
+    inputs: &[ModelInput],
+) -> anyhow::Result<(inferencehub_worker::models::bert::tensor::Kernels, f32, f32)> {
     let bert = body
         .tensor()
-        .context("the CPU encoder has no attention paths to compare")?;
-    let rows = token_rows(inputs)?;
-    let pass = |path| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-        let (hidden, mask) = bert.forward_observed(&rows, path, &mut |_| Ok(()))?;
-        let h = hidden.dim(2)?;
-        let mask = mask.flatten_all()?.to_vec1::<f32>()?;
-        let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
-        Ok((
-            hidden,
-            mask.iter()
-                .flat_map(|&m| std::iter::repeat_n(m, h))
-                .collect(),
-        ))
-    };
-    let (fused, real) = pass(AttentionPath::Fused)?;
-    let (reference, _) = pass(AttentionPath::Reference)?;
-    let worst = fused
-        .iter()
-        .zip(&reference)
-        .zip(&real)
-        .filter(|(_, m)| **m > 0.0)
-        .map(|((a, b), _)| {
-            if a.is_finite() {
-                (a - b).abs()
-            } else {
-                f32::INFINITY
-            }
-        })
-        .fold(0f32, f32::max);
-    Ok((bert.attention(), worst))
+        .context("the CPU encoder has no fused kernels to compare")?;
+    let (diff, scale) = bert.compare_kernels(&token_rows(inputs)?)?;
+    Ok((bert.kernels(), diff, scale))
 }
 
 fn stages(bert: &TensorBert, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static str, f64)>> {
@@ -245,7 +224,7 @@ fn stages(bert: &TensorBert, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static st
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     device.synchronize()?;
     let mut last = Instant::now();
-    bert.forward_observed(rows, bert.attention(), &mut |stage| {
+    bert.forward_observed(rows, bert.kernels(), &mut |stage| {
         device.synchronize()?;
         let now = Instant::now();
         let spent = (now - last).as_secs_f64();
