@@ -22,6 +22,10 @@ const THREADS: u32 = 256;
 /// Threads per LayerNorm row (a multiple of 32: the kernel reduces whole warps).
 const NORM_THREADS: u32 = 128;
 
+/// A grid's largest x extent, and its largest y and z extents.
+const MAX_GRID_X: usize = (1 << 31) - 1;
+const MAX_GRID_YZ: usize = 65_535;
+
 type Input<'a> = (&'a CudaStorage, &'a Layout);
 
 /// The elements of a contiguous input, from its layout's offset.
@@ -54,6 +58,13 @@ pub(crate) fn attention<T: CudaDType + DeviceRepr>(
     let d = dims.head_size;
     if !crate::CUDA_HEAD_SIZES.contains(&d) {
         candle_core::bail!("{op}: no CUDA kernel for heads of {d}");
+    }
+    if dims.batch > MAX_GRID_YZ || dims.heads > MAX_GRID_YZ {
+        candle_core::bail!(
+            "{op}: {} sequences of {} heads is more than one launch holds",
+            dims.batch,
+            dims.heads
+        );
     }
     let device = device(args.qkv);
     let name = format!("attention_{dtype}_d{d}");
@@ -164,7 +175,7 @@ pub(crate) fn bias_residual_norm<T: CudaDType + DeviceRepr>(
     let x = view::<T>(args.x, op)?;
     let residual = view::<T>(args.residual, op)?;
     let params = view::<T>(args.params, op)?;
-    if args.rows > u32::MAX as usize {
+    if args.rows > MAX_GRID_X {
         candle_core::bail!("{op}: {} rows is more than one launch holds", args.rows);
     }
     // SAFETY: one block per row, each writing all `n` columns of its row.
