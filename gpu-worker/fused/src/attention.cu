@@ -56,12 +56,21 @@ __device__ void attention(const T *__restrict__ qkv, const T *__restrict__ bias,
     for (int k0 = 0; k0 < len; k0 += KT) {
         const int n = min(KT, len - k0);
         __syncthreads();  // the previous tile is no longer read
-        for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
+        // A whole tile always: keys past the sequence's end are zeros here and get a score
+        // of -inf below, so no loop over the tile branches per key (the compiler keeps the
+        // sixteen keys' products interleaved instead of one key after another).
+        for (int i = threadIdx.x; i < KT * D; i += blockDim.x) {
             const int j = i / D;
             const int c = i % D;
-            const T *token = base + (size_t)(k0 + j) * stride;
-            reinterpret_cast<float *>(keys[j])[c] = to_f32(token[hidden + c]) + to_f32(kb[c]);
-            reinterpret_cast<float *>(values[j])[c] = to_f32(token[2 * hidden + c]) + to_f32(vb[c]);
+            float key = 0.0f;
+            float value = 0.0f;
+            if (j < n) {
+                const T *token = base + (size_t)(k0 + j) * stride;
+                key = to_f32(token[hidden + c]) + to_f32(kb[c]);
+                value = to_f32(token[2 * hidden + c]) + to_f32(vb[c]);
+            }
+            reinterpret_cast<float *>(keys[j])[c] = key;
+            reinterpret_cast<float *>(values[j])[c] = value;
         }
         __syncthreads();
         if (!active) {
@@ -71,19 +80,18 @@ __device__ void attention(const T *__restrict__ qkv, const T *__restrict__ bias,
         float tile_max = -INFINITY;
 #pragma unroll
         for (int j = 0; j < KT; ++j) {
-            if (j < n) {
-                float dot = 0.0f;
+            // Four partial sums: short dependency chains.
+            float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int c = 0; c < D / 4; ++c) {
-                    const float4 k = keys[j][c];
-                    dot = fmaf(q[4 * c], k.x, dot);
-                    dot = fmaf(q[4 * c + 1], k.y, dot);
-                    dot = fmaf(q[4 * c + 2], k.z, dot);
-                    dot = fmaf(q[4 * c + 3], k.w, dot);
-                }
-                s[j] = dot;
-                tile_max = fmaxf(tile_max, dot);
+            for (int c = 0; c < D / 4; ++c) {
+                const float4 k = keys[j][c];
+                dot[0] = fmaf(q[4 * c], k.x, dot[0]);
+                dot[1] = fmaf(q[4 * c + 1], k.y, dot[1]);
+                dot[2] = fmaf(q[4 * c + 2], k.z, dot[2]);
+                dot[3] = fmaf(q[4 * c + 3], k.w, dot[3]);
             }
+            s[j] = j < n ? (dot[0] + dot[1]) + (dot[2] + dot[3]) : -INFINITY;
+            tile_max = fmaxf(tile_max, s[j]);
         }
         const float next = fmaxf(m, tile_max);
         const float rescale = expf(m - next);  // 0 on the first tile (m = -inf)
@@ -94,17 +102,15 @@ __device__ void attention(const T *__restrict__ qkv, const T *__restrict__ bias,
         }
 #pragma unroll
         for (int j = 0; j < KT; ++j) {
-            if (j < n) {
-                const float p = expf(s[j] - next);
-                l += p;
+            const float p = expf(s[j] - next);  // 0 past the sequence's end (s = -inf)
+            l += p;
 #pragma unroll
-                for (int c = 0; c < D / 4; ++c) {
-                    const float4 v = values[j][c];
-                    acc[4 * c] = fmaf(p, v.x, acc[4 * c]);
-                    acc[4 * c + 1] = fmaf(p, v.y, acc[4 * c + 1]);
-                    acc[4 * c + 2] = fmaf(p, v.z, acc[4 * c + 2]);
-                    acc[4 * c + 3] = fmaf(p, v.w, acc[4 * c + 3]);
-                }
+            for (int c = 0; c < D / 4; ++c) {
+                const float4 v = values[j][c];
+                acc[4 * c] = fmaf(p, v.x, acc[4 * c]);
+                acc[4 * c + 1] = fmaf(p, v.y, acc[4 * c + 1]);
+                acc[4 * c + 2] = fmaf(p, v.z, acc[4 * c + 2]);
+                acc[4 * c + 3] = fmaf(p, v.w, acc[4 * c + 3]);
             }
         }
         m = next;

@@ -16,7 +16,7 @@ const EPILOGUE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/epilogue.ptx"
 /// Query rows per attention block (one thread each); fewer when the sequences are shorter.
 const QUERIES_PER_BLOCK: usize = 64;
 
-/// Threads per block of the element-wise and row kernels.
+/// Threads per block of the bias + activation kernel (one block per row).
 const THREADS: u32 = 256;
 
 /// Threads per LayerNorm row (a multiple of 32: the kernel reduces whole warps).
@@ -126,27 +126,22 @@ pub(crate) fn bias_act<T: CudaDType + DeviceRepr>(
     )?;
     let x = view::<T>(args.x, op)?;
     let bias = view::<T>(args.bias, op)?;
-    let count = args.rows * args.n;
-    // SAFETY: the kernel's grid-stride loop writes every one of the `count` elements.
-    let out = unsafe { device.alloc::<T>(count)? };
-    let blocks = count.div_ceil(THREADS as usize).min(65_535) as u32;
+    if args.rows > MAX_GRID_X {
+        candle_core::bail!("{op}: {} rows is more than one launch holds", args.rows);
+    }
+    // SAFETY: one block per row, each writing all `n` columns of its row.
+    let out = unsafe { device.alloc::<T>(args.rows * args.n)? };
     let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim: (args.rows as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (count_arg, n, act) = (count, args.n as i32, args.act);
+    let (n, act) = (args.n as i32, args.act);
     let mut builder = func.builder();
-    builder
-        .arg(&x)
-        .arg(&bias)
-        .arg(&out)
-        .arg(&count_arg)
-        .arg(&n)
-        .arg(&act);
-    // SAFETY: the arguments are the kernel's parameters in order and type (T*, T*, T*,
-    // size_t, int, int); `x` and `out` hold `count` elements and `bias` `n` (checked by the
-    // op), which is what the kernel indexes.
+    builder.arg(&x).arg(&bias).arg(&out).arg(&n).arg(&act);
+    // SAFETY: the arguments are the kernel's parameters in order and type (T*, T*, T*, int,
+    // int); `x` and `out` hold rows × n elements and `bias` n (checked by the op), which is
+    // what the kernel indexes for this grid.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, device))
 }

@@ -1,8 +1,8 @@
 // The dense layers' epilogues for the tensor encoder on CUDA: what follows each matrix
 // product (computed by cuBLAS without its bias) in one pass over its output.
 //
-// - bias_act: y = act(x + bias), act = exact GELU (erf), tanh GELU or ReLU; one thread per
-//   element (grid-stride).
+// - bias_act: y = act(x + bias), act = exact GELU (erf), tanh GELU or ReLU; one block per
+//   row.
 // - bias_residual_norm: y = LayerNorm(x + bias + residual) · gamma + beta, one block per
 //   row; the mean, then the variance around it (two reductions, f32), then the store.
 //
@@ -31,13 +31,15 @@ __device__ __forceinline__ float activate(float v, int act) {
     }
 }
 
+// One block per row (no per-element division to find the column).
 template <typename T>
 __device__ void bias_act(const T *__restrict__ x, const T *__restrict__ bias, T *__restrict__ y,
-                         size_t count, int n, int act) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const float v = to_f32(x[i]) + to_f32(bias[i % n]);
-        y[i] = from_f32<T>(activate(v, act));
+                         int n, int act) {
+    const size_t row = blockIdx.x;
+    const T *xr = x + row * n;
+    T *yr = y + row * n;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+        yr[c] = from_f32<T>(activate(to_f32(xr[c]) + to_f32(bias[c]), act));
     }
 }
 
@@ -95,9 +97,9 @@ __device__ void bias_residual_norm(const T *__restrict__ x, const T *__restrict_
 }  // namespace
 
 #define EPILOGUES(SUFFIX, T)                                                                    \
-    extern "C" __global__ void bias_act_##SUFFIX(const T *x, const T *bias, T *y, size_t count, \
-                                                 int n, int act) {                              \
-        bias_act<T>(x, bias, y, count, n, act);                                                 \
+    extern "C" __global__ void bias_act_##SUFFIX(const T *x, const T *bias, T *y, int n,        \
+                                                 int act) {                                     \
+        bias_act<T>(x, bias, y, n, act);                                                        \
     }                                                                                           \
     extern "C" __global__ void bias_residual_norm_##SUFFIX(const T *x, const T *residual,       \
                                                            const T *params, T *y, int n,        \
