@@ -90,6 +90,13 @@ fn kernels_tolerance(dtype: DType) -> f32 {
     }
 }
 
+/// A dense layer's bias and the LayerNorm after it as the fused kernel reads them: `[3, h]`,
+/// bias, gamma, beta (the LayerNorm's own tensors, not a second read of the checkpoint).
+fn norm_params(bias: &Tensor, norm: &LayerNorm) -> anyhow::Result<Tensor> {
+    let beta = norm.bias().context("a BERT LayerNorm has a bias")?;
+    Ok(Tensor::stack(&[bias, norm.weight(), beta], 0)?.contiguous()?)
+}
+
 /// The fused path: `qkv` `[b·t, 3h]` to the context `[b·t, h]`.
 /// `qkv` before its `bias`; `lengths` is u32 `[b]`.
 fn fused_attention(
@@ -254,21 +261,17 @@ impl TensorBert {
             )?;
             let out = linear(&format!("{p}.attention.output.dense"))?;
             let ff2 = linear(&format!("{p}.output.dense"))?;
-            // A dense layer's bias and the LayerNorm after it, as the fused kernel reads them.
-            let norm_params = |bias: &Tensor, name: &str| -> anyhow::Result<Tensor> {
-                let gamma = get(&format!("{name}.weight"))?;
-                let beta = get(&format!("{name}.bias"))?;
-                Ok(Tensor::stack(&[bias, &gamma, &beta], 0)?.contiguous()?)
-            };
+            let ln1 = norm(&format!("{p}.attention.output.LayerNorm"))?;
+            let ln2 = norm(&format!("{p}.output.LayerNorm"))?;
             layers.push(Layer {
                 qkv: Proj::new(qkv_w, qkv_b)?,
-                norm1: norm_params(&out.b, &format!("{p}.attention.output.LayerNorm"))?,
-                norm2: norm_params(&ff2.b, &format!("{p}.output.LayerNorm"))?,
+                norm1: norm_params(&out.b, &ln1)?,
+                norm2: norm_params(&ff2.b, &ln2)?,
                 out,
-                ln1: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                ln1,
                 ff1: linear(&format!("{p}.intermediate.dense"))?,
                 ff2,
-                ln2: norm(&format!("{p}.output.LayerNorm"))?,
+                ln2,
             });
         }
         // Every token has type 0: its embedding joins the position table once, here.
