@@ -141,13 +141,7 @@ impl CustomOp3 for Attention {
         lengths_layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dims = self.dims(qkv_layout, bias_layout, lengths_layout, lengths.dtype())?;
-        if qkv.dtype() != bias.dtype() {
-            candle_core::bail!(
-                "fused attention: a {:?} bias for {:?}",
-                bias.dtype(),
-                qkv.dtype()
-            );
-        }
+        crate::same_dtype(&[qkv.dtype(), bias.dtype()], "fused attention")?;
         let args = crate::cuda::AttentionArgs {
             qkv: (qkv, qkv_layout),
             bias: (bias, bias_layout),

@@ -72,14 +72,6 @@ fn rows_of(x: &Layout, per_column: &[usize], op: &str) -> Result<(usize, usize)>
     Ok((x.shape().elem_count() / n, n))
 }
 
-#[cfg(feature = "cuda")]
-fn same_dtype(dtypes: &[candle_core::DType], op: &str) -> Result<()> {
-    if dtypes.iter().any(|d| *d != dtypes[0]) {
-        candle_core::bail!("{op}: inputs of mixed dtypes {dtypes:?}");
-    }
-    Ok(())
-}
-
 impl CustomOp2 for BiasAct {
     fn name(&self) -> &'static str {
         "fused-bias-act"
@@ -127,7 +119,7 @@ impl CustomOp2 for BiasAct {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let op = self.name();
         let (rows, n) = rows_of(xl, bl.shape().dims(), op)?;
-        same_dtype(&[x.dtype(), bias.dtype()], op)?;
+        crate::same_dtype(&[x.dtype(), bias.dtype()], op)?;
         let args = crate::cuda::BiasActArgs {
             x: (x, xl),
             bias: (bias, bl),
@@ -220,7 +212,7 @@ impl CustomOp3 for BiasResidualNorm {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let op = self.name();
         let (rows, n) = check_norm(xl, rl, pl, op)?;
-        same_dtype(&[x.dtype(), residual.dtype(), params.dtype()], op)?;
+        crate::same_dtype(&[x.dtype(), residual.dtype(), params.dtype()], op)?;
         let args = crate::cuda::NormArgs {
             x: (x, xl),
             residual: (residual, rl),

@@ -43,6 +43,15 @@ fn contiguous(layout: &candle_core::Layout, op: &str) -> candle_core::Result<(us
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: inputs must be contiguous")))
 }
 
+/// Every op's CUDA side takes its float inputs in one dtype (the CPU side matches pairs).
+#[cfg(feature = "cuda")]
+fn same_dtype(dtypes: &[candle_core::DType], op: &str) -> candle_core::Result<()> {
+    if dtypes.iter().any(|d| *d != dtypes[0]) {
+        candle_core::bail!("{op}: inputs of mixed dtypes {dtypes:?}");
+    }
+    Ok(())
+}
+
 /// What the tests of every op use.
 #[cfg(test)]
 mod testing {
