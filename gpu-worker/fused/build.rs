@@ -17,6 +17,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
+    let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
+    // The launches pick the tensor-core attention only where the PTX holds it (sm_80+).
+    println!("cargo:rustc-env=INFERENCEHUB_FUSED_COMPUTE_CAP={cap}");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -24,8 +28,6 @@ fn main() {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("CUDA_HOME").map(|home| PathBuf::from(home).join("bin/nvcc")))
         .unwrap_or_else(|| PathBuf::from("nvcc"));
-    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
-    let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     for kernel in KERNELS {
         let source = format!("src/{kernel}.cu");

@@ -16,6 +16,17 @@ const EPILOGUE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/epilogue.ptx"
 /// Query rows per attention block (one thread each); fewer when the sequences are shorter.
 const QUERIES_PER_BLOCK: usize = 64;
 
+/// Warps per tensor-core attention block (16 query rows each); fewer for shorter sequences.
+const MMA_WARPS: usize = 4;
+
+/// Whether the PTX holds the tensor-core attention (`mma.sync` with f16 and bf16 inputs
+/// needs sm_80): the compute capability build.rs compiled for.
+fn tensor_core_attention() -> bool {
+    env!("INFERENCEHUB_FUSED_COMPUTE_CAP")
+        .parse::<u32>()
+        .is_ok_and(|cap| cap >= 80)
+}
+
 /// Threads per block of the bias + activation kernel (one block per row).
 const THREADS: u32 = 256;
 
@@ -67,23 +78,37 @@ pub(crate) fn attention<T: CudaDType + DeviceRepr>(
         );
     }
     let device = device(args.qkv);
-    let name = format!("attention_{dtype}_d{d}");
+    // f16 and bf16 on the tensor cores where the PTX has them; f32 keeps f32 arithmetic.
+    let mma = dtype != "f32" && tensor_core_attention();
+    let name = if mma {
+        format!("attention_mma_{dtype}_d{d}")
+    } else {
+        format!("attention_{dtype}_d{d}")
+    };
     let func = device.get_or_load_custom_func(&name, "inferencehub_attention", ATTENTION_PTX)?;
     let qkv = view::<T>(args.qkv, op)?;
     let bias = view::<T>(args.bias, op)?;
     let lengths = view::<u32>(args.lengths, op)?;
     let count = dims.batch * dims.tokens * dims.hidden();
-    // SAFETY: the kernel writes every element: each (sequence, head, row) thread stores its
-    // row's `d` columns of that head, and the grid covers every row of every sequence.
+    // SAFETY: the kernel writes every element: each row of each (sequence, head) is one
+    // thread's (or, on the tensor cores, one quad's) to store, all `d` columns of that head,
+    // and the grid covers every row of every sequence.
     let out = unsafe { device.alloc::<T>(count)? };
-    let block = QUERIES_PER_BLOCK.min(dims.tokens.div_ceil(32) * 32);
+    // Rows per block, and threads per block (one per row; 32 per 16 rows on the tensor cores).
+    let (rows, threads) = if mma {
+        let warps = MMA_WARPS.min(dims.tokens.div_ceil(16));
+        (16 * warps, 32 * warps)
+    } else {
+        let block = QUERIES_PER_BLOCK.min(dims.tokens.div_ceil(32) * 32);
+        (block, block)
+    };
     let cfg = LaunchConfig {
         grid_dim: (
-            dims.tokens.div_ceil(block) as u32,
+            dims.tokens.div_ceil(rows) as u32,
             dims.heads as u32,
             dims.batch as u32,
         ),
-        block_dim: (block as u32, 1, 1),
+        block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let (tokens, heads, scale) = (dims.tokens as i32, dims.heads as i32, dims.scale());

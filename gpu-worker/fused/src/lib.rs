@@ -16,11 +16,13 @@
 //! its own with `unsafe_code = "deny"` rather than the workspace's `forbid`.
 
 mod attention;
+mod check;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod epilogue;
 
 pub use attention::attention;
+pub use check::{KernelCheck, check_kernels};
 pub use epilogue::{Activation, bias_act, bias_residual_norm};
 
 /// Head sizes the CUDA attention kernel is compiled for (MiniLM's 32; 64 for BERT-base and
@@ -55,15 +57,11 @@ fn same_dtype(dtypes: &[candle_core::DType], op: &str) -> candle_core::Result<()
 /// What the tests of every op use.
 #[cfg(test)]
 mod testing {
-    use candle_core::{Device, Shape, Tensor};
+    use candle_core::{Shape, Tensor};
 
     /// Deterministic, varied values in [-2.4, 2.4], different for each `seed`.
     pub fn values(shape: impl Into<Shape>, seed: f32) -> Tensor {
-        let shape = shape.into();
-        let data: Vec<f32> = (0..shape.elem_count())
-            .map(|i| 2.0 * ((i as f32) * 0.37 + seed).sin() * ((i % 7) as f32 / 7.0 + 0.3))
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+        crate::check::pattern(shape, seed).unwrap()
     }
 
     /// The largest absolute difference between two tensors of one shape.

@@ -340,11 +340,12 @@ impl TensorBert {
         }
     }
 
-    /// One padded pass of three sequences (20, 17 and 3 tokens: a 16-key tile and a
-    /// partial one, two sequences padded) through both paths ([`Self::compare_kernels`]).
+    /// One padded pass of three sequences (70, 20 and 3 tokens: past a 64-key tile of the
+    /// tensor-core attention and a 16-key tile of the f32 one, 16-row query blocks full and
+    /// partial, two sequences padded) through both paths ([`Self::compare_kernels`]).
     fn probe(&self) -> anyhow::Result<(f32, f32)> {
         let vocab = self.word.dim(0)? as u32;
-        let rows: Vec<Vec<u32>> = [20usize, 17, 3]
+        let rows: Vec<Vec<u32>> = [70usize, 20, 3]
             .iter()
             .map(|&n| {
                 (0..n.min(self.max_positions))
