@@ -165,6 +165,14 @@ def forward(run, binary, report):
                 checks.append({"batch": name, **answer})
                 log(f"  kernels, fused vs reference, {name}: {answer}")
             report["kernels"] = checks
+            # Each kernel alone against its CPU computation (f32, f16, bf16; edge shapes).
+            answer = worker.call({"cmd": "kernel-checks"})
+            report["kernel_checks"] = answer.get("checks", [])
+            failed = [c for c in report["kernel_checks"] if not c["passed"]]
+            log(f"  kernel checks: {len(report['kernel_checks'])} run, {len(failed)} failed"
+                + (f", error: {answer['error']}" if "error" in answer else ""))
+            for c in failed:
+                log(f"    FAILED {c}")
             for batch, tokens in CELLS:
                 ids = ids_for(batch, tokens)
                 listed = ids.tolist()
@@ -184,10 +192,10 @@ def forward(run, binary, report):
                 log(f"  batch {batch:3} x {tokens:3} tokens: worker {best_w * 1e3:8.3f} ms, "
                     f"PyTorch {best_t * 1e3:8.3f} ms, worker speed {best_t / best_w:.2f}x")
                 if tokens == 128 and batch >= 32:
-                    # Where the worker's time goes: each stage with the device synchronised.
+                    # Where the worker's time goes: GPU time between CUDA events at each stage's end.
                     stages = worker.call({"cmd": "profile", "ids": listed, "reps": 5})["stages"]
                     rows[-1]["stages_ms"] = {name: sec * 1e3 for name, sec in stages}
-                    log("    stages (ms, synchronised): " + ", ".join(f"{n} {s * 1e3:.3f}" for n, s in stages))
+                    log("    stages (ms, GPU time between events): " + ", ".join(f"{n} {s * 1e3:.3f}" for n, s in stages))
     finally:
         worker.close()
     report["forward"] = rows
@@ -253,6 +261,18 @@ def markdown(report):
             diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else f"error: {r.get('error')}"
             lines.append(f"| {r['batch']} | {r.get('kernels', '?')} | {diff} | {r.get('largest_state', float('nan')):.2f} |")
         lines.append("")
+    if report.get("kernel_checks"):
+        lines += ["| kernel on the GPU vs its CPU computation | dtype | cases | passed | worst diff / largest value | allowed |",
+                  "|---|---|---:|---:|---:|---:|"]
+        groups = {}
+        for c in report["kernel_checks"]:
+            groups.setdefault((c["kernel"], c["dtype"]), []).append(c)
+        for (kernel, dtype), cases in groups.items():
+            # JSON has no NaN: a NaN difference arrives as null, and is the worst.
+            ratios = [None if c["max_abs_diff"] is None else c["max_abs_diff"] / max(c["largest"], 1e-30) for c in cases]
+            worst = float("nan") if None in ratios else max(ratios)
+            lines.append(f"| {kernel} | {dtype} | {len(cases)} | {sum(c['passed'] for c in cases)} | {worst:.1e} | {cases[0]['tolerance']:.0e} |")
+        lines.append("")
     if "forward" in report:
         lines += ["| batch x tokens | worker f16 (ms) | PyTorch fp16 (ms) | worker speed vs PyTorch | worker TFLOP/s | share of fp16 tensor peak |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -265,7 +285,7 @@ def markdown(report):
             if "stages_ms" in r:
                 total = sum(r["stages_ms"].values())
                 parts = ", ".join(f"{n} {v:.2f} ms ({100 * v / total:.0f} %)" for n, v in r["stages_ms"].items())
-                lines.append(f"Worker stages at {r['batch']} x {r['tokens']} (synchronised after each): {parts}.")
+                lines.append(f"Worker stages at {r['batch']} x {r['tokens']} (GPU time between CUDA events, one pass): {parts}.")
         lines.append("")
     if "grpc" in report:
         lines += ["| Predict callers | predictions/s | p50 ms | p99 ms | mean batch | errors |", "|---:|---:|---:|---:|---:|---:|"]

@@ -139,7 +139,9 @@ pub struct BenchEncoderArgs {
 /// `{"kernels": "Fused"|"Reference", "max_abs_diff": x, "largest_state": y}` (the kernels
 /// chosen at load, and the largest difference between one padded pass through the fused
 /// and one through the reference kernels, over real tokens; `error` instead where the fused
-/// kernels fail). Every
+/// kernels fail), `{"cmd": "kernel-checks"}` → `{"checks": [{"kernel", "dtype", "case",
+/// "max_abs_diff", "largest", "tolerance", "passed"}, ...]}` (each fused kernel on the
+/// device against its CPU computation: [`inferencehub_fused::check_kernels`]). Every
 /// repetition copies its result to the host, so a timing includes the device's whole work.
 pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
     let (device, dtype) = args.model.device_and_dtype()?;
@@ -181,6 +183,18 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
                 }),
                 Err(e) => json!({"error": format!("{e:#}")}),
             },
+            Some("kernel-checks") => match inferencehub_fused::check_kernels(&device) {
+                Ok(checks) => json!({"checks": checks.iter().map(|c| json!({
+                    "kernel": c.kernel,
+                    "dtype": format!("{:?}", c.dtype),
+                    "case": c.case,
+                    "max_abs_diff": c.max_abs_diff,
+                    "largest": c.largest,
+                    "tolerance": c.tolerance,
+                    "passed": c.passed(),
+                })).collect::<Vec<_>>()}),
+                Err(e) => json!({"error": format!("{e:#}")}),
+            },
             Some("time") => {
                 let reps = request["reps"].as_u64().unwrap_or(1) as usize;
                 let started = Instant::now();
@@ -198,8 +212,8 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
 }
 
 /// Seconds spent in each stage of one forward pass of the tensor encoder over `inputs`,
-/// the device synchronised after every stage (so the stages cost a little more than in a
-/// plain pass); empty for the CPU encoder, which has no stages to observe.
+/// timed by the device itself between stages (CUDA events; the host clock on the CPU), so
+/// nothing waits between stages and they add up to a plain pass; empty for the CPU encoder, which has no stages to observe.
 pub fn profile(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let Some(bert) = body.tensor() else {
         return Ok(Vec::new());
@@ -221,19 +235,58 @@ fn kernels_check(
 
 fn stages(bert: &TensorBert, rows: &[&[u32]]) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let device = bert.device().clone();
-    let mut stages: Vec<(&'static str, f64)> = Vec::new();
     device.synchronize()?;
-    let mut last = Instant::now();
+    let mut stamps = vec![Stamp::now(&device)?];
+    let mut names = Vec::new();
     bert.forward_observed(rows, bert.kernels(), &mut |stage| {
-        device.synchronize()?;
-        let now = Instant::now();
-        let spent = (now - last).as_secs_f64();
-        last = now;
+        stamps.push(Stamp::now(&device)?);
+        names.push(stage);
+        Ok(())
+    })?;
+    device.synchronize()?;
+    let mut stages: Vec<(&'static str, f64)> = Vec::new();
+    for (stage, pair) in names.into_iter().zip(stamps.windows(2)) {
+        let spent = pair[0].seconds_until(&pair[1])?;
         match stages.iter_mut().find(|(s, _)| *s == stage) {
             Some((_, total)) => *total += spent,
             None => stages.push((stage, spent)),
         }
-        Ok(())
-    })?;
+    }
     Ok(stages)
+}
+
+/// A point in the device's work: on CUDA an event recorded on the device's stream (timed by
+/// the GPU, nothing synchronised between stages, so the stages add up to a plain pass); on
+/// the CPU, where every operation has finished when it returns, the host clock.
+enum Stamp {
+    Host(Instant),
+    #[cfg(feature = "cuda")]
+    Event(candle_core::cuda_backend::cudarc::driver::CudaEvent),
+}
+
+impl Stamp {
+    fn now(device: &candle_core::Device) -> anyhow::Result<Self> {
+        match device {
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(cuda) => {
+                use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+                let event = cuda
+                    .cuda_stream()
+                    .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+                Ok(Self::Event(event))
+            }
+            _ => Ok(Self::Host(Instant::now())),
+        }
+    }
+
+    /// Seconds from `self` to `later` (waits for `later`'s work on a GPU).
+    fn seconds_until(&self, later: &Self) -> anyhow::Result<f64> {
+        match (self, later) {
+            (Self::Host(a), Self::Host(b)) => Ok((*b - *a).as_secs_f64()),
+            #[cfg(feature = "cuda")]
+            (Self::Event(a), Self::Event(b)) => Ok(f64::from(a.elapsed_ms(b)?) / 1e3),
+            #[cfg(feature = "cuda")]
+            _ => bail!("stage stamps from two kinds of device"),
+        }
+    }
 }
