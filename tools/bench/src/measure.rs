@@ -213,7 +213,8 @@ pub fn bench_encoder(args: &BenchEncoderArgs) -> anyhow::Result<()> {
 
 /// Seconds spent in each stage of one forward pass of the tensor encoder over `inputs`,
 /// timed by the device itself between stages (CUDA events; the host clock on the CPU), so
-/// nothing waits between stages and they add up to a plain pass; empty for the CPU encoder, which has no stages to observe.
+/// nothing waits between stages and they add up to a plain pass; empty for the CPU
+/// encoder, which has no stages to observe.
 pub fn profile(body: &BertBody, inputs: &[ModelInput]) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let Some(bert) = body.tensor() else {
         return Ok(Vec::new());
