@@ -3,8 +3,8 @@
 # measured here and the price file infra/prices.json:
 #   - the predict function's duration per request (its own EMF `Latency`, which is what
 #     Lambda bills), per model, 20 requests/s for 15 s through the local stack;
-#   - the worker's predictions/s per instance: over mTLS gRPC with 32 callers on this
-#     machine's CPU for every model, and for `sentiment` on a GPU the H200 figure of
+#   - the worker's predictions/s per instance: over mTLS gRPC with 32 callers (the release
+#     load generator) on this machine's CPU for every model, and for `sentiment` on a GPU the H200 figure of
 #     docs/bench-gpu-h200.md (64 callers);
 #   - one DynamoDB write per request (the rate-limit counter), the function's configured
 #     memory from template.yaml.
@@ -16,6 +16,12 @@ OUT=.local/cost
 rm -rf "$OUT"
 mkdir -p "$OUT"
 . scripts/lib/stack.sh
+# The load generator optimised too: a debug build of it (rustls, HTTP/2 and tonic
+# unoptimised) saturates this machine's two cores with 32 callers at about a quarter of
+# what the worker serves (iris: 6.3k vs 25k predictions/s, measured), so it would price the
+# client, not the worker.
+cargo build --release -q -p inferencehub-bench --bin inferencehub-bench
+LOAD="${BIN%/debug}/release/inferencehub-bench"
 # The worker as it ships: an optimised build (a debug one would bill the function for a
 # slow encoder).
 stack_up "$OUT" WORKERS=1 IHUB_DEV_WORKER_PROFILE=release
@@ -27,10 +33,10 @@ echo "13.32,3.24,2.38,21.5,92,1.93,0.76,0.45,1.25,8.42,0.55,1.62,650" >"$OUT/win
 for m in sentiment iris wine; do
   echo "== $m: the predict function's duration (20 req/s, 15 s), then the worker's throughput (32 callers, 10 s)"
   start=$(wc -l <.local/lambda.log)
-  "$BIN/inferencehub-bench" load --models "$m" --rate 20 --duration 15s --quiet --json >"$OUT/$m.load.json"
+  "$LOAD" load --models "$m" --rate 20 --duration 15s --quiet --json >"$OUT/$m.load.json"
   sleep 1
   tail -n +"$((start + 1))" .local/lambda.log >"$OUT/$m.lambda.log"
-  "$BIN/inferencehub-bench" load --worker-addr "${IHUB_GATEWAY_WORKER_ADDRS%%,*}" \
+  "$LOAD" load --worker-addr "${IHUB_GATEWAY_WORKER_ADDRS%%,*}" \
     --tls-ca "$IHUB_CERTS_DIR/ca.pem" --tls-cert "$IHUB_CERTS_DIR/client.pem" --tls-key "$IHUB_CERTS_DIR/client.key" \
     --models "$m" --inputs "$OUT/$m.inputs" --rate 0 --concurrency 32 --duration 10s --quiet --json >"$OUT/$m.worker.json"
 done
