@@ -23,7 +23,8 @@ fn fixture(name: &str) -> PathBuf {
 /// Loads the folder as the worker does, tokenises every prompt with its own tokenizer, and
 /// compares probabilities one by one and as one padded batch.
 fn check_served(name: &str, architecture: &str) {
-    let (_, expected) = check_text_fixture(&fixture(name), name, TOLERANCE, TOLERANCE);
+    let dir = fixture(name);
+    let (_, expected) = check_text_fixture(&dir, name, text_expected(&dir), TOLERANCE, TOLERANCE);
     assert_eq!(expected.architecture, architecture);
 }
 

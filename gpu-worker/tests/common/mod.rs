@@ -350,6 +350,38 @@ pub fn text_expected(dir: &Path) -> TextExpected {
     serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
 }
 
+/// `dir`'s `expected.json` with each prompt's logits as ONNX Runtime computes them for it
+/// alone on this CPU: its graph (`model.onnx`, taking `input_ids`, `attention_mask` and
+/// `token_type_ids`, giving `logits`) run through the library directly, none of the
+/// worker's model code in between. For int8 graphs, whose answers depend on the CPU: ONNX
+/// Runtime multiplies u8 by s8 exactly where the CPU has VNNI or AMX, and with pairwise
+/// sums that saturate at 16 bits on AVX2 alone (the fixture's logits came from the former;
+/// an AVX2-only EPYC's are up to 0.4 further from the fp32 model's).
+pub fn text_expected_from_onnx_runtime(dir: &Path) -> TextExpected {
+    use ort::value::Tensor;
+    let mut expected = text_expected(dir);
+    let environment = inferencehub_worker::models::onnx::runtime::environment().unwrap();
+    let mut session = ort::session::Session::builder(environment)
+        .unwrap()
+        .commit_from_file(dir.join("model.onnx"))
+        .unwrap();
+    for case in &mut expected.cases {
+        let n = case.input_ids.len();
+        let tensor = |data: Vec<i64>| Tensor::from_array(([1, n], data)).unwrap();
+        let ids = case.input_ids.iter().map(|&id| i64::from(id)).collect();
+        let outputs = session
+            .run(ort::inputs![
+                "input_ids" => tensor(ids),
+                "attention_mask" => tensor(vec![1; n]),
+                "token_type_ids" => tensor(vec![0; n]),
+            ])
+            .unwrap();
+        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+        case.logits = logits.to_vec();
+    }
+    expected
+}
+
 /// Softmax of one row of logits.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -358,19 +390,20 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.iter().map(|e| e / sum).collect()
 }
 
-/// Loads the text model folder `dir` as the worker does and holds it to its
-/// `expected.json`: the three fixture labels, the tokenizer's ids for every prompt, and each
-/// prompt's probabilities within `alone` of the softmax of the expected logits when run
-/// alone (with the same best label) and within `batched` in one padded batch of all the
-/// prompts. Returns the model and what was expected.
+/// Loads the text model folder `dir` as the worker does and holds it to `expected` (its
+/// `expected.json`, [`text_expected`], or ONNX Runtime's answers on this CPU,
+/// [`text_expected_from_onnx_runtime`]): the three fixture labels, the tokenizer's ids for
+/// every prompt, and each prompt's probabilities within `alone` of the softmax of the
+/// expected logits when run alone (with the same best label) and within `batched` in one
+/// padded batch of all the prompts. Returns the model and what was expected.
 pub fn check_text_fixture(
     dir: &Path,
     name: &str,
+    expected: TextExpected,
     alone: f32,
     batched: f32,
 ) -> (inferencehub_worker::models::LoadedModel, TextExpected) {
     use inferencehub_worker::models::{LoadOptions, ModelInput, argmax, load_model};
-    let expected = text_expected(dir);
     let options = LoadOptions {
         device: candle_core::Device::Cpu,
         dtype: candle_core::DType::F32,
