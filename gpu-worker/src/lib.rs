@@ -16,7 +16,6 @@ pub mod admin;
 pub mod batching;
 pub mod client;
 pub mod config;
-pub mod kernels;
 pub mod metrics;
 pub mod mirror;
 pub mod models;
@@ -24,3 +23,5 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod tls;
+
+pub use inferencehub_kernels as kernels;
