@@ -4,7 +4,10 @@
 //!   call fails at once (RESOURCE_EXHAUSTED) instead of growing an unbounded queue;
 //! - a scheduler task, woken by a `Notify`, that starts a batch when it is full or when
 //!   its oldest input has waited `max_wait`, skipping inputs whose caller went away or
-//!   whose deadline passed;
+//!   whose deadline passed. Right after a pass it waits a short grace (an eighth of that
+//!   pass, at most [`REFILL_GRACE_MAX`]) for the callers that pass answered to join those
+//!   already waiting: callers in a loop send their next input at once, and a batch started
+//!   before they do splits them over two uneven passes, for good;
 //! - a model thread that owns the [`Model`] and runs one forward pass at a time, so
 //!   the async runtime never blocks on compute. While it computes, the next batch fills;
 //! - a watch on each forward pass: one that runs past `forward_deadline` (a model that
@@ -33,6 +36,9 @@ pub struct BatchConfig {
     pub max_waiting: usize,
     /// Longest a forward pass may run before the model counts as stuck (not serving).
     pub forward_deadline: Duration,
+    /// Longest a partial batch waits, right after a pass, for the callers that pass
+    /// answered (the grace is an eighth of the pass, at most this; zero: no grace).
+    pub refill_grace: Duration,
 }
 
 /// The answer for one input.
@@ -284,9 +290,45 @@ impl Batcher {
     }
 }
 
+/// The default of [`BatchConfig::refill_grace`].
+pub const REFILL_GRACE_MAX: Duration = Duration::from_millis(10);
+
+/// What the last pass leaves the next batch to wait for: `expected` inputs (those it
+/// answered and those that waited through it), until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Refill {
+    expected: usize,
+    until: Instant,
+}
+
+impl Refill {
+    /// After a pass of `size` inputs that computed for `compute`, answered now, with
+    /// `waiting` inputs queued; the grace at most `cap`.
+    fn after(size: usize, waiting: usize, compute: Duration, cap: Duration) -> Self {
+        Self {
+            expected: size + waiting,
+            until: Instant::now() + (compute / 8).min(cap),
+        }
+    }
+}
+
+/// When a batch of the `queued` inputs, the oldest enqueued at `oldest`, is due: at once
+/// when full; else once the oldest has waited `max_wait` and either the last pass's
+/// callers are back (as many inputs queued as it expects) or their grace is over.
+fn due_at(config: &BatchConfig, queued: usize, oldest: Instant, refill: Option<Refill>) -> Instant {
+    if queued >= config.max_batch_size {
+        return oldest;
+    }
+    let waited = oldest + config.max_wait;
+    match refill {
+        Some(r) if queued < r.expected.min(config.max_batch_size) => waited.max(r.until),
+        _ => waited,
+    }
+}
+
 /// Waits until a batch is due, then takes up to `max_batch_size` live entries; `None` once
 /// the batcher is closed and its queue empty.
-async fn next_batch(shared: &Shared) -> Option<Vec<Entry>> {
+async fn next_batch(shared: &Shared, refill: Option<Refill>) -> Option<Vec<Entry>> {
     let config = shared.config;
     loop {
         let due = {
@@ -294,8 +336,12 @@ async fn next_batch(shared: &Shared) -> Option<Vec<Entry>> {
             if queue.is_empty() && shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return None;
             }
-            match queue.front().map(|e| e.enqueued + config.max_wait) {
-                Some(due) if queue.len() >= config.max_batch_size || Instant::now() >= due => {
+            let closed = shared.closed.load(std::sync::atomic::Ordering::SeqCst);
+            match queue
+                .front()
+                .map(|e| due_at(&config, queue.len(), e.enqueued, refill.filter(|_| !closed)))
+            {
+                Some(due) if Instant::now() >= due => {
                     let batch = take_live(shared, &mut queue, config.max_batch_size);
                     shared.metrics.depth.set(queue.len() as i64);
                     if !batch.is_empty() {
@@ -348,7 +394,8 @@ fn take_live(shared: &Shared, queue: &mut VecDeque<Entry>, max: usize) -> Vec<En
 }
 
 async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
-    while let Some(batch) = next_batch(&shared).await {
+    let mut refill = None;
+    while let Some(batch) = next_batch(&shared, refill.take()).await {
         let started = Instant::now();
         let mut inputs = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
@@ -427,6 +474,12 @@ async fn schedule(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
             Err(e) => (Err(e), Duration::ZERO),
         };
         shared.metrics.compute.observe(compute.as_secs_f64());
+        refill = Some(Refill::after(
+            size,
+            shared.queue().len(),
+            compute,
+            shared.config.refill_grace,
+        ));
         match outputs {
             Ok(out) => {
                 for ((reply, queue, _in_flight), output) in waiting.into_iter().zip(out) {
@@ -510,6 +563,7 @@ mod tests {
                 max_wait: Duration::from_secs(30),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
+                refill_grace: REFILL_GRACE_MAX,
             },
             Duration::ZERO,
         );
@@ -532,6 +586,7 @@ mod tests {
                 max_wait: Duration::from_millis(20),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
+                refill_grace: REFILL_GRACE_MAX,
             },
             Duration::ZERO,
         );
@@ -553,6 +608,7 @@ mod tests {
                 max_wait: Duration::from_millis(200),
                 max_waiting: 3,
                 forward_deadline: Duration::from_secs(60),
+                refill_grace: REFILL_GRACE_MAX,
             },
             Duration::ZERO,
         );
@@ -581,6 +637,7 @@ mod tests {
                 max_wait: Duration::ZERO,
                 max_waiting: 16,
                 forward_deadline: Duration::from_millis(100),
+                refill_grace: REFILL_GRACE_MAX,
             },
             Duration::from_millis(600),
         );
@@ -615,6 +672,7 @@ mod tests {
                 max_wait: Duration::from_millis(50),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
+                refill_grace: REFILL_GRACE_MAX,
             },
             Duration::ZERO,
         );
@@ -643,6 +701,101 @@ mod tests {
         assert_eq!(b.waiting(), 0);
     }
 
+    #[test]
+    fn a_partial_batch_waits_for_the_last_pass_callers_only_within_the_grace() {
+        let config = BatchConfig {
+            max_batch_size: 8,
+            max_wait: Duration::ZERO,
+            max_waiting: 64,
+            forward_deadline: Duration::from_secs(60),
+            refill_grace: REFILL_GRACE_MAX,
+        };
+        let oldest = Instant::now();
+        let until = oldest + Duration::from_millis(5);
+        let refill = Some(Refill { expected: 6, until });
+        // Full: at once, whatever the last pass answered.
+        assert_eq!(due_at(&config, 8, oldest, refill), oldest);
+        // Fewer than the last pass expects: until the grace ends.
+        assert_eq!(due_at(&config, 5, oldest, refill), until);
+        // As many as it expects (or no pass before): at once.
+        assert_eq!(due_at(&config, 6, oldest, refill), oldest);
+        assert_eq!(due_at(&config, 1, oldest, None), oldest);
+        // A last pass larger than a batch waits only for a full batch.
+        let big = Some(Refill {
+            expected: 40,
+            until,
+        });
+        assert_eq!(due_at(&config, 7, oldest, big), until);
+        // max_wait still applies when it ends later than the grace.
+        let patient = BatchConfig {
+            max_wait: Duration::from_millis(20),
+            ..config
+        };
+        assert_eq!(
+            due_at(&patient, 5, oldest, refill),
+            oldest + Duration::from_millis(20)
+        );
+        // The grace is an eighth of the pass, capped.
+        let r = Refill::after(3, 2, Duration::from_millis(8), REFILL_GRACE_MAX);
+        assert_eq!(r.expected, 5);
+        assert!(r.until <= Instant::now() + Duration::from_millis(1));
+        let r = Refill::after(3, 0, Duration::from_secs(10), REFILL_GRACE_MAX);
+        assert!(r.until <= Instant::now() + REFILL_GRACE_MAX);
+        // Zero turns the grace off.
+        let r = Refill::after(3, 0, Duration::from_secs(10), Duration::ZERO);
+        assert!(r.until <= Instant::now());
+    }
+
+    /// Callers in a loop that come back a little apart after a pass still share one batch,
+    /// instead of the first to return starting a pass of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_in_a_loop_keep_their_batch_together() {
+        let (b, sizes) = batcher(
+            BatchConfig {
+                max_batch_size: 8,
+                max_wait: Duration::ZERO,
+                max_waiting: 64,
+                forward_deadline: Duration::from_secs(60),
+                refill_grace: REFILL_GRACE_MAX,
+            },
+            // An eighth of this is past the grace's cap: the callers have all of it.
+            Duration::from_millis(120),
+        );
+        let callers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    for _ in 0..5 {
+                        let rx = b.submit(vec![input(0.5)], None).expect("admitted");
+                        rx.into_iter()
+                            .next()
+                            .expect("rx")
+                            .await
+                            .expect("answered")
+                            .expect("ok");
+                        // Half the callers think for a millisecond before their next input.
+                        if i % 2 == 1 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.expect("caller");
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        // The first batch may start before every caller has submitted, splitting them
+        // (and the last then holds those the split left behind); every pass between waits
+        // for the callers the last one answered to join those waiting, and is full.
+        let between = &sizes[1..sizes.len() - 1];
+        assert!(
+            !between.is_empty() && between.iter().all(|&n| n == 8),
+            "{sizes:?}"
+        );
+    }
+
     #[tokio::test]
     async fn tensors_of_other_shapes_wait_for_a_batch_of_their_own() {
         let (b, sizes) = batcher(
@@ -651,6 +804,7 @@ mod tests {
                 max_wait: Duration::from_millis(20),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
+                refill_grace: REFILL_GRACE_MAX,
             },
             Duration::ZERO,
         );

@@ -249,9 +249,16 @@ pub struct ServeArgs {
     pub max_batch_size: u32,
 
     /// Longest wait before a partial batch runs. 0 runs whatever is queued as soon as the
-    /// model is free (batches still form while it computes).
+    /// model is free (batches still form while it computes), after the refill grace.
     #[arg(long, env = "IHUB_WORKER_MAX_WAIT", default_value = "0", value_parser = duration)]
     pub max_wait: Duration,
+
+    /// Longest a partial batch waits, right after a pass, for as many inputs as that pass
+    /// answered plus those that waited through it (callers in a loop come straight back;
+    /// starting without them splits them over two uneven passes). The grace is an eighth
+    /// of the last pass, at most this; 0 turns it off.
+    #[arg(long, env = "IHUB_WORKER_REFILL_GRACE", default_value = "10ms", value_parser = duration)]
+    pub refill_grace: Duration,
 
     /// Most inputs waiting per model; beyond it calls fail at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "IHUB_WORKER_MAX_WAITING", default_value_t = 512,
@@ -339,6 +346,7 @@ impl ServeArgs {
             max_wait: self.max_wait,
             max_waiting: self.max_waiting as usize,
             forward_deadline: self.forward_deadline,
+            refill_grace: self.refill_grace,
         }
     }
 }
