@@ -5,7 +5,7 @@
 //! - a scheduler task, woken by a `Notify`, that starts a batch when it is full or when
 //!   its oldest input has waited `max_wait`, skipping inputs whose caller went away or
 //!   whose deadline passed. Right after a pass it waits a short grace (an eighth of that
-//!   pass, at most [`REFILL_GRACE_MAX`]) for the callers that pass answered to join those
+//!   pass, at most [`BatchConfig::refill_grace`]) for the callers that pass answered to join those
 //!   already waiting: callers in a loop send their next input at once, and a batch started
 //!   before they do splits them over two uneven passes, for good;
 //! - a model thread that owns the [`Model`] and runs one forward pass at a time, so
