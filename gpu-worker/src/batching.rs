@@ -290,9 +290,6 @@ impl Batcher {
     }
 }
 
-/// The default of [`BatchConfig::refill_grace`].
-pub const REFILL_GRACE_MAX: Duration = Duration::from_millis(10);
-
 /// What the last pass leaves the next batch to wait for: `expected` inputs (those it
 /// answered and those that waited through it), until `until`.
 #[derive(Debug, Clone, Copy)]
@@ -333,10 +330,10 @@ async fn next_batch(shared: &Shared, refill: Option<Refill>) -> Option<Vec<Entry
     loop {
         let due = {
             let mut queue = shared.queue();
-            if queue.is_empty() && shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            let closed = shared.closed.load(std::sync::atomic::Ordering::SeqCst);
+            if queue.is_empty() && closed {
                 return None;
             }
-            let closed = shared.closed.load(std::sync::atomic::Ordering::SeqCst);
             match queue
                 .front()
                 .map(|e| due_at(&config, queue.len(), e.enqueued, refill.filter(|_| !closed)))
@@ -551,6 +548,9 @@ mod tests {
         (b, sizes)
     }
 
+    /// The refill grace's cap the tests run with (the worker's default).
+    const GRACE: Duration = Duration::from_millis(10);
+
     fn input(x: f32) -> ModelInput {
         ModelInput::Features(vec![x])
     }
@@ -563,7 +563,7 @@ mod tests {
                 max_wait: Duration::from_secs(30),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             Duration::ZERO,
         );
@@ -586,7 +586,7 @@ mod tests {
                 max_wait: Duration::from_millis(20),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             Duration::ZERO,
         );
@@ -608,7 +608,7 @@ mod tests {
                 max_wait: Duration::from_millis(200),
                 max_waiting: 3,
                 forward_deadline: Duration::from_secs(60),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             Duration::ZERO,
         );
@@ -637,7 +637,7 @@ mod tests {
                 max_wait: Duration::ZERO,
                 max_waiting: 16,
                 forward_deadline: Duration::from_millis(100),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             Duration::from_millis(600),
         );
@@ -672,7 +672,7 @@ mod tests {
                 max_wait: Duration::from_millis(50),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             Duration::ZERO,
         );
@@ -708,7 +708,7 @@ mod tests {
             max_wait: Duration::ZERO,
             max_waiting: 64,
             forward_deadline: Duration::from_secs(60),
-            refill_grace: REFILL_GRACE_MAX,
+            refill_grace: GRACE,
         };
         let oldest = Instant::now();
         let until = oldest + Duration::from_millis(5);
@@ -736,11 +736,11 @@ mod tests {
             oldest + Duration::from_millis(20)
         );
         // The grace is an eighth of the pass, capped.
-        let r = Refill::after(3, 2, Duration::from_millis(8), REFILL_GRACE_MAX);
+        let r = Refill::after(3, 2, Duration::from_millis(8), GRACE);
         assert_eq!(r.expected, 5);
         assert!(r.until <= Instant::now() + Duration::from_millis(1));
-        let r = Refill::after(3, 0, Duration::from_secs(10), REFILL_GRACE_MAX);
-        assert!(r.until <= Instant::now() + REFILL_GRACE_MAX);
+        let r = Refill::after(3, 0, Duration::from_secs(10), GRACE);
+        assert!(r.until <= Instant::now() + GRACE);
         // Zero turns the grace off.
         let r = Refill::after(3, 0, Duration::from_secs(10), Duration::ZERO);
         assert!(r.until <= Instant::now());
@@ -756,7 +756,7 @@ mod tests {
                 max_wait: Duration::ZERO,
                 max_waiting: 64,
                 forward_deadline: Duration::from_secs(60),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             // An eighth of this is past the grace's cap: the callers have all of it.
             Duration::from_millis(120),
@@ -804,7 +804,7 @@ mod tests {
                 max_wait: Duration::from_millis(20),
                 max_waiting: 16,
                 forward_deadline: Duration::from_secs(60),
-                refill_grace: REFILL_GRACE_MAX,
+                refill_grace: GRACE,
             },
             Duration::ZERO,
         );
