@@ -94,7 +94,7 @@ WORKER    := $(TARGET_DIR)/release/inferencehub-worker
 # scripts/dev.sh's and the stack scripts': one set of features for every debug binary.
 # (`cargo run -p` alone unifies features over that package only and compiles a second
 # variant of much of the dependency tree: minutes on a fresh clone.)
-TOOLS      = $(CARGO) build --quiet --workspace --bins && $(TARGET_DIR)/debug/inferencehub-tools
+TOOLS      = $(CARGO) build --quiet --workspace --bins && $(TARGET_DIR)/debug/inferencehub-dev
 
 $(CERTS_DIR)/health.pem:
 	$(TOOLS) gen-certs --out $(CERTS_DIR)
