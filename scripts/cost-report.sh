@@ -57,6 +57,8 @@ for m in ("sentiment", "iris", "wine"):
             continue
         if e.get("Function") == "predict" and e.get("Model") == m and e.get("Status") == 200:
             lat.append(e["Latency"])
+    if not lat:
+        sys.exit(f"cost-report: no 200 answer from the predict function for {m} in {out}/{m}.lambda.log (see .local/lambda.log)")
     worker = json.load(open(f"{out}/{m}.worker.json"))
     load = json.load(open(f"{out}/{m}.load.json"))
     if m == "sentiment" and gpu:
