@@ -21,13 +21,15 @@ impl Isa {
 
     /// Every instruction set this CPU runs, narrowest first.
     pub fn all() -> Vec<Self> {
-        let mut all = vec![Self::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
+            let mut all = vec![Self::Scalar];
             all.extend(pulp::x86::V3::try_new().map(Self::Avx2));
             all.extend(pulp::x86::V4::try_new().map(Self::Avx512));
+            all
         }
-        all
+        #[cfg(not(target_arch = "x86_64"))]
+        vec![Self::Scalar]
     }
 
     /// Its name: `scalar`, `avx2`, `avx512`.
