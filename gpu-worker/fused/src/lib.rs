@@ -11,9 +11,10 @@
 //! the plain computation, written for clarity: the reference the GPU check compares the
 //! kernels against, and what the CPU tests hold to the unfused tensor operations.
 //!
-//! The CUDA launches are the one place in the workspace that needs `unsafe` (allocating the
-//! buffer a kernel fills, and the launch itself: both FFI), which is why this is a crate of
-//! its own with `unsafe_code = "deny"` rather than the workspace's `forbid`.
+//! The CUDA launches need `unsafe` (allocating the buffer a kernel fills, and the launch
+//! itself: both FFI), which is why this is a crate of its own with `unsafe_code = "deny"`
+//! rather than the workspace's `forbid` (the CPU kernels' prefetch hint is the workspace's
+//! only other `unsafe` statement).
 
 mod attention;
 mod check;
