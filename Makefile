@@ -225,9 +225,6 @@ bench-onnx-text: $(BENCH_TEXT)/onnx/model.onnx $(ORT_LIB) ## Benchmark a transfo
 CUDA_DIR         := .cache/cuda/13.0
 CUDA_COMPUTE_CAP ?= 90
 CUDA_TARGET      ?= $(TARGET_DIR)/cuda
-# CUDA_PROFILE=dev: the same compile and link check, in a third of the time.
-CUDA_PROFILE     ?= release
-CUDA_PROFILE_DIR := $(if $(filter dev,$(CUDA_PROFILE)),debug,$(CUDA_PROFILE))
 
 CUDA_ENV = CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUDA_ROOT=$(abspath $(CUDA_DIR)) \
 	NVCC=$(abspath $(CUDA_DIR))/bin/nvcc PATH="$(abspath $(CUDA_DIR))/bin:$$PATH" \
@@ -236,9 +233,9 @@ CUDA_ENV = CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUD
 
 worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
-	$(CUDA_ENV) $(CARGO) build --profile $(CUDA_PROFILE) -p inferencehub-worker --bin inferencehub-worker --features cuda \
+	$(CUDA_ENV) $(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker --features cuda \
 		--target-dir $(CUDA_TARGET)
-	@echo "built $(CUDA_TARGET)/$(CUDA_PROFILE_DIR)/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10; ONNX models on CUDA also the onnxruntime-gpu 1.31.1 library (IHUB_WORKER_ONNXRUNTIME) with cuDNN 9"
+	@echo "built $(CUDA_TARGET)/release/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10; ONNX models on CUDA also the onnxruntime-gpu 1.31.1 library (IHUB_WORKER_ONNXRUNTIME) with cuDNN 9"
 
 # CI's compile and link check of the CUDA code: every debug binary with the cuda features
 # (the worker's, and the benchmark tool's that the GPU check runs), in the default target
