@@ -16,7 +16,6 @@
 //!   weights are streamed from memory once, whatever the batch); above, the rows are split
 //!   into chunks of [`ROW_CHUNK`] (each task's inputs stay in its core's cache while it walks
 //!   every panel).
-//!
 //! - **Weights fetched ahead.** While the first block of rows multiplies a panel, the next
 //!   panel's rows are prefetched into L2, one line a step: with few rows (a batch of one
 //!   short sentence) the weights stream from memory once a pass and are what the tiles wait
