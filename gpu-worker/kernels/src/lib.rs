@@ -2,7 +2,7 @@
 //! applied as they are stored ([`matmul`] on a [`PackedMatrix`]), LayerNorm and attention,
 //! written once over pulp's `Simd` trait and compiled for each instruction set. Which one
 //! runs is an [`Isa`] value chosen at load ([`Isa::best`]); tests and benchmarks pick each
-//! explicitly, and [`reference`] holds the plain scalar arithmetic every path is held to.
+//! explicitly, and [`reference`](mod@reference) holds the plain scalar arithmetic every path is held to.
 //!
 //! Each entry point splits its work over the rayon pool; each task runs one kernel struct
 //! (a `pulp::WithSimd`) whose `with_simd` is `#[inline(always)]`, as is everything its loops
