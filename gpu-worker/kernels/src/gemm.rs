@@ -16,10 +16,11 @@
 //!   weights are streamed from memory once, whatever the batch); above, the rows are split
 //!   into chunks of [`ROW_CHUNK`] (each task's inputs stay in its core's cache while it walks
 //!   every panel).
-//! - **Weights fetched ahead.** While the first block of rows multiplies a panel, the next
-//!   panel's rows are prefetched into L2, one line a step: with few rows (a batch of one
+//! - **Weights fetched ahead (AVX2).** While the first block of rows multiplies a panel, the
+//!   next panel's rows are prefetched into L2, one line a step: with few rows (a batch of one
 //!   short sentence) the weights stream from memory once a pass and are what the tiles wait
-//!   for (12 rows on one AVX2 core: 26.6 → 31.6 GFLOP/s over a model's products).
+//!   for (12 rows on one AVX2 core: 26.6 → 31.6 GFLOP/s over a model's products). The
+//!   AVX-512 tiles do not: there it was measured to cost ([`FETCH_AHEAD_LANES`]).
 //!
 //! Tasks write their tiles through disjoint row slices of the output; the prefetch hint is
 //! the one `unsafe` statement.
@@ -109,6 +110,16 @@ pub enum Epilogue<'a> {
     /// `x · W + b + residual`, `residual` as `[rows, n]`.
     BiasResidual(&'a [f32]),
 }
+
+/// The widest vectors (in f32 lanes) whose tiles prefetch their next weight panel. Measured
+/// with `make bench-kernels` (MiniLM-L6's six layers, 42 MB of weights, streamed from memory
+/// by small batches), both paths on one Zen 4 EPYC, two rounds each way: the AVX2 tiles gain
+/// from it (6 rows 61–62 → 80–93 GFLOP/s, 12 rows 89–96 → 105–126, 24 rows 123–131 →
+/// 138–154; on an AVX2-only first-generation Zen, 12 rows 26.6 → 31.6 on one core), the
+/// AVX-512 tiles lose (6 rows 102–114 → 92–99, 12 rows 142–145 → 114–132, 24 rows 162–164
+/// → 141–152): their two-line panel rows already keep the hardware's stream prefetcher
+/// ahead, and the hints only add loads.
+const FETCH_AHEAD_LANES: usize = 8;
 
 /// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
 /// vector registers hold two accumulators each for, with room for the panel and a broadcast.
@@ -275,15 +286,11 @@ pub(super) fn product<S: pulp::Simd>(
         let (packed, _) = S::as_simd_f32s(&w.data[p * k * panel..][..k * panel]);
         let (bias, _) = S::as_simd_f32s(&w.bias[p * panel..][..panel]);
         // The task's next panel, asked of memory while the first block of rows multiplies
-        // this one: with few rows the weights are what a product waits for (they stream
-        // from memory once a pass), and the tiles would otherwise stall at each panel's start.
-        let next = if p + 1 < panels_end {
-            &w.data[(p + 1) * k * panel..][..k * panel]
-        } else {
-            &w.data[..0]
-        };
-        let first = Store {
-            ahead: next,
+        // this one, on the instruction sets where that was measured to help (see
+        // [`FETCH_AHEAD_LANES`]): with few rows the weights are what a product waits for.
+        let next = (S::F32_LANES <= FETCH_AHEAD_LANES && p + 1 < panels_end)
+            .then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
+        let store = Store {
             col: p * panel - col0,
             width: panel.min(w.n - p * panel),
             n: w.n,
@@ -291,39 +298,76 @@ pub(super) fn product<S: pulp::Simd>(
             bias: [bias[0], bias[1]],
             epilogue,
         };
-        let rest = Store {
-            ahead: &[],
-            ..first
-        };
         for b0 in (0..m).step_by(mr.max(1)) {
             let r = (b0 + mr).min(m) - b0;
             let block = &a[b0 * k..(b0 + r) * k];
             let rows = &mut rows[b0..b0 + r];
             let row0 = row0 + b0;
-            let store = if b0 == 0 { first } else { rest };
-            match r {
-                1 => tile_of::<S, 1>(simd, block, k, packed, rows, row0, &store),
-                2 => tile_of::<S, 2>(simd, block, k, packed, rows, row0, &store),
-                3 => tile_of::<S, 3>(simd, block, k, packed, rows, row0, &store),
-                4 => tile_of::<S, 4>(simd, block, k, packed, rows, row0, &store),
-                5 => tile_of::<S, 5>(simd, block, k, packed, rows, row0, &store),
-                6 => tile_of::<S, 6>(simd, block, k, packed, rows, row0, &store),
-                7 => tile_of::<S, 7>(simd, block, k, packed, rows, row0, &store),
-                8 => tile_of::<S, 8>(simd, block, k, packed, rows, row0, &store),
-                9 => tile_of::<S, 9>(simd, block, k, packed, rows, row0, &store),
-                10 => tile_of::<S, 10>(simd, block, k, packed, rows, row0, &store),
-                11 => tile_of::<S, 11>(simd, block, k, packed, rows, row0, &store),
-                _ => tile_of::<S, 12>(simd, block, k, packed, rows, row0, &store),
+            // Only the first block fetches ahead, and the choice is made here, once: a
+            // check or a branch inside the tile's loop cost the 12-row AVX-512 tile its
+            // registers (accumulators spilled every step: 1 × 128 ran at 0.6 of its speed).
+            match next {
+                Some(next) if b0 == 0 => {
+                    block_of::<S, true>(simd, block, k, packed, next, rows, row0, &store)
+                }
+                _ => block_of::<S, false>(simd, block, k, packed, &[], rows, row0, &store),
             }
         }
     }
 }
 
-/// Where and how one panel's accumulators are stored, and what to fetch meanwhile.
+/// One block of up to [`tile_rows`] rows by one panel, on the tile of its height; with
+/// `FETCH`, `next` (the panel after, as long as `packed`) is prefetched meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn block_of<S: pulp::Simd, const FETCH: bool>(
+    simd: S,
+    block: &[f32],
+    k: usize,
+    packed: &[S::f32s],
+    next: &[f32],
+    rows: &mut [&mut [f32]],
+    row0: usize,
+    store: &Store<'_, S::f32s>,
+) {
+    let inputs = Inputs {
+        block,
+        k,
+        packed,
+        next,
+        row0,
+    };
+    match rows.len() {
+        1 => tile_of::<S, 1, FETCH>(simd, inputs, rows, store),
+        2 => tile_of::<S, 2, FETCH>(simd, inputs, rows, store),
+        3 => tile_of::<S, 3, FETCH>(simd, inputs, rows, store),
+        4 => tile_of::<S, 4, FETCH>(simd, inputs, rows, store),
+        5 => tile_of::<S, 5, FETCH>(simd, inputs, rows, store),
+        6 => tile_of::<S, 6, FETCH>(simd, inputs, rows, store),
+        7 => tile_of::<S, 7, FETCH>(simd, inputs, rows, store),
+        8 => tile_of::<S, 8, FETCH>(simd, inputs, rows, store),
+        9 => tile_of::<S, 9, FETCH>(simd, inputs, rows, store),
+        10 => tile_of::<S, 10, FETCH>(simd, inputs, rows, store),
+        11 => tile_of::<S, 11, FETCH>(simd, inputs, rows, store),
+        _ => tile_of::<S, 12, FETCH>(simd, inputs, rows, store),
+    }
+}
+
+/// A tile's inputs: `block` (row-major `[R, k]`, its first row output row `row0`, where the
+/// residual is read) times one panel (`packed`, `[k][2 vectors]`); `next`, the panel to
+/// prefetch (`k` rows of a panel's width) or empty.
+#[derive(Clone, Copy)]
+struct Inputs<'a, V> {
+    block: &'a [f32],
+    k: usize,
+    packed: &'a [V],
+    next: &'a [f32],
+    row0: usize,
+}
+
+/// Where and how one panel's accumulators are stored.
 #[derive(Clone, Copy)]
 struct Store<'a, V> {
-    /// The next panel, to prefetch a row a step (empty: nothing).
-    ahead: &'a [f32],
     /// First column in the tile's row slices.
     col: usize,
     /// Columns of the panel inside the matrix.
@@ -336,19 +380,23 @@ struct Store<'a, V> {
     epilogue: Epilogue<'a>,
 }
 
-/// `R` rows (`block`, row-major `[R, k]`) times one panel (`packed`, `[k][2 vectors]`),
-/// accumulated in registers over the whole of `k`, then the epilogue and the store. (Blocking
-/// `k` to keep the panel in L1 was measured: no faster on these sizes.)
+/// `R` rows times one panel (see [`Inputs`]), accumulated in registers over the whole of `k`,
+/// then the epilogue and the store; with `FETCH`, one row of the next panel is prefetched a
+/// step. (Blocking `k` to keep the panel in L1 was measured: no faster on these sizes.)
 #[inline(always)]
-fn tile_of<S: pulp::Simd, const R: usize>(
+fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     simd: S,
-    block: &[f32],
-    k: usize,
-    packed: &[S::f32s],
+    inputs: Inputs<'_, S::f32s>,
     rows: &mut [&mut [f32]],
-    row0: usize,
     store: &Store<'_, S::f32s>,
 ) {
+    let Inputs {
+        block,
+        k,
+        packed,
+        next,
+        row0,
+    } = inputs;
     let (packed, _) = packed.as_chunks::<2>();
     let packed = &packed[..k];
     let panel = 2 * S::F32_LANES;
@@ -360,6 +408,13 @@ fn tile_of<S: pulp::Simd, const R: usize>(
     if k == 0 {
         return;
     }
+    // The next panel, whole rows of it: the loop asks for row `kk` at step `kk` by address,
+    // with no check or branch inside it.
+    let next = if FETCH {
+        &next[..k * panel]
+    } else {
+        &next[..0]
+    };
     // The first step multiplies rather than adding to zeros: every accumulator is written
     // before it is read, so none is zero-filled in memory and loaded back.
     let zero = simd.splat_f32s(0.0);
@@ -371,10 +426,13 @@ fn tile_of<S: pulp::Simd, const R: usize>(
             simd.mul_f32s(x, packed[0][1]),
         ];
     }
-    let ahead = store.ahead;
-    fetch_row(ahead, 0, panel);
+    if FETCH {
+        fetch_row(next, 0, panel);
+    }
     for kk in 1..k {
-        fetch_row(ahead, kk, panel);
+        if FETCH {
+            fetch_row(next, kk, panel);
+        }
         let b = &packed[kk];
         for (acc, x) in acc.iter_mut().zip(&xs) {
             let x = simd.splat_f32s(x[kk]);
@@ -434,29 +492,30 @@ fn save<S: pulp::Simd>(dst: &mut [f32], v: [S::f32s; 2]) {
     }
 }
 
-/// Row `kk` of the panel `ahead` (`panel` floats a row; nothing if `ahead` is empty) asked
-/// of memory: one 64-byte line on AVX2, two on AVX-512.
+/// Row `kk` of `panel_rows` (rows of `panel` floats, at least `kk + 1` of them) asked of
+/// memory: one 64-byte line on AVX2, two on AVX-512. The addresses are computed, not
+/// indexed: a bounds check here, inside the tile's loop, cost the AVX-512 tile its registers.
 #[inline(always)]
-fn fetch_row(ahead: &[f32], kk: usize, panel: usize) {
-    if !ahead.is_empty() {
-        for at in (kk * panel..(kk + 1) * panel).step_by(CACHE_LINE_FLOATS) {
-            prefetch(&ahead[at..]);
-        }
+fn fetch_row(panel_rows: &[f32], kk: usize, panel: usize) {
+    let row = panel_rows.as_ptr().wrapping_add(kk * panel);
+    for line in 0..panel / CACHE_LINE_FLOATS {
+        prefetch(row.wrapping_add(line * CACHE_LINE_FLOATS));
     }
 }
 
 /// Floats per cache line (64 bytes).
 const CACHE_LINE_FLOATS: usize = 16;
 
-/// Asks for the cache line holding `at[0]` to be brought into L2, without waiting for it.
+/// Asks for the cache line holding `at` to be brought into L2, without waiting for it.
 #[inline(always)]
-fn prefetch(at: &[f32]) {
+fn prefetch(at: *const f32) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it reads nothing into the program, cannot fault and has
-    // no effect but on the cache; the address is inside `at`'s slice.
+    // SAFETY: a prefetch is a hint: it reads nothing into the program, cannot fault whatever
+    // the address, and has no effect but on the cache (the callers' addresses are inside
+    // the panel being fetched).
     #[allow(unsafe_code)]
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(at.as_ptr().cast());
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(at.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;

@@ -103,3 +103,19 @@ pub fn attention(qkv: &[f32], offsets: &[usize], heads: usize) -> Vec<f32> {
     }
     context
 }
+
+/// A deterministic pseudo-random sequence in [-scale, scale): the inputs and weights the
+/// kernels' tests and benchmarks compare paths on.
+pub fn test_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

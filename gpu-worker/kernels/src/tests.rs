@@ -23,20 +23,7 @@ impl pulp::WithSimd for VectorMath {
     }
 }
 
-/// A deterministic pseudo-random sequence in [-scale, scale).
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use super::reference::test_values as values;
 
 fn norm(h: usize) -> Norm {
     Norm {
