@@ -300,43 +300,36 @@ pub(super) fn product<S: pulp::Simd>(
         };
         for b0 in (0..m).step_by(mr.max(1)) {
             let r = (b0 + mr).min(m) - b0;
-            let block = &a[b0 * k..(b0 + r) * k];
             let rows = &mut rows[b0..b0 + r];
-            let row0 = row0 + b0;
+            let inputs = Inputs {
+                block: &a[b0 * k..(b0 + r) * k],
+                k,
+                packed,
+                next: &[],
+                row0: row0 + b0,
+            };
             // Only the first block fetches ahead, and the choice is made here, once: a
             // check or a branch inside the tile's loop cost the 12-row AVX-512 tile its
             // registers (accumulators spilled every step: 1 × 128 ran at 0.6 of its speed).
             match next {
                 Some(next) if b0 == 0 => {
-                    block_of::<S, true>(simd, block, k, packed, next, rows, row0, &store)
+                    block_of::<S, true>(simd, Inputs { next, ..inputs }, rows, &store)
                 }
-                _ => block_of::<S, false>(simd, block, k, packed, &[], rows, row0, &store),
+                _ => block_of::<S, false>(simd, inputs, rows, &store),
             }
         }
     }
 }
 
 /// One block of up to [`tile_rows`] rows by one panel, on the tile of its height; with
-/// `FETCH`, `next` (the panel after, as long as `packed`) is prefetched meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// `FETCH`, `inputs.next` (the panel after, as long as `packed`) is prefetched meanwhile.
 #[inline(always)]
 fn block_of<S: pulp::Simd, const FETCH: bool>(
     simd: S,
-    block: &[f32],
-    k: usize,
-    packed: &[S::f32s],
-    next: &[f32],
+    inputs: Inputs<'_, S::f32s>,
     rows: &mut [&mut [f32]],
-    row0: usize,
     store: &Store<'_, S::f32s>,
 ) {
-    let inputs = Inputs {
-        block,
-        k,
-        packed,
-        next,
-        row0,
-    };
     match rows.len() {
         1 => tile_of::<S, 1, FETCH>(simd, inputs, rows, store),
         2 => tile_of::<S, 2, FETCH>(simd, inputs, rows, store),

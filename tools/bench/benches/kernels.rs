@@ -8,8 +8,8 @@
 //! with the residual, feed-forward 384 → 1536 with GELU and 1536 → 384 with the residual;
 //! 42 MB of weights, so that small batches stream them from memory as the model does) on 1
 //! to 1,024 rows of input, each instruction set in turn within a round, best of the rounds;
-//! every path's output is first checked against the plain f64 reference. Threads: the rayon pool's (`RAYON_NUM_THREADS`, by default every
-//! core).
+//! every path's output is first checked against the plain f64 reference. Threads: the
+//! rayon pool's (`RAYON_NUM_THREADS`, by default every core).
 //!
 //! Writes the table to `target/bench-kernels.md` and a plot to `docs/bench-kernels.svg`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -17,9 +17,8 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::time::Instant;
 
-use common::{cpu_model, per_call, ratio_svg, root};
+use common::{calls_for, cpu_model, per_call, ratio_svg, root};
 use inferencehub_worker::kernels::reference::{self, test_values as values};
 use inferencehub_worker::kernels::{Epilogue, Isa, PackedMatrix, matmul};
 
@@ -190,10 +189,7 @@ fn main() {
         let mut buffers = Buffers::new(rows);
         let flops = weights[0].flops_per_row() * (rows * LAYERS) as f64;
         // Calls for ~0.25 s a sample, from the first path's warm-up call.
-        let started = Instant::now();
-        pass(&models[0], &mut buffers);
-        let one = started.elapsed().as_secs_f64().max(1e-6);
-        let calls = ((0.25 / one) as usize).clamp(3, 5_000);
+        let calls = calls_for(0.25, 3, 5_000, || pass(&models[0], &mut buffers));
         for _ in 0..ROUNDS {
             for (j, model) in models.iter().enumerate() {
                 pass(model, &mut buffers);
@@ -210,7 +206,7 @@ fn main() {
         let _ = write!(table, " {n} |");
     }
     if names.len() == 2 {
-        table += " avx512 / avx2 |";
+        let _ = write!(table, " {} / {} |", names[1], names[0]);
     }
     table += "\n|---:|";
     table += &"---:|".repeat(names.len() + usize::from(names.len() == 2));
