@@ -8,7 +8,8 @@
 # The table prices each size from infra/prices.json (arm64 GB-seconds, as deployed; the
 # binary measured here is x86). MEMORY=1769,1024,512,256,128 picks the sizes, PERIOD the
 # quota's period (default 10ms: the share is spread evenly, no burst of a whole 100 ms
-# period's quota). Writes .local/cold-start/summary.json; the table goes to
+# period's quota), PREDICT another predict binary to measure (a build to compare, or a
+# wrapper script that profiles it). Writes .local/cold-start/summary.json; the table goes to
 # docs/benchmarks.md by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,8 @@ event = json.load(open(sys.argv[2]))
 event["headers"]["authorization"] = "Bearer " + sys.argv[1]
 print(json.dumps(event))
 PY
-echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; predict $(du -h "$RELEASE/predict" | cut -f1)"
-"$BIN/inferencehub-bench" cold-start --binary "$RELEASE/predict" --event "$OUT/event.json" \
+PREDICT="${PREDICT:-$RELEASE/predict}"
+echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $PREDICT $(du -hL "$PREDICT" | cut -f1)"
+"$BIN/inferencehub-bench" cold-start --binary "$PREDICT" --event "$OUT/event.json" \
   --memory "${MEMORY:-1769,1024,512,256,128}" --period "${PERIOD:-10ms}" --runs "${RUNS:-7}" \
   --warm "${WARM:-20}" --log "$OUT/predict.log" --prices infra/prices.json --json "$OUT/summary.json"

@@ -57,6 +57,14 @@ pub fn configuration_md() -> String {
             );
         }
     }
+    out += "\nThe AWS SDK's own variables apply too: `AWS_REGION`, the credentials,\n";
+    out +=
+        "`AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SECRETS_MANAGER` (a local stack), and\n";
+    out +=
+        "`AWS_CA_BUNDLE`: a PEM file of CA certificates the functions trust for those endpoints\n";
+    out +=
+        "besides Mozilla's roots, which are compiled in (the machine's CA store is not read; an\n";
+    out += "unreadable bundle fails every AWS call with its name).\n";
     out += "\n## The worker (`inferencehub-worker serve`)\n\n";
     out += "| variable | flag | default | meaning |\n|---|---|---|---|\n";
     for arg in serve.get_arguments() {

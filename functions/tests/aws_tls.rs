@@ -1,0 +1,145 @@
+//! The functions' own HTTP client for the AWS SDK (`inferencehub_functions::aws`), against
+//! dynalite behind a real TLS endpoint on loopback (rustls, a certificate from a CA made for
+//! the test): DynamoDB calls go through when `AWS_CA_BUNDLE`'s CA signed the endpoint's
+//! certificate, and fail as a transport error when it did not.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use inferencehub_devkit::certs;
+use inferencehub_devkit::dynamo::Dynalite;
+use inferencehub_functions::aws::SdkHttpClient;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+const TABLE: &str = "limits";
+
+/// Terminates TLS on a free loopback port with `paths`' server certificate and forwards
+/// each connection to `upstream`; returns the port.
+async fn tls_front(paths: &certs::CertPaths, upstream: String) -> u16 {
+    let chain = CertificateDer::pem_file_iter(&paths.server_cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&paths.server_key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends here, as it should.
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+fn client(bundle: Option<&Path>, port: u16) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version_latest()
+        .http_client(SharedHttpClient::new(SdkHttpClient::new(bundle)))
+        .endpoint_url(format!("https://localhost:{port}"))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "test"))
+        .timeout_config(
+            aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// A DescribeTable that `client` cannot send: a transport failure (the SDK's
+/// `DispatchFailure`), as its message.
+async fn refused(client: aws_sdk_dynamodb::Client) -> String {
+    let err = client
+        .describe_table()
+        .table_name(TABLE)
+        .send()
+        .await
+        .unwrap_err();
+    let text = DisplayErrorContext(&err).to_string();
+    assert!(matches!(err, SdkError::DispatchFailure(_)), "{text}");
+    text
+}
+
+#[tokio::test]
+async fn dynamodb_over_tls_trusts_the_bundles_ca_and_refuses_one_it_does_not_know() {
+    let dynalite = Dynalite::start(TABLE).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = certs::generate(dir.path()).unwrap();
+    let upstream = dynalite.endpoint.trim_start_matches("http://").to_string();
+    let port = tls_front(&paths, upstream).await;
+
+    // Trusting the test's CA: a write and a read back, over TLS, through our client.
+    let trusted = client(Some(&paths.ca), port);
+    trusted
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S("tls-caller".into()))
+        .item("count", AttributeValue::N("7".into()))
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())
+        .unwrap();
+    let item = trusted
+        .get_item()
+        .table_name(TABLE)
+        .key("pk", AttributeValue::S("tls-caller".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the item written over TLS");
+    assert_eq!(item["count"], AttributeValue::N("7".into()));
+
+    // Mozilla's roots only (no bundle): the test CA is not among them; the call fails as a
+    // transport error naming why.
+    let text = refused(client(None, port)).await;
+    assert!(text.contains("UnknownIssuer"), "{text}");
+
+    // A bundle that names no file: every call fails with the file's name, at once.
+    let missing = dir.path().join("nowhere.pem");
+    let text = refused(client(Some(&missing), port)).await;
+    assert!(text.contains("nowhere.pem"), "{text}");
+}
+
+#[tokio::test]
+async fn plain_http_endpoints_still_work_for_local_stacks() {
+    let dynalite = Dynalite::start(TABLE).await.unwrap();
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version_latest()
+        .http_client(SharedHttpClient::new(SdkHttpClient::new(None)))
+        .endpoint_url(&dynalite.endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "test"))
+        .build();
+    let tables = aws_sdk_dynamodb::Client::from_conf(config)
+        .list_tables()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tables.table_names(), [TABLE]);
+}
