@@ -29,7 +29,7 @@ use aws_smithy_runtime_api::http::Response;
 use aws_smithy_types::body::SdkBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OnceCell;
 
 static SDK: OnceCell<SdkConfig> = OnceCell::const_new();
@@ -158,8 +158,12 @@ fn pool(tls: &Arc<rustls::ClientConfig>, (connect, _): Timeouts) -> HyperClient 
         .https_or_http()
         .enable_http1()
         .wrap_connector(tcp);
+    // Idle connections are dropped after hyper's usual 90 s (checked again at checkout, so
+    // one left over from before a Lambda freeze is not reused once expired); the timer also
+    // evicts them while the function runs.
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
         .build(https)
 }
 
