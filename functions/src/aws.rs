@@ -9,9 +9,9 @@
 //! of `make bench-cold-start` (a Debian layout: a bundle, then a directory of ≈ 290 entries,
 //! each stat'ed, and the certificates among them parsed again) that was close to half of
 //! the predict function's CPU before its first answer (7.5–8.1 ms with it, 4.3–4.6 without,
-//! docs/benchmarks.md); on Lambda's image it is one bundle, ≈ 220 kB of PEM through a
-//! constant-time base64 decoder. AWS's endpoints chain to Amazon Trust Services roots,
-//! which Mozilla's list carries.
+//! docs/benchmarks.md); Lambda's image (Amazon Linux 2023) keeps them in bundle files, a
+//! couple of hundred kB of PEM through a constant-time base64 decoder, not measured there.
+//! AWS's endpoints chain to Amazon Trust Services roots, which Mozilla's list carries.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
