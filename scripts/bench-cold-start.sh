@@ -9,7 +9,9 @@
 # binary measured here is x86). MEMORY=1769,1024,512,256,128 picks the sizes, PERIOD the
 # quota's period (default 10ms: the share is spread evenly, no burst of a whole 100 ms
 # period's quota), PREDICT another predict binary to measure (a build to compare, or a
-# wrapper script that profiles it). Writes .local/cold-start/summary.json; the table goes to
+# wrapper script that profiles it), DYNAMODB_TLS=1 DynamoDB behind a TLS front as on AWS
+# (dynalite speaks plain HTTP: without it the first answer has no TLS handshake with
+# DynamoDB). Writes .local/cold-start/summary.json; the table goes to
 # docs/benchmarks.md by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,4 +45,5 @@ PREDICT="${PREDICT:-$RELEASE/predict}"
 echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $PREDICT $(du -hL "$PREDICT" | cut -f1)"
 "$BIN/inferencehub-bench" cold-start --binary "$PREDICT" --event "$OUT/event.json" \
   --memory "${MEMORY:-1769,1024,512,256,128}" --period "${PERIOD:-10ms}" --runs "${RUNS:-7}" \
-  --warm "${WARM:-20}" --log "$OUT/predict.log" --prices infra/prices.json --json "$OUT/summary.json"
+  --warm "${WARM:-20}" --log "$OUT/predict.log" --prices infra/prices.json --json "$OUT/summary.json" \
+  ${DYNAMODB_TLS:+--dynamodb-tls "$IHUB_CERTS_DIR/ca.pem" "$IHUB_CERTS_DIR/server.pem" "$IHUB_CERTS_DIR/server.key"}

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{Credentials, Region};
@@ -14,45 +13,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use inferencehub_devkit::certs;
 use inferencehub_devkit::dynamo::Dynalite;
+use inferencehub_devkit::tls_front::TlsFront;
 use inferencehub_functions::aws::SdkHttpClient;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const TABLE: &str = "limits";
-
-/// Terminates TLS on a free loopback port with `paths`' server certificate and forwards
-/// each connection to `upstream`; returns the port.
-async fn tls_front(paths: &certs::CertPaths, upstream: String) -> u16 {
-    let chain = CertificateDer::pem_file_iter(&paths.server_cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&paths.server_key).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
-            tokio::spawn(async move {
-                // A client that refuses the certificate ends here, as it should.
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut plain = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    port
-}
 
 fn client(bundle: Option<&Path>, port: u16) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
@@ -91,7 +55,10 @@ async fn dynamodb_over_tls_trusts_the_bundles_ca_and_refuses_one_it_does_not_kno
     let dir = tempfile::tempdir().unwrap();
     let paths = certs::generate(dir.path()).unwrap();
     let upstream = dynalite.endpoint.trim_start_matches("http://").to_string();
-    let port = tls_front(&paths, upstream).await;
+    let front = TlsFront::start(&paths.server_cert, &paths.server_key, upstream)
+        .await
+        .unwrap();
+    let port = front.port;
 
     // Trusting the test's CA: a write and a read back, over TLS, through our client.
     let trusted = client(Some(&paths.ca), port);

@@ -23,6 +23,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use clap::Args;
+use inferencehub_devkit::tls_front::TlsFront;
 use inferencehub_proto::settings::duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -66,6 +67,15 @@ pub struct ColdStartArgs {
     /// Also write the per-memory summary as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// DynamoDB over TLS, as on AWS: a rustls front on loopback presenting CERT with KEY
+    /// (PEM, valid for `localhost`) forwards to `AWS_ENDPOINT_URL_DYNAMODB` (plain HTTP, a
+    /// local server), and the function is pointed at the front, trusting CA through
+    /// `AWS_CA_BUNDLE`: its first answer then includes the TLS handshake with DynamoDB.
+    #[arg(long, num_args = 3, value_names = ["CA", "CERT", "KEY"])]
+    pub dynamodb_tls: Option<Vec<PathBuf>>,
+    /// Environment the function gets on top of this process's (set by [`run`]).
+    #[arg(skip)]
+    pub env: Vec<(String, String)>,
 }
 
 /// One cold start's figures, milliseconds.
@@ -134,7 +144,7 @@ impl Prices {
 }
 
 /// Runs the measurement and prints the table.
-pub async fn run(args: ColdStartArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ColdStartArgs) -> anyhow::Result<()> {
     let event = std::fs::read(&args.event)
         .with_context(|| format!("reading the event {}", args.event.display()))?;
     serde_json::from_slice::<serde_json::Value>(&event)
@@ -150,6 +160,27 @@ pub async fn run(args: ColdStartArgs) -> anyhow::Result<()> {
         .open(&args.log)
         .with_context(|| format!("opening {}", args.log.display()))?;
     let prices = args.prices.as_deref().map(Prices::read).transpose()?;
+    let _front = match args.dynamodb_tls.clone().as_deref() {
+        Some([ca, cert, key]) => {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").context(
+                "--dynamodb-tls forwards to AWS_ENDPOINT_URL_DYNAMODB, which is not set",
+            )?;
+            let upstream = endpoint
+                .strip_prefix("http://")
+                .with_context(|| format!("AWS_ENDPOINT_URL_DYNAMODB {endpoint} is not http://"))?
+                .trim_end_matches('/')
+                .to_string();
+            let front = TlsFront::start(cert, key, upstream).await?;
+            let url = format!("https://localhost:{}", front.port);
+            eprintln!("DynamoDB over TLS: {url} in front of {endpoint}");
+            args.env.push(("AWS_ENDPOINT_URL_DYNAMODB".into(), url));
+            args.env
+                .push(("AWS_CA_BUNDLE".into(), ca.display().to_string()));
+            Some(front)
+        }
+        Some(_) => anyhow::bail!("--dynamodb-tls takes CA CERT KEY"),
+        None => None,
+    };
     let mut summaries = Vec::new();
     for &mb in &args.memory {
         let share = (f64::from(mb) / MB_PER_CORE).min(cores);
@@ -443,6 +474,7 @@ fn spawn(
         ("AWS_LAMBDA_LOG_STREAM_NAME", "cold-start".into()),
     ];
     cmd.envs(env)
+        .envs(args.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
@@ -558,6 +590,8 @@ mod tests {
             log: "unused.log".into(),
             prices: None,
             json: None,
+            dynamodb_tls: None,
+            env: Vec::new(),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod keys;
 pub mod proxy;
 pub mod secrets;
+pub mod tls_front;
 
 /// A free loopback TCP port (bound, then released for a server to take).
 pub(crate) fn free_port() -> std::io::Result<u16> {
