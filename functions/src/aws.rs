@@ -13,7 +13,7 @@
 //! couple of hundred kB of PEM through a constant-time base64 decoder, not measured there.
 //! AWS's endpoints chain to Amazon Trust Services roots, which Mozilla's list carries.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -70,18 +70,17 @@ pub fn trust_roots(bundle: Option<&std::path::Path>) -> Result<rustls::RootCertS
     let Some(path) = bundle else {
         return Ok(roots);
     };
-    let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| format!("AWS_CA_BUNDLE {shown}: {e}"))?;
+    let fail = |why: &dyn std::fmt::Display| format!("AWS_CA_BUNDLE {}: {why}", path.display());
+    let pem = std::fs::read(path).map_err(|e| fail(&e))?;
     let mut added = 0;
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("AWS_CA_BUNDLE {shown}: {e}"))?;
         roots
-            .add(cert)
-            .map_err(|e| format!("AWS_CA_BUNDLE {shown}: {e}"))?;
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
         added += 1;
     }
     if added == 0 {
-        return Err(format!("AWS_CA_BUNDLE {shown}: no PEM certificate in it"));
+        return Err(fail(&"no PEM certificate in it"));
     }
     Ok(roots)
 }
@@ -93,7 +92,7 @@ pub fn trust_roots(bundle: Option<&std::path::Path>) -> Result<rustls::RootCertS
 /// falling back to trusting less or more than was configured.
 #[derive(Debug)]
 pub struct SdkHttpClient {
-    tls: Result<Arc<rustls::ClientConfig>, String>,
+    tls: Result<rustls::ClientConfig, String>,
     connectors: Mutex<Vec<(Timeouts, SharedHttpConnector)>>,
 }
 
@@ -102,12 +101,11 @@ type Timeouts = (Option<Duration>, Option<Duration>);
 impl SdkHttpClient {
     /// A client trusting [`trust_roots`] of `bundle`.
     pub fn new(bundle: Option<&std::path::Path>) -> Self {
-        let tls = trust_roots(bundle).and_then(|roots| {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| format!("TLS configuration: {e}"))
+        crate::crypto::install_crypto_provider();
+        let tls = trust_roots(bundle).map(|roots| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
         });
         if let Err(e) = &tls {
             tracing::error!(error = %e, "the AWS SDK's HTTP client cannot connect");
@@ -148,13 +146,13 @@ impl HttpClient for SdkHttpClient {
 
 type HyperClient = Client<hyper_rustls::HttpsConnector<TcpConnector>, SdkBody>;
 
-fn pool(tls: &Arc<rustls::ClientConfig>, (connect, _): Timeouts) -> HyperClient {
+fn pool(tls: &rustls::ClientConfig, (connect, _): Timeouts) -> HyperClient {
     let mut tcp = TcpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(connect);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(rustls::ClientConfig::clone(tls))
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .wrap_connector(tcp);

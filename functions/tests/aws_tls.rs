@@ -18,11 +18,12 @@ use inferencehub_functions::aws::SdkHttpClient;
 
 const TABLE: &str = "limits";
 
-fn client(bundle: Option<&Path>, port: u16) -> aws_sdk_dynamodb::Client {
+/// A DynamoDB client through [`SdkHttpClient`] trusting `bundle`, at `endpoint`.
+fn client(bundle: Option<&Path>, endpoint: &str) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version_latest()
         .http_client(SharedHttpClient::new(SdkHttpClient::new(bundle)))
-        .endpoint_url(format!("https://localhost:{port}"))
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("local", "local", None, None, "test"))
         .timeout_config(
@@ -58,10 +59,10 @@ async fn dynamodb_over_tls_trusts_the_bundles_ca_and_refuses_one_it_does_not_kno
     let front = TlsFront::start(&paths.server_cert, &paths.server_key, upstream)
         .await
         .unwrap();
-    let port = front.port;
+    let endpoint = format!("https://localhost:{}", front.port);
 
     // Trusting the test's CA: a write and a read back, over TLS, through our client.
-    let trusted = client(Some(&paths.ca), port);
+    let trusted = client(Some(&paths.ca), &endpoint);
     trusted
         .put_item()
         .table_name(TABLE)
@@ -84,26 +85,19 @@ async fn dynamodb_over_tls_trusts_the_bundles_ca_and_refuses_one_it_does_not_kno
 
     // Mozilla's roots only (no bundle): the test CA is not among them; the call fails as a
     // transport error naming why.
-    let text = refused(client(None, port)).await;
+    let text = refused(client(None, &endpoint)).await;
     assert!(text.contains("UnknownIssuer"), "{text}");
 
     // A bundle that names no file: every call fails with the file's name, at once.
     let missing = dir.path().join("nowhere.pem");
-    let text = refused(client(Some(&missing), port)).await;
+    let text = refused(client(Some(&missing), &endpoint)).await;
     assert!(text.contains("nowhere.pem"), "{text}");
 }
 
 #[tokio::test]
 async fn plain_http_endpoints_still_work_for_local_stacks() {
     let dynalite = Dynalite::start(TABLE).await.unwrap();
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version_latest()
-        .http_client(SharedHttpClient::new(SdkHttpClient::new(None)))
-        .endpoint_url(&dynalite.endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("local", "local", None, None, "test"))
-        .build();
-    let tables = aws_sdk_dynamodb::Client::from_conf(config)
+    let tables = client(None, &dynalite.endpoint)
         .list_tables()
         .send()
         .await

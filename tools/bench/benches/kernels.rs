@@ -229,11 +229,11 @@ fn main() {
         .collect();
     let colours = ["#a0aec0", "#2b6cb0"];
     let series: Vec<(&str, &str)> = names.iter().copied().zip(colours).collect();
-    let svg = ratio_svg(
-        "Dense products per instruction set, relative to the AVX2 path (same run; higher is better)",
-        &groups,
-        &series,
+    let title = format!(
+        "Dense products per instruction set, relative to the {} path (same run; higher is better)",
+        names[0]
     );
+    let svg = ratio_svg(&title, &groups, &series);
     let md = root().join("target/bench-kernels.md");
     let plot = root().join("docs/bench-kernels.svg");
     std::fs::write(&md, &table).unwrap();
