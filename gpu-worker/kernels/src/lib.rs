@@ -18,6 +18,9 @@ pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
 pub use math::{erf, exp, gelu};
 pub use ops::{Norm, attention, embed, layer_norm_rows};
+/// The SIMD abstraction [`Isa::run`] takes a kernel in, for callers that write one of their
+/// own (the benchmarks' FMA peak probe) against the same version.
+pub use pulp;
 
 #[cfg(test)]
 mod tests;

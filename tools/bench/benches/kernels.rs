@@ -11,6 +11,11 @@
 //! every path's output is first checked against the plain f64 reference. Threads: the
 //! rayon pool's (`RAYON_NUM_THREADS`, by default every core).
 //!
+//! Under the table, the FMA peak of the same threads on each path, measured with no memory
+//! touched, and the share of it the products reach at 128 and 1,024 rows: what a change to
+//! the tiles can still win on the machine at hand (a Zen 4 core does one AVX-512 FMA a cycle,
+//! a Sapphire Rapids core two).
+//!
 //! Writes the table to `target/bench-kernels.md` and a plot to `docs/bench-kernels.svg`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -19,6 +24,7 @@ mod common;
 use std::fmt::Write as _;
 
 use common::{calls_for, cpu_model, per_call, ratio_svg, root};
+use inferencehub_worker::kernels;
 use inferencehub_worker::kernels::reference::{self, test_values as values};
 use inferencehub_worker::kernels::{Epilogue, Isa, PackedMatrix, matmul};
 
@@ -151,6 +157,60 @@ fn check(weights: &Weights, l: &Layer, rows: usize) -> f64 {
     worst / scale
 }
 
+/// Independent FMA chains in the peak probe: enough to cover the FMA latency on every core
+/// the bench meets (4 cycles, two FMAs a cycle on AVX2 and on Sapphire Rapids' AVX-512), few
+/// enough that they stay in AVX2's sixteen registers with the two operands.
+const PEAK_CHAINS: usize = 12;
+
+/// The peak probe: `steps` rounds of one FMA on each of [`PEAK_CHAINS`] accumulators, no
+/// memory touched. Its rate is the most the core's FMA units give on this instruction set at
+/// the clock they run at under that load, which is what a product tile can approach.
+struct FmaPeak {
+    steps: usize,
+    a: f32,
+    b: f32,
+}
+
+impl kernels::pulp::WithSimd for FmaPeak {
+    type Output = f32;
+    #[inline(always)]
+    fn with_simd<S: kernels::pulp::Simd>(self, simd: S) -> f32 {
+        let (a, b) = (simd.splat_f32s(self.a), simd.splat_f32s(self.b));
+        let mut acc = [simd.splat_f32s(0.0); PEAK_CHAINS];
+        for _ in 0..self.steps {
+            for x in &mut acc {
+                *x = simd.mul_add_f32s(*x, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(simd.splat_f32s(0.0), |s, &x| simd.add_f32s(s, x));
+        simd.reduce_sum_f32s(sum)
+    }
+}
+
+/// GFLOP/s of [`FmaPeak`] on every pool thread at once (the threads the products use), best
+/// of five rounds of about 40 ms (a round of 10 ms once read half the peak on one path).
+fn fma_peak(isa: Isa) -> f64 {
+    let steps = 200_000_000 / isa.lanes();
+    let flops_per_thread = (2 * PEAK_CHAINS * isa.lanes() * steps) as f64;
+    (0..5)
+        .map(|_| {
+            let seconds: Vec<f64> = rayon::broadcast(|_| {
+                let started = std::time::Instant::now();
+                let a = std::hint::black_box(0.999_999_f32);
+                let b = std::hint::black_box(1e-7_f32);
+                std::hint::black_box(isa.run(FmaPeak { steps, a, b }));
+                started.elapsed().as_secs_f64()
+            });
+            seconds
+                .iter()
+                .map(|s| flops_per_thread / s / 1e9)
+                .sum::<f64>()
+        })
+        .fold(0f64, f64::max)
+}
+
 fn main() {
     let isas = Isa::all();
     let isas: Vec<Isa> = isas.into_iter().filter(|i| i.name() != "scalar").collect();
@@ -221,6 +281,29 @@ fn main() {
         }
         table += "\n";
     }
+    // The share of the FMA units' measured peak the products reach: on a core with one
+    // AVX-512 FMA a cycle (Zen 4) both paths share one peak; with two (Sapphire Rapids) the
+    // AVX-512 one is twice AVX2's.
+    let peaks: Vec<f64> = isas.iter().map(|&isa| fma_peak(isa)).collect();
+    let _ = write!(
+        table,
+        "\nFMA peak measured on {threads} threads (no memory touched):"
+    );
+    for (name, peak) in names.iter().zip(&peaks) {
+        let _ = write!(table, " {name} {peak:.1} GFLOP/s;");
+    }
+    table.pop();
+    let _ = write!(table, ". The products' share of it at");
+    for (i, rows) in ROWS.iter().enumerate().skip(ROWS.len() - 2) {
+        let shares: Vec<String> = names
+            .iter()
+            .zip(gflops[i].iter().zip(&peaks))
+            .map(|(name, (g, p))| format!("{name} {:.0} %", 100.0 * g / p))
+            .collect();
+        let _ = write!(table, " {rows} rows: {};", shares.join(", "));
+    }
+    table.pop();
+    table += ".\n";
     println!("\n{table}");
     let groups: Vec<(String, Vec<f64>)> = ROWS
         .iter()
