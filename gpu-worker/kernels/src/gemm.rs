@@ -14,8 +14,9 @@
 //! - **Tasks by size.** Up to [`PANEL_SPLIT_ROWS`] rows, the panels are shared out in
 //!   [`GROUPS_PER_THREAD`] groups per pool thread and every task computes all rows (the
 //!   weights are streamed from memory once, whatever the batch); above, the rows are split
-//!   into chunks of [`ROW_CHUNK`] (each task's inputs stay in its core's cache while it walks
-//!   every panel).
+//!   into chunks of [`ROW_CHUNK`], and on AVX-512 each chunk goes through every panel one
+//!   block of rows at a time (the block's inputs stay in L1 while the panels stream past;
+//!   panel by panel, each block's inputs were read again from L2 for every panel).
 //! - **Weights fetched ahead (AVX2).** While the first block of rows multiplies a panel, the
 //!   next panel's rows are prefetched into L2, one line a step: with few rows (a batch of one
 //!   short sentence) the weights stream from memory once a pass and are what the tiles wait
@@ -151,10 +152,11 @@ pub fn matmul(isa: Isa, out: &mut [f32], a: &[f32], w: &PackedMatrix, epilogue: 
     let threads = rayon::current_num_threads().max(1);
     let panels = w.panel_count();
     // Tiles: a chunk of rows by a group of panels.
-    let (row_step, groups) = if m <= PANEL_SPLIT_ROWS {
-        (m, (GROUPS_PER_THREAD * threads).min(panels))
-    } else {
+    let by_block = m > PANEL_SPLIT_ROWS;
+    let (row_step, groups) = if by_block {
         (ROW_CHUNK, 1)
+    } else {
+        (m, (GROUPS_PER_THREAD * threads).min(panels))
     };
     let per_group = panels.div_ceil(groups);
     let bounds: Vec<(usize, usize)> = (0..groups)
@@ -188,6 +190,7 @@ pub fn matmul(isa: Isa, out: &mut [f32], a: &[f32], w: &PackedMatrix, epilogue: 
             a,
             w,
             epilogue,
+            by_block,
         })
     };
     if tiles.len() == 1 {
@@ -209,6 +212,9 @@ struct Product<'a, 't> {
     a: &'a [f32],
     w: &'a PackedMatrix,
     epilogue: Epilogue<'a>,
+    /// One block of rows at a time through every panel, rather than one panel at a time
+    /// through every block.
+    by_block: bool,
 }
 
 impl pulp::WithSimd for Product<'_, '_> {
@@ -220,19 +226,47 @@ impl pulp::WithSimd for Product<'_, '_> {
             a,
             w,
             epilogue,
+            by_block,
         } = self;
-        let m = tile.rows.len();
-        let a = &a[tile.row0 * w.k..(tile.row0 + m) * w.k];
-        product(
-            simd,
-            &mut tile.rows,
-            tile.row0,
-            tile.panels,
-            a,
-            w.view(),
-            epilogue,
-        );
+        let (m, k) = (tile.rows.len(), w.k);
+        let a = &a[tile.row0 * k..(tile.row0 + m) * k];
+        // Block order only where the tiles do not fetch the next panel ahead: the AVX2
+        // fetch is timed for panel order, and there block order ran ≈ 4 % slower
+        // (`make bench-kernels`, 1,024 rows).
+        if !by_block || S::F32_LANES <= FETCH_AHEAD_LANES {
+            product(
+                simd,
+                &mut tile.rows,
+                tile.row0,
+                tile.panels,
+                a,
+                w.view(),
+                epilogue,
+            );
+            return;
+        }
+        // A chunk of rows: each block's inputs stay in L1 while every panel streams past
+        // them, instead of being read again from L2 for each panel.
+        let mr = block_height(m, S::F32_LANES);
+        for b0 in (0..m).step_by(mr) {
+            let r = (b0 + mr).min(m) - b0;
+            product(
+                simd,
+                &mut tile.rows[b0..b0 + r],
+                tile.row0 + b0,
+                tile.panels.clone(),
+                &a[b0 * k..(b0 + r) * k],
+                w.view(),
+                epilogue,
+            );
+        }
     }
+}
+
+/// Rows per block when `m` rows are cut into register tiles on an instruction set of
+/// `lanes` lanes: at most [`tile_rows`], as even as they divide (16 rows: 8 + 8, not 12 + 4).
+fn block_height(m: usize, lanes: usize) -> usize {
+    m.div_ceil(m.div_ceil(tile_rows(lanes)).max(1)).max(1)
 }
 
 /// A packed matrix as the tiles read it (a [`PackedMatrix`], or one packed on the fly).
@@ -278,8 +312,7 @@ pub(super) fn product<S: pulp::Simd>(
     let (k, panel) = (w.k, w.panel);
     assert_eq!(panel, 2 * S::F32_LANES, "panels packed for another width");
     let m = rows.len();
-    // Blocks of at most `tile_rows`, as even as they divide (16 rows: 8 + 8, not 12 + 4).
-    let mr = m.div_ceil(m.div_ceil(tile_rows(S::F32_LANES)));
+    let mr = block_height(m, S::F32_LANES);
     let col0 = panels.start * panel;
     let panels_end = panels.end;
     for p in panels {
@@ -298,7 +331,7 @@ pub(super) fn product<S: pulp::Simd>(
             bias: [bias[0], bias[1]],
             epilogue,
         };
-        for b0 in (0..m).step_by(mr.max(1)) {
+        for b0 in (0..m).step_by(mr) {
             let r = (b0 + mr).min(m) - b0;
             let rows = &mut rows[b0..b0 + r];
             let inputs = Inputs {
