@@ -122,6 +122,11 @@ pub enum Epilogue<'a> {
 /// ahead, and the hints only add loads.
 const FETCH_AHEAD_LANES: usize = 8;
 
+/// Whether the tiles of an instruction set of `lanes` f32 lanes prefetch their next panel.
+fn fetches_ahead(lanes: usize) -> bool {
+    lanes <= FETCH_AHEAD_LANES
+}
+
 /// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
 /// vector registers hold two accumulators each for, with room for the panel and a broadcast.
 fn tile_rows(lanes: usize) -> usize {
@@ -233,7 +238,7 @@ impl pulp::WithSimd for Product<'_, '_> {
         // Block order only where the tiles do not fetch the next panel ahead: the AVX2
         // fetch is timed for panel order, and there block order ran ≈ 4 % slower
         // (`make bench-kernels`, 1,024 rows).
-        if !by_block || S::F32_LANES <= FETCH_AHEAD_LANES {
+        if !by_block || fetches_ahead(S::F32_LANES) {
             product(
                 simd,
                 &mut tile.rows,
@@ -321,7 +326,7 @@ pub(super) fn product<S: pulp::Simd>(
         // The task's next panel, asked of memory while the first block of rows multiplies
         // this one, on the instruction sets where that was measured to help (see
         // [`FETCH_AHEAD_LANES`]): with few rows the weights are what a product waits for.
-        let next = (S::F32_LANES <= FETCH_AHEAD_LANES && p + 1 < panels_end)
+        let next = (fetches_ahead(S::F32_LANES) && p + 1 < panels_end)
             .then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
         let store = Store {
             col: p * panel - col0,

@@ -285,25 +285,30 @@ fn main() {
     // AVX-512 FMA a cycle (Zen 4) both paths share one peak; with two (Sapphire Rapids) the
     // AVX-512 one is twice AVX2's.
     let peaks: Vec<f64> = isas.iter().map(|&isa| fma_peak(isa)).collect();
-    let _ = write!(
+    let peak_list: Vec<String> = names
+        .iter()
+        .zip(&peaks)
+        .map(|(name, peak)| format!("{name} {peak:.1} GFLOP/s"))
+        .collect();
+    let share_list: Vec<String> = ROWS
+        .iter()
+        .zip(&gflops)
+        .skip(ROWS.len() - 2)
+        .map(|(rows, g)| {
+            let shares: Vec<String> = names
+                .iter()
+                .zip(g.iter().zip(&peaks))
+                .map(|(name, (g, p))| format!("{name} {:.0} %", 100.0 * g / p))
+                .collect();
+            format!("{rows} rows: {}", shares.join(", "))
+        })
+        .collect();
+    let _ = writeln!(
         table,
-        "\nFMA peak measured on {threads} threads (no memory touched):"
+        "\nFMA peak measured on {threads} threads (no memory touched): {}. The products' share of it at {}.",
+        peak_list.join("; "),
+        share_list.join("; ")
     );
-    for (name, peak) in names.iter().zip(&peaks) {
-        let _ = write!(table, " {name} {peak:.1} GFLOP/s;");
-    }
-    table.pop();
-    let _ = write!(table, ". The products' share of it at");
-    for (i, rows) in ROWS.iter().enumerate().skip(ROWS.len() - 2) {
-        let shares: Vec<String> = names
-            .iter()
-            .zip(gflops[i].iter().zip(&peaks))
-            .map(|(name, (g, p))| format!("{name} {:.0} %", 100.0 * g / p))
-            .collect();
-        let _ = write!(table, " {rows} rows: {};", shares.join(", "));
-    }
-    table.pop();
-    table += ".\n";
     println!("\n{table}");
     let groups: Vec<(String, Vec<f64>)> = ROWS
         .iter()
