@@ -199,7 +199,7 @@ bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
 	$(if $(THREADS),IHUB_WORKER_THREADS=$(THREADS) )$(CARGO) bench -p inferencehub-bench --bench forward
 
-bench-kernels: ## Time the CPU encoder's dense products on every instruction set this CPU has (AVX2 and AVX-512 side by side), 1 to 1,024 rows, and their share of the cores' measured FMA peak
+bench-kernels: ## Time the CPU encoder's dense products on every instruction set this CPU has (AVX2 and AVX-512 side by side), 1 to 1,024 rows, and their share of the cores' measured FMA peak; then one layer's attention
 	$(CARGO) bench -p inferencehub-bench --bench kernels
 
 bench-tabular: models ## Benchmark the tree-ensemble demo model (wine): in process against ONNX Runtime from Python, and over gRPC

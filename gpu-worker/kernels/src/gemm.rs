@@ -45,7 +45,7 @@ const GROUPS_PER_THREAD: usize = 4;
 const ROW_CHUNK: usize = 72;
 
 /// Widest panel any instruction set packs (two 16-lane vectors).
-const MAX_PANEL: usize = 32;
+pub(super) const MAX_PANEL: usize = 32;
 
 /// A weight matrix `W` (`[k, n]`, for `x · W`) and its bias, packed for [`matmul`] on one
 /// instruction set.
@@ -110,6 +110,9 @@ pub enum Epilogue<'a> {
     BiasGelu,
     /// `x · W + b + residual`, `residual` as `[rows, n]`.
     BiasResidual(&'a [f32]),
+    /// `(x · W + b) · s[row]`, one factor a row (the attention's softmax normalisation,
+    /// applied to its output rather than to every score).
+    BiasScaleRows(&'a [f32]),
 }
 
 /// The widest vectors (in f32 lanes) whose tiles prefetch their next weight panel. Measured
@@ -148,8 +151,10 @@ pub fn matmul(isa: Isa, out: &mut [f32], a: &[f32], w: &PackedMatrix, epilogue: 
     assert!(k > 0 && a.len().is_multiple_of(k), "input is not [rows, k]");
     let m = a.len() / k;
     assert_eq!(out.len(), m * n, "output is not [rows, n]");
-    if let Epilogue::BiasResidual(r) = epilogue {
-        assert_eq!(r.len(), m * n, "residual is not [rows, n]");
+    match epilogue {
+        Epilogue::BiasResidual(r) => assert_eq!(r.len(), m * n, "residual is not [rows, n]"),
+        Epilogue::BiasScaleRows(s) => assert_eq!(s.len(), m, "not one factor a row"),
+        Epilogue::Bias | Epilogue::BiasGelu => {}
     }
     if m == 0 {
         return;
@@ -245,6 +250,7 @@ impl pulp::WithSimd for Product<'_, '_> {
                 tile.row0,
                 tile.panels,
                 a,
+                k,
                 w.view(),
                 epilogue,
             );
@@ -261,6 +267,7 @@ impl pulp::WithSimd for Product<'_, '_> {
                 tile.row0 + b0,
                 tile.panels.clone(),
                 &a[b0 * k..(b0 + r) * k],
+                k,
                 w.view(),
                 epilogue,
             );
@@ -301,9 +308,11 @@ impl PackedMatrix {
     }
 }
 
-/// `rows = epilogue(a · w + b)` over the columns of `panels`: `a` is `[rows.len(), k]`,
-/// row-major, its first row output row `row0` (where the residual is read); each of `rows`
-/// starts at the first panel's column.
+/// `rows = epilogue(a · w + b)` over the columns of `panels`: `a` holds `rows.len()` rows of
+/// `k` inputs, row `i` at `a[i * lda..]` (`lda ≥ k`: the rows may lie inside wider ones),
+/// its first row output row `row0` (where the residual is read); each of `rows` starts at
+/// the first panel's column.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn product<S: pulp::Simd>(
     simd: S,
@@ -311,10 +320,12 @@ pub(super) fn product<S: pulp::Simd>(
     row0: usize,
     panels: std::ops::Range<usize>,
     a: &[f32],
+    lda: usize,
     w: Panels<'_>,
     epilogue: Epilogue<'_>,
 ) {
     let (k, panel) = (w.k, w.panel);
+    assert!(lda >= k, "input rows shorter than k");
     assert_eq!(panel, 2 * S::F32_LANES, "panels packed for another width");
     let m = rows.len();
     let mr = block_height(m, S::F32_LANES);
@@ -340,8 +351,9 @@ pub(super) fn product<S: pulp::Simd>(
             let r = (b0 + mr).min(m) - b0;
             let rows = &mut rows[b0..b0 + r];
             let inputs = Inputs {
-                block: &a[b0 * k..(b0 + r) * k],
+                block: &a[b0 * lda..][..(r - 1) * lda + k],
                 k,
+                lda,
                 packed,
                 next: &[],
                 row0: row0 + b0,
@@ -384,13 +396,14 @@ fn block_of<S: pulp::Simd, const FETCH: bool>(
     }
 }
 
-/// A tile's inputs: `block` (row-major `[R, k]`, its first row output row `row0`, where the
-/// residual is read) times one panel (`packed`, `[k][2 vectors]`); `next`, the panel to
-/// prefetch (`k` rows of a panel's width) or empty.
+/// A tile's inputs: `block` (`R` rows of `k`, `lda` apart, its first row output row `row0`,
+/// where the residual is read) times one panel (`packed`, `[k][2 vectors]`); `next`, the
+/// panel to prefetch (`k` rows of a panel's width) or empty.
 #[derive(Clone, Copy)]
 struct Inputs<'a, V> {
     block: &'a [f32],
     k: usize,
+    lda: usize,
     packed: &'a [V],
     next: &'a [f32],
     row0: usize,
@@ -424,6 +437,7 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     let Inputs {
         block,
         k,
+        lda,
         packed,
         next,
         row0,
@@ -434,7 +448,7 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     // Each row sliced to exactly `k`, so the loop over `k` indexes them unchecked.
     let mut xs = [&block[..0]; R];
     for (r, x) in xs.iter_mut().enumerate() {
-        *x = &block[r * k..][..k];
+        *x = &block[r * lda..][..k];
     }
     if k == 0 {
         return;
@@ -486,6 +500,10 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
                 let at = (row0 + r) * store.n + store.gcol;
                 let res = load::<S>(&residual[at..at + store.width]);
                 v = [simd.add_f32s(v[0], res[0]), simd.add_f32s(v[1], res[1])];
+            }
+            Epilogue::BiasScaleRows(factors) => {
+                let f = simd.splat_f32s(factors[row0 + r]);
+                v = [simd.mul_f32s(v[0], f), simd.mul_f32s(v[1], f)];
             }
         }
         save::<S>(dst, v);

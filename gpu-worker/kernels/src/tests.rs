@@ -136,6 +136,12 @@ fn dense_layers_and_their_epilogues_match_the_reference() {
             .zip(&residual)
             .map(|(&v, &r)| (v + f64::from(r)) as f32)
             .collect();
+        let factors = values(rows, 16, 3.0);
+        let want_scaled: Vec<f32> = plain
+            .chunks_exact(n)
+            .zip(&factors)
+            .flat_map(|(row, &f)| row.iter().map(move |&v| (v * f64::from(f)) as f32))
+            .collect();
         for isa in Isa::all() {
             let packed = PackedMatrix::new(isa, &w, k, n, &bias);
             assert_eq!((packed.inputs(), packed.outputs()), (k, n));
@@ -148,6 +154,7 @@ fn dense_layers_and_their_epilogues_match_the_reference() {
                     Epilogue::BiasResidual(&residual),
                     &want_residual,
                 ),
+                ("scaled", Epilogue::BiasScaleRows(&factors), &want_scaled),
             ];
             for (name, epilogue, want) in cases {
                 out.fill(f32::NAN);

@@ -16,7 +16,12 @@
 //! the tiles can still win on the machine at hand (a Zen 4 core does one AVX-512 FMA a cycle,
 //! a Sapphire Rapids core two).
 //!
-//! Writes the table to `target/bench-kernels.md` and a plot to `docs/bench-kernels.svg`.
+//! Then one layer's self-attention ([`kernels::attention`], MiniLM's 12 heads of 32) at 1, 8
+//! and 32 sequences of 128 tokens and 32 of 12, each path checked against the f64 reference
+//! first (`IHUB_BENCH_KERNELS=attention`: that table alone).
+//!
+//! Writes the tables to `target/bench-kernels.md` and a plot of the products to
+//! `docs/bench-kernels.svg`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -157,6 +162,66 @@ fn check(weights: &Weights, l: &Layer, rows: usize) -> f64 {
     worst / scale
 }
 
+/// The attention shapes timed: (label, sequences, tokens each); MiniLM's 12 heads of 32.
+const ATTENTION: [(&str, usize, usize); 4] = [
+    ("1 x 128", 1, 128),
+    ("8 x 128", 8, 128),
+    ("32 x 128", 32, 128),
+    ("32 x 12", 32, 12),
+];
+const HEADS: usize = 12;
+
+/// One layer's self-attention ([`kernels::attention`]) on each shape of [`ATTENTION`], each
+/// instruction set in turn within a round, best of [`ROUNDS`]: µs a call, and GFLOP/s
+/// counting the two products (4 · tokens² · hidden a sequence). Every path's output is
+/// first checked against the f64 reference.
+fn attention_table(isas: &[Isa], names: &[&str], threads: usize) -> String {
+    let mut table = format!(
+        "\nOne layer's self-attention (12 heads of 32), µs a call (GFLOP/s of its two products), best of {ROUNDS} interleaved rounds; {threads} threads\n\n| sequences x tokens |"
+    );
+    for n in names {
+        let _ = write!(table, " {n} |");
+    }
+    table += "\n|---|";
+    table += &"---:|".repeat(names.len());
+    table += "\n";
+    for (label, sequences, tokens) in ATTENTION {
+        let offsets: Vec<usize> = (0..=sequences).map(|s| s * tokens).collect();
+        let rows = sequences * tokens;
+        let qkv = values(rows * 3 * HIDDEN, 7, 2.0);
+        let want = reference::attention(&qkv, &offsets, HEADS);
+        let mut context = vec![0f32; rows * HIDDEN];
+        for &isa in isas {
+            context.fill(f32::NAN);
+            kernels::attention(isa, &mut context, &qkv, &offsets, HEADS);
+            let worst = context
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            assert!(worst < 1e-5, "{} attention off by {worst:e}", isa.name());
+        }
+        let flops = (4 * sequences * tokens * tokens * HIDDEN) as f64;
+        let calls = calls_for(0.1, 3, 5_000, || {
+            kernels::attention(isas[0], &mut context, &qkv, &offsets, HEADS)
+        });
+        let mut best = vec![f64::INFINITY; isas.len()];
+        for _ in 0..ROUNDS {
+            for (j, &isa) in isas.iter().enumerate() {
+                let s = per_call(calls, || {
+                    kernels::attention(isa, &mut context, &qkv, &offsets, HEADS)
+                });
+                best[j] = best[j].min(s);
+            }
+        }
+        let _ = write!(table, "| {label} |");
+        for s in best {
+            let _ = write!(table, " {:.0} ({:.1}) |", s * 1e6, flops / s / 1e9);
+        }
+        table += "\n";
+    }
+    table
+}
+
 /// Independent FMA chains in the peak probe: enough to cover the FMA latency on every core
 /// the bench meets (4 cycles, two FMAs a cycle on AVX2 and on Sapphire Rapids' AVX-512), few
 /// enough that they stay in AVX2's sixteen registers with the two operands.
@@ -233,6 +298,13 @@ fn main() {
     }
     let threads = rayon::current_num_threads();
     let cpu = cpu_model();
+    let names: Vec<&str> = isas.iter().map(|i| i.name()).collect();
+    // IHUB_BENCH_KERNELS=attention: the attention table alone (a quick check while working
+    // on it).
+    if std::env::var("IHUB_BENCH_KERNELS").as_deref() == Ok("attention") {
+        println!("{}", attention_table(&isas, &names, threads));
+        return;
+    }
     eprintln!(
         "checked {} against the f64 reference; timing on {threads} threads ({cpu})",
         isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
@@ -258,7 +330,6 @@ fn main() {
             }
         }
     }
-    let names: Vec<&str> = models.iter().map(|m| m[0].isa.name()).collect();
     let mut table = format!(
         "MiniLM-L6's dense products (six layers, 42 MB of weights), GFLOP/s, best of {ROUNDS} interleaved rounds; {threads} threads; {cpu}\n\n| rows |"
     );
@@ -309,6 +380,7 @@ fn main() {
         peak_list.join("; "),
         share_list.join("; ")
     );
+    table += &attention_table(&isas, &names, threads);
     println!("\n{table}");
     let groups: Vec<(String, Vec<f64>)> = ROWS
         .iter()
