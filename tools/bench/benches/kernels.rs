@@ -307,7 +307,7 @@ fn main() {
     }
     eprintln!(
         "checked {} against the f64 reference; timing on {threads} threads ({cpu})",
-        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+        names.join(", ")
     );
     let pass = |model: &[Layer], buffers: &mut Buffers| {
         for l in model {
