@@ -168,9 +168,11 @@ pub fn matmul(isa: Isa, out: &mut [f32], a: &[f32], w: &PackedMatrix, epilogue: 
     } else {
         (m, (GROUPS_PER_THREAD * threads).min(panels))
     };
-    let per_group = panels.div_ceil(groups);
+    // Groups as even as they divide, the larger ones spread out (36 panels in 8 groups:
+    // 4, 5, 4, 5, ...): cut into ⌈36 / 8⌉ = 5 and a remainder, rayon's first split gave one
+    // thread 20 panels and the other 16.
     let bounds: Vec<(usize, usize)> = (0..groups)
-        .map(|g| (g * per_group, ((g + 1) * per_group).min(panels)))
+        .map(|g| (g * panels / groups, (g + 1) * panels / groups))
         .filter(|(p0, p1)| p0 < p1)
         .collect();
     // Each output row cut at the groups' column bounds, so each tile owns its pieces.

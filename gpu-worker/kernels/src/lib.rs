@@ -4,7 +4,8 @@
 //! runs is an [`Isa`] value chosen at load ([`Isa::best`]); tests and benchmarks pick each
 //! explicitly, and [`reference`](mod@reference) holds the plain scalar arithmetic every path is held to.
 //!
-//! Each entry point splits its work over the rayon pool; each task runs one kernel struct
+//! Each entry point splits its work over the rayon pool ([`pass`] runs a whole forward pass
+//! there with the pool's threads kept awake between its steps); each task runs one kernel struct
 //! (a `pulp::WithSimd`) whose `with_simd` is `#[inline(always)]`, as is everything its loops
 //! call, so the whole body is compiled inside pulp's target-feature function.
 
@@ -12,12 +13,14 @@ mod gemm;
 mod isa;
 mod math;
 mod ops;
+mod pool;
 pub mod reference;
 
 pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
 pub use math::{erf, exp, gelu};
 pub use ops::{Norm, attention, embed, layer_norm_rows};
+pub use pool::pass;
 /// The SIMD abstraction [`Isa::run`] takes a kernel in, for callers that write one of their
 /// own (the benchmarks' FMA peak probe) against the same version.
 pub use pulp;

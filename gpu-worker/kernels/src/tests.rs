@@ -116,10 +116,13 @@ fn embeddings_match_the_reference() {
 #[test]
 fn dense_layers_and_their_epilogues_match_the_reference() {
     // Rows below, at and above a register tile and past the panel split; output widths that
-    // are and are not whole panels; inner sizes of one and of many vectors.
+    // are and are not whole panels, in as many panels as the threads' groups or more (1,150
+    // columns: 36 AVX-512 panels over 8 groups of 4 or 5); inner sizes of one and of many
+    // vectors.
     for (rows, k, n) in [
         (1, 16, 32),
         (5, 37, 21),
+        (7, 24, 1150),
         (13, 64, 100),
         (29, 384, 96),
         (300, 40, 70),
@@ -226,4 +229,65 @@ fn attention_matches_the_reference() {
             );
         }
     }
+}
+
+/// A pool of `threads` threads, for the tests of [`pass`].
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// Runs `f` on a thread of its own and waits at most 20 s for it: a pass whose pollers
+/// never stop would hang the test instead of failing it.
+fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the pass did not return: its pollers never stopped")
+}
+
+#[test]
+fn a_pass_runs_its_parallel_steps_on_the_pool_and_returns_its_value() {
+    use rayon::prelude::*;
+    let sums = within_20s(|| {
+        pool(3).install(|| {
+            (0..3)
+                .map(|round| {
+                    pass(|| {
+                        // Several steps, as a forward pass has, and one nested pass.
+                        let a: u64 = (0..10_000u64).into_par_iter().map(|i| i * round).sum();
+                        let b: u64 = pass(|| (0..1_000u64).into_par_iter().sum());
+                        let threads = rayon::current_num_threads();
+                        (a, b, threads)
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    for (round, (a, b, threads)) in sums.into_iter().enumerate() {
+        assert_eq!(a, 49_995_000 * round as u64);
+        assert_eq!(b, 499_500);
+        assert_eq!(threads, 3, "the pass ran off its pool");
+    }
+    // On one thread there is no one to poll: it simply runs.
+    assert_eq!(within_20s(|| pool(1).install(|| pass(|| 7))), 7);
+}
+
+#[test]
+fn a_pass_that_panics_ends_its_pollers_and_the_panic_reaches_the_caller() {
+    let (caught, after) = within_20s(|| {
+        let pool = pool(2);
+        let caught = pool.install(|| {
+            std::panic::catch_unwind(|| pass(|| -> u32 { panic!("a kernel failed") }))
+                .map_err(|e| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        });
+        // The same pool serves the next pass.
+        (caught, pool.install(|| pass(|| 1 + 1)))
+    });
+    assert_eq!(caught, Err(Some("a kernel failed".to_string())));
+    assert_eq!(after, 2);
 }

@@ -190,9 +190,10 @@ impl CpuBert {
             offsets.push(offsets[offsets.len() - 1] + seq.len());
         }
         let tokens = offsets[offsets.len() - 1];
-        // The whole pass on the compute pool: its parallel steps are shared among the
-        // pool's threads from there, not handed over from this thread one by one.
-        let data = rayon::scope(|_| self.pass(sequences, &offsets, tokens));
+        // The whole pass on the compute pool, its other threads kept awake: its parallel
+        // steps are shared among them from there, not handed over from this thread one by
+        // one or waited for while a sleeping thread wakes.
+        let data = kernels::pass(|| self.pass(sequences, &offsets, tokens));
         Ok(Packed {
             data,
             offsets,

@@ -1,0 +1,48 @@
+//! Running a whole forward pass on the rayon pool with the pool's other threads awake.
+//!
+//! A pass is a chain of short parallel steps (per layer: four products, attention, two
+//! LayerNorms). Between two steps, a thread that finished its share first waits a few tens
+//! of microseconds in rayon's idle loop, then sleeps; the next step starts on the pass's
+//! own thread alone until the sleeper is woken, which on a virtual machine takes tens of
+//! microseconds, step after step. [`pass`] keeps the other threads polling the pool for
+//! work until the pass returns (as ONNX Runtime's intra-op pool spins), so each step is
+//! shared from its first task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Runs `f` on the rayon pool (on the calling thread when it is one of the pool's), with
+/// every other thread of the pool polling for work until `f` returns or unwinds: the
+/// parallel steps inside `f` start on all threads at once rather than waking them step by
+/// step.
+///
+/// A polling thread runs whatever work it finds (another caller's too, as a thread waiting
+/// in rayon's `join` does) and offers its core to any other runnable thread between polls;
+/// once `f` is over it goes back to rayon's own idle loop, and sleeps there. On a pool of
+/// one thread `f` simply runs.
+pub fn pass<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(|_| {
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        }
+        // Set on return and on unwinding alike: the scope waits for the pollers, and a
+        // panic inside `f` must end them too, or the scope would never return.
+        let _release = Release(&done);
+        f()
+    })
+}
+
+/// Sets its flag when dropped.
+struct Release<'a>(&'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
