@@ -9,6 +9,13 @@
 //! shared from its first task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a poller goes on finding no work before it leaves the pass to rayon's own idle
+/// loop (where it sleeps): far longer than the gaps between a pass's steps (microseconds
+/// to a few hundred), so it only ends the polling through a long serial stretch — and it
+/// bounds any wait that a poller, running nested inside another caller's task, could add.
+const MAX_IDLE: Duration = Duration::from_millis(1);
 
 /// Runs `f` on the rayon pool (on the calling thread when it is one of the pool's), with
 /// every other thread of the pool polling for work until `f` returns or unwinds: the
@@ -17,17 +24,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 ///
 /// A polling thread runs whatever work it finds (another caller's too, as a thread waiting
 /// in rayon's `join` does) and offers its core to any other runnable thread between polls;
-/// once `f` is over it goes back to rayon's own idle loop, and sleeps there. On a pool of
-/// one thread `f` simply runs.
+/// once `f` is over, or after a millisecond without finding work, it goes back to rayon's
+/// own idle loop, and sleeps there. On a pool of one thread `f` simply runs.
 pub fn pass<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let done = AtomicBool::new(false);
     rayon::scope(|scope| {
         for _ in 1..rayon::current_num_threads() {
             scope.spawn(|_| {
+                let mut idle_since = None;
                 while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::thread::yield_now();
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        idle_since = None;
+                        continue;
                     }
+                    if idle_since.get_or_insert_with(Instant::now).elapsed() > MAX_IDLE {
+                        return;
+                    }
+                    std::thread::yield_now();
                 }
             });
         }

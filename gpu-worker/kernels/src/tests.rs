@@ -291,3 +291,39 @@ fn a_pass_that_panics_ends_its_pollers_and_the_panic_reaches_the_caller() {
     assert_eq!(caught, Err(Some("a kernel failed".to_string())));
     assert_eq!(after, 2);
 }
+
+/// CPU time this thread has used, in clock ticks (Linux: `/proc/thread-self/stat`, user
+/// plus system).
+#[cfg(target_os = "linux")]
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn pollers_leave_a_pass_that_has_no_parallel_work_for_a_long_stretch() {
+    // A pass that spends 600 ms in serial work (here, asleep): its poller finds nothing to
+    // run and leaves after a millisecond instead of polling (and burning a core) for all of
+    // it. Polling throughout cost the other thread 15 ticks of CPU (10 ms each) over 400 ms
+    // on a machine busy with other work, ≈ 40 on an idle one.
+    let pool = pool(2);
+    let ticks = |pool: &rayon::ThreadPool| pool.broadcast(|_| thread_cpu_ticks());
+    let before = ticks(&pool);
+    let out = pool.install(|| {
+        pass(|| {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            5
+        })
+    });
+    let after = ticks(&pool);
+    assert_eq!(out, 5);
+    let used: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        used.iter().all(|&t| t <= 5),
+        "a pool thread kept polling through the serial stretch: {used:?} ticks"
+    );
+}
