@@ -6,7 +6,7 @@
 //! own thread alone until the sleeper is woken, which on a virtual machine takes tens of
 //! microseconds, step after step. [`pass`] keeps the other threads polling the pool for
 //! work until the pass returns (as ONNX Runtime's intra-op pool spins), so each step is
-//! shared from its first task.
+//! shared from its first task; a poller that finds no work for a millisecond sleeps again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +29,10 @@ const MAX_IDLE: Duration = Duration::from_millis(1);
 pub fn pass<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let done = AtomicBool::new(false);
     rayon::scope(|scope| {
+        // Spawned before any of `f`'s jobs: rayon's thieves take a deque's oldest job first,
+        // so the pollers go to other threads before any of the pass's own work can, and the
+        // pass's thread never waits on a poller of its own. Wherever a poller does end up
+        // nested, it lets go of its thread once it has found no work for `MAX_IDLE`.
         for _ in 1..rayon::current_num_threads() {
             scope.spawn(|_| {
                 let mut idle_since = None;
