@@ -268,7 +268,9 @@ pub struct ServeArgs {
     /// Threads that compute on the CPU: the worker's own kernels (a rayon pool, threads
     /// named `compute-N`) and ONNX Runtime's intra-op pool. Default: the cores this process
     /// may use (its affinity and its cgroup's CPU quota, as a container's CPU limit sets
-    /// it), where ONNX Runtime alone would take every physical core of the machine.
+    /// it), where ONNX Runtime alone would take every physical core of the machine. During
+    /// a forward pass of the worker's encoder, the pool's idle threads poll for the pass's
+    /// next step rather than sleep (for at most a millisecond without work).
     #[arg(long, env = "IHUB_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
