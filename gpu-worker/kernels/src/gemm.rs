@@ -514,7 +514,7 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
 
 /// Two vectors from `src` (one panel's columns; a partial panel's missing ones are zero).
 #[inline(always)]
-fn load<S: pulp::Simd>(src: &[f32]) -> [S::f32s; 2] {
+pub(super) fn load<S: pulp::Simd>(src: &[f32]) -> [S::f32s; 2] {
     let lanes = S::F32_LANES;
     let mut buf = [0f32; MAX_PANEL];
     let src = if src.len() == 2 * lanes {
@@ -529,7 +529,7 @@ fn load<S: pulp::Simd>(src: &[f32]) -> [S::f32s; 2] {
 
 /// Two vectors into `dst` (one panel's columns; a partial panel stores only those).
 #[inline(always)]
-fn save<S: pulp::Simd>(dst: &mut [f32], v: [S::f32s; 2]) {
+pub(super) fn save<S: pulp::Simd>(dst: &mut [f32], v: [S::f32s; 2]) {
     let lanes = S::F32_LANES;
     if dst.len() == 2 * lanes {
         let (dst, _) = S::as_mut_simd_f32s(dst);

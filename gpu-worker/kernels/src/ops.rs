@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{Epilogue, MAX_PANEL, Panels, product};
+use super::gemm::{Epilogue, MAX_PANEL, Panels, load, product, save};
 use super::isa::Isa;
 use super::math::exp_simd;
 
@@ -218,21 +218,12 @@ impl pulp::WithSimd for Attend<'_, '_> {
                 }
             }
         }
-        // V's panels, a panel row at a time in whole vectors where the head is.
-        if !d.is_multiple_of(panel) {
-            vp.fill(0.0);
-        }
+        // V's panels, a panel row at a time as two vectors (a part panel's missing columns
+        // loaded as zeros, as the tiles' residual is).
         for (p, vp) in vp.chunks_exact_mut(n * panel).enumerate() {
             let cols = p * panel..((p + 1) * panel).min(d);
             for (j, dst) in vp.chunks_exact_mut(panel).enumerate() {
-                let src = &token(j)[vo + cols.start..vo + cols.end];
-                if src.len() == panel {
-                    let (dst, _) = S::as_mut_simd_f32s(dst);
-                    let (src, _) = S::as_simd_f32s(src);
-                    dst[..2].copy_from_slice(&src[..2]);
-                } else {
-                    dst[..src.len()].copy_from_slice(src);
-                }
+                save::<S>(dst, load::<S>(&token(j)[vo + cols.start..vo + cols.end]));
             }
         }
         zeros.fill(0.0);
