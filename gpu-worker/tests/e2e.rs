@@ -381,9 +381,7 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
         })
         .collect();
     let depth = "inferencehub_worker_queue_depth{model=\"iris\"}";
-    while worker.metric(depth).await != Some(4.0) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    worker.gauge_reaches(depth, 4.0).await;
     let mut c = client.clone();
     let started = std::time::Instant::now();
     let status = c
@@ -499,9 +497,7 @@ async fn health_turns_serving_after_load_and_sigterm_drains_in_flight_requests()
         })
         .collect();
     let depth = "inferencehub_worker_queue_depth{model=\"sentiment\"}";
-    while worker.metric(depth).await != Some(2.0) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    worker.gauge_reaches(depth, 2.0).await;
     let pid = worker.child.id().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -178,37 +178,6 @@ async fn catalog_names_may_list_models_and_not_predict() {
     assert!(!listed.into_inner().models.is_empty());
 }
 
-/// A gauge of the worker, waiting (bounded) until it reads `want`.
-async fn gauge_reaches(worker: &Worker, series: &str, want: f64) {
-    metric_settles(worker, series, Duration::from_secs(10), |value| {
-        value == want
-    })
-    .await
-    .unwrap_or_else(|last| panic!("{series} never read {want} (last {last:?})"));
-}
-
-/// Polls a metric until `settled` holds, for at most `within`. Counters the worker bumps
-/// from the connection tasks lag the event a test saw, so a single read can come early.
-/// Gives back the last reading when the time runs out.
-async fn metric_settles(
-    worker: &Worker,
-    series: &str,
-    within: Duration,
-    settled: impl Fn(f64) -> bool,
-) -> Result<f64, Option<f64>> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let value = worker.metric(series).await;
-        if let Some(value) = value.filter(|value| settled(*value)) {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(value);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Idle TCP peers take handshake places only: past `--max-handshakes` the oldest pending
 /// one is closed for the newest, the timeout closes the rest, and authenticated
 /// connections have their own cap (`--max-connections`), enforced after the handshake.
@@ -228,7 +197,9 @@ async fn the_handshake_budget_evicts_the_oldest_and_authenticated_connections_ha
     )
     .await;
     // The health probes' connections of `serving` go first.
-    gauge_reaches(&worker, "inferencehub_worker_connections_open", 0.0).await;
+    worker
+        .gauge_reaches("inferencehub_worker_connections_open", 0.0)
+        .await;
 
     // Three idle TCP connections: no TLS hello, nothing.
     let mut idle = Vec::new();
@@ -239,7 +210,9 @@ async fn the_handshake_budget_evicts_the_oldest_and_authenticated_connections_ha
                 .unwrap(),
         );
     }
-    gauge_reaches(&worker, "inferencehub_worker_connections_handshaking", 3.0).await;
+    worker
+        .gauge_reaches("inferencehub_worker_connections_handshaking", 3.0)
+        .await;
 
     // A fourth: the oldest pending handshake makes way, the newest stays.
     idle.push(
@@ -251,7 +224,9 @@ async fn the_handshake_budget_evicts_the_oldest_and_authenticated_connections_ha
         closed_by_peer(&mut idle[0], Duration::from_secs(2)).await,
         "the oldest pending handshake was left open"
     );
-    gauge_reaches(&worker, "inferencehub_worker_connections_handshaking", 3.0).await;
+    worker
+        .gauge_reaches("inferencehub_worker_connections_handshaking", 3.0)
+        .await;
     assert_eq!(
         worker
             .metric("inferencehub_worker_connections_refused_total{reason=\"handshake_evicted\"}")
@@ -276,7 +251,9 @@ async fn the_handshake_budget_evicts_the_oldest_and_authenticated_connections_ha
     // One authenticated connection fits; a second is closed after its handshake.
     let first = worker.channel().await;
     assert_eq!(predict(first.clone()).await.unwrap(), "setosa");
-    gauge_reaches(&worker, "inferencehub_worker_connections_open", 1.0).await;
+    worker
+        .gauge_reaches("inferencehub_worker_connections_open", 1.0)
+        .await;
     let second = predict(worker.channel().await).await;
     assert!(second.is_err(), "a connection over the cap got {second:?}");
     assert!(
@@ -304,14 +281,16 @@ async fn a_thousand_idle_peers_cannot_lock_a_real_client_out() {
                 .unwrap(),
         );
     }
-    metric_settles(
-        &worker,
-        "inferencehub_worker_connections_handshaking",
-        Duration::from_secs(20),
-        |places| places >= 256.0,
-    )
-    .await
-    .unwrap_or_else(|last| panic!("the idle peers never filled the handshake places ({last:?})"));
+    worker
+        .metric_settles(
+            "inferencehub_worker_connections_handshaking",
+            Duration::from_secs(20),
+            |places| places >= 256.0,
+        )
+        .await
+        .unwrap_or_else(|last| {
+            panic!("the idle peers never filled the handshake places ({last:?})")
+        });
     // A new client, and its calls, while the 1,100 sockets are still open.
     let label = tokio::time::timeout(Duration::from_secs(10), async {
         predict(worker.channel().await).await
@@ -322,14 +301,14 @@ async fn a_thousand_idle_peers_cannot_lock_a_real_client_out() {
     assert_eq!(label, "setosa");
     // Every peer past the 256 places was evicted for a newer one; the counter is bumped by
     // the evicted connections' tasks, which can finish after the client's call.
-    metric_settles(
-        &worker,
-        "inferencehub_worker_connections_refused_total{reason=\"handshake_evicted\"}",
-        Duration::from_secs(10),
-        |evicted| evicted >= 1_100.0 - 256.0,
-    )
-    .await
-    .unwrap_or_else(|last| panic!("evicted {last:?}, want at least {}", 1_100 - 256));
+    worker
+        .metric_settles(
+            "inferencehub_worker_connections_refused_total{reason=\"handshake_evicted\"}",
+            Duration::from_secs(10),
+            |evicted| evicted >= 1_100.0 - 256.0,
+        )
+        .await
+        .unwrap_or_else(|last| panic!("evicted {last:?}, want at least {}", 1_100 - 256));
     drop(idle);
 }
 

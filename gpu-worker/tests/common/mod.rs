@@ -315,6 +315,35 @@ impl Worker {
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
     }
+
+    /// Waits (bounded) until a gauge of the worker reads `want`.
+    pub async fn gauge_reaches(&self, series: &str, want: f64) {
+        self.metric_settles(series, Duration::from_secs(10), |value| value == want)
+            .await
+            .unwrap_or_else(|last| panic!("{series} never read {want} (last {last:?})"));
+    }
+
+    /// Polls a metric until `settled` holds, for at most `within`. Counters the worker bumps
+    /// from the connection tasks lag the event a test saw, so a single read can come early.
+    /// Gives back the last reading when the time runs out.
+    pub async fn metric_settles(
+        &self,
+        series: &str,
+        within: Duration,
+        settled: impl Fn(f64) -> bool,
+    ) -> Result<f64, Option<f64>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let value = self.metric(series).await;
+            if let Some(value) = value.filter(|value| settled(*value)) {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(value);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Every version `client`'s worker lists (`ListModels`).
