@@ -7,8 +7,17 @@
 //! microseconds, step after step. [`pass`] keeps the other threads polling the pool for
 //! work until the pass returns (as ONNX Runtime's intra-op pool spins), so each step is
 //! shared from its first task; a poller that finds no work for a millisecond sleeps again.
+//!
+//! Passes from outside the pool (a model's thread) take turns, first come first served.
+//! Left to rayon, two callers' passes interleave on the pool's threads: a thread waiting
+//! in one pass's step runs the other's work nested on its stack, and one caller's pass
+//! could wait through all of another's, pass after pass (two callers of 4.7 ms passes on
+//! two threads: one waited 80–98 ms, with or without the pollers). A pass uses every
+//! thread, so running them one at a time costs no throughput and bounds each wait by the
+//! passes queued ahead of it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a poller goes on finding no work before it leaves the pass to rayon's own idle
@@ -26,7 +35,13 @@ const MAX_IDLE: Duration = Duration::from_millis(1);
 /// in rayon's `join` does) and offers its core to any other runnable thread between polls;
 /// once `f` is over, or after a millisecond without finding work, it goes back to rayon's
 /// own idle loop, and sleeps there. On a pool of one thread `f` simply runs.
+///
+/// Called from outside the pool, it first waits for its turn (see the module's doc); from
+/// inside (a pass within a pass), it runs at once.
 pub fn pass<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let _turn = rayon::current_thread_index()
+        .is_none()
+        .then(|| TURNS.take());
     let done = AtomicBool::new(false);
     rayon::scope(|scope| {
         // Spawned before any of `f`'s jobs: rayon's thieves take a deque's oldest job first,
@@ -61,5 +76,51 @@ struct Release<'a>(&'a AtomicBool);
 impl Drop for Release<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The turns of passes started from outside the pool: a ticket lock (a plain mutex lets a
+/// caller that has just finished a pass take the pool again before a waiting one wakes).
+struct Turns {
+    /// The next ticket to hand out, and the ticket whose turn it is.
+    tickets: Mutex<(u64, u64)>,
+    turned: Condvar,
+}
+
+static TURNS: Turns = Turns {
+    tickets: Mutex::new((0, 0)),
+    turned: Condvar::new(),
+};
+
+impl Turns {
+    /// Waits for the caller's turn; the turn passes on when the guard drops (on unwinding
+    /// too). A panic elsewhere cannot poison the count: it is updated in single steps.
+    fn take(&'static self) -> Turn {
+        let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = tickets.0;
+        tickets.0 += 1;
+        while tickets.1 != ticket {
+            tickets = self
+                .turned
+                .wait(tickets)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Turn(self)
+    }
+}
+
+/// A caller's turn on the pool; the next one's when dropped.
+struct Turn(&'static Turns);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut tickets = self
+            .0
+            .tickets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tickets.1 += 1;
+        drop(tickets);
+        self.0.turned.notify_all();
     }
 }

@@ -327,3 +327,77 @@ fn pollers_leave_a_pass_that_has_no_parallel_work_for_a_long_stretch() {
         "a pool thread kept polling through the serial stretch: {used:?} ticks"
     );
 }
+
+#[test]
+fn passes_from_two_callers_take_turns_and_none_waits_through_several_of_the_other() {
+    use std::sync::{Arc, Mutex};
+    // Two threads outside the pool (as two models' threads are), each running passes of
+    // parallel steps on the global pool in a loop. Every pass notes when it was asked for
+    // and when it started. Taking turns, while one caller waits the other starts one pass,
+    // or two if it asked again before this caller took its ticket; the bound of four leaves
+    // room for a caller preempted between noting its ask and taking the ticket. Left to
+    // rayon, one caller's pass waited through 18-29 of the other's (five runs).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Event {
+        Asked(usize),
+        Started(usize),
+        Returned(usize),
+    }
+    let isa = Isa::best();
+    // An encoder's products (MiniLM-L6's shapes, six layers), on 12 rows.
+    let layer: Arc<Vec<PackedMatrix>> = Arc::new(
+        (0..6)
+            .flat_map(|l| {
+                [(384, 1152), (384, 384), (384, 1536), (1536, 384)].map(|(k, n)| {
+                    PackedMatrix::new(isa, &values(k * n, l, 0.1), k, n, &vec![0.0; n])
+                })
+            })
+            .collect(),
+    );
+    let within = within_20s(move || {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let callers: Vec<_> = (0..2)
+            .map(|caller| {
+                let (log, layer) = (log.clone(), layer.clone());
+                std::thread::spawn(move || {
+                    let x = vec![0.5; 12 * 1536];
+                    let mut out = vec![0.0; 12 * 1536];
+                    for _ in 0..30 {
+                        log.lock().unwrap().push(Event::Asked(caller));
+                        pass(|| {
+                            log.lock().unwrap().push(Event::Started(caller));
+                            for w in layer.iter() {
+                                let out = &mut out[..12 * w.outputs()];
+                                matmul(isa, out, &x[..12 * w.inputs()], w, Epilogue::Bias);
+                            }
+                        });
+                        log.lock().unwrap().push(Event::Returned(caller));
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        log.lock().unwrap().clone()
+    });
+    let mut worst = 0;
+    for (at, event) in within.iter().enumerate() {
+        let Event::Asked(caller) = *event else {
+            continue;
+        };
+        let returned = within[at..]
+            .iter()
+            .position(|e| *e == Event::Returned(caller))
+            .expect("a pass asked for never returned");
+        let overtaken = within[at..at + returned]
+            .iter()
+            .filter(|e| matches!(e, Event::Started(other) if *other != caller))
+            .count();
+        worst = worst.max(overtaken);
+    }
+    assert!(
+        worst <= 4,
+        "a caller waited through {worst} passes of the other"
+    );
+}
