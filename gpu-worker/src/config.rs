@@ -270,7 +270,8 @@ pub struct ServeArgs {
     /// may use (its affinity and its cgroup's CPU quota, as a container's CPU limit sets
     /// it), where ONNX Runtime alone would take every physical core of the machine. During
     /// a forward pass of the worker's encoder, the pool's idle threads poll for the pass's
-    /// next step rather than sleep (for at most a millisecond without work).
+    /// next step rather than sleep (for at most a millisecond without work). Encoders of
+    /// different models share the pool: their passes take turns, first come first served.
     #[arg(long, env = "IHUB_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
