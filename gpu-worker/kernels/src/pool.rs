@@ -11,8 +11,9 @@
 //! Passes from outside the pool (a model's thread) take turns, first come first served.
 //! Left to rayon, two callers' passes interleave on the pool's threads: a thread waiting
 //! in one pass's step runs the other's work nested on its stack, and one caller's pass
-//! could wait through all of another's, pass after pass (two callers of 4.7 ms passes on
-//! two threads: one waited 80–98 ms, with or without the pollers). A pass uses every
+//! could wait through all of another's, pass after pass (two callers of 1.5 ms passes on
+//! two threads: one waited up to 46 ms, through 18–29 of the other's, with or without the
+//! pollers; `docs/benchmarks.md`, "Two models, one pool"). A pass uses every
 //! thread, so running them one at a time costs no throughput and bounds each wait by the
 //! passes queued ahead of it.
 

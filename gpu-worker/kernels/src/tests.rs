@@ -345,7 +345,7 @@ fn passes_from_two_callers_take_turns_and_none_waits_through_several_of_the_othe
     }
     let isa = Isa::best();
     // An encoder's products (MiniLM-L6's shapes, six layers), on 12 rows.
-    let layer: Arc<Vec<PackedMatrix>> = Arc::new(
+    let products: Arc<Vec<PackedMatrix>> = Arc::new(
         (0..6)
             .flat_map(|l| {
                 [(384, 1152), (384, 384), (384, 1536), (1536, 384)].map(|(k, n)| {
@@ -358,7 +358,7 @@ fn passes_from_two_callers_take_turns_and_none_waits_through_several_of_the_othe
         let log = Arc::new(Mutex::new(Vec::new()));
         let callers: Vec<_> = (0..2)
             .map(|caller| {
-                let (log, layer) = (log.clone(), layer.clone());
+                let (log, products) = (log.clone(), products.clone());
                 std::thread::spawn(move || {
                     let x = vec![0.5; 12 * 1536];
                     let mut out = vec![0.0; 12 * 1536];
@@ -366,7 +366,7 @@ fn passes_from_two_callers_take_turns_and_none_waits_through_several_of_the_othe
                         log.lock().unwrap().push(Event::Asked(caller));
                         pass(|| {
                             log.lock().unwrap().push(Event::Started(caller));
-                            for w in layer.iter() {
+                            for w in products.iter() {
                                 let out = &mut out[..12 * w.outputs()];
                                 matmul(isa, out, &x[..12 * w.inputs()], w, Epilogue::Bias);
                             }
