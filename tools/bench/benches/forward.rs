@@ -178,6 +178,12 @@ struct Measured {
     candle: f64,
 }
 
+/// Every engine's thread pool spins for a moment after a run; a pause between engines keeps
+/// one's spinning threads from slowing the other's first samples.
+fn pause() {
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 /// Times `cell` on ONNX Runtime, the worker and (when given) candle's `BertModel`.
 fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: Option<&CandleBert>) -> Measured {
     let n = cell.ids.len() as f64;
@@ -187,9 +193,6 @@ fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: Option<&Candle
     let t_candle = candle.map_or(0.0, |c| encoder_seconds(c, &cell.ids, 1));
     let (r_ort, r_worker, r_candle) = (calibrate(t_ort), calibrate(t_worker), calibrate(t_candle));
     let (mut best_ort, mut best_worker, mut best_candle) = (0f64, 0f64, 0f64);
-    // Both engines' thread pools spin for a moment after a run; a pause between engines
-    // keeps one's spinning threads from slowing the other's first samples.
-    let pause = || std::thread::sleep(Duration::from_millis(100));
     for _ in 0..ROUNDS {
         pause();
         best_ort = best_ort.max(n * r_ort as f64 / ort.seconds(&cell.ids, r_ort));
@@ -428,11 +431,13 @@ async fn main() {
     let reps = calibrate(encoder_seconds(&worker, &prompt_ids, 1));
     let (mut many, mut batch, mut offline) = (0f64, 0f64, 0f64);
     for _ in 0..ROUNDS {
+        pause();
         let s = load(32, 640).await;
         assert_eq!(s.failed, 0, "{:?}", s.statuses);
         if s.rps > many {
             (many, batch) = (s.rps, s.mean_batch.unwrap_or(0.0));
         }
+        pause();
         offline = offline.max(32.0 * reps as f64 / encoder_seconds(&worker, &prompt_ids, reps));
     }
     let rss_after = rss_mb(pid);
