@@ -18,12 +18,9 @@ pub mod reference;
 
 pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
-pub use math::{erf, exp, gelu};
+pub use math::{erf, exp, exp_simd, gelu, gelu_simd};
 pub use ops::{Norm, attention, embed, layer_norm_rows};
 pub use pool::pass;
 /// The SIMD abstraction [`Isa::run`] takes a kernel in, for callers that write one of their
 /// own (the benchmarks' FMA peak probe) against the same version.
 pub use pulp;
-
-#[cfg(test)]
-mod tests;

@@ -59,9 +59,9 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// [`exp`], a vector at a time.
+/// [`exp`], a vector at a time (inside a kernel's `with_simd`).
 #[inline(always)]
-pub(crate) fn exp_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
+pub fn exp_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
     let x = s.min_f32s(s.max_f32s(x, s.splat_f32s(-87.3)), s.splat_f32s(88.3));
     let magic = s.splat_f32s(ROUND_MAGIC);
     let n = s.sub_f32s(
@@ -82,9 +82,9 @@ pub(crate) fn exp_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
     s.mul_f32s(p, pulp::cast(bits))
 }
 
-/// [`gelu`], a vector at a time.
+/// [`gelu`], a vector at a time (inside a kernel's `with_simd`).
 #[inline(always)]
-pub(crate) fn gelu_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
+pub fn gelu_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
     let z = s.mul_f32s(x, s.splat_f32s(std::f32::consts::FRAC_1_SQRT_2));
     let a = s.abs_f32s(z);
     let one = s.splat_f32s(1.0);

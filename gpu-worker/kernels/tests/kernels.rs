@@ -1,8 +1,9 @@
 //! Every kernel on every instruction set this CPU has (scalar, AVX2, AVX-512 on the
 //! machines this project is built on), each held to the plain reference.
 
-use super::math::{exp_simd, gelu_simd};
-use super::*;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use inferencehub_kernels::*;
 
 /// The vector forms of [`exp`] and [`gelu`] over `xs`, on one instruction set (tests).
 struct VectorMath(Vec<f32>);
@@ -23,7 +24,7 @@ impl pulp::WithSimd for VectorMath {
     }
 }
 
-use super::reference::test_values as values;
+use inferencehub_kernels::reference::test_values as values;
 
 fn norm(h: usize) -> Norm {
     Norm {
