@@ -17,11 +17,13 @@
 //!   into chunks of [`ROW_CHUNK`], and on AVX-512 each chunk goes through every panel one
 //!   block of rows at a time (the block's inputs stay in L1 while the panels stream past;
 //!   panel by panel, each block's inputs were read again from L2 for every panel).
-//! - **Weights fetched ahead (AVX2).** While the first block of rows multiplies a panel, the
-//!   next panel's rows are prefetched into L2, one line a step: with few rows (a batch of one
-//!   short sentence) the weights stream from memory once a pass and are what the tiles wait
-//!   for (12 rows on one AVX2 core: 26.6 → 31.6 GFLOP/s over a model's products). The
-//!   AVX-512 tiles do not: there it was measured to cost ([`FETCH_AHEAD_LANES`]).
+//! - **Weights fetched ahead (AVX2; AVX-512 on Intel).** While the first block of rows
+//!   multiplies a panel, the next panel's rows are prefetched into L2, one line a step: with
+//!   few rows (a batch of one short sentence) the weights stream from memory once a pass and
+//!   are what the tiles wait for (12 rows on one AVX2 core: 26.6 → 31.6 GFLOP/s over a
+//!   model's products). The AVX-512 tiles on AMD's Zen 4 do not: there it was measured to
+//!   cost ([`FETCH_AHEAD_LANES`]); on an Intel Xeon it pays from 6 rows
+//!   ([`WIDE_FETCH_MIN_ROWS`]).
 //!
 //! Tasks write their tiles through disjoint row slices of the output; the prefetch hint is
 //! the one `unsafe` statement.
@@ -122,12 +124,41 @@ pub enum Epilogue<'a> {
 /// 138–154; on an AVX2-only first-generation Zen, 12 rows 26.6 → 31.6 on one core), the
 /// AVX-512 tiles lose (6 rows 102–114 → 92–99, 12 rows 142–145 → 114–132, 24 rows 162–164
 /// → 141–152): their two-line panel rows already keep the hardware's stream prefetcher
-/// ahead, and the hints only add loads.
+/// ahead, and the hints only add loads. On Intel cores the AVX-512 tiles fetch too, from
+/// [`WIDE_FETCH_MIN_ROWS`] rows (measured to pay there).
 const FETCH_AHEAD_LANES: usize = 8;
 
-/// Whether the tiles of an instruction set of `lanes` f32 lanes prefetch their next panel.
-fn fetches_ahead(lanes: usize) -> bool {
-    lanes <= FETCH_AHEAD_LANES
+/// Rows from which AVX-512 tiles on an Intel core prefetch a packed weight matrix's next
+/// panel. Measured on a 2-core Emerald Rapids Xeon (MiniLM-L6's six layers' products, with
+/// and without in turn in one process, best of 9 rounds, two runs each; GFLOP/s without →
+/// with): one thread, 6 rows 17–19 → 31–32, 12 rows 27 → 32–33, 16 rows 25 → 30–31, 24
+/// rows 31 → 34–35, 128 rows 34–38 → 35–39, 1,024 rows level; two threads 4–11 % more from
+/// 6 to 48 rows, above that level (128 rows +0 % and −8 %, 1,024 +2 %). With 1 or 3 rows it
+/// cost 6–12 % (each step is too short for the extra loads to hide), so smaller products do
+/// without. AMD's Zen 4 lost with it
+/// at every size ([`FETCH_AHEAD_LANES`]): its AVX-512 tiles stay as they were.
+const WIDE_FETCH_MIN_ROWS: usize = 6;
+
+/// Whether the tiles of an instruction set of `lanes` f32 lanes prefetch their next panel,
+/// in a product of `rows` rows; `streamed`: the weights are a [`PackedMatrix`] (streamed
+/// from memory by small batches), not the attention's keys or values packed on the fly.
+fn fetches_ahead(lanes: usize, rows: usize, streamed: bool) -> bool {
+    lanes <= FETCH_AHEAD_LANES || (streamed && rows >= WIDE_FETCH_MIN_ROWS && intel_cpu())
+}
+
+/// Whether the CPU is Intel's (CPUID's vendor string), asked once.
+fn intel_cpu() -> bool {
+    static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INTEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let id = std::arch::x86_64::__cpuid(0);
+            // "GenuineIntel", in EBX, EDX, ECX order.
+            (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
 }
 
 /// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
@@ -245,7 +276,7 @@ impl pulp::WithSimd for Product<'_, '_> {
         // Block order only where the tiles do not fetch the next panel ahead: the AVX2
         // fetch is timed for panel order, and there block order ran ≈ 4 % slower
         // (`make bench-kernels`, 1,024 rows).
-        if !by_block || fetches_ahead(S::F32_LANES) {
+        if !by_block || fetches_ahead(S::F32_LANES, m, true) {
             product(
                 simd,
                 &mut tile.rows,
@@ -296,6 +327,9 @@ pub(super) struct Panels<'a> {
     pub data: &'a [f32],
     /// One per column, padded to whole panels.
     pub bias: &'a [f32],
+    /// A [`PackedMatrix`]'s weights, which small batches stream from memory (see
+    /// [`WIDE_FETCH_MIN_ROWS`]), rather than a matrix packed on the fly.
+    pub streamed: bool,
 }
 
 impl PackedMatrix {
@@ -306,6 +340,7 @@ impl PackedMatrix {
             n: self.n,
             data: &self.panels,
             bias: &self.bias,
+            streamed: true,
         }
     }
 }
@@ -339,7 +374,7 @@ pub(super) fn product<S: pulp::Simd>(
         // The task's next panel, asked of memory while the first block of rows multiplies
         // this one, on the instruction sets where that was measured to help (see
         // [`FETCH_AHEAD_LANES`]): with few rows the weights are what a product waits for.
-        let next = (fetches_ahead(S::F32_LANES) && p + 1 < panels_end)
+        let next = (fetches_ahead(S::F32_LANES, m, w.streamed) && p + 1 < panels_end)
             .then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
         let store = Store {
             col: p * panel - col0,

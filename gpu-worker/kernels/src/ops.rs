@@ -233,6 +233,7 @@ impl pulp::WithSimd for Attend<'_, '_> {
             n,
             data: kt,
             bias: zeros,
+            streamed: false,
         };
         let mut score_rows: Vec<&mut [f32]> =
             scores.chunks_exact_mut(row).map(|r| &mut r[..n]).collect();
@@ -258,6 +259,7 @@ impl pulp::WithSimd for Attend<'_, '_> {
             n: d,
             data: vp,
             bias: zeros,
+            streamed: false,
         };
         product(
             simd,
