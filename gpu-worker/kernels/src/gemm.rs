@@ -369,14 +369,17 @@ pub(super) fn product<S: pulp::Simd>(
     let mr = block_height(m, S::F32_LANES);
     let col0 = panels.start * panel;
     let panels_end = panels.end;
+    // Whether each panel's first block fetches the task's next panel (see
+    // [`FETCH_AHEAD_LANES`]): the same for every panel of the product, so decided once.
+    let fetch = fetches_ahead(S::F32_LANES, m, w.streamed);
     for p in panels {
         let (packed, _) = S::as_simd_f32s(&w.data[p * k * panel..][..k * panel]);
         let (bias, _) = S::as_simd_f32s(&w.bias[p * panel..][..panel]);
         // The task's next panel, asked of memory while the first block of rows multiplies
-        // this one, on the instruction sets where that was measured to help (see
-        // [`FETCH_AHEAD_LANES`]): with few rows the weights are what a product waits for.
-        let next = (fetches_ahead(S::F32_LANES, m, w.streamed) && p + 1 < panels_end)
-            .then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
+        // this one, on the instruction sets where that was measured to help: with few rows
+        // the weights are what a product waits for.
+        let next =
+            (fetch && p + 1 < panels_end).then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
         let store = Store {
             col: p * panel - col0,
             width: panel.min(w.n - p * panel),
