@@ -292,9 +292,8 @@ impl pulp::WithSimd for Product<'_, '_> {
         }
         // A chunk of rows: each block's inputs stay in L1 while every panel streams past
         // them, instead of being read again from L2 for each panel.
-        let mr = block_height(m, S::F32_LANES);
-        for b0 in (0..m).step_by(mr) {
-            let r = (b0 + mr).min(m) - b0;
+        for block in blocks(m, S::F32_LANES) {
+            let (b0, r) = (block.start, block.len());
             product(
                 simd,
                 &mut tile.rows[b0..b0 + r],
@@ -309,10 +308,13 @@ impl pulp::WithSimd for Product<'_, '_> {
     }
 }
 
-/// Rows per block when `m` rows are cut into register tiles on an instruction set of
-/// `lanes` lanes: at most [`tile_rows`], as even as they divide (16 rows: 8 + 8, not 12 + 4).
-fn block_height(m: usize, lanes: usize) -> usize {
-    m.div_ceil(m.div_ceil(tile_rows(lanes)).max(1)).max(1)
+/// `m` rows cut into register tiles on an instruction set of `lanes` lanes: as few blocks
+/// as hold [`tile_rows`] rows each, their heights differing by one at most (16 rows on
+/// AVX-512: 8 + 8, not 12 + 4; 128 on AVX2: 18 blocks of 6 and 4 of 5, not 21 of 6 and one
+/// of 2, whose 4 accumulators cannot keep both FMA units busy).
+fn blocks(m: usize, lanes: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = m.div_ceil(tile_rows(lanes));
+    (0..count).map(move |i| i * m / count..(i + 1) * m / count)
 }
 
 /// A packed matrix as the tiles read it (a [`PackedMatrix`], or one packed on the fly).
@@ -366,7 +368,6 @@ pub(super) fn product<S: pulp::Simd>(
     assert!(lda >= k, "input rows shorter than k");
     assert_eq!(panel, 2 * S::F32_LANES, "panels packed for another width");
     let m = rows.len();
-    let mr = block_height(m, S::F32_LANES);
     let col0 = panels.start * panel;
     let panels_end = panels.end;
     // Whether each panel's first block fetches the task's next panel (see
@@ -388,8 +389,8 @@ pub(super) fn product<S: pulp::Simd>(
             bias: [bias[0], bias[1]],
             epilogue,
         };
-        for b0 in (0..m).step_by(mr) {
-            let r = (b0 + mr).min(m) - b0;
+        for block in blocks(m, S::F32_LANES) {
+            let (b0, r) = (block.start, block.len());
             let rows = &mut rows[b0..b0 + r];
             let inputs = Inputs {
                 block: &a[b0 * lda..][..(r - 1) * lda + k],
