@@ -99,7 +99,7 @@ impl PackedMatrix {
     }
 
     fn panel_count(&self) -> usize {
-        self.n.div_ceil(self.panel)
+        self.view().count()
     }
 }
 
@@ -333,6 +333,13 @@ pub(super) struct Panels<'a> {
     /// A [`PackedMatrix`]'s weights, which small batches stream from memory (see
     /// [`WIDE_FETCH_MIN_ROWS`]), rather than a matrix packed on the fly.
     pub streamed: bool,
+}
+
+impl Panels<'_> {
+    /// Panels, the last one partial when `n` is not a whole number of them.
+    pub(super) fn count(&self) -> usize {
+        self.n.div_ceil(self.panel)
+    }
 }
 
 impl PackedMatrix {

@@ -288,12 +288,11 @@ impl pulp::WithSimd for Multiply<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let panels = self.w.n.div_ceil(self.w.panel);
         product(
             simd,
             self.rows,
             0,
-            0..panels,
+            0..self.w.count(),
             self.a,
             self.lda,
             self.w,
