@@ -482,7 +482,7 @@ struct Store<'a, V> {
 /// step. (Blocking `k` to keep the panel in L1 was measured: no faster on these sizes. On a
 /// Zen 3 EPYC, whose 512 KB L2 a feed-forward output's 1,536 inputs at 128 rows overflow,
 /// stretches of 384 through every panel of the task in turn made that product 6–8 % slower,
-/// best of 15 rounds in one process, and the others level.)
+/// best of 15 rounds in one process.)
 #[inline(always)]
 fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     simd: S,
