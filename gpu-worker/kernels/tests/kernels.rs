@@ -72,6 +72,20 @@ fn exp_erf_and_gelu_match_the_reference() {
         assert!((f64::from(erf(x)) - want).abs() < 1e-6, "erf({x})");
     }
     assert!(exp(-200.0) < 1e-37);
+    // erf saturates to exactly ±1, so GELU of a large negative input is exactly 0 (not
+    // a rounding error times the input) and of a large positive one the input itself.
+    for x in [4.0f32, 4.5, 30.0, 1e30] {
+        assert_eq!((erf(x), erf(-x)), (1.0, -1.0), "erf(±{x})");
+    }
+    let far = [-6.0f32, -40.0, -1e4, -1e30, 6.0, 40.0, 1e4, 1e30];
+    for isa in Isa::all() {
+        let far: Vec<f32> = far.iter().cycle().take(37).copied().collect();
+        let (g, _) = isa.run(VectorMath(far.clone()));
+        for (x, g) in far.iter().zip(g) {
+            let want = if *x < 0.0 { 0.0 } else { *x };
+            assert_eq!(g, want, "{} gelu({x})", isa.name());
+        }
+    }
     let xs = values(4099, 1, 8.0);
     for isa in Isa::all() {
         let (g, e) = isa.run(VectorMath(xs.clone()));
