@@ -75,6 +75,7 @@ pub struct PackedMatrix {
 }
 
 /// A transparent huge page on x86-64 Linux.
+#[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
 /// A base page on x86-64 Linux.
 #[cfg(target_os = "linux")]
