@@ -14,6 +14,8 @@
 //!    worker's resident memory before and after the load.
 //!
 //! Writes the table to `target/bench-worker.md` and the plot to `docs/bench-worker-cpu.svg`.
+//! `IHUB_BENCH_DIST=<cell>` (e.g. `"8 x 128"`) prints that cell's spread over 40 rounds
+//! instead: quantiles of each engine's speed and of the round-by-round ratio.
 //! With `IHUB_WORKER_THREADS=N` (`make bench-worker THREADS=N`) every side computes on N
 //! threads — the worker's encoder, ONNX Runtime's intra-op pool and the worker process over
 //! gRPC — and the table goes to `target/bench-worker-Nt.md` (no plot).
@@ -213,6 +215,46 @@ fn measure(cell: &Cell, ort: &mut Ort, worker: &BertBody, candle: Option<&Candle
     }
 }
 
+/// Rounds of [`distribution`].
+const DIST_ROUNDS: usize = 40;
+
+/// `cell` over [`DIST_ROUNDS`] rounds (ONNX Runtime, then the worker, each for half a
+/// sample): the 10th, 25th, 50th, 75th and 90th percentiles and the extremes of either
+/// engine's sentences/s and of the worker / ONNX Runtime ratio round by round.
+fn distribution(cell: &Cell, ort: &mut Ort, worker: &BertBody) -> String {
+    let n = cell.ids.len() as f64;
+    let r_ort = calibrate(ort.seconds(&cell.ids, 1)).div_ceil(2);
+    let r_worker = calibrate(encoder_seconds(worker, &cell.ids, 1)).div_ceil(2);
+    let (mut onnx, mut ours, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..DIST_ROUNDS {
+        pause();
+        let o = n * r_ort as f64 / ort.seconds(&cell.ids, r_ort);
+        pause();
+        let w = n * r_worker as f64 / encoder_seconds(worker, &cell.ids, r_worker);
+        onnx.push(o);
+        ours.push(w);
+        ratio.push(w / o);
+    }
+    let mut out = format!(
+        "{}, {DIST_ROUNDS} rounds\n\n| | min | p10 | p25 | median | p75 | p90 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        cell.label
+    );
+    for (name, values) in [
+        ("ONNX Runtime, sentences/s", &mut onnx),
+        ("worker, sentences/s", &mut ours),
+        ("worker / ONNX Runtime", &mut ratio),
+    ] {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        out += &format!("| {name} |");
+        for q in [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0] {
+            out += &format!(" {:.2} |", at(q));
+        }
+        out += "\n";
+    }
+    out
+}
+
 fn check_embeddings(ort: &mut Ort, worker: &BertBody, ids: &[Vec<u32>]) -> f32 {
     let want = ort.embed(ids);
     let got = worker
@@ -344,6 +386,18 @@ async fn main() {
                 r.worker / r.ort
             );
         }
+        return;
+    }
+    // IHUB_BENCH_DIST=<label>: that cell's spread rather than its best: DIST_ROUNDS rounds
+    // of half-length samples, the two engines in turn, and the quantiles of each one's
+    // sentences/s and of the round-by-round ratio (on a busy machine the best rounds and
+    // the typical ones can tell different stories).
+    if let Ok(label) = std::env::var("IHUB_BENCH_DIST") {
+        let cell = cells
+            .iter()
+            .find(|c| c.label == label)
+            .expect("no such cell");
+        println!("{}", distribution(cell, &mut ort, &worker));
         return;
     }
     let ort_version = ort.0.version.clone();
