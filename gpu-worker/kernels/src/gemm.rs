@@ -627,7 +627,8 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
         fetch_row(next, 0, panel);
     }
     if R <= SPREAD_ROWS && !FETCH {
-        // One register a row (see [`SPREAD_ROWS`]); the panel's rows walked in order.
+        // One register a row (see [`SPREAD_ROWS`]); resliced after the `black_box` so the
+        // rows' length is known to be `k` again; the panel's rows walked in order.
         let mut xs = std::hint::black_box(xs);
         for x in &mut xs {
             *x = &x[..k];
@@ -636,16 +637,14 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
             step::<S, R>(simd, &mut acc, &xs, b, kk);
         }
     } else {
+        // Indexed, as before the spread tiles: the loop form the fetching and AVX-512 tiles
+        // were measured in.
+        #[allow(clippy::needless_range_loop)]
         for kk in 1..k {
             if FETCH {
                 fetch_row(next, kk, panel);
             }
-            let b = &packed[kk];
-            for (acc, x) in acc.iter_mut().zip(&xs) {
-                let x = simd.splat_f32s(x[kk]);
-                acc[0] = simd.mul_add_f32s(x, b[0], acc[0]);
-                acc[1] = simd.mul_add_f32s(x, b[1], acc[1]);
-            }
+            step::<S, R>(simd, &mut acc, &xs, &packed[kk], kk);
         }
     }
     for (r, (acc, row)) in acc.iter().zip(rows.iter_mut()).enumerate() {
@@ -673,8 +672,7 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     }
 }
 
-/// One step of a spread tile ([`SPREAD_ROWS`]): row `kk` of the panel, `b`, times input
-/// `kk` of each row.
+/// One step of a tile: row `kk` of the panel, `b`, times input `kk` of each row.
 #[inline(always)]
 fn step<S: pulp::Simd, const R: usize>(
     simd: S,
