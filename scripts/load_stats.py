@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Figures of one chaos scenario from `inferencehub-dev load --csv`: requests, failures,
-failures later than GRACE ms after the fault, p99 before the fault and over the run's
-last 5 seconds (where latency has had time to return to normal), the longest answer after
+"""Figures of one chaos scenario from `inferencehub-bench load --csv`: requests, failures,
+failures later than GRACE ms after the fault, p99 of the requests answered before the fault
+(a request sent just before it may be caught by it, and would count as "before" by its
+start) and over the run's last 5 seconds (where latency has had time to return to normal), the longest answer after
 the grace; with a window (FROM_MS TO_MS, e.g. a model swap), the p99 of the requests sent
 in it. Prints one JSON object.
 
@@ -24,7 +25,7 @@ def main():
     rows = list(csv.DictReader(open(path)))
     ok = lambda r: 200 <= int(r["status"]) < 300
     lat = lambda rs: [float(r["latency_ms"]) for r in rs]
-    before = [r for r in rows if float(r["start_ms"]) < fault_ms]
+    before = [r for r in rows if float(r["start_ms"]) + float(r["latency_ms"]) < fault_ms]
     after = [r for r in rows if float(r["start_ms"]) >= fault_ms + grace_ms]
     failed = [r for r in rows if not ok(r)]
     end = max((float(r["start_ms"]) for r in rows), default=0.0)
