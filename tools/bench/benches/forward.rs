@@ -173,6 +173,15 @@ struct Cell {
     ids: Vec<Vec<u32>>,
 }
 
+/// The cell labelled `label` (as the table prints it, e.g. `8 x 128`), for the modes that
+/// time one or a few cells.
+fn cell_named<'a>(cells: &'a [Cell], label: &str) -> &'a Cell {
+    cells.iter().find(|c| c.label == label).unwrap_or_else(|| {
+        let names: Vec<&str> = cells.iter().map(|c| c.label.as_str()).collect();
+        panic!("no cell {label:?}; the cells: {names:?}")
+    })
+}
+
 struct Measured {
     label: String,
     ort: f64,
@@ -352,10 +361,7 @@ async fn main() {
     });
     // IHUB_BENCH_ONLY=<label> times one cell alone, repeatedly (for profiling).
     if let Ok(only) = std::env::var("IHUB_BENCH_ONLY") {
-        let cell = cells
-            .iter()
-            .find(|c| c.label == only)
-            .expect("no such cell");
+        let cell = cell_named(&cells, &only);
         let started = Instant::now();
         let mut reps = 0;
         while started.elapsed() < Duration::from_secs(20) {
@@ -373,10 +379,7 @@ async fn main() {
     // files, no gRPC (a quick same-run check while working on one cell).
     if let Ok(only) = std::env::var("IHUB_BENCH_CELLS") {
         for label in only.split(',') {
-            let cell = cells
-                .iter()
-                .find(|c| c.label == label)
-                .expect("no such cell");
+            let cell = cell_named(&cells, label);
             let r = measure(cell, &mut ort, &worker, None);
             println!(
                 "{}: ONNX Runtime {:.1}, worker {:.1} sentences/s ({:.2}x)",
@@ -393,10 +396,7 @@ async fn main() {
     // sentences/s and of the round-by-round ratio (on a busy machine the best rounds and
     // the typical ones can tell different stories).
     if let Ok(label) = std::env::var("IHUB_BENCH_DIST") {
-        let cell = cells
-            .iter()
-            .find(|c| c.label == label)
-            .expect("no such cell");
+        let cell = cell_named(&cells, &label);
         println!("{}", distribution(cell, &mut ort, &worker));
         return;
     }
