@@ -411,10 +411,23 @@ impl pulp::WithSimd for Product<'_, '_> {
 /// `m` rows cut into register tiles on an instruction set of `lanes` lanes: as few blocks
 /// as hold [`tile_rows`] rows each, their heights differing by one at most (16 rows on
 /// AVX-512: 8 + 8, not 12 + 4; 128 on AVX2: 18 blocks of 6 and 4 of 5, not 21 of 6 and one
-/// of 2, whose 4 accumulators cannot keep both FMA units busy).
+/// of 2, whose 4 accumulators cannot keep both FMA units busy), the taller ones last.
+///
+/// Each block's bounds are counted on from the last, not divided out: two divisions a block
+/// cost the attention's products, whose tiles run only 32 steps (one layer at 8 × 128 on a
+/// Zen 3 EPYC, one thread, both forms in turn: queries times keys 1,933 → 1,816 µs).
 fn blocks(m: usize, lanes: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     let count = m.div_ceil(tile_rows(lanes));
-    (0..count).map(move |i| i * m / count..(i + 1) * m / count)
+    let (short, taller) = match count {
+        0 => (0, 0),
+        _ => (m / count, m % count),
+    };
+    let mut start = 0;
+    (0..count).map(move |i| {
+        let height = short + usize::from(i >= count - taller);
+        start += height;
+        start - height..start
+    })
 }
 
 /// A packed matrix as the tiles read it (a [`PackedMatrix`], or one packed on the fly).

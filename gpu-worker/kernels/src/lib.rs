@@ -18,7 +18,7 @@ pub mod reference;
 
 pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
-pub use math::{erf, exp, exp_simd, gelu, gelu_simd};
+pub use math::{erf, exp, exp_simd, exp2_nonpositive, exp2_nonpositive_simd, gelu, gelu_simd};
 pub use ops::{Norm, attention, embed, layer_norm_rows};
 pub use pool::pass;
 /// The SIMD abstraction [`Isa::run`] takes a kernel in, for callers that write one of their

@@ -18,6 +18,19 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 const ROUND_MAGIC: f32 = 12_582_912.0;
 /// n + 127 + 2^23 holds n + 127 in its mantissa bits.
 const EXPONENT_MAGIC: f32 = 127.0 + 8_388_608.0;
+/// 2^f on |f| ≤ 1/2, highest degree first (Horner order): e^(f ln 2)'s Taylor terms to
+/// degree 6, (ln 2)^i / i! — [`EXP_POLY`] with its argument in base 2.
+const EXP2_POLY: [f32; 7] = [
+    1.540_353e-4,
+    1.333_355_8e-3,
+    9.618_129e-3,
+    5.550_411e-2,
+    0.240_226_5,
+    std::f32::consts::LN_2,
+    1.0,
+];
+/// Below this, [`exp2_nonpositive`] gives 2^this (the smallest normal f32).
+const EXP2_FLOOR: f32 = -126.0;
 /// erf(z) = z · P(z²) / Q(z²) on |z| < [`ERF_SATURATES`], both of degree 5 in z²,
 /// coefficients lowest degree first (Q's constant is 1); ±1 from there on. Fitted for this
 /// crate by `scripts/fit-erf.py` (least squares, reweighted towards the smallest largest
@@ -63,6 +76,35 @@ pub fn exp(x: f32) -> f32 {
     // float-to-int cast).
     let bits = ((n + EXPONENT_MAGIC).to_bits() & 0x007f_ffff) << 23;
     p * f32::from_bits(bits)
+}
+
+/// `2^t` for `t ≤ 0` (a softmax's exponent, its maximum subtracted) within about 2e-7
+/// relative, branch-free: `t = n + f` with `n` the nearest integer, `2^f` by a degree-6
+/// polynomial on |f| ≤ 1/2, and `n` added to its exponent bits — fewer steps than [`exp`]
+/// (no split of ln 2, no clamp above). Below -126, 2^-126; above 0 it is not defined.
+#[inline(always)]
+pub fn exp2_nonpositive(t: f32) -> f32 {
+    let t = t.max(EXP2_FLOOR);
+    let shifted = t + ROUND_MAGIC;
+    let f = t - (shifted - ROUND_MAGIC);
+    let p = EXP2_POLY[1..].iter().fold(EXP2_POLY[0], |p, &c| p * f + c);
+    // n's two's complement in the low mantissa bits of `shifted`, moved into the exponent
+    // field: p · 2^n (p is in [0.7, 1.5), so for n ≥ -126 the exponent stays positive).
+    f32::from_bits(p.to_bits().wrapping_add(shifted.to_bits() << 23))
+}
+
+/// [`exp2_nonpositive`], a vector at a time (inside a kernel's `with_simd`).
+#[inline(always)]
+pub fn exp2_nonpositive_simd<S: pulp::Simd>(s: S, t: S::f32s) -> S::f32s {
+    let t = s.max_f32s(t, s.splat_f32s(EXP2_FLOOR));
+    let shifted = s.add_f32s(t, s.splat_f32s(ROUND_MAGIC));
+    let f = s.sub_f32s(t, s.sub_f32s(shifted, s.splat_f32s(ROUND_MAGIC)));
+    let mut p = s.splat_f32s(EXP2_POLY[0]);
+    for &c in &EXP2_POLY[1..] {
+        p = s.mul_add_f32s(p, f, s.splat_f32s(c));
+    }
+    let exponent = s.wrapping_dyn_shl_u32s(pulp::cast(shifted), s.splat_u32s(23));
+    pulp::cast(s.add_u32s(pulp::cast(p), exponent))
 }
 
 /// `c₀ + c₁t + … + c₅t⁵` in pairs (Estrin's scheme), with `t2 = t²`.

@@ -26,6 +26,23 @@ impl pulp::WithSimd for VectorMath {
 
 use inferencehub_kernels::reference::test_values as values;
 
+/// [`exp2_nonpositive_simd`] over `ts`, on one instruction set; the tail that is not a whole
+/// vector by the scalar [`exp2_nonpositive`].
+struct VectorExp2(Vec<f32>);
+
+impl pulp::WithSimd for VectorExp2 {
+    type Output = Vec<f32>;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> Self::Output {
+        let mut e = self.0;
+        let (head, tail) = S::as_mut_simd_f32s(&mut e);
+        head.iter_mut()
+            .for_each(|v| *v = exp2_nonpositive_simd(simd, *v));
+        tail.iter_mut().for_each(|v| *v = exp2_nonpositive(*v));
+        e
+    }
+}
+
 fn norm(h: usize) -> Norm {
     Norm {
         gamma: values(h, 7, 1.5),
@@ -107,6 +124,30 @@ fn exp_erf_and_gelu_match_the_reference() {
             );
         }
     }
+}
+
+#[test]
+fn the_softmax_exponent_matches_the_reference() {
+    // 0 down to -130 in steps of 1/64 (the rounding's halfway points among them), -∞, and a
+    // length that leaves a scalar tail on every instruction set.
+    let mut ts: Vec<f32> = (0..=130 * 64).map(|i| -(i as f32) / 64.0).collect();
+    ts.extend([f32::NEG_INFINITY, -1e30, -0.0]);
+    let mut worst_error = 0f64;
+    for isa in Isa::all() {
+        let got = isa.run(VectorExp2(ts.clone()));
+        for (&t, e) in ts
+            .iter()
+            .zip(got)
+            .chain(ts.iter().map(|t| (t, exp2_nonpositive(*t))))
+        {
+            // Below -126, 2^-126 (the smallest normal f32): 0 for a softmax's purposes.
+            let want = f64::from(t.max(-126.0)).exp2();
+            let error = (f64::from(e) - want).abs() / want;
+            worst_error = worst_error.max(error);
+            assert!(error < 3e-7, "{}: 2^{t} = {e:e}, want {want:e}", isa.name());
+        }
+    }
+    eprintln!("exp2_nonpositive: worst relative error {worst_error:e}");
 }
 
 #[test]
