@@ -3,8 +3,8 @@
 failures later than GRACE ms after the fault, p99 of the requests answered before the fault
 (a request sent just before it may be caught by it, and would count as "before" by its
 start) and over the run's last 5 seconds (where latency has had time to return to normal),
-the longest answer after the grace; with a window (FROM_MS TO_MS, e.g. a model swap), the p99 of the requests sent
-in it. Prints one JSON object.
+the longest answer after the grace; with a window (FROM_MS TO_MS, e.g. a model swap), the
+p99 of the requests sent in it. Prints one JSON object.
 
 usage: load_stats.py CSV FAULT_MS GRACE_MS [FROM_MS TO_MS]"""
 import csv

@@ -200,16 +200,17 @@ impl pulp::WithSimd for Attend<'_, '_> {
         let (vp, rest) = rest.split_at_mut(sizes[1]);
         let (zeros, rest) = rest.split_at_mut(sizes[2]);
         let (inverse_sums, scores) = rest.split_at_mut(sizes[3]);
-        // Kᵀ's panels; the last panel's columns past `n` stay zero.
-        if !n.is_multiple_of(panel) {
-            kt[(key_panels - 1) * d * panel..].fill(0.0);
-        }
-        // Eight keys by eight columns at a time, each block transposed in registers, where
-        // the instruction set has the shuffles (AVX); else a panel's keys sliced once, then
-        // its rows filled one column of Kᵀ at a time (a key at a time, or with each
-        // element's row sliced anew, ran 5–10 % slower).
+        // Kᵀ's panels, the last panel's columns past `n` zero: eight keys by eight columns
+        // at a time, each block transposed in registers, where the instruction set has the
+        // shuffles (AVX; the blocks past `n` are written as zeros); else the last panel
+        // zeroed, then a panel's keys sliced once and its rows filled one column of Kᵀ at
+        // a time (a key at a time, or with each element's row sliced anew, ran 5–10 %
+        // slower).
         let keys_at = rows.start * stride + ko;
         if !fill_keys_by_blocks(simd, kt, &qkv[keys_at..], stride, d, n, panel) {
+            if !n.is_multiple_of(panel) {
+                kt[(key_panels - 1) * d * panel..].fill(0.0);
+            }
             let mut keys = [&qkv[..0]; MAX_PANEL];
             for (p, kt) in kt.chunks_exact_mut(d * panel).enumerate() {
                 let keys = &mut keys[..panel.min(n - p * panel)];
@@ -363,10 +364,9 @@ fn layer_norm<S: pulp::Simd>(simd: S, row: &mut [f32], norm: &Norm) {
 /// `row[i] = e^((row[i] - max) · scale)`, returning their sum (the caller divides by it
 /// later); `row` is whole vectors long (padding set to -∞ gives 0, or as good as: 2^-126).
 ///
-/// The exponent is taken in base 2, `2^((row[i] - max) · scale · log2 e)`, from one
-/// multiply-add: no split of ln 2 in two to keep `n · ln 2` exact, and no clamp above, the
-/// argument being at most 0; two vectors a step. A Zen 3 EPYC, one layer's attention at
-/// 8 × 128, one thread: the softmax was 20.6 % of it with
+/// The exponent is taken in base 2, `2^((row[i] - max) · scale · log2 e)` from one
+/// multiply-add, by [`exp2_nonpositive_simd`]; two vectors a step. A Zen 3 EPYC, one layer's
+/// attention at 8 × 128, one thread: the softmax was 20.6 % of it with
 /// [`exp_simd`](super::math::exp_simd) (about 45 instructions a vector, 14 of them register
 /// moves among its constants), 14–16 % so (24 a vector); the same error against the f64
 /// reference (9.5e-7, was 1.1e-6).
