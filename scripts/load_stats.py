@@ -20,6 +20,8 @@ def p99(values):
 
 
 def main():
+    if len(sys.argv) not in (4, 6):
+        sys.exit(__doc__.splitlines()[-1])
     path, fault_ms, grace_ms = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     window = tuple(map(float, sys.argv[4:6])) if len(sys.argv) >= 6 else None
     rows = list(csv.DictReader(open(path)))
