@@ -57,14 +57,12 @@ fn its_int8_copy_answers_like_onnx_runtime_does() {
     // However the CPU multiplies, the quantised copy answers close to the fp32 model.
     let fp32 = text_expected(&fixtures().join("bert-onnx"));
     for (case, reference) in here.cases.iter().zip(&fp32.cases) {
-        let worst = case
-            .logits
-            .iter()
-            .zip(&reference.logits)
-            .map(|(a, b)| (a - b).abs())
-            // A NaN is the worst error (`f32::max` would skip it).
-            .map(|e| if e.is_nan() { f32::INFINITY } else { e })
-            .fold(0.0, f32::max);
+        let worst = inferencehub_devkit::largest_error(
+            case.logits
+                .iter()
+                .zip(&reference.logits)
+                .map(|(a, b)| (a - b).abs()),
+        );
         assert!(
             worst < 0.5,
             "{:?}: int8 {:?} vs fp32 {:?}",

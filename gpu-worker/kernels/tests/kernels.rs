@@ -51,7 +51,6 @@ fn norm(h: usize) -> Norm {
     }
 }
 
-/// Largest |a - b| / max(1, |b|).
 /// The largest error of `a` against `b`, relative where `|b| > 1`; infinite where a value is
 /// NaN (`f32::max` would skip it, and an output left unwritten — the tests fill them with
 /// NaN — would pass).

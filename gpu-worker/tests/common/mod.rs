@@ -460,13 +460,9 @@ pub fn check_text_fixture(
             (&one, alone, "alone"),
             (&batch[i].row, batched, "in a batch"),
         ] {
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).abs())
-                // A NaN is the worst error (`f32::max` would skip it).
-                .map(|e| if e.is_nan() { f32::INFINITY } else { e })
-                .fold(0.0, f32::max);
+            let worst = inferencehub_devkit::largest_error(
+                got.iter().zip(&want).map(|(g, w)| (g - w).abs()),
+            );
             assert!(
                 worst < tolerance,
                 "{name} {how}: {:?} gave {got:?}, expected {want:?} ({worst:e})",

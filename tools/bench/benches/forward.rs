@@ -271,14 +271,12 @@ fn check_embeddings(ort: &mut Ort, worker: &BertBody, ids: &[Vec<u32>]) -> f32 {
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    let diff = want
-        .iter()
-        .flatten()
-        .zip(got.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        // A NaN is the worst error (`f32::max` would skip it).
-        .map(|e| if e.is_nan() { f32::INFINITY } else { e })
-        .fold(0f32, f32::max);
+    let diff = inferencehub_devkit::largest_error(
+        want.iter()
+            .flatten()
+            .zip(got.iter().flatten())
+            .map(|(a, b)| (a - b).abs()),
+    );
     assert!(
         diff <= 1e-4,
         "the ONNX graph and the worker disagree by {diff}: fix the graph before timing"

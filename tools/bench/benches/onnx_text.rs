@@ -86,13 +86,11 @@ async fn main() {
         .into_iter()
         .map(|o| o.row)
         .collect::<Vec<_>>();
-    let worst = a
-        .iter()
-        .zip(&b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        // A NaN is the worst error (`f32::max` would skip it).
-        .map(|e| if e.is_nan() { f32::INFINITY } else { e })
-        .fold(0.0f32, f32::max);
+    let worst = inferencehub_devkit::largest_error(
+        a.iter()
+            .zip(&b)
+            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())),
+    );
     assert!(
         worst < 1e-4,
         "the export and the checkpoint disagree by {worst}"

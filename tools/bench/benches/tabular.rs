@@ -94,13 +94,11 @@ async fn main() {
         ort1.call(json!({"cmd": "predict", "rows": check}))["probabilities"].clone(),
     )
     .unwrap();
-    let worst = ours
-        .iter()
-        .zip(&theirs)
-        .flat_map(|(a, b)| a.row.iter().zip(b).map(|(x, y)| (x - y).abs()))
-        // A NaN is the worst error (`f32::max` would skip it).
-        .map(|e| if e.is_nan() { f32::INFINITY } else { e })
-        .fold(0.0f32, f32::max);
+    let worst = inferencehub_devkit::largest_error(
+        ours.iter()
+            .zip(&theirs)
+            .flat_map(|(a, b)| a.row.iter().zip(b).map(|(x, y)| (x - y).abs())),
+    );
     assert!(
         worst < 1e-5,
         "the worker and ONNX Runtime disagree by {worst}"

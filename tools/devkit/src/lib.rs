@@ -2,7 +2,8 @@
 //! mTLS certificates ([`certs`]), development JWT signing keys and tokens ([`keys`]), a
 //! local DynamoDB-compatible server and its table ([`dynamo`]), a local Secrets Manager
 //! ([`secrets`]), a fault-injecting TCP proxy ([`proxy`]), and an in-process HTTP
-//! server in front of the Lambda handlers ([`http`]).
+//! server in front of the Lambda handlers ([`http`]); and [`largest_error`], for the checks
+//! that compare an engine's numbers with a reference's.
 //!
 //! It depends on neither serving crate, so their own tests can use it without compiling
 //! the other half (the functions' tests build no candle).
@@ -14,6 +15,15 @@ pub mod keys;
 pub mod proxy;
 pub mod secrets;
 pub mod tls_front;
+
+/// The largest of `errors`, a NaN counting as infinite: `f32::max` skips a NaN, so a model
+/// answering NaN would pass a check folded with it.
+pub fn largest_error(errors: impl IntoIterator<Item = f32>) -> f32 {
+    errors
+        .into_iter()
+        .map(|e| if e.is_nan() { f32::INFINITY } else { e })
+        .fold(0.0, f32::max)
+}
 
 /// A free loopback TCP port (bound, then released for a server to take).
 pub(crate) fn free_port() -> std::io::Result<u16> {
@@ -39,4 +49,16 @@ pub(crate) async fn wait_listening(
     tokio::time::timeout(within, ready)
         .await
         .map_err(|_| anyhow::anyhow!("{what} did not listen within {} s", within.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest_error;
+
+    #[test]
+    fn the_largest_error_is_the_largest_and_a_nan_is_infinite() {
+        assert_eq!(largest_error([0.5, 2.0, 1.0]), 2.0);
+        assert_eq!(largest_error([]), 0.0);
+        assert_eq!(largest_error([0.5, f32::NAN, 1.0]), f32::INFINITY);
+    }
 }
