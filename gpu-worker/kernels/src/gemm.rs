@@ -11,7 +11,10 @@
 //!   0.95–1.14 — level, and not kept.)
 //! - **Register tiles.** A tile of up to [`tile_rows`] rows by one panel is accumulated in
 //!   registers over the whole of `k` (two accumulators per row: 24 independent FMA chains
-//!   on AVX-512), each step one broadcast per row and two vector loads of the panel.
+//!   on AVX-512), each step one broadcast per row and two vector loads of the panel. On
+//!   AVX-512 the tiles of more than [`SPREAD_ROWS`] rows, and those fetching ahead, run
+//!   their loop in assembly ([`tile_avx512`]: the form the optimiser would not keep;
+//!   MiniLM-L6's products at 128 and 1,024 rows 6–9 % faster on an Intel Xeon).
 //! - **Epilogue in registers.** Bias, GELU or the residual are applied to the accumulators
 //!   before they are stored: the product's output is written once and never read back by a
 //!   separate pass.
@@ -257,8 +260,9 @@ fn intel_cpu() -> bool {
 /// Runtime in the same process (`IHUB_BENCH_DIST`), two runs each, in turn: the median
 /// round's worker / ONNX Runtime 0.88 and 0.92 → 0.94 and 0.96, the 25th percentile 0.78
 /// and 0.85 → 0.87 and 0.92, the best round level (1 × short: median 1.32 → 1.43, no loss).
-/// The fetching tiles and the 12-row AVX-512 tiles keep the derived addresses: twelve
-/// row registers, or the prefetch's, leave too few for the loop's own.
+/// The fetching AVX2 tiles keep the derived addresses (the prefetch's registers leave too
+/// few); so would the 7–12-row AVX-512 tiles (twelve row registers spilled the
+/// accumulators), which [`tile_avx512`] runs instead.
 const SPREAD_ROWS: usize = 6;
 
 /// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
@@ -634,10 +638,33 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     } else {
         &next[..0]
     };
-    // The first step multiplies rather than adding to zeros: every accumulator is written
-    // before it is read, so none is zero-filled in memory and loaded back.
     let zero = simd.splat_f32s(0.0);
     let mut acc = [[zero; 2]; R];
+    #[cfg(target_arch = "x86_64")]
+    if S::F32_LANES == 16 && (R > SPREAD_ROWS || FETCH) && k >= ASM_MIN_K {
+        let mut sums = [0f32; 12 * MAX_PANEL];
+        // SAFETY: the only 16-lane instruction set the kernels run is `Isa::Avx512`
+        // (pulp's `V4`, which holds AVX-512F); `block` holds `(R - 1) * lda + k` floats
+        // (`xs` above sliced each row to `k` inside it), `packed` `k` rows of a panel, `sums`
+        // twelve rows of one.
+        #[allow(unsafe_code)]
+        unsafe {
+            tile_avx512::<R, FETCH>(
+                block.as_ptr(),
+                4 * lda,
+                packed.as_ptr().cast(),
+                k,
+                next.as_ptr(),
+                sums.as_mut_ptr(),
+            );
+        }
+        for (acc, sums) in acc.iter_mut().zip(sums.chunks_exact(panel)) {
+            *acc = load::<S>(sums);
+        }
+        return finish::<S, R>(simd, acc, rows, store, row0);
+    }
+    // The first step multiplies rather than adding to zeros: every accumulator is written
+    // before it is read, so none is zero-filled in memory and loaded back.
     for (acc, x) in acc.iter_mut().zip(&xs) {
         let x = simd.splat_f32s(x[0]);
         *acc = [
@@ -669,6 +696,18 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
             step::<S, R>(simd, &mut acc, &xs, &packed[kk], kk);
         }
     }
+    finish::<S, R>(simd, acc, rows, store, row0);
+}
+
+/// A tile's sums through the epilogue into its rows.
+#[inline(always)]
+fn finish<S: pulp::Simd, const R: usize>(
+    simd: S,
+    acc: [[S::f32s; 2]; R],
+    rows: &mut [&mut [f32]],
+    store: &Store<'_, S::f32s>,
+    row0: usize,
+) {
     for (r, (acc, row)) in acc.iter().zip(rows.iter_mut()).enumerate() {
         let dst = &mut row[store.col..store.col + store.width];
         let mut v = [
@@ -693,6 +732,147 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
         save::<S>(dst, v);
     }
 }
+
+/// The AVX-512 register tile's accumulation, in assembly: `R` rows (`rows`, `lda_bytes`
+/// apart, `k` floats each) times one panel (`packed`, `k` rows of 32 floats), the sums
+/// stored to `out` (`R` rows of 32); with `FETCH`, the next panel (`next`, as long) is
+/// prefetched a row a step, as [`fetch_row`] does.
+///
+/// The same arithmetic as the generic tile (one FMA per input, `k` in order: the results
+/// are the same bits), in a form the optimiser would not keep. Every row is addressed from
+/// one of four bases (rows 0, 3, 6, 9) plus 0, 1 or 2 row strides, where the optimiser
+/// derived each row's address from the one before, eleven dependent additions a step around
+/// 24 FMAs (on Intel cores scalar additions share ports with the vector units); and two
+/// steps a turn, halving the loop's own work. Written in Rust either way (a register a row,
+/// or two steps a turn), the tile spilled its accumulators to the stack.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `rows` holds `(R - 1) * lda_bytes / 4 + k` floats, `packed`
+/// `32 * k`, `out` `32 * R`; `0 < R <= 12`, `k > 0`. `next` is only prefetched (a hint,
+/// which cannot fault).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn tile_avx512<const R: usize, const FETCH: bool>(
+    rows: *const f32,
+    lda_bytes: usize,
+    packed: *const f32,
+    k: usize,
+    next: *const f32,
+    out: *mut f32,
+) {
+    // One step: the panel's row at `{b}` + `$panel` bytes into two registers, then each row's
+    // input at `$input` bytes past its address broadcast and multiplied into its two
+    // accumulators (row r: zmm(2r), zmm(2r + 1)), assembled for rows below `R` only; the
+    // broadcasts alternate between two registers.
+    macro_rules! step {
+        ($panel:literal, $input:literal, $b0:literal, $b1:literal, $x0:literal, $x1:literal) => {
+            concat!(
+                "vmovups ", $b0, ", [{b}+", $panel, "]\n",
+                "vmovups ", $b1, ", [{b}+", $panel, "+64]\n",
+                step!(@row "0", "{a}", $input, $x0, $b0, $b1, "zmm0", "zmm1"),
+                step!(@row "1", "{a}+{l}", $input, $x1, $b0, $b1, "zmm2", "zmm3"),
+                step!(@row "2", "{a}+{l}*2", $input, $x0, $b0, $b1, "zmm4", "zmm5"),
+                step!(@row "3", "{a3}", $input, $x1, $b0, $b1, "zmm6", "zmm7"),
+                step!(@row "4", "{a3}+{l}", $input, $x0, $b0, $b1, "zmm8", "zmm9"),
+                step!(@row "5", "{a3}+{l}*2", $input, $x1, $b0, $b1, "zmm10", "zmm11"),
+                step!(@row "6", "{a6}", $input, $x0, $b0, $b1, "zmm12", "zmm13"),
+                step!(@row "7", "{a6}+{l}", $input, $x1, $b0, $b1, "zmm14", "zmm15"),
+                step!(@row "8", "{a6}+{l}*2", $input, $x0, $b0, $b1, "zmm16", "zmm17"),
+                step!(@row "9", "{a9}", $input, $x1, $b0, $b1, "zmm18", "zmm19"),
+                step!(@row "10", "{a9}+{l}", $input, $x0, $b0, $b1, "zmm20", "zmm21"),
+                step!(@row "11", "{a9}+{l}*2", $input, $x1, $b0, $b1, "zmm22", "zmm23"),
+            )
+        };
+        (@row $r:literal, $at:literal, $input:literal, $x:literal, $b0:literal, $b1:literal,
+         $acc0:literal, $acc1:literal) => {
+            concat!(
+                ".if {rows} > ", $r, "\n",
+                "vbroadcastss ", $x, ", [", $at, "+", $input, "]\n",
+                "vfmadd231ps ", $acc0, ", ", $x, ", ", $b0, "\n",
+                "vfmadd231ps ", $acc1, ", ", $x, ", ", $b1, "\n",
+                ".endif\n",
+            )
+        };
+    }
+    // SAFETY: the caller's contract (above): every load is inside `rows` or `packed`, every
+    // store inside `out`; the prefetches are hints.
+    unsafe {
+        std::arch::asm!(
+            // The accumulators zeroed.
+            "vpxord zmm0, zmm0, zmm0",
+            ".irp acc, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23",
+            "vmovaps zmm\\acc, zmm0",
+            ".endr",
+            // Rows 3, 6 and 9: the other bases.
+            "lea {a3}, [{a}+{l}*2]", "add {a3}, {l}",
+            "lea {a6}, [{a3}+{l}*2]", "add {a6}, {l}",
+            "lea {a9}, [{a6}+{l}*2]", "add {a9}, {l}",
+            "mov {n}, {k}", "shr {n}, 1", "jz 3f",
+            // Two steps a turn: inputs kk and kk + 1, the panel's rows kk and kk + 1.
+            "2:",
+            step!("0", "0", "zmm24", "zmm25", "zmm26", "zmm27"),
+            step!("128", "4", "zmm28", "zmm29", "zmm30", "zmm31"),
+            ".if {fetch}",
+            "prefetcht1 [{next}]", "prefetcht1 [{next}+64]",
+            "prefetcht1 [{next}+128]", "prefetcht1 [{next}+192]",
+            "add {next}, 256",
+            ".endif",
+            "add {a}, 8", "add {a3}, 8", "add {a6}, 8", "add {a9}, 8", "add {b}, 256",
+            "dec {n}", "jnz 2b",
+            // An odd k's last step.
+            "3:",
+            "test {k}, 1", "jz 4f",
+            step!("0", "0", "zmm24", "zmm25", "zmm26", "zmm27"),
+            ".if {fetch}", "prefetcht1 [{next}]", "prefetcht1 [{next}+64]", ".endif",
+            // The sums out, row by row.
+            "4:",
+            "vmovups [{out}], zmm0", "vmovups [{out}+64], zmm1",
+            ".if {rows} > 1", "vmovups [{out}+128], zmm2", "vmovups [{out}+192], zmm3", ".endif",
+            ".if {rows} > 2", "vmovups [{out}+256], zmm4", "vmovups [{out}+320], zmm5", ".endif",
+            ".if {rows} > 3", "vmovups [{out}+384], zmm6", "vmovups [{out}+448], zmm7", ".endif",
+            ".if {rows} > 4", "vmovups [{out}+512], zmm8", "vmovups [{out}+576], zmm9", ".endif",
+            ".if {rows} > 5", "vmovups [{out}+640], zmm10", "vmovups [{out}+704], zmm11", ".endif",
+            ".if {rows} > 6", "vmovups [{out}+768], zmm12", "vmovups [{out}+832], zmm13", ".endif",
+            ".if {rows} > 7", "vmovups [{out}+896], zmm14", "vmovups [{out}+960], zmm15", ".endif",
+            ".if {rows} > 8", "vmovups [{out}+1024], zmm16", "vmovups [{out}+1088], zmm17", ".endif",
+            ".if {rows} > 9", "vmovups [{out}+1152], zmm18", "vmovups [{out}+1216], zmm19", ".endif",
+            ".if {rows} > 10", "vmovups [{out}+1280], zmm20", "vmovups [{out}+1344], zmm21", ".endif",
+            ".if {rows} > 11", "vmovups [{out}+1408], zmm22", "vmovups [{out}+1472], zmm23", ".endif",
+            rows = const R,
+            fetch = const FETCH as usize,
+            a = inout(reg) rows => _,
+            a3 = out(reg) _,
+            a6 = out(reg) _,
+            a9 = out(reg) _,
+            l = in(reg) lda_bytes,
+            b = inout(reg) packed => _,
+            next = inout(reg) next => _,
+            k = in(reg) k,
+            n = out(reg) _,
+            out = in(reg) out,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+            out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+            out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+            out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+            options(nostack),
+        );
+    }
+}
+
+/// Inputs (`k`) from which an AVX-512 tile runs [`tile_avx512`]: its sums pass through
+/// memory to the epilogue (24 vector stores and loads a tile), which a short tile does not
+/// repay. One layer's attention on a 2-core Xeon (family 6, model 167), three rounds each
+/// way in turn: with every tile in assembly the queries-times-keys products (32 inputs,
+/// one head's width) made 8 × 128 1,302–1,342 → 1,346–1,391 µs and 32 × 12 351–367 →
+/// 375–405; from 64 inputs, 1,305–1,321 and 342–368 (the weights-times-scores products of
+/// 128-token sequences in assembly, the rest as before).
+const ASM_MIN_K: usize = 64;
 
 /// One step of a tile: row `kk` of the panel, `b`, times input `kk` of each row.
 #[inline(always)]
