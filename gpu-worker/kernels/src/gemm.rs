@@ -14,7 +14,7 @@
 //!   on AVX-512), each step one broadcast per row and two vector loads of the panel. On
 //!   AVX-512 the tiles of more than [`SPREAD_ROWS`] rows, and those fetching ahead, run
 //!   their loop in assembly ([`tile_avx512`]: the form the optimiser would not keep;
-//!   MiniLM-L6's products at 128 and 1,024 rows 6–9 % faster on an Intel Xeon).
+//!   MiniLM-L6's products at 128 and 1,024 rows 6–10 % faster on an Intel Xeon).
 //! - **Epilogue in registers.** Bias, GELU or the residual are applied to the accumulators
 //!   before they are stored: the product's output is written once and never read back by a
 //!   separate pass.
@@ -788,7 +788,7 @@ unsafe fn tile_avx512<const R: usize, const FETCH: bool>(
         (@row $r:literal, $at:literal, $input:literal, $x:literal, $b0:literal, $b1:literal,
          $acc0:literal, $acc1:literal) => {
             concat!(
-                ".if {rows} > ", $r, "\n",
+                ".if {height} > ", $r, "\n",
                 "vbroadcastss ", $x, ", [", $at, "+", $input, "]\n",
                 "vfmadd231ps ", $acc0, ", ", $x, ", ", $b0, "\n",
                 "vfmadd231ps ", $acc1, ", ", $x, ", ", $b1, "\n",
@@ -829,18 +829,18 @@ unsafe fn tile_avx512<const R: usize, const FETCH: bool>(
             // The sums out, row by row.
             "4:",
             "vmovups [{out}], zmm0", "vmovups [{out}+64], zmm1",
-            ".if {rows} > 1", "vmovups [{out}+128], zmm2", "vmovups [{out}+192], zmm3", ".endif",
-            ".if {rows} > 2", "vmovups [{out}+256], zmm4", "vmovups [{out}+320], zmm5", ".endif",
-            ".if {rows} > 3", "vmovups [{out}+384], zmm6", "vmovups [{out}+448], zmm7", ".endif",
-            ".if {rows} > 4", "vmovups [{out}+512], zmm8", "vmovups [{out}+576], zmm9", ".endif",
-            ".if {rows} > 5", "vmovups [{out}+640], zmm10", "vmovups [{out}+704], zmm11", ".endif",
-            ".if {rows} > 6", "vmovups [{out}+768], zmm12", "vmovups [{out}+832], zmm13", ".endif",
-            ".if {rows} > 7", "vmovups [{out}+896], zmm14", "vmovups [{out}+960], zmm15", ".endif",
-            ".if {rows} > 8", "vmovups [{out}+1024], zmm16", "vmovups [{out}+1088], zmm17", ".endif",
-            ".if {rows} > 9", "vmovups [{out}+1152], zmm18", "vmovups [{out}+1216], zmm19", ".endif",
-            ".if {rows} > 10", "vmovups [{out}+1280], zmm20", "vmovups [{out}+1344], zmm21", ".endif",
-            ".if {rows} > 11", "vmovups [{out}+1408], zmm22", "vmovups [{out}+1472], zmm23", ".endif",
-            rows = const R,
+            ".if {height} > 1", "vmovups [{out}+128], zmm2", "vmovups [{out}+192], zmm3", ".endif",
+            ".if {height} > 2", "vmovups [{out}+256], zmm4", "vmovups [{out}+320], zmm5", ".endif",
+            ".if {height} > 3", "vmovups [{out}+384], zmm6", "vmovups [{out}+448], zmm7", ".endif",
+            ".if {height} > 4", "vmovups [{out}+512], zmm8", "vmovups [{out}+576], zmm9", ".endif",
+            ".if {height} > 5", "vmovups [{out}+640], zmm10", "vmovups [{out}+704], zmm11", ".endif",
+            ".if {height} > 6", "vmovups [{out}+768], zmm12", "vmovups [{out}+832], zmm13", ".endif",
+            ".if {height} > 7", "vmovups [{out}+896], zmm14", "vmovups [{out}+960], zmm15", ".endif",
+            ".if {height} > 8", "vmovups [{out}+1024], zmm16", "vmovups [{out}+1088], zmm17", ".endif",
+            ".if {height} > 9", "vmovups [{out}+1152], zmm18", "vmovups [{out}+1216], zmm19", ".endif",
+            ".if {height} > 10", "vmovups [{out}+1280], zmm20", "vmovups [{out}+1344], zmm21", ".endif",
+            ".if {height} > 11", "vmovups [{out}+1408], zmm22", "vmovups [{out}+1472], zmm23", ".endif",
+            height = const R,
             fetch = const FETCH as usize,
             a = inout(reg) rows => _,
             a3 = out(reg) _,
@@ -872,6 +872,7 @@ unsafe fn tile_avx512<const R: usize, const FETCH: bool>(
 /// one head's width) made 8 × 128 1,302–1,342 → 1,346–1,391 µs and 32 × 12 351–367 →
 /// 375–405; from 64 inputs, 1,305–1,321 and 342–368 (the weights-times-scores products of
 /// 128-token sequences in assembly, the rest as before).
+#[cfg(target_arch = "x86_64")]
 const ASM_MIN_K: usize = 64;
 
 /// One step of a tile: row `kk` of the panel, `b`, times input `kk` of each row.

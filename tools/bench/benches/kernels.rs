@@ -9,7 +9,8 @@
 //! 42 MB of weights, so that small batches stream them from memory as the model does) on 1
 //! to 1,024 rows of input, each instruction set in turn within a round, best of the rounds;
 //! every path's output is first checked against the plain f64 reference. Threads: the
-//! rayon pool's (`RAYON_NUM_THREADS`, by default every core).
+//! rayon pool's (`RAYON_NUM_THREADS`, by default every core); each pass runs inside
+//! [`kernels::pass`], as in the worker.
 //!
 //! Under the table, the FMA peak of the same threads on each path, measured with no memory
 //! touched, and the share of it the products reach at 128 and 1,024 rows: what a change to
@@ -205,13 +206,13 @@ fn attention_table(isas: &[Isa], names: &[&str], threads: usize) -> String {
         }
         let flops = (4 * sequences * tokens * tokens * HIDDEN) as f64;
         let calls = calls_for(0.1, 3, 5_000, || {
-            kernels::attention(isas[0], &mut context, &qkv, &offsets, HEADS)
+            kernels::pass(|| kernels::attention(isas[0], &mut context, &qkv, &offsets, HEADS))
         });
         let mut best = vec![f64::INFINITY; isas.len()];
         for _ in 0..ROUNDS {
             for (j, &isa) in isas.iter().enumerate() {
                 let s = per_call(calls, || {
-                    kernels::attention(isa, &mut context, &qkv, &offsets, HEADS)
+                    kernels::pass(|| kernels::attention(isa, &mut context, &qkv, &offsets, HEADS))
                 });
                 best[j] = best[j].min(s);
             }
@@ -312,10 +313,16 @@ fn main() {
         "checked {} against the f64 reference; timing on {threads} threads ({cpu})",
         names.join(", ")
     );
+    // Inside `kernels::pass`, as the worker runs a model: each product's tasks start on the
+    // pool's threads at once. Called from this thread, outside the pool, every product
+    // handed its tasks to the pool and waited for them (24 hand-offs a pass, tens of
+    // microseconds each on a virtual machine), which a batch of a few rows felt most.
     let pass = |model: &[Layer], buffers: &mut Buffers| {
-        for l in model {
-            layer(l, buffers);
-        }
+        kernels::pass(|| {
+            for l in model {
+                layer(l, buffers);
+            }
+        });
     };
     // gflops[row][isa]
     let mut gflops = vec![vec![0f64; models.len()]; ROWS.len()];
