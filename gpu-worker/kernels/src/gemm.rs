@@ -642,6 +642,9 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
     let mut acc = [[zero; 2]; R];
     #[cfg(target_arch = "x86_64")]
     if S::F32_LANES == 16 && (R > SPREAD_ROWS || FETCH) && k >= ASM_MIN_K {
+        // A buffer of its own, not `acc`: with `acc`'s address taken, the compiled loop
+        // below (the same function, for tiles under `ASM_MIN_K` inputs) kept its
+        // accumulators in memory too — the attention's queries × keys ran at half speed.
         let mut sums = [0f32; 12 * MAX_PANEL];
         // SAFETY: the only 16-lane instruction set the kernels run is `Isa::Avx512`
         // (pulp's `V4`, which holds AVX-512F); `block` holds `(R - 1) * lda + k` floats
