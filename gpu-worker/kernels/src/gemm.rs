@@ -25,12 +25,12 @@
 //!   block of rows at a time (the block's inputs stay in L1 while the panels stream past;
 //!   panel by panel, each block's inputs were read again from L2 for every panel).
 //! - **Weights fetched ahead (AVX2; AVX-512 on Intel).** While the first block of rows
-//!   multiplies a panel, the next panel's rows are prefetched into L2, one line a step: with
-//!   few rows (a batch of one short sentence) the weights stream from memory once a pass and
-//!   are what the tiles wait for (12 rows on one AVX2 core: 26.6 → 31.6 GFLOP/s over a
-//!   model's products). The AVX-512 tiles on AMD's Zen 4 do not: there it was measured to
-//!   cost ([`FETCH_AHEAD_LANES`]); on an Intel Xeon it pays from 6 rows
-//!   ([`WIDE_FETCH_MIN_ROWS`]).
+//!   multiplies a panel, the next panel's rows (after a task's last, the next task's first)
+//!   are prefetched into L2, one line a step: with few rows (a batch of one short sentence)
+//!   the weights stream from memory once a pass and are what the tiles wait for (12 rows on
+//!   one AVX2 core: 26.6 → 31.6 GFLOP/s over a model's products). The AVX-512 tiles on
+//!   AMD's Zen 4 do not: there it was measured to cost ([`FETCH_AHEAD_LANES`]); on an Intel
+//!   Xeon it pays from 6 rows ([`WIDE_FETCH_MIN_ROWS`]).
 //!
 //! - **Weights on huge pages (Linux).** Each packed matrix starts on a 2 MB boundary and
 //!   asks the kernel for transparent huge pages ([`weight_storage`]): a pass reads every
@@ -51,6 +51,11 @@ const PANEL_SPLIT_ROWS: usize = 256;
 /// Panel groups per thread when a product splits its columns: with one group per thread, a
 /// thread that picks its task up late holds the others up at the join; with several, the
 /// threads that started first take more of them (batch 1 × short: +20 % with 4, 8 no better).
+/// Measured again on a 2-core Xeon (family 6, model 167), with every tile's next panel
+/// fetched across the groups' bounds (see [`product`]): one group a thread was as fast on
+/// a quiet host, but in two of six 40-round runs at 1 × short its median round fell to
+/// 0.60–0.66 of ONNX Runtime's, where 4 groups' medians were 0.92–1.15 — with one group a
+/// thread, a product waits for its slower thread's whole share.
 const GROUPS_PER_THREAD: usize = 4;
 
 /// Rows per task when a product splits its rows: whole tiles on every instruction set (6 of
@@ -493,18 +498,27 @@ pub(super) fn product<S: pulp::Simd>(
     assert_eq!(panel, 2 * S::F32_LANES, "panels packed for another width");
     let m = rows.len();
     let col0 = panels.start * panel;
-    let panels_end = panels.end;
-    // Whether each panel's first block fetches the task's next panel (see
-    // [`FETCH_AHEAD_LANES`]): the same for every panel of the product, so decided once.
+    let count = w.count();
+    // Whether each panel's first block fetches the next panel (see [`FETCH_AHEAD_LANES`]):
+    // the same for every panel of the product, so decided once.
     let fetch = fetches_ahead(S::F32_LANES, m, w.streamed);
     for p in panels {
         let (packed, _) = S::as_simd_f32s(&w.data[p * k * panel..][..k * panel]);
         let (bias, _) = S::as_simd_f32s(&w.bias[p * panel..][..panel]);
-        // The task's next panel, asked of memory while the first block of rows multiplies
+        // The matrix's next panel, asked of memory while the first block of rows multiplies
         // this one, on the instruction sets where that was measured to help: with few rows
-        // the weights are what a product waits for.
-        let next =
-            (fetch && p + 1 < panels_end).then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
+        // the weights are what a product waits for. Past the task's last panel too, into
+        // the next group's first: a pool thread takes a product's tasks as rayon halves
+        // their list, a contiguous run of groups in order (a thief steals a run and goes
+        // through it in order too), so that is most often the panel this thread multiplies
+        // next. Stopping at the task's end, each of the 8 groups of a product on two
+        // threads began on a panel no tile had asked for. MiniLM-L6, one short sentence,
+        // on a 2-core Xeon (family 6, model 167), both builds in turn: 645–761 → 812–835
+        // sentences/s over 20 s of passes; worker / ONNX Runtime over five same-run
+        // measurements each 0.84–1.15 → 1.18–1.34 (8 short sentences 1.54–1.63 →
+        // 1.59–1.64; one thread, 1 and 8 short sentences +7–10 %). One group a thread (see
+        // [`GROUPS_PER_THREAD`]) was as fast on a quiet host, not on a busy one.
+        let next = (fetch && p + 1 < count).then(|| &w.data[(p + 1) * k * panel..][..k * panel]);
         let store = Store {
             col: p * panel - col0,
             width: panel.min(w.n - p * panel),
