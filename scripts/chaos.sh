@@ -49,14 +49,16 @@ stack_up "$OUT" WORKERS=2 IHUB_GATEWAY_WORKER_IDLE_REBUILD=3s IHUB_GATEWAY_WORKE
 
 group() { cat "$IHUB_PIDS_DIR/$1.pid"; }
 signal() { kill "-$1" -- "-$(group "$2")" 2>/dev/null || true; } # SIG, name
-metrics_port() { echo $((9464 + $1 - 1)); }
+read -r -a worker_ports <<<"$IHUB_WORKER_PORTS"
+read -r -a metrics_ports <<<"$IHUB_WORKER_METRICS_PORTS"
+metrics_port() { echo "${metrics_ports[$1 - 1]}"; }
 serving() { curl -sf -m 2 "http://127.0.0.1:$(metrics_port "$1")/healthz" >/dev/null; }
 wait_serving() { for _ in $(seq 1 300); do serving "$1" && return 0; sleep 0.2; done; echo "worker $1 never served" >&2; return 1; }
 wait_gone() { for _ in $(seq 1 150); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done; return 1; }
 start_worker() { # N: a new replica on worker N's ports, in its own process group
   local n=$1
   setsid "$BIN/inferencehub-worker" serve \
-    --listen "127.0.0.1:$((50051 + n - 1))" --metrics-listen "127.0.0.1:$(metrics_port "$n")" \
+    --listen "127.0.0.1:${worker_ports[n - 1]}" --metrics-listen "127.0.0.1:$(metrics_port "$n")" \
     --model-dir "$MODELS" --model-control poll --poll-interval 1s \
     --tls-cert "$IHUB_CERTS_DIR/server.pem" --tls-key "$IHUB_CERTS_DIR/server.key" \
     --tls-client-ca "$IHUB_CERTS_DIR/ca.pem" \
@@ -230,7 +232,9 @@ if want model-swap; then
   WINDOW="$((swap_from - t0)) $((swap_to - t0))" report model-swap \
     's["failed"] == 0' "iris v2 added (both replicas serve it alone after ${ready_ms} ms), broken v3 added, v2 removed: no failed request"
   python3 -c 'import json; s=json.load(open(".local/chaos/model-swap.stats.json")); print("model-swap: p99 %s ms before the swap, %s ms during it (%d requests)" % (s["p99_before"], s["p99_window"], s["window_requests"]))' | tee "$OUT/model-swap.p99"
-  grep -h "a version failed to load" .local/worker-*.log | head -1 | grep -q "iris" ||
+  # The replicas restarted by the scenarios above log to $OUT/worker-N.restarted.log.
+  grep -h "a version failed to load" .local/worker-*.log "$OUT"/worker-*.restarted.log 2>/dev/null |
+    head -1 | grep -q "iris" ||
     echo "note: no replica logged version 3's failure" >&2
   # Version 3 stays listed broken; remove it so the other scenarios' workers start clean.
   rm -rf "$MODELS/iris/3"

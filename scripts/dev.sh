@@ -15,8 +15,13 @@ cd "$(dirname "$0")/.."
 
 LOCAL=.local
 API_PORT="${IHUB_DEV_API_PORT:-9000}"
-WORKER_PORT="${IHUB_DEV_WORKER_PORT:-50051}"
-METRICS_PORT="${IHUB_DEV_METRICS_PORT:-9464}"
+# The workers' gRPC and metrics ports are the stack's own business (the gateway and
+# .local/dev.env are told them): unless set, each worker takes the next free port from
+# 50051 and 9464 on, so a machine where something already holds 50052 or 9465 still
+# brings WORKERS=2 up. A port set here must be free, as must the API, OIP and DynamoDB
+# ports (what users call).
+WORKER_PORT="${IHUB_DEV_WORKER_PORT:-}"
+METRICS_PORT="${IHUB_DEV_METRICS_PORT:-}"
 DYNAMODB_PORT="${IHUB_DEV_DYNAMODB_PORT:-4566}"
 V2_PORT="${IHUB_DEV_V2_PORT:-9001}"
 ISSUER="${IHUB_GATEWAY_JWT_ISSUER:-https://inferencehub.local/dev}"
@@ -123,15 +128,33 @@ wait_for() { # what, seconds, command...: polls the command every 0.5 s
   echo "$what did not come up in ${seconds}s; logs: $LOCAL/*.log" >&2
   return 1
 }
-worker_ports=() metrics_ports=()
 PROCESSES=$((WORKERS + POOLS - 1)) # with two pools, one more worker for the second
-for i in $(seq 0 $((PROCESSES - 1))); do
-  worker_ports+=($((WORKER_PORT + i)))
-  metrics_ports+=($((METRICS_PORT + i)))
-done
-for port in "$API_PORT" "$V2_PORT" "${worker_ports[@]}" "${metrics_ports[@]}" "$DYNAMODB_PORT"; do
+for port in "$API_PORT" "$V2_PORT" "$DYNAMODB_PORT"; do
   port_free "$port" || { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
 done
+taken=" $API_PORT $V2_PORT $DYNAMODB_PORT "
+ports_for() { # variable, first port, whether it was set: PROCESSES ports into the array
+  local -n into=$1
+  local port=$2 i
+  for i in $(seq 1 "$PROCESSES"); do
+    if [ "$3" = set ]; then
+      port_free "$port" && [[ "$taken" != *" $port "* ]] ||
+        { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
+    else
+      while ! port_free "$port" || [[ "$taken" == *" $port "* ]]; do
+        echo "port $port is in use: the next free one instead"
+        port=$((port + 1))
+        [ "$port" -lt $(($2 + 100)) ] || { echo "no free port in $2-$port" >&2; exit 1; }
+      done
+    fi
+    into+=("$port")
+    taken="$taken$port "
+    port=$((port + 1))
+  done
+}
+worker_ports=() metrics_ports=()
+ports_for worker_ports "${WORKER_PORT:-50051}" "${WORKER_PORT:+set}"
+ports_for metrics_ports "${METRICS_PORT:-9464}" "${METRICS_PORT:+set}"
 
 # What only needs the network (pip, npm, the encoder's weights, the wine model's Python
 # environment) runs beside the build, which needs the CPUs.
@@ -263,7 +286,8 @@ wait_for "the health function" 600 curl -sf -o /dev/null -m 30 "$BASE/health/hea
 wait_for "the plain HTTP gateway" 120 listening "$V2_PORT"
 
 TOKEN="$("$BIN/inferencehub-dev" mint-token --keys-dir "$LOCAL/jwt" --issuer "$ISSUER" --audience "$AUDIENCE" --sub dev-user --scope predict --ttl 1h)"
-cat >"$LOCAL/dev.env" <<ENV
+# Written aside and renamed: whoever waits for dev.env to appear reads it whole.
+cat >"$LOCAL/dev.env.tmp" <<ENV
 IHUB_PREDICT_URL=$BASE/predict/v1/predict
 IHUB_MODELS_URL=$BASE/models/v1/models
 IHUB_HEALTH_URL=$BASE/health/healthz
@@ -280,6 +304,8 @@ IHUB_GATEWAY_WORKER_ADDRS=$WORKER_ADDRS
 IHUB_GATEWAY_WORKER_POOLS='${IHUB_GATEWAY_WORKER_POOLS:-}'
 IHUB_WORKER_METRICS_URL=${metrics_urls[0]}
 IHUB_WORKER_METRICS_URLS=$METRICS_URLS
+IHUB_WORKER_PORTS='${worker_ports[*]}'
+IHUB_WORKER_METRICS_PORTS='${metrics_ports[*]}'
 IHUB_WORKERS=$PROCESSES
 IHUB_POOLS=$POOLS
 IHUB_PIDS_DIR=$PWD/$LOCAL/pids
@@ -288,6 +314,7 @@ AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
 IHUB_WORKER_ONNXRUNTIME=$IHUB_WORKER_ONNXRUNTIME
 IHUB_GATEWAY_RATE_LIMIT_TABLE=$TABLE
 ENV
+mv "$LOCAL/dev.env.tmp" "$LOCAL/dev.env"
 step "up"
 
 cat <<MSG

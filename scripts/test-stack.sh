@@ -89,9 +89,11 @@ check "every process group it started is listed in .local/pids" test -n "$groups
 stop
 trap - EXIT
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+all_free() { local p; for p in "$@"; do port_free "$p" || return 1; done; }
+# The ports the stack chose for its workers (the next free ones from 50051 and 9464).
+stack_ports="9000 9001 4566 $IHUB_WORKER_PORTS $IHUB_WORKER_METRICS_PORTS"
 sleep 1
-check "SIGTERM stops every listener it started" \
-  bash -c "$(declare -f port_free); port_free 9000 && port_free 9001 && port_free 50051 && port_free 4566 && port_free 9464"
+check "SIGTERM stops every listener it started ($stack_ports)" all_free $stack_ports
 alive=""
 for g in $groups; do kill -0 -- "-$g" 2>/dev/null && alive="$alive $g"; done
 check "SIGTERM leaves no process of its groups behind" test -z "$alive"
@@ -112,8 +114,7 @@ check "a worker refusing its model folder stops make dev at once (${took}s), sho
   bash -c "[ $status = 1 ] && grep -q 'worker-1 exited during start-up' .local/test-stack-broken.log \
     && grep -q 'loading model .*broken' .local/test-stack-broken.log && [ $took -lt 120 ]"
 rm -rf "$bad"
-check "and leaves nothing listening" \
-  bash -c "$(declare -f port_free); port_free 9000 && port_free 9001 && port_free 50051 && port_free 4566 && port_free 9464"
+check "and leaves nothing listening" all_free $stack_ports
 
 # Two worker pools (`make dev POOLS=2`): the text models on the first, the others on a
 # second worker; the gateway sends each model's calls to its pool only.
@@ -127,6 +128,7 @@ for _ in $(seq 1 600); do
 done
 if [ -f .local/dev.env ]; then
   set -a; . .local/dev.env; set +a
+  read -r text_metrics tabular_metrics <<<"$IHUB_WORKER_METRICS_PORTS"
   answered() { # metrics port, model: the calls that worker answered for it
     curl -s -m 10 "http://127.0.0.1:$1/metrics" |
       awk -v m="model=\"$2\"" '/^inferencehub_worker_requests_total\{/ && index($0, m) {s += $NF} END {print s + 0}'
@@ -134,14 +136,16 @@ if [ -f .local/dev.env ]; then
   sentiment=$(predict '{"model_name":"sentiment","prompt":"Fast and friendly support."}' | field label)
   iris=$(predict '{"model_name":"iris","features":[5.1,3.5,1.4,0.2]}' | field label)
   check "POOLS=2: sentiment ($sentiment) answered by the text pool only, iris ($iris) by the other only" \
-    bash -c "[ $(answered 9464 sentiment) -ge 1 ] && [ $(answered 9465 sentiment) = 0 ] \
-      && [ $(answered 9465 iris) -ge 1 ] && [ $(answered 9464 iris) = 0 ]"
+    bash -c "[ $(answered "$text_metrics" sentiment) -ge 1 ] && [ $(answered "$tabular_metrics" sentiment) = 0 ] \
+      && [ $(answered "$tabular_metrics" iris) -ge 1 ] && [ $(answered "$text_metrics" iris) = 0 ]"
+  stack_ports="9000 9001 4566 $IHUB_WORKER_PORTS $IHUB_WORKER_METRICS_PORTS"
 else
   check "POOLS=2 brings the stack up (log: .local/test-stack-pools.log)" false
+  echo "make dev POOLS=2 did not come up; .local/test-stack-pools.log ends:"
+  tail -40 .local/test-stack-pools.log | sed 's/^/  | /'
 fi
 stop
-check "and POOLS=2 leaves nothing listening" \
-  bash -c "$(declare -f port_free); port_free 9000 && port_free 50051 && port_free 50052 && port_free 9465"
+check "and POOLS=2 leaves nothing listening ($stack_ports)" all_free $stack_ports
 
 echo "stack: $passed passed, $failed failed"
 [ "$failed" = 0 ]
