@@ -90,6 +90,27 @@ pub enum ModelControl {
     Explicit,
 }
 
+/// Whether the compute threads are pinned to CPUs (`kernels::Pinning`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PinThreads {
+    /// Pinned when there is one compute thread per CPU the process may run on.
+    Auto,
+    /// Thread N on the N-th CPU the process may run on.
+    On,
+    /// Never pinned.
+    Off,
+}
+
+impl From<PinThreads> for crate::kernels::Pinning {
+    fn from(pin: PinThreads) -> Self {
+        match pin {
+            PinThreads::Auto => Self::Auto,
+            PinThreads::On => Self::On,
+            PinThreads::Off => Self::Off,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -274,6 +295,16 @@ pub struct ServeArgs {
     /// different models share the pool: their passes take turns, first come first served.
     #[arg(long, env = "IHUB_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+
+    /// Pins the worker's compute threads (`compute-N`), each to a CPU of its own. `auto`:
+    /// when there is exactly one per CPU the process may run on (its affinity mask), as
+    /// the default thread count gives on a machine or container that is all the worker's;
+    /// a pool smaller than that set (a CPU quota below the CPUs, a smaller `--threads`)
+    /// stays free, so that two processes never pile onto the same CPUs. Left free, a
+    /// pass's threads can share one CPU for tens of milliseconds while another idles.
+    /// ONNX Runtime's pool is not pinned.
+    #[arg(long, env = "IHUB_WORKER_PIN_THREADS", value_enum, default_value_t = PinThreads::Auto)]
+    pub pin_threads: PinThreads,
 
     /// Longest a model's forward pass may run. One that runs longer (a model that loops
     /// or hangs) answers its callers and the model's queue with UNAVAILABLE, turns the

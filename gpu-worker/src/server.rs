@@ -171,7 +171,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
         args.client_names(),
     )?);
     let device = parse_device(&args.device)?;
-    compute_threads(args.threads);
+    compute_threads(args.threads, args.pin_threads.into());
     let drain_timeout = args.drain_timeout;
     let metrics = Arc::new(Metrics::new()?);
 
@@ -332,20 +332,18 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
 }
 
 /// Sizes the CPU pools: the worker's rayon pool and ONNX Runtime's intra-op pool get
-/// `threads`, or the cores this process may use.
-fn compute_threads(threads: Option<u32>) {
+/// `threads`, or the cores this process may use; the rayon pool's threads pinned as
+/// `pinning` says.
+fn compute_threads(threads: Option<u32>, pinning: crate::kernels::Pinning) {
     let cores = crate::models::device::cores();
     let threads = threads.map_or(cores, |t| t as usize);
-    let built = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("compute-{i}"))
-        .build_global();
-    if let Err(e) = built {
+    match crate::kernels::build_compute_pool(threads, pinning) {
+        Ok(cpus) if cpus.is_empty() => tracing::info!(threads, cores, "compute threads"),
+        Ok(cpus) => tracing::info!(threads, cores, ?cpus, "compute threads, pinned to CPUs"),
         // A second worker in one process (tests) finds the pool made: it keeps that size.
-        tracing::debug!(error = %e, "the compute pool already exists");
+        Err(e) => tracing::debug!(error = %e, "the compute pool already exists"),
     }
     crate::models::onnx::runtime::use_threads(threads);
-    tracing::info!(threads, cores, "compute threads");
 }
 
 /// The registry of the repository `args` names, with the worker's load options.

@@ -618,22 +618,88 @@ fn compute_threads(worker: &Worker) -> usize {
         .count()
 }
 
+/// The CPUs each of the worker's compute threads may run on (`Cpus_allowed_list`), in the
+/// threads' order.
+fn compute_cpus(worker: &Worker) -> Vec<String> {
+    let pid = worker.child.id().unwrap();
+    let mut threads: Vec<(usize, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let n = std::fs::read_to_string(path.join("comm")).ok()?;
+            let n = n.trim().strip_prefix("compute-")?.parse().ok()?;
+            Some((n, std::fs::read_to_string(path.join("status")).ok()?))
+        })
+        .map(|(n, status)| (n, allowed_list(&status)))
+        .collect();
+    threads.sort();
+    threads.into_iter().map(|(_, cpus)| cpus).collect()
+}
+
+fn allowed_list(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Whether `cpus` (each compute thread's allowed CPUs) are pinned, one CPU each and no two
+/// alike (true), or all free to run where this test process may (false).
+fn pinned(cpus: &[String]) -> bool {
+    let mine = allowed_list(&std::fs::read_to_string("/proc/self/status").unwrap());
+    // (Where this process may run on one CPU only, pinned and free look the same.)
+    if cpus.iter().all(|c| *c == mine) {
+        return false;
+    }
+    let one_each: std::collections::HashSet<_> = cpus
+        .iter()
+        .inspect(|c| {
+            assert!(
+                c.parse::<usize>().is_ok(),
+                "{cpus:?}: neither free nor pinned"
+            )
+        })
+        .collect();
+    assert_eq!(
+        one_each.len(),
+        cpus.len(),
+        "two threads pinned together: {cpus:?}"
+    );
+    true
+}
+
 /// The worker computes on the cores it is given: `--threads` when set, else the cores its
 /// process may use. Pinned to one core (`taskset`, which the standard library reads like a
 /// container's CPU quota), it starts one compute thread, not one per core of the machine;
-/// ONNX Runtime's pool is sized the same (its log line says so).
+/// ONNX Runtime's pool is sized the same (its log line says so). Its compute threads are
+/// pinned, each to a CPU of its own, exactly when there is one per CPU it may run on
+/// (`--pin-threads auto`), and never with `--pin-threads off`.
 #[tokio::test]
 async fn the_worker_computes_on_the_cores_it_is_given() {
     // A folder with an ONNX model, so ONNX Runtime's pool is made too.
     let onnx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx-hostile");
     let dir = common::linked(&onnx, &["control-small"]);
+    // How many CPUs this process may run on ("0-1", "0,2-5").
+    let mine = allowed_list(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let allowed: usize = mine
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+
     let worker = Worker::serving(dir.path(), &["--threads", "3"]).await;
     assert_eq!(compute_threads(&worker), 3);
+    assert_eq!(pinned(&compute_cpus(&worker)), allowed == 3);
 
-    let pinned = Worker::spawn_under(&["taskset", "-c", "0"], dir.path(), &[]).await;
-    pinned.wait_serving().await;
-    assert_eq!(compute_threads(&pinned), 1);
-    let log = pinned.log();
+    let one = Worker::spawn_under(&["taskset", "-c", "0"], dir.path(), &[]).await;
+    one.wait_serving().await;
+    assert_eq!(compute_threads(&one), 1);
+    assert_eq!(compute_cpus(&one), ["0"]);
+    let log = one.log();
     assert!(
         log.contains("ONNX Runtime loaded") && log.contains("threads=1"),
         "{log}"
@@ -642,6 +708,16 @@ async fn the_worker_computes_on_the_cores_it_is_given() {
     let free = Worker::serving(dir.path(), &[]).await;
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(compute_threads(&free), cores);
+    // One compute thread per CPU it may run on: each on its own (with a CPU quota below
+    // those CPUs the pool is smaller, and stays free).
+    let each = compute_cpus(&free);
+    assert_eq!(pinned(&each), cores > 1 && cores == allowed, "{each:?}");
+    if pinned(&each) {
+        assert!(free.log().contains("pinned to CPUs"), "{}", free.log());
+    }
+
+    let off = Worker::serving(dir.path(), &["--pin-threads", "off"]).await;
+    assert!(!pinned(&compute_cpus(&off)));
 }
 
 /// A gRPC address held for a moment when the worker starts (on loopback, a client that

@@ -20,7 +20,7 @@ pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
 pub use math::{erf, exp, exp_simd, exp2_nonpositive, exp2_nonpositive_simd, gelu, gelu_simd};
 pub use ops::{Norm, attention, embed, layer_norm_rows};
-pub use pool::pass;
+pub use pool::{Pinning, allowed_cpus, build_compute_pool, pass, pin_current_thread, pool_cpus};
 /// The SIMD abstraction [`Isa::run`] takes a kernel in, for callers that write one of their
 /// own (the benchmarks' FMA peak probe) against the same version.
 pub use pulp;

@@ -16,6 +16,8 @@
 //! pollers; `docs/benchmarks.md`, "Two models, one pool"). A pass uses every
 //! thread, so running them one at a time costs no throughput and bounds each wait by the
 //! passes queued ahead of it.
+//!
+//! [`build_compute_pool`] makes the pool, its threads pinned to CPUs where [`Pinning`] says.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -124,4 +126,106 @@ impl Drop for Turn {
         drop(tickets);
         self.0.turned.notify_all();
     }
+}
+
+/// Whether the compute pool's threads are pinned, each to a CPU of its own.
+///
+/// Left free, the two threads of a pass can land on one CPU: the thread a pass wakes
+/// starts where its waker ran, and the kernel's balancer is slow to move a thread that ran
+/// a moment ago (it counts as cache-hot), so for tens of milliseconds one thread waits on
+/// the other's CPU while the other CPU idles (seen on a 2-core virtual machine: a pool
+/// thread waiting 25 ms in the run queue within a 70 ms stretch, `/proc/<pid>/task/<tid>/schedstat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    /// Pinned when the pool has exactly one thread per CPU the process may run on (and
+    /// more than one): the pool then owns those CPUs anyway. A pool smaller than the CPU
+    /// set (a cgroup's CPU quota below the CPUs it may use, a `--threads` below the cores)
+    /// stays free, so two such processes never pile onto the same CPUs.
+    Auto,
+    /// Thread `i` pinned to the `i`-th CPU the process may run on (modulo their count).
+    On,
+    /// Never pinned.
+    Off,
+}
+
+/// The CPU each of a pool's `threads` threads is pinned to under `pinning`, given the CPUs
+/// the process may run on (`allowed`, in order); empty when the pool stays free.
+pub fn pool_cpus(threads: usize, allowed: &[usize], pinning: Pinning) -> Vec<usize> {
+    let pinned = match pinning {
+        Pinning::Auto => threads > 1 && threads == allowed.len(),
+        Pinning::On => !allowed.is_empty(),
+        Pinning::Off => false,
+    };
+    if !pinned {
+        return Vec::new();
+    }
+    (0..threads).map(|i| allowed[i % allowed.len()]).collect()
+}
+
+/// Builds rayon's global pool: `threads` threads named `compute-N`, pinned as
+/// [`pool_cpus`] says for the CPUs the calling thread may run on. Returns those CPUs
+/// (empty when the threads run free); a thread the system refuses to pin runs free.
+pub fn build_compute_pool(
+    threads: usize,
+    pinning: Pinning,
+) -> Result<Vec<usize>, rayon::ThreadPoolBuildError> {
+    let cpus = pool_cpus(threads, &allowed_cpus(), pinning);
+    let plan = cpus.clone();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("compute-{i}"))
+        .start_handler(move |i| {
+            if let Some(&cpu) = plan.get(i) {
+                pin_current_thread(cpu);
+            }
+        })
+        .build_global()?;
+    Ok(cpus)
+}
+
+/// The CPUs the calling thread may run on (its affinity mask), in order; empty where the
+/// mask cannot be read.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the call writes at most its size
+    // into it; pid 0 is the calling thread; CPU_ISSET reads within the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Elsewhere the mask is not read: the pool stays free.
+#[cfg(not(target_os = "linux"))]
+pub fn allowed_cpus() -> Vec<usize> {
+    Vec::new()
+}
+
+/// Pins the calling thread to `cpu`; false where the system refuses (a CPU outside the
+/// process's cgroup, a sandbox that forbids the call).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn pin_current_thread(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set and `cpu` is inside it (checked
+    // above); the call reads the set's size from it; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Elsewhere threads are not pinned.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_current_thread(_cpu: usize) -> bool {
+    false
 }

@@ -488,3 +488,51 @@ fn passes_from_two_callers_take_turns_and_none_waits_through_several_of_the_othe
         "a caller waited through {worst} passes of the other"
     );
 }
+
+#[test]
+fn the_pool_is_pinned_only_when_it_has_one_thread_per_cpu() {
+    let two = [0, 1];
+    let eight: Vec<usize> = (0..8).collect();
+    // auto: one thread per CPU the process may run on, and more than one.
+    assert_eq!(pool_cpus(2, &two, Pinning::Auto), vec![0, 1]);
+    assert_eq!(pool_cpus(3, &[2, 5, 7], Pinning::Auto), vec![2, 5, 7]);
+    assert!(
+        pool_cpus(2, &eight, Pinning::Auto).is_empty(),
+        "a quota below the CPUs"
+    );
+    assert!(
+        pool_cpus(3, &two, Pinning::Auto).is_empty(),
+        "more threads than CPUs"
+    );
+    assert!(pool_cpus(1, &[4], Pinning::Auto).is_empty(), "one thread");
+    // on: round the CPUs; off: never; no CPU set read: never.
+    assert_eq!(pool_cpus(3, &two, Pinning::On), vec![0, 1, 0]);
+    assert_eq!(pool_cpus(2, &eight, Pinning::On), vec![0, 1]);
+    assert!(pool_cpus(2, &two, Pinning::Off).is_empty());
+    assert!(pool_cpus(2, &[], Pinning::On).is_empty());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pinned_thread_runs_on_its_cpu_only() {
+    let allowed = allowed_cpus();
+    assert!(!allowed.is_empty(), "the affinity mask could not be read");
+    let last = *allowed.last().unwrap();
+    let (pinned, now, status) = std::thread::spawn(move || {
+        let pinned = pin_current_thread(last);
+        // Read back both ways: the system call and what /proc shows of the thread.
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        (pinned, allowed_cpus(), status)
+    })
+    .join()
+    .unwrap();
+    assert!(pinned);
+    assert_eq!(now, vec![last]);
+    assert!(
+        status.contains(&format!("Cpus_allowed_list:\t{last}\n")),
+        "{status}"
+    );
+    // The spawning thread's own mask is untouched, and a CPU past the set is refused.
+    assert_eq!(allowed_cpus(), allowed);
+    assert!(!pin_current_thread(1 << 20));
+}

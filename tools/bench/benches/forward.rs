@@ -18,7 +18,8 @@
 //! instead: quantiles of each engine's speed and of the round-by-round ratio.
 //! With `IHUB_WORKER_THREADS=N` (`make bench-worker THREADS=N`) every side computes on N
 //! threads — the worker's encoder, ONNX Runtime's intra-op pool and the worker process over
-//! gRPC — and the table goes to `target/bench-worker-Nt.md` (no plot).
+//! gRPC — and the table goes to `target/bench-worker-Nt.md` (no plot). The encoder's
+//! threads are pinned as the worker pins them (`IHUB_WORKER_PIN_THREADS`: auto, on, off).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -33,6 +34,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use common::{PyBridge, WorkerProcess, ratio_svg, root};
 use inferencehub_bench::load::{Input, closed_loop};
+use inferencehub_worker::kernels;
 use inferencehub_worker::models::ModelInput;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
 use inferencehub_worker::models::tokens::{load_tokenizer, pad_batch};
@@ -321,10 +323,19 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .unwrap();
+    // Pinned as the worker pins its pool (IHUB_WORKER_PIN_THREADS, default auto).
+    let pinning = match std::env::var("IHUB_WORKER_PIN_THREADS").as_deref() {
+        Ok("on") => kernels::Pinning::On,
+        Ok("off") => kernels::Pinning::Off,
+        Ok("auto") | Err(_) => kernels::Pinning::Auto,
+        Ok(other) => panic!("IHUB_WORKER_PIN_THREADS is auto, on or off, not {other:?}"),
+    };
+    let pinned = kernels::build_compute_pool(threads, pinning).unwrap();
+    let placement = if pinned.is_empty() {
+        String::new()
+    } else {
+        format!(", pinned to CPUs {pinned:?}")
+    };
     let cpu = common::cpu_model();
     let (short, long) = token_sets(&model_dir);
     let (worker, _) = load_body(&model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
@@ -410,7 +421,7 @@ async fn main() {
 
     // Batch 1 latency, from the same samples.
     let mut table = format!(
-        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with {} intra-op threads; the worker on {threads} threads; {cpu})\n\n\
+        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with {} intra-op threads; the worker on {threads} threads{placement}; {cpu})\n\n\
          | cell (batch x text) | ONNX Runtime | worker | ratio | candle BertModel (before) | ratio |\n\
          |---|---|---|---|---|---|\n",
         ort_version, ort_threads
