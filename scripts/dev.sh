@@ -129,8 +129,9 @@ wait_for() { # what, seconds, command...: polls the command every 0.5 s
   return 1
 }
 PROCESSES=$((WORKERS + POOLS - 1)) # with two pools, one more worker for the second
+held() { echo "port $1 is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
 for port in "$API_PORT" "$V2_PORT" "$DYNAMODB_PORT"; do
-  port_free "$port" || { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
+  port_free "$port" || held "$port"
 done
 taken=" $API_PORT $V2_PORT $DYNAMODB_PORT "
 ports_for() { # variable, first port, whether it was set: PROCESSES ports into the array
@@ -138,8 +139,7 @@ ports_for() { # variable, first port, whether it was set: PROCESSES ports into t
   local port=$2 i
   for i in $(seq 1 "$PROCESSES"); do
     if [ "$3" = set ]; then
-      port_free "$port" && [[ "$taken" != *" $port "* ]] ||
-        { echo "port $port is in use: stop what holds it (or set IHUB_DEV_*_PORT)" >&2; exit 1; }
+      port_free "$port" && [[ "$taken" != *" $port "* ]] || held "$port"
     else
       while ! port_free "$port" || [[ "$taken" == *" $port "* ]]; do
         echo "port $port is in use: the next free one instead"

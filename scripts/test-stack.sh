@@ -90,8 +90,10 @@ stop
 trap - EXIT
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 all_free() { local p; for p in "$@"; do port_free "$p" || return 1; done; }
-# The ports the stack chose for its workers (the next free ones from 50051 and 9464).
-stack_ports="9000 9001 4566 $IHUB_WORKER_PORTS $IHUB_WORKER_METRICS_PORTS"
+# The stack's ports, its workers' as the last dev.env read lists them (the next free ones
+# from 50051 and 9464).
+ports_of_stack() { echo "9000 9001 4566 $IHUB_WORKER_PORTS $IHUB_WORKER_METRICS_PORTS"; }
+stack_ports="$(ports_of_stack)"
 sleep 1
 check "SIGTERM stops every listener it started ($stack_ports)" all_free $stack_ports
 alive=""
@@ -138,7 +140,7 @@ if [ -f .local/dev.env ]; then
   check "POOLS=2: sentiment ($sentiment) answered by the text pool only, iris ($iris) by the other only" \
     bash -c "[ $(answered "$text_metrics" sentiment) -ge 1 ] && [ $(answered "$tabular_metrics" sentiment) = 0 ] \
       && [ $(answered "$tabular_metrics" iris) -ge 1 ] && [ $(answered "$text_metrics" iris) = 0 ]"
-  stack_ports="9000 9001 4566 $IHUB_WORKER_PORTS $IHUB_WORKER_METRICS_PORTS"
+  stack_ports="$(ports_of_stack)"
 else
   check "POOLS=2 brings the stack up (log: .local/test-stack-pools.log)" false
   echo "make dev POOLS=2 did not come up; .local/test-stack-pools.log ends:"

@@ -32,8 +32,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use clap::ValueEnum;
 use common::{PyBridge, WorkerProcess, ratio_svg, root};
 use inferencehub_bench::load::{Input, closed_loop};
+use inferencehub_worker::config::PinThreads;
 use inferencehub_worker::kernels;
 use inferencehub_worker::models::ModelInput;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
@@ -323,14 +325,11 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    // Pinned as the worker pins its pool (IHUB_WORKER_PIN_THREADS, default auto).
-    let pinning = match std::env::var("IHUB_WORKER_PIN_THREADS").as_deref() {
-        Ok("on") => kernels::Pinning::On,
-        Ok("off") => kernels::Pinning::Off,
-        Ok("auto") | Err(_) => kernels::Pinning::Auto,
-        Ok(other) => panic!("IHUB_WORKER_PIN_THREADS is auto, on or off, not {other:?}"),
-    };
-    let pinned = kernels::build_compute_pool(threads, pinning).unwrap();
+    // Pinned as the worker pins its pool (IHUB_WORKER_PIN_THREADS, read as the worker reads it).
+    let pinning = std::env::var("IHUB_WORKER_PIN_THREADS").map_or(PinThreads::Auto, |v| {
+        PinThreads::from_str(&v, false).unwrap_or_else(|e| panic!("IHUB_WORKER_PIN_THREADS: {e}"))
+    });
+    let pinned = kernels::build_compute_pool(threads, pinning.into()).unwrap();
     let placement = if pinned.is_empty() {
         String::new()
     } else {
