@@ -196,10 +196,10 @@ fmt: ## Format the code
 
 BENCH_REQUIREMENTS := tools/bench/benches/requirements.txt
 
-bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC (THREADS=N: every side on N threads)
+bench-worker: models ## Benchmark the worker's forward pass against ONNX Runtime, and over gRPC (THREADS=N: every side on N threads; ISA=avx2: the encoder on that instruction set)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
-	$(if $(THREADS),IHUB_WORKER_THREADS=$(THREADS) )$(CARGO) bench -p inferencehub-bench --bench forward
+	$(if $(THREADS),IHUB_WORKER_THREADS=$(THREADS) )$(if $(ISA),IHUB_WORKER_ISA=$(ISA) )$(CARGO) bench -p inferencehub-bench --bench forward
 
 bench-kernels: ## Time the CPU encoder's dense products on every instruction set this CPU has (AVX2 and AVX-512 side by side), 1 to 1,024 rows, and their share of the cores' measured FMA peak; then one layer's attention
 	$(CARGO) bench -p inferencehub-bench --bench kernels

@@ -111,6 +111,45 @@ impl From<PinThreads> for crate::kernels::Pinning {
     }
 }
 
+/// The instruction set the CPU encoder's kernels run on (`kernels::Isa`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum InstructionSet {
+    /// The widest this CPU has.
+    Auto,
+    /// AVX-512 (x86-64-v4).
+    Avx512,
+    /// AVX2 with FMA (x86-64-v3).
+    Avx2,
+    /// Plain scalar code.
+    Scalar,
+}
+
+impl InstructionSet {
+    /// Makes the kernels of models loaded from now on run on this instruction set; an
+    /// error, naming what the CPU has, when the CPU lacks it.
+    pub fn apply(self) -> anyhow::Result<crate::kernels::Isa> {
+        use crate::kernels::Isa;
+        let name = match self {
+            Self::Auto => {
+                Isa::set_widest(None);
+                return Ok(Isa::best());
+            }
+            Self::Avx512 => "avx512",
+            Self::Avx2 => "avx2",
+            Self::Scalar => "scalar",
+        };
+        let Some(isa) = Isa::named(name) else {
+            let has: Vec<&str> = Isa::all().into_iter().map(Isa::name).collect();
+            anyhow::bail!(
+                "--isa {name}: this CPU lacks it (it has {})",
+                has.join(", ")
+            );
+        };
+        Isa::set_widest(Some(isa));
+        Ok(isa)
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -305,6 +344,14 @@ pub struct ServeArgs {
     /// ONNX Runtime's pool is not pinned.
     #[arg(long, env = "IHUB_WORKER_PIN_THREADS", value_enum, default_value_t = PinThreads::Auto)]
     pub pin_threads: PinThreads,
+
+    /// The instruction set the CPU encoder's kernels run on: `auto`, the widest this CPU
+    /// has; or one it has, narrower — `avx2` on an AVX-512 host runs the kernels, and so
+    /// gives the results, of the fleet's AVX2-only hosts, and is how the AVX2 path is
+    /// measured on a host that has both. A worker asked for one its CPU lacks refuses to start.
+    /// The ONNX Runtime and tensor (candle) engines choose their own.
+    #[arg(long, env = "IHUB_WORKER_ISA", value_enum, default_value_t = InstructionSet::Auto)]
+    pub isa: InstructionSet,
 
     /// Longest a model's forward pass may run. One that runs longer (a model that loops
     /// or hangs) answers its callers and the model's queue with UNAVAILABLE, turns the

@@ -172,6 +172,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningWorker> {
     )?);
     let device = parse_device(&args.device)?;
     compute_threads(args.threads, args.pin_threads.into());
+    let isa = args.isa.apply()?;
+    tracing::info!(instruction_set = %isa.name(), "CPU encoder kernels");
     let drain_timeout = args.drain_timeout;
     let metrics = Arc::new(Metrics::new()?);
 

@@ -714,6 +714,62 @@ async fn the_worker_computes_on_the_cores_it_is_given() {
     assert!(!pinned(&compute_cpus(&off)));
 }
 
+/// `--isa`: the CPU encoder runs the instruction set it is told, every one the CPU has,
+/// and answers as the widest does; the log says which it runs.
+#[tokio::test]
+async fn the_encoder_runs_the_instruction_set_it_is_told() {
+    use inferencehub_worker::kernels::Isa;
+    let dir = model_subset(&["sentiment"]);
+    let prompts = [
+        "I absolutely loved it, this is wonderful and works perfectly!",
+        "The package arrived broken and nobody answered my emails.",
+        "It was fine.",
+    ];
+    let answers = |worker: Worker| async move {
+        let mut client = worker.client().await;
+        let mut scores = Vec::new();
+        for prompt in prompts {
+            let r = predict(&mut client, text("sentiment", prompt)).await;
+            scores.push(r.scores.iter().map(|s| s.probability).collect::<Vec<_>>());
+        }
+        (scores, worker.log())
+    };
+    let names: Vec<&str> = Isa::all().into_iter().map(Isa::name).collect();
+    let widest = *names.last().unwrap();
+    let (want, log) = answers(Worker::serving(dir.path(), &[]).await).await;
+    assert!(
+        log.contains(&format!("instruction_set={widest}")),
+        "auto runs {widest}: {log}"
+    );
+    for name in &names {
+        let (got, log) = answers(Worker::serving(dir.path(), &["--isa", name]).await).await;
+        assert!(log.contains(&format!("instruction_set={name}")), "{log}");
+        for (got, want) in got.iter().zip(&want) {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() < 1e-4,
+                    "{name}: {got:?} against {widest}'s {want:?}"
+                );
+            }
+        }
+    }
+    // One the CPU lacks: the worker refuses to start, naming it and what the CPU has.
+    for lacking in ["avx512", "avx2"]
+        .into_iter()
+        .filter(|n| !names.contains(n))
+    {
+        let log = Worker::spawn(dir.path(), &["--isa", lacking])
+            .await
+            .failed_log()
+            .await;
+        assert!(
+            log.contains(&format!("--isa {lacking}: this CPU lacks it")),
+            "{log}"
+        );
+    }
+}
+
 /// A gRPC address held for a moment when the worker starts (on loopback, a client that
 /// dialled the port before the worker listened can hold it as its own source port) delays
 /// the worker instead of stopping it.

@@ -267,7 +267,9 @@ fn intel_cpu() -> bool {
 /// and 0.85 → 0.87 and 0.92, the best round level (1 × short: median 1.32 → 1.43, no loss).
 /// The fetching AVX2 tiles keep the derived addresses (the prefetch's registers leave too
 /// few); so would the 7–12-row AVX-512 tiles (twelve row registers spilled the
-/// accumulators), which [`tile_avx512`] runs instead.
+/// accumulators), which [`tile_avx512`] runs instead. The AVX2 tiles that do not fetch run
+/// [`tile_avx2`] from [`ASM_MIN_K`] inputs, fewer instructions again; this form remains
+/// for shorter ones (the attention's queries × keys) and the scalar path.
 const SPREAD_ROWS: usize = 6;
 
 /// Rows per register tile on an instruction set of `lanes` f32 lanes: as many as the
@@ -680,6 +682,29 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
         }
         return finish::<S, R>(simd, acc, rows, store, row0);
     }
+    #[cfg(target_arch = "x86_64")]
+    if S::F32_LANES == 8 && R <= AVX2_TILE_ROWS && !FETCH && k >= ASM_MIN_K {
+        // As the AVX-512 tile's: a buffer of its own.
+        let mut sums = [0f32; AVX2_TILE_ROWS * 16];
+        // SAFETY: the only 8-lane instruction set the kernels run is `Isa::Avx2` (pulp's
+        // `V3`, which holds AVX2 and FMA); `block` holds `(R - 1) * lda + k` floats,
+        // `packed` `k` rows of a panel, `sums` six rows of one.
+        #[allow(unsafe_code)]
+        unsafe {
+            tile_avx2::<R, FETCH>(
+                block.as_ptr(),
+                4 * lda,
+                packed.as_ptr().cast(),
+                k,
+                next.as_ptr(),
+                sums.as_mut_ptr(),
+            );
+        }
+        for (acc, sums) in acc.iter_mut().zip(sums.chunks_exact(panel)) {
+            *acc = load::<S>(sums);
+        }
+        return finish::<S, R>(simd, acc, rows, store, row0);
+    }
     // The first step multiplies rather than adding to zeros: every accumulator is written
     // before it is read, so none is zero-filled in memory and loaded back.
     for (acc, x) in acc.iter_mut().zip(&xs) {
@@ -882,7 +907,117 @@ unsafe fn tile_avx512<const R: usize, const FETCH: bool>(
     }
 }
 
-/// Inputs (`k`) from which an AVX-512 tile runs [`tile_avx512`]: its sums pass through
+/// The tallest AVX2 tile ([`tile_rows`] for 8 lanes), which [`tile_avx2`] covers.
+#[cfg(target_arch = "x86_64")]
+const AVX2_TILE_ROWS: usize = tile_rows(8);
+
+/// The AVX2 register tile's accumulation, in assembly, for the tiles that do not fetch the
+/// next panel (every block of a panel after its first): `R` rows (`rows`, `lda_bytes`
+/// apart, `k` floats each) times one panel (`packed`, `k` rows of 16 floats), the sums
+/// stored to `out` (`R` rows of 16); with `FETCH`, the next panel (`next`, as long) is
+/// prefetched a row (one line) a step, as [`fetch_row`] does.
+///
+/// The same arithmetic as the generic tile (the results are the same bits), as
+/// [`tile_avx512`] does it: the rows addressed from two bases (rows 0 and 3) plus 0, 1 or
+/// 2 row strides, two steps a turn — 45 instructions a turn around its 24 FMAs, where the
+/// compiled spread tile ([`SPREAD_ROWS`]) takes 26 a step. The AVX2 path on a 2-core Xeon (family
+/// 6, model 167), MiniLM-L6 against ONNX Runtime's AVX2 kernels in the same run (`make
+/// bench-worker ISA=avx2`'s cells), four runs each way in turn: 8 × 128 1.04–1.06 →
+/// 1.09–1.11 of ONNX Runtime, 32 × 128 1.10–1.13 → 1.15–1.18, 1 × 128 level (1.09–1.11,
+/// 1.08–1.12); `make bench-kernels`' products at 1,024 rows +2–4 %, 128 rows level. The
+/// fetching tiles (each panel's first block) stay compiled: in assembly too, the 6-row
+/// products (one block a panel, every tile fetching) ran 4–11 % slower.
+///
+/// # Safety
+///
+/// The CPU has AVX2 and FMA; `rows` holds `(R - 1) * lda_bytes / 4 + k` floats, `packed`
+/// `16 * k`, `out` `16 * R`; `0 < R <= 6`, `k > 0`. `next` is only prefetched.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_code)]
+unsafe fn tile_avx2<const R: usize, const FETCH: bool>(
+    rows: *const f32,
+    lda_bytes: usize,
+    packed: *const f32,
+    k: usize,
+    next: *const f32,
+    out: *mut f32,
+) {
+    // One step: the panel's row at `{b}` + `$panel` bytes into ymm12 and ymm13, then each
+    // row's input at `$input` bytes past its address broadcast (into ymm14 and ymm15 in
+    // turn) and multiplied into its two accumulators (row r: ymm(2r), ymm(2r + 1)).
+    macro_rules! step {
+        ($panel:literal, $input:literal) => {
+            concat!(
+                "vmovups ymm12, [{b}+", $panel, "]\n",
+                "vmovups ymm13, [{b}+", $panel, "+32]\n",
+                step!(@row "0", "{a}", $input, "ymm14", "ymm0", "ymm1"),
+                step!(@row "1", "{a}+{l}", $input, "ymm15", "ymm2", "ymm3"),
+                step!(@row "2", "{a}+{l}*2", $input, "ymm14", "ymm4", "ymm5"),
+                step!(@row "3", "{a3}", $input, "ymm15", "ymm6", "ymm7"),
+                step!(@row "4", "{a3}+{l}", $input, "ymm14", "ymm8", "ymm9"),
+                step!(@row "5", "{a3}+{l}*2", $input, "ymm15", "ymm10", "ymm11"),
+            )
+        };
+        (@row $r:literal, $at:literal, $input:literal, $x:literal, $acc0:literal, $acc1:literal) => {
+            concat!(
+                ".if {height} > ", $r, "\n",
+                "vbroadcastss ", $x, ", [", $at, "+", $input, "]\n",
+                "vfmadd231ps ", $acc0, ", ", $x, ", ymm12\n",
+                "vfmadd231ps ", $acc1, ", ", $x, ", ymm13\n",
+                ".endif\n",
+            )
+        };
+    }
+    // SAFETY: the caller's contract (above).
+    unsafe {
+        std::arch::asm!(
+            ".irp acc, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11",
+            "vxorps ymm\\acc, ymm\\acc, ymm\\acc",
+            ".endr",
+            "lea {a3}, [{a}+{l}*2]", "add {a3}, {l}",
+            "mov {n}, {k}", "shr {n}, 1", "jz 3f",
+            "2:",
+            step!("0", "0"),
+            step!("64", "4"),
+            ".if {fetch}",
+            "prefetcht1 [{next}]", "prefetcht1 [{next}+64]",
+            "add {next}, 128",
+            ".endif",
+            "add {a}, 8", "add {a3}, 8", "add {b}, 128",
+            "dec {n}", "jnz 2b",
+            "3:",
+            "test {k}, 1", "jz 4f",
+            step!("0", "0"),
+            ".if {fetch}", "prefetcht1 [{next}]", ".endif",
+            "4:",
+            "vmovups [{out}], ymm0", "vmovups [{out}+32], ymm1",
+            ".if {height} > 1", "vmovups [{out}+64], ymm2", "vmovups [{out}+96], ymm3", ".endif",
+            ".if {height} > 2", "vmovups [{out}+128], ymm4", "vmovups [{out}+160], ymm5", ".endif",
+            ".if {height} > 3", "vmovups [{out}+192], ymm6", "vmovups [{out}+224], ymm7", ".endif",
+            ".if {height} > 4", "vmovups [{out}+256], ymm8", "vmovups [{out}+288], ymm9", ".endif",
+            ".if {height} > 5", "vmovups [{out}+320], ymm10", "vmovups [{out}+352], ymm11", ".endif",
+            height = const R,
+            fetch = const FETCH as usize,
+            a = inout(reg) rows => _,
+            a3 = out(reg) _,
+            l = in(reg) lda_bytes,
+            b = inout(reg) packed => _,
+            next = inout(reg) next => _,
+            k = in(reg) k,
+            n = out(reg) _,
+            out = in(reg) out,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack),
+        );
+    }
+}
+
+/// Inputs (`k`) from which an AVX-512 tile runs [`tile_avx512`] (and a non-fetching AVX2
+/// tile [`tile_avx2`], not measured apart below it): its sums pass through
 /// memory to the epilogue (24 vector stores and loads a tile), which a short tile does not
 /// repay. One layer's attention on a 2-core Xeon (family 6, model 167), three rounds each
 /// way in turn: with every tile in assembly the queries-times-keys products (32 inputs,

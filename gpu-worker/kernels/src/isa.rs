@@ -1,5 +1,7 @@
 //! The instruction sets the kernels are compiled for, and running a kernel on one.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 /// An instruction set the kernels run on. Holding one proves the CPU has it.
 #[derive(Debug, Clone, Copy)]
 pub enum Isa {
@@ -13,10 +15,41 @@ pub enum Isa {
     Avx512(pulp::x86::V4),
 }
 
+/// The rank of the widest instruction set [`Isa::best`] returns ([`Isa::set_widest`]);
+/// `u8::MAX`: the widest the CPU has.
+static WIDEST: AtomicU8 = AtomicU8::new(u8::MAX);
+
 impl Isa {
-    /// The widest this CPU has.
+    /// The widest this CPU has, or the one [`Isa::set_widest`] chose.
     pub fn best() -> Self {
-        Self::all().pop().unwrap_or(Self::Scalar)
+        let widest = WIDEST.load(Ordering::Relaxed);
+        Self::all()
+            .into_iter()
+            .rfind(|isa| isa.rank() <= widest)
+            .unwrap_or(Self::Scalar)
+    }
+
+    /// Makes [`Isa::best`] return `widest` (or a narrower one, if the CPU lacked it) for
+    /// the whole process, or, with `None`, the widest the CPU has again. A model's kernels
+    /// are chosen when it loads: those loaded before keep theirs.
+    pub fn set_widest(widest: Option<Self>) {
+        WIDEST.store(widest.map_or(u8::MAX, Self::rank), Ordering::Relaxed);
+    }
+
+    /// The instruction set called `name` ([`Isa::name`]), if this CPU runs it.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::all().into_iter().find(|isa| isa.name() == name)
+    }
+
+    /// Its place from narrowest to widest.
+    fn rank(self) -> u8 {
+        match self {
+            Self::Scalar => 0,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2(_) => 1,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(_) => 2,
+        }
     }
 
     /// Every instruction set this CPU runs, narrowest first.

@@ -20,6 +20,11 @@
 //! threads — the worker's encoder, ONNX Runtime's intra-op pool and the worker process over
 //! gRPC — and the table goes to `target/bench-worker-Nt.md` (no plot). The encoder's
 //! threads are pinned as the worker pins them (`IHUB_WORKER_PIN_THREADS`: auto, on, off).
+//! With `IHUB_WORKER_ISA=avx2` (`make bench-worker ISA=avx2`) the encoder, in process and
+//! over gRPC, runs that instruction set's kernels (the AVX2 path measured on an AVX-512
+//! host; ONNX Runtime's process is then told by CPUID that the CPU has no AVX-512, so that
+//! its AVX2 kernels run too: `cpuid/hide_avx512.c`), and the table goes to
+//! `target/bench-worker-avx2.md` (no plot).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -35,7 +40,7 @@ use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use clap::ValueEnum;
 use common::{PyBridge, WorkerProcess, ratio_svg, root};
 use inferencehub_bench::load::{Input, closed_loop};
-use inferencehub_worker::config::PinThreads;
+use inferencehub_worker::config::{InstructionSet, PinThreads};
 use inferencehub_worker::kernels;
 use inferencehub_worker::models::ModelInput;
 use inferencehub_worker::models::bert::encoder::{BertBody, load_body, read_weights};
@@ -97,9 +102,23 @@ impl Encoder for CandleBert {
 struct Ort(PyBridge);
 
 impl Ort {
-    fn start(model_dir: &Path, threads: usize) -> Ort {
+    /// ONNX Runtime on `threads` intra-op threads; with `hide_avx512`, in a process that
+    /// CPUID tells the CPU has no AVX-512 (`inferencehub_bench::cpuid`), so that its AVX2 kernels
+    /// run, as on an AVX2-only CPU.
+    fn start(model_dir: &Path, threads: usize, hide_avx512: bool) -> Ort {
         let threads = threads.to_string();
-        Ort(PyBridge::start(
+        let library = hide_avx512.then(|| {
+            assert!(
+                inferencehub_bench::cpuid::can_hide_avx512(),
+                "ISA=avx2 on an AVX-512 host needs CPUID faulting (cpuid_fault) to run ONNX Runtime's AVX2 kernels beside it"
+            );
+            inferencehub_bench::cpuid::hide_avx512_library(&root().join("target")).unwrap()
+        });
+        let preload: Vec<(&str, &std::ffi::OsStr)> = library
+            .iter()
+            .map(|l| ("LD_PRELOAD", l.as_os_str()))
+            .collect();
+        let bridge = PyBridge::start_env(
             "ort_encoder.py",
             &[
                 std::ffi::OsStr::new("--model-dir"),
@@ -107,7 +126,14 @@ impl Ort {
                 std::ffi::OsStr::new("--threads"),
                 std::ffi::OsStr::new(&threads),
             ],
-        ))
+            &preload,
+        );
+        let sees_avx512 = bridge.ready["avx512f"].as_bool();
+        assert!(
+            !hide_avx512 || sees_avx512 == Some(false),
+            "AVX-512 not hidden from ONNX Runtime's process: it reads {sees_avx512:?}"
+        );
+        Ort(bridge)
     }
 
     fn embed(&mut self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
@@ -335,13 +361,26 @@ async fn main() {
     } else {
         format!(", pinned to CPUs {pinned:?}")
     };
+    // The kernels' instruction set as the worker chooses it (IHUB_WORKER_ISA): the widest
+    // the CPU has, or a narrower one to measure that path here.
+    let isa_chosen = std::env::var("IHUB_WORKER_ISA").map_or(InstructionSet::Auto, |v| {
+        InstructionSet::from_str(&v, false).unwrap_or_else(|e| panic!("IHUB_WORKER_ISA: {e}"))
+    });
+    let isa = isa_chosen.apply().unwrap().name();
     let cpu = common::cpu_model();
     let (short, long) = token_sets(&model_dir);
     let (worker, _) = load_body(&model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
     let candle = CandleBert::load(&model_dir);
     // ONNX Runtime's intra-op pool: the threads chosen, else two (this machine's cores).
     let ort_threads = chosen.unwrap_or(2);
-    let mut ort = Ort::start(&model_dir, ort_threads);
+    // With the worker on AVX2 where the CPU has AVX-512, ONNX Runtime on AVX2 too.
+    let hide_avx512 = isa_chosen == InstructionSet::Avx2 && kernels::Isa::named("avx512").is_some();
+    let mut ort = Ort::start(&model_dir, ort_threads, hide_avx512);
+    let ort_isa = if hide_avx512 {
+        ", AVX-512 hidden from it"
+    } else {
+        ""
+    };
 
     let mut check_ids: Vec<Vec<u32>> = short[..8].to_vec();
     check_ids.extend(long[..4].iter().cloned());
@@ -420,7 +459,7 @@ async fn main() {
 
     // Batch 1 latency, from the same samples.
     let mut table = format!(
-        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with {} intra-op threads; the worker on {threads} threads{placement}; {cpu})\n\n\
+        "Forward pass, sentences/s (best of {ROUNDS} interleaved rounds; ONNX Runtime {} with {} intra-op threads{ort_isa}; the worker on {threads} threads{placement}, {isa}; {cpu})\n\n\
          | cell (batch x text) | ONNX Runtime | worker | ratio | candle BertModel (before) | ratio |\n\
          |---|---|---|---|---|---|\n",
         ort_version, ort_threads
@@ -518,8 +557,17 @@ async fn main() {
     drop(process);
 
     println!("\n{table}");
-    if let Some(n) = chosen {
-        let out = root().join(format!("target/bench-worker-{n}t.md"));
+    // A chosen thread count or instruction set: a table of its own, and no plot (the docs'
+    // plot is the default run's).
+    let suffix: String = [
+        chosen.map(|n| format!("-{n}t")),
+        (isa_chosen != InstructionSet::Auto).then(|| format!("-{isa}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !suffix.is_empty() {
+        let out = root().join(format!("target/bench-worker{suffix}.md"));
         std::fs::write(&out, &table).unwrap();
         eprintln!("wrote {}", out.display());
         return;

@@ -4,5 +4,6 @@
 //! Nothing here ships in a Lambda zip or a worker image.
 
 pub mod cold_start;
+pub mod cpuid;
 pub mod load;
 pub mod measure;

@@ -137,11 +137,22 @@ pub struct PyBridge {
     stdout: BufReader<ChildStdout>,
     /// ONNX Runtime's version, from the readiness line.
     pub version: String,
+    /// The readiness line.
+    pub ready: Value,
 }
 
 impl PyBridge {
     /// Starts `python3 benches/<script> <args>` (`$PYTHON` overrides the interpreter).
     pub fn start<S: AsRef<OsStr>>(script: &str, args: &[S]) -> PyBridge {
+        Self::start_env(script, args, &[])
+    }
+
+    /// [`PyBridge::start`] with `env` added to the script's environment.
+    pub fn start_env<S: AsRef<OsStr>>(
+        script: &str,
+        args: &[S],
+        env: &[(&str, &OsStr)],
+    ) -> PyBridge {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("benches")
             .join(script);
@@ -149,6 +160,7 @@ impl PyBridge {
         let mut child = Command::new(python)
             .arg(path)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -160,8 +172,10 @@ impl PyBridge {
             stdin,
             stdout,
             version: String::new(),
+            ready: Value::Null,
         };
-        bridge.version = bridge.read()["onnxruntime"]
+        bridge.ready = bridge.read();
+        bridge.version = bridge.ready["onnxruntime"]
             .as_str()
             .unwrap_or("?")
             .to_string();
