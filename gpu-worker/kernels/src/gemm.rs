@@ -691,12 +691,11 @@ fn tile_of<S: pulp::Simd, const R: usize, const FETCH: bool>(
         // `packed` `k` rows of a panel, `sums` six rows of one.
         #[allow(unsafe_code)]
         unsafe {
-            tile_avx2::<R, FETCH>(
+            tile_avx2::<R>(
                 block.as_ptr(),
                 4 * lda,
                 packed.as_ptr().cast(),
                 k,
-                next.as_ptr(),
                 sums.as_mut_ptr(),
             );
         }
@@ -914,8 +913,7 @@ const AVX2_TILE_ROWS: usize = tile_rows(8);
 /// The AVX2 register tile's accumulation, in assembly, for the tiles that do not fetch the
 /// next panel (every block of a panel after its first): `R` rows (`rows`, `lda_bytes`
 /// apart, `k` floats each) times one panel (`packed`, `k` rows of 16 floats), the sums
-/// stored to `out` (`R` rows of 16); with `FETCH`, the next panel (`next`, as long) is
-/// prefetched a row (one line) a step, as [`fetch_row`] does.
+/// stored to `out` (`R` rows of 16).
 ///
 /// The same arithmetic as the generic tile (the results are the same bits), as
 /// [`tile_avx512`] does it: the rows addressed from two bases (rows 0 and 3) plus 0, 1 or
@@ -931,16 +929,15 @@ const AVX2_TILE_ROWS: usize = tile_rows(8);
 /// # Safety
 ///
 /// The CPU has AVX2 and FMA; `rows` holds `(R - 1) * lda_bytes / 4 + k` floats, `packed`
-/// `16 * k`, `out` `16 * R`; `0 < R <= 6`, `k > 0`. `next` is only prefetched.
+/// `16 * k`, `out` `16 * R`; `0 < R <= 6`, `k > 0`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_code)]
-unsafe fn tile_avx2<const R: usize, const FETCH: bool>(
+unsafe fn tile_avx2<const R: usize>(
     rows: *const f32,
     lda_bytes: usize,
     packed: *const f32,
     k: usize,
-    next: *const f32,
     out: *mut f32,
 ) {
     // One step: the panel's row at `{b}` + `$panel` bytes into ymm12 and ymm13, then each
@@ -980,16 +977,11 @@ unsafe fn tile_avx2<const R: usize, const FETCH: bool>(
             "2:",
             step!("0", "0"),
             step!("64", "4"),
-            ".if {fetch}",
-            "prefetcht1 [{next}]", "prefetcht1 [{next}+64]",
-            "add {next}, 128",
-            ".endif",
             "add {a}, 8", "add {a3}, 8", "add {b}, 128",
             "dec {n}", "jnz 2b",
             "3:",
             "test {k}, 1", "jz 4f",
             step!("0", "0"),
-            ".if {fetch}", "prefetcht1 [{next}]", ".endif",
             "4:",
             "vmovups [{out}], ymm0", "vmovups [{out}+32], ymm1",
             ".if {height} > 1", "vmovups [{out}+64], ymm2", "vmovups [{out}+96], ymm3", ".endif",
@@ -998,12 +990,10 @@ unsafe fn tile_avx2<const R: usize, const FETCH: bool>(
             ".if {height} > 4", "vmovups [{out}+256], ymm8", "vmovups [{out}+288], ymm9", ".endif",
             ".if {height} > 5", "vmovups [{out}+320], ymm10", "vmovups [{out}+352], ymm11", ".endif",
             height = const R,
-            fetch = const FETCH as usize,
             a = inout(reg) rows => _,
             a3 = out(reg) _,
             l = in(reg) lda_bytes,
             b = inout(reg) packed => _,
-            next = inout(reg) next => _,
             k = in(reg) k,
             n = out(reg) _,
             out = in(reg) out,
