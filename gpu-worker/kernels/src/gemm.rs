@@ -923,8 +923,10 @@ const AVX2_TILE_ROWS: usize = tile_rows(8);
 /// bench-worker ISA=avx2`'s cells), four runs each way in turn: 8 × 128 1.04–1.06 →
 /// 1.09–1.11 of ONNX Runtime, 32 × 128 1.10–1.13 → 1.15–1.18, 1 × 128 level (1.09–1.11,
 /// 1.08–1.12); `make bench-kernels`' products at 1,024 rows +2–4 %, 128 rows level. The
-/// fetching tiles (each panel's first block) stay compiled: in assembly too, the 6-row
-/// products (one block a panel, every tile fetching) ran 4–11 % slower.
+/// fetching tiles (each panel's first block) stay compiled: in assembly with both
+/// prefetches at the end of a turn, the 6-row products (every tile fetching) ran 4–11 %
+/// slower; with one a step, after the panel's loads, the products of 6 to 24 rows ran 2–5 %
+/// faster but the passes of short batches did not move (three runs each way).
 ///
 /// # Safety
 ///
