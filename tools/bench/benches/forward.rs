@@ -339,6 +339,14 @@ fn svg(rows: &[Measured]) -> String {
     )
 }
 
+/// The worker setting in `var`, read as the worker reads it (its clap value names), or
+/// `default` when unset; a value the worker would refuse stops the bench.
+fn worker_setting<T: ValueEnum>(var: &str, default: T) -> T {
+    std::env::var(var).map_or(default, |v| {
+        T::from_str(&v, false).unwrap_or_else(|e| panic!("{var}: {e}"))
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let model_dir = root().join("models/sentiment");
@@ -351,21 +359,17 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    // Pinned as the worker pins its pool (IHUB_WORKER_PIN_THREADS, read as the worker reads it).
-    let pinning = std::env::var("IHUB_WORKER_PIN_THREADS").map_or(PinThreads::Auto, |v| {
-        PinThreads::from_str(&v, false).unwrap_or_else(|e| panic!("IHUB_WORKER_PIN_THREADS: {e}"))
-    });
+    // Pinned as the worker pins its pool.
+    let pinning = worker_setting("IHUB_WORKER_PIN_THREADS", PinThreads::Auto);
     let pinned = kernels::build_compute_pool(threads, pinning.into()).unwrap();
     let placement = if pinned.is_empty() {
         String::new()
     } else {
         format!(", pinned to CPUs {pinned:?}")
     };
-    // The kernels' instruction set as the worker chooses it (IHUB_WORKER_ISA): the widest
-    // the CPU has, or a narrower one to measure that path here.
-    let isa_chosen = std::env::var("IHUB_WORKER_ISA").map_or(InstructionSet::Auto, |v| {
-        InstructionSet::from_str(&v, false).unwrap_or_else(|e| panic!("IHUB_WORKER_ISA: {e}"))
-    });
+    // The kernels' instruction set as the worker chooses it: the widest the CPU has, or a
+    // narrower one to measure that path here.
+    let isa_chosen = worker_setting("IHUB_WORKER_ISA", InstructionSet::Auto);
     let isa = isa_chosen.apply().unwrap().name();
     let cpu = common::cpu_model();
     let (short, long) = token_sets(&model_dir);
