@@ -16,13 +16,13 @@ use inferencehub_proto::{
     DataType, ErrorKind, FieldError, Input, InputField, InputSignature, REQUEST_ID_METADATA,
     invalid_argument, is_sane_request_id,
 };
-use tokenizers::Tokenizer;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::batching::{BatchError, Batcher, Prediction};
 use crate::metrics::Metrics;
-use crate::models::model::{signature, tokenize};
+use crate::models::model::signature;
+use crate::models::tokens::PromptTokenizer;
 use crate::models::{ModelInput, Output, argmax};
 use crate::tls::Call;
 
@@ -31,7 +31,7 @@ pub struct ServedModel {
     /// What it is: its `ListModels` entry.
     pub info: ModelInfo,
     /// Text models: its tokenizer.
-    pub tokenizer: Option<Arc<Tokenizer>>,
+    pub tokenizer: Option<Arc<PromptTokenizer>>,
     /// Its queue.
     pub batcher: Batcher,
     /// The memory it holds while loaded.
@@ -185,7 +185,7 @@ impl InferenceService {
             .ok_or_else(|| ErrorKind::Unavailable.status("models are still loading"))
     }
 
-    /// Tokenises (on the blocking pool) or copies the validated inputs, queues them, and
+    /// Tokenises (on the blocking pool unless quick) or copies the validated inputs, queues them, and
     /// waits for every prediction.
     /// Each prediction comes with the tokens its input held and whether they were cut at
     /// the model's window (text models; `(0, false)` otherwise). `refuse_truncation` refuses
@@ -200,15 +200,22 @@ impl InferenceService {
         let mut counts = Vec::new();
         let inputs = match (sent, &model.tokenizer) {
             (Sent::Prompts(prompts), Some(tokenizer)) => {
-                let tokenizer = tokenizer.clone();
-                let tokenized = tokio::task::spawn_blocking(move || {
+                let tokenize = |tokenizer: &PromptTokenizer, prompts: &[String]| {
                     prompts
                         .iter()
-                        .map(|p| tokenize(&tokenizer, p))
+                        .map(|p| tokenizer.tokenize(p))
                         .collect::<anyhow::Result<Vec<_>>>()
-                })
-                .await
-                .map_err(|e| internal("tokenizer task", &e))?
+                };
+                // A few microseconds' work runs here; more goes to the blocking pool, off
+                // the threads that serve every connection.
+                let tokenized = if tokenizer.is_quick(&prompts) {
+                    tokenize(tokenizer, &prompts)
+                } else {
+                    let tokenizer = tokenizer.clone();
+                    tokio::task::spawn_blocking(move || tokenize(&tokenizer, &prompts))
+                        .await
+                        .map_err(|e| internal("tokenizer task", &e))?
+                }
                 .map_err(|e| internal("tokenizing", &e))?;
                 if let Some(field) = refuse_truncation
                     && let Some(i) = tokenized.iter().position(|(_, cut)| *cut)

@@ -17,6 +17,7 @@ pub mod repository;
 pub mod tabular;
 pub mod text;
 pub mod tokens;
+pub mod wordpiece;
 
 pub use load::{load_entry, load_model, version_of};
 pub use model::{LoadOptions, LoadedModel, Model, ModelInput, Output, argmax};

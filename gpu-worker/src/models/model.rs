@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
+use super::tokens::PromptTokenizer;
 use anyhow::bail;
 use candle_core::{DType, Device};
 use inferencehub_proto::pb::{ModelInfo, ModelKind, ModelTask, Tensor, TensorInfo};
 use inferencehub_proto::{DataType, InputSignature, tensor};
-use tokenizers::Tokenizer;
 
 /// One input, ready for a forward pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +128,7 @@ pub struct LoadedModel {
     /// Its forward pass.
     pub model: Box<dyn Model>,
     /// Text models only: truncating, non-padding tokenizer.
-    pub tokenizer: Option<Arc<Tokenizer>>,
+    pub tokenizer: Option<Arc<PromptTokenizer>>,
 }
 
 impl LoadedModel {
@@ -161,24 +161,14 @@ impl LoadedModel {
 
 /// See [`LoadedModel::prepare`].
 pub fn prepare_input(
-    tokenizer: Option<&Tokenizer>,
+    tokenizer: Option<&PromptTokenizer>,
     prompt: &str,
     features: &[f32],
 ) -> anyhow::Result<ModelInput> {
     match tokenizer {
-        Some(tokenizer) => Ok(ModelInput::Tokens(tokenize(tokenizer, prompt)?.0)),
+        Some(tokenizer) => Ok(ModelInput::Tokens(tokenizer.tokenize(prompt)?.0)),
         None => Ok(ModelInput::Features(features.to_vec())),
     }
-}
-
-/// The token ids of `prompt` (special tokens included, cut at the tokenizer's truncation
-/// length) and whether anything was cut.
-pub fn tokenize(tokenizer: &Tokenizer, prompt: &str) -> anyhow::Result<(Vec<u32>, bool)> {
-    let encoding = tokenizer
-        .encode(prompt, true)
-        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-    let truncated = !encoding.get_overflowing().is_empty();
-    Ok((encoding.get_ids().to_vec(), truncated))
 }
 
 /// A batch of `n` inputs of zeros (empty strings) for the inputs `specs` declares, dynamic

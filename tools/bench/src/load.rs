@@ -300,6 +300,22 @@ pub struct Summary {
     /// Median of each answer's wall time less its forward pass (from a worker): the
     /// transport, the hand-offs and the tokenizer, milliseconds.
     pub p50_overhead_ms: Option<f64>,
+    /// The worker's forward passes (from a worker, when this load was its only traffic):
+    /// how many, and the share of the run's wall time they took — each answer counts its
+    /// pass's time over the pass's inputs.
+    pub passes: Option<PassShare>,
+}
+
+/// How much of a run the worker's forward passes took.
+#[derive(Debug, PartialEq, serde::Serialize)]
+pub struct PassShare {
+    /// Passes (the sum over answers of one over their batch's size).
+    pub count: f64,
+    /// Their time over the run's wall time.
+    pub share: f64,
+    /// The mean time between the end of one pass and the start of the next, milliseconds:
+    /// answering the callers and taking their next inputs.
+    pub gap_ms: f64,
 }
 
 /// The summary of `records`, sent over `elapsed`.
@@ -334,7 +350,27 @@ pub fn summarize(records: &[Record], elapsed: Duration) -> Summary {
             overhead.sort_by(f64::total_cmp);
             (!overhead.is_empty()).then(|| quantile(&overhead, 0.50))
         },
+        passes: pass_share(records, elapsed),
     }
+}
+
+/// [`Summary::passes`].
+fn pass_share(records: &[Record], elapsed: Duration) -> Option<PassShare> {
+    let (mut count, mut busy_ms) = (0f64, 0f64);
+    for r in records {
+        if let (Some(batch), Some(ms)) = (r.outcome.batch, r.outcome.compute_ms)
+            && batch > 0
+        {
+            count += 1.0 / f64::from(batch);
+            busy_ms += ms / f64::from(batch);
+        }
+    }
+    let wall_ms = elapsed.as_secs_f64() * 1e3;
+    (count > 0.0 && wall_ms > 0.0).then(|| PassShare {
+        count,
+        share: busy_ms / wall_ms,
+        gap_ms: (wall_ms - busy_ms).max(0.0) / count,
+    })
 }
 
 /// Sends `plan`'s load to `target`; every request's record, in start order, and the run's
@@ -594,6 +630,27 @@ mod tests {
         assert_eq!(
             summarize(&timed, Duration::from_secs(1)).p50_overhead_ms,
             Some(0.5)
+        );
+        assert_eq!(s.passes, None);
+        // Two passes of two inputs, 300 and 100 ms, in one second: 40 % busy, 300 ms
+        // between passes on average.
+        let passes: Vec<Record> = [(300.0, 2), (300.0, 2), (100.0, 2), (100.0, 2)]
+            .into_iter()
+            .map(|(forward, batch)| Record {
+                outcome: Outcome {
+                    compute_ms: Some(forward),
+                    ..record(forward, 200, Some(batch)).outcome
+                },
+                ..record(forward, 200, Some(batch))
+            })
+            .collect();
+        assert_eq!(
+            summarize(&passes, Duration::from_secs(1)).passes,
+            Some(PassShare {
+                count: 2.0,
+                share: 0.4,
+                gap_ms: 300.0
+            })
         );
     }
 

@@ -21,7 +21,6 @@ use crate::models::embedding::{self, EmbeddingModel, TokenStates};
 use crate::models::hf_config::{ExtraConfig, family, labels_from_id2label, single_label};
 use crate::models::model::{
     LoadOptions, LoadedModel, Model, ModelInput, Output, rows_output, text_info, token_rows,
-    tokenize,
 };
 use crate::models::tokens::{buckets, load_tokenizer, pad_rows};
 
@@ -234,7 +233,7 @@ fn load_embedding(
         output,
         pad_id: config.pad_token_id.unwrap_or(0),
     };
-    let probe = tokenize(&tokenizer, "warm-up pass")?.0;
+    let probe = tokenizer.tokenize("warm-up pass")?.0;
     let states = encoder
         .token_states(&[&probe])
         .context("a first run on one prompt")?;
@@ -326,11 +325,7 @@ pub fn load(
         output,
         pad_id: config.pad_token_id.unwrap_or(0),
     };
-    let probe_ids = tokenizer
-        .encode("warm-up pass", true)
-        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
-        .get_ids()
-        .to_vec();
+    let probe_ids = tokenizer.tokenize("warm-up pass")?.0;
     let width = model
         .forward(&[ModelInput::Tokens(probe_ids)])
         .context("a first run on one prompt")?[0]
