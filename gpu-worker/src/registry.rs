@@ -107,6 +107,9 @@ impl Registry {
                 version = %model.info.version,
                 architecture = %model.info.architecture,
                 load_ms = started.elapsed().as_millis() as u64,
+                tokenizer = model.tokenizer.as_deref().map_or("none", |t| {
+                    if t.has_fast_path() { "fast path for ASCII" } else { "library" }
+                }),
                 "model loaded"
             );
             anyhow::Ok((entry, model))

@@ -145,6 +145,27 @@ fn the_fast_path_gives_the_librarys_ids_for_the_demo_tokenizers() {
 }
 
 #[test]
+fn every_vocabulary_entry_tokenizes_as_the_library_does() {
+    let json = tokenizer_json("sentiment");
+    let tokenizer = serving(&json, 512);
+    let mut words: Vec<&str> = json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.strip_prefix("##").unwrap_or(k))
+        .collect();
+    // The longest first, so that the longest entries are surely among them.
+    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    let prompts: Vec<String> = words.chunks(8).map(|c| c.join(" ")).collect();
+    let (fast, _) = agree(&tokenizer, &prompts);
+    assert!(
+        fast * 10 >= prompts.len() * 9,
+        "{fast} of {}",
+        prompts.len()
+    );
+}
+
+#[test]
 fn the_fast_path_follows_the_pipelines_settings() {
     let base = tokenizer_json("sentiment");
     let mut variants = Vec::new();
@@ -162,6 +183,16 @@ fn the_fast_path_follows_the_pipelines_settings() {
     let mut short = base.clone();
     short["model"]["max_input_chars_per_word"] = serde_json::json!(6);
     variants.push(("short words, 8 tokens", short, 8));
+    // Pieces missing, so that words fail late and turn into one unknown token — also
+    // where the window ends.
+    let mut holed = base.clone();
+    for piece in ["##q", "##z", "##j", "##x"] {
+        holed["model"]["vocab"]
+            .as_object_mut()
+            .unwrap()
+            .remove(piece);
+    }
+    variants.push(("pieces missing, 16 tokens", holed, 16));
     for (i, (name, json, max_tokens)) in variants.iter().enumerate() {
         let tokenizer = serving(json, *max_tokens);
         assert!(tokenizer.has_fast_path(), "{name}");
@@ -208,13 +239,13 @@ fn a_call_is_tokenized_in_place_only_when_quick() {
     let library = serving(&whitespace, 128);
     let ascii = |n: usize| vec!["word ".repeat(n / 5)];
     let accented = |n: usize| vec!["é".repeat(n / 2)];
-    // The fast path: up to 4 KiB of ASCII, in one prompt or spread over several.
-    assert!(fast.is_quick(&ascii(4095)));
-    assert!(fast.is_quick(&vec!["word ".repeat(100); 8]));
-    assert!(!fast.is_quick(&ascii(4100)));
-    // The library: up to 256 bytes.
-    assert!(fast.is_quick(&accented(256)));
-    assert!(!fast.is_quick(&accented(258)));
-    assert!(library.is_quick(&ascii(255)));
+    // The fast path: up to 1 KiB of ASCII, in one prompt or spread over several.
+    assert!(fast.is_quick(&ascii(1020)));
+    assert!(fast.is_quick(&vec!["word ".repeat(20); 10]));
+    assert!(!fast.is_quick(&ascii(1030)));
+    // The library: up to 128 bytes.
+    assert!(fast.is_quick(&accented(128)));
+    assert!(!fast.is_quick(&accented(130)));
+    assert!(library.is_quick(&ascii(125)));
     assert!(!library.is_quick(&ascii(300)));
 }

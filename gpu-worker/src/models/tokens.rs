@@ -13,10 +13,17 @@ use super::wordpiece::AsciiWordPiece;
 /// batcher pads to the longest input of each batch) and truncation at the model's limit,
 /// and, where that tokenizer is BERT's WordPiece pipeline, its fast path for ASCII prompts
 /// ([`AsciiWordPiece`]: the same ids).
-#[derive(Debug)]
 pub struct PromptTokenizer {
     library: Tokenizer,
     fast: Option<AsciiWordPiece>,
+}
+
+impl std::fmt::Debug for PromptTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptTokenizer")
+            .field("fast", &self.fast)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PromptTokenizer {
@@ -57,14 +64,14 @@ impl PromptTokenizer {
         Ok((encoding.get_ids().to_vec(), truncated))
     }
 
-    /// Whether tokenizing `prompts` takes at most tens of microseconds, so that an async
-    /// task may do it without holding up the others on its thread: the fast path takes
-    /// them all and they total at most 4 KiB (about 20 ns a byte), or they total at most
-    /// 256 bytes (the library takes about 0.4 µs a byte).
+    /// Whether tokenizing `prompts` is quick enough for an async task to do it without
+    /// holding up the others on its thread: at most 1 KiB in all, all ASCII, on the fast
+    /// path (≈ 20 ns a byte; at worst — long words that end unknown — 65 ns, so ≤ 65 µs),
+    /// or at most 128 bytes through the library (≈ 0.4 µs a byte, 1.8 µs at worst).
     pub fn is_quick(&self, prompts: &[String]) -> bool {
         let bytes: usize = prompts.iter().map(String::len).sum();
-        bytes <= 256
-            || (bytes <= 4096 && self.fast.is_some() && prompts.iter().all(|p| p.is_ascii()))
+        bytes <= 128
+            || (bytes <= 1024 && self.fast.is_some() && prompts.iter().all(|p| p.is_ascii()))
     }
 
     /// Whether ASCII prompts take the fast path.

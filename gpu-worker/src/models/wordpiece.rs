@@ -24,12 +24,14 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{Model, PostProcessor, Tokenizer, TruncationDirection, TruncationStrategy};
 
 /// The BERT pipeline of one tokenizer, for ASCII prompts.
-#[derive(Debug)]
 pub struct AsciiWordPiece {
     /// The vocabulary, for a word's first piece.
     first: HashMap<Box<str>, u32>,
     /// The continuation pieces, keyed without their prefix (`##ing` as `ing`).
     rest: HashMap<Box<str>, u32>,
+    /// The longest key of each table, in bytes: no longer stretch is looked up.
+    first_longest: usize,
+    rest_longest: usize,
     unk: u32,
     /// Longer words are one unknown token.
     max_word: usize,
@@ -41,6 +43,18 @@ pub struct AsciiWordPiece {
     keep: usize,
     /// The added tokens' contents, lowercased: a prompt holding one is the library's.
     added: Vec<String>,
+}
+
+impl std::fmt::Debug for AsciiWordPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsciiWordPiece")
+            .field("vocabulary", &self.first.len())
+            .field("lowercase", &self.lowercase)
+            .field("before", &self.before)
+            .field("after", &self.after)
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AsciiWordPiece {
@@ -68,11 +82,13 @@ impl AsciiWordPiece {
             .get(&model.unk_token)
             .ok_or("the unknown token is not in the vocabulary")?;
         let prefix = model.continuing_subword_prefix.as_str();
-        let rest = vocab
+        let rest: HashMap<Box<str>, u32> = vocab
             .iter()
             .filter_map(|(piece, &id)| Some((piece.strip_prefix(prefix)?.into(), id)))
             .collect();
-        let first = vocab.into_iter().map(|(p, id)| (p.into(), id)).collect();
+        let first: HashMap<Box<str>, u32> =
+            vocab.into_iter().map(|(p, id)| (p.into(), id)).collect();
+        let longest = |table: &HashMap<Box<str>, u32>| table.keys().map(|k| k.len()).max();
         // Without a post-processor the library (0.23) cuts a long prompt but reports no
         // overflow: left to it.
         let processor = tokenizer.get_post_processor().ok_or("no post-processor")?;
@@ -101,6 +117,8 @@ impl AsciiWordPiece {
             .map(|t| t.content.to_ascii_lowercase())
             .collect();
         Ok(Self {
+            first_longest: longest(&first).unwrap_or(0),
+            rest_longest: longest(&rest).unwrap_or(0),
             first,
             rest,
             unk,
@@ -143,19 +161,27 @@ impl AsciiWordPiece {
         let mut ids = Vec::with_capacity(self.before.len() + text.len() / 2 + self.after.len() + 2);
         ids.extend_from_slice(&self.before);
         // The pre-tokenizer: words end at spaces (dropped) and around each punctuation
-        // character (a word of its own).
-        for chunk in text.split(' ') {
+        // character (a word of its own). Once a word ends past the truncation length the
+        // rest cannot change the result (a word's pieces are kept or replaced together).
+        let past = |ids: &Vec<u32>| ids.len() - self.before.len() > self.keep;
+        'text: for chunk in text.split(' ') {
             let mut word_start = 0;
             for (i, b) in chunk.bytes().enumerate() {
                 if b.is_ascii_punctuation() {
                     self.word(&chunk[word_start..i], &mut ids);
                     self.word(&chunk[i..=i], &mut ids);
                     word_start = i + 1;
+                    if past(&ids) {
+                        break 'text;
+                    }
                 }
             }
             self.word(&chunk[word_start..], &mut ids);
+            if past(&ids) {
+                break;
+            }
         }
-        let cut = ids.len() - self.before.len() > self.keep;
+        let cut = past(&ids);
         if cut {
             ids.truncate(self.before.len() + self.keep);
         }
@@ -173,8 +199,12 @@ impl AsciiWordPiece {
         let mark = ids.len();
         let mut start = 0;
         while start < word.len() && word.len() <= self.max_word {
-            let table = if start == 0 { &self.first } else { &self.rest };
-            let Some((end, id)) = (start + 1..=word.len())
+            let (table, longest) = if start == 0 {
+                (&self.first, self.first_longest)
+            } else {
+                (&self.rest, self.rest_longest)
+            };
+            let Some((end, id)) = (start + 1..=word.len().min(start + longest))
                 .rev()
                 .find_map(|end| table.get(&word[start..end]).map(|&id| (end, id)))
             else {
