@@ -373,6 +373,18 @@ fn pass_share(records: &[Record], elapsed: Duration) -> Option<PassShare> {
     })
 }
 
+/// Which of its model's `inputs` request `request` of a plan over `models` models carries:
+/// each model cycles through all its inputs with a prime stride that does not divide their
+/// count, so that concurrent requests do not all carry the same one.
+pub fn input_for(request: u64, models: usize, inputs: usize) -> usize {
+    let inputs = inputs.max(1) as u64;
+    let stride = [7, 11, 13, 17, 19, 23]
+        .into_iter()
+        .find(|&p| !inputs.is_multiple_of(p))
+        .unwrap_or(1);
+    ((request / models.max(1) as u64) * stride % inputs) as usize
+}
+
 /// Sends `plan`'s load to `target`; every request's record, in start order, and the run's
 /// length.
 pub async fn drive<T: Target>(target: Arc<T>, plan: &Plan) -> (Vec<Record>, Duration) {
@@ -417,10 +429,7 @@ pub async fn drive<T: Target>(target: Arc<T>, plan: &Plan) -> (Vec<Record>, Dura
         let (target, records, plan) = (target.clone(), records.clone(), plan.clone());
         tasks.spawn(async move {
             let (name, inputs) = &plan.models[model];
-            // Each model cycles through its inputs with a prime stride, so concurrent
-            // requests do not all carry the same one.
-            let input =
-                &inputs[((i / plan.models.len() as u64) * 7 % inputs.len() as u64) as usize];
+            let input = &inputs[input_for(i, plan.models.len(), inputs.len())];
             let start = Instant::now();
             let outcome = target.send(name, input).await;
             let record = Record {
@@ -652,6 +661,19 @@ mod tests {
                 gap_ms: 300.0
             })
         );
+    }
+
+    #[test]
+    fn a_model_cycles_through_every_input() {
+        // 364 = 7 x 52: a stride of 7 would reach 52 of them.
+        for inputs in [1usize, 5, 7, 10, 364, 1001] {
+            let seen: std::collections::BTreeSet<usize> = (0..inputs as u64)
+                .map(|i| input_for(i * 2 + 1, 2, inputs))
+                .collect();
+            assert_eq!(seen.len(), inputs, "{inputs} inputs");
+        }
+        // Consecutive requests of one model carry different inputs.
+        assert_ne!(input_for(0, 1, 364), input_for(1, 1, 364));
     }
 
     #[test]
