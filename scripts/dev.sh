@@ -110,13 +110,22 @@ check_started() {
       wait "${pids[$i]}" 2>/dev/null || status=$?
       echo >&2
       echo "${names[$i]} exited during start-up (status $status); its log (${logs[$i]}) ends:" >&2
-      tail -n 30 "${logs[$i]}" | sed 's/^/  | /' >&2
+      # Without the backtrace's frames, which would push the error itself out of view.
+      grep -Ev '^ +([0-9]+: |at )' "${logs[$i]}" | tail -n 30 | sed 's/^/  | /' >&2
       exit 1
     fi
   done
 }
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-listening() { ! port_free "$1"; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Free: nothing listens there, and a listener could bind it now (as the stack's own do,
+# with SO_REUSEADDR). A client connection on loopback can hold the port as its own end,
+# which no connect shows: CI once gave a worker a port held so for over 10 s.
+port_free() {
+  ! listening "$1" && python3 -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
 wait_for() { # what, seconds, command...: polls the command every 0.5 s
   local what=$1 seconds=$2; shift 2
   local tries=$((seconds * 2))

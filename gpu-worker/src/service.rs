@@ -185,8 +185,8 @@ impl InferenceService {
             .ok_or_else(|| ErrorKind::Unavailable.status("models are still loading"))
     }
 
-    /// Tokenises (on the blocking pool unless quick) or copies the validated inputs, queues them, and
-    /// waits for every prediction.
+    /// Tokenises (on the blocking pool unless quick) or copies the validated inputs, queues
+    /// them, and waits for every prediction.
     /// Each prediction comes with the tokens its input held and whether they were cut at
     /// the model's window (text models; `(0, false)` otherwise). `refuse_truncation` refuses
     /// a prompt that would be cut, naming it in `field`'s terms.

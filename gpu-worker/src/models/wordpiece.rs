@@ -158,7 +158,8 @@ impl AsciiWordPiece {
         {
             return None;
         }
-        let mut ids = Vec::with_capacity(self.before.len() + text.len() / 2 + self.after.len() + 2);
+        let sequence = (text.len() / 2).min(self.keep.saturating_add(self.max_word));
+        let mut ids = Vec::with_capacity(self.before.len() + sequence + self.after.len() + 2);
         ids.extend_from_slice(&self.before);
         // The pre-tokenizer: words end at spaces (dropped) and around each punctuation
         // character (a word of its own). Once a word ends past the truncation length the

@@ -522,12 +522,11 @@ async fn main() {
     };
     load(4, 40).await;
     let one = load(1, 200).await.rps;
-    // The prompts' own batch-32 forward throughput, offline, for the same texts, in the
-    // rounds of the 32-caller load, one after the other: the machine's speed drifts by a
-    // quarter over minutes here, and the ratio should not depend on which half of the run
-    // drew the slow minute.
-    // The offline batches are the load's own: its 640 requests' sentences, in the order
-    // it sends them, 32 at a time.
+    // The encoder's own batch-32 forward throughput, offline, on the load's sentences (its
+    // requests' inputs in the order it sends them, 32 at a time), timed in the rounds of
+    // the 32-caller load, one after the other: the machine's speed drifts by a quarter over
+    // minutes here, and the ratio should not depend on which half of the run drew the slow
+    // minute.
     let tokenizer = load_tokenizer(&model_dir, 128).unwrap();
     let sent: Vec<Vec<u32>> = (0..LOAD_REQUESTS)
         .map(|i| {
