@@ -78,11 +78,6 @@ impl PromptTokenizer {
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
     }
-
-    /// The library's tokenizer, as set up for serving.
-    pub fn library(&self) -> &Tokenizer {
-        &self.library
-    }
 }
 
 /// Reads `tokenizer.json` from `dir` and sets it up for serving ([`PromptTokenizer::new`]).

@@ -150,7 +150,12 @@ impl AsciiWordPiece {
             })
             .collect();
         let folded = prompt.to_ascii_lowercase();
-        let lowered = text.to_ascii_lowercase();
+        // The normalized text is lowercase already when the normalizer lowercases.
+        let lowered = if self.lowercase {
+            std::borrow::Cow::Borrowed(&text)
+        } else {
+            std::borrow::Cow::Owned(text.to_ascii_lowercase())
+        };
         if self
             .added
             .iter()

@@ -605,6 +605,13 @@ mod tests {
         }
     }
 
+    /// An answer from a worker: its wall time, its forward pass and that pass's batch size.
+    fn forwarded(wall_ms: f64, forward_ms: f64, batch: u32) -> Record {
+        let mut r = record(wall_ms, 200, Some(batch));
+        r.outcome.compute_ms = Some(forward_ms);
+        r
+    }
+
     #[test]
     fn the_summary_counts_failures_and_orders_latencies() {
         let records: Vec<Record> = (1..=100)
@@ -628,13 +635,7 @@ mod tests {
         // What a call costs beyond the worker's forward pass: wall less forward, median.
         let timed: Vec<Record> = [(5.0, 4.5), (3.0, 2.0), (9.0, 8.75)]
             .into_iter()
-            .map(|(wall, forward)| Record {
-                outcome: Outcome {
-                    compute_ms: Some(forward),
-                    ..record(wall, 200, Some(1)).outcome
-                },
-                ..record(wall, 200, Some(1))
-            })
+            .map(|(wall, forward)| forwarded(wall, forward, 1))
             .collect();
         assert_eq!(
             summarize(&timed, Duration::from_secs(1)).p50_overhead_ms,
@@ -645,13 +646,7 @@ mod tests {
         // between passes on average.
         let passes: Vec<Record> = [(300.0, 2), (300.0, 2), (100.0, 2), (100.0, 2)]
             .into_iter()
-            .map(|(forward, batch)| Record {
-                outcome: Outcome {
-                    compute_ms: Some(forward),
-                    ..record(forward, 200, Some(batch)).outcome
-                },
-                ..record(forward, 200, Some(batch))
-            })
+            .map(|(forward, batch)| forwarded(forward, forward, batch))
             .collect();
         assert_eq!(
             summarize(&passes, Duration::from_secs(1)).passes,
