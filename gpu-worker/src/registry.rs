@@ -108,7 +108,7 @@ impl Registry {
                 architecture = %model.info.architecture,
                 load_ms = started.elapsed().as_millis() as u64,
                 tokenizer = model.tokenizer.as_deref().map_or("none", |t| {
-                    if t.has_fast_path() { "fast path for ASCII" } else { "library" }
+                    if t.has_fast_path() { "fast path" } else { "library" }
                 }),
                 "model loaded"
             );

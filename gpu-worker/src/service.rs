@@ -200,21 +200,21 @@ impl InferenceService {
         let mut counts = Vec::new();
         let inputs = match (sent, &model.tokenizer) {
             (Sent::Prompts(prompts), Some(tokenizer)) => {
-                let tokenize = |tokenizer: &PromptTokenizer, prompts: &[String]| {
-                    prompts
-                        .iter()
-                        .map(|p| tokenizer.tokenize(p))
-                        .collect::<anyhow::Result<Vec<_>>>()
-                };
-                // A few microseconds' work runs here; more goes to the blocking pool, off
-                // the threads that serve every connection.
-                let tokenized = if tokenizer.is_quick(&prompts) {
-                    tokenize(tokenizer, &prompts)
-                } else {
-                    let tokenizer = tokenizer.clone();
-                    tokio::task::spawn_blocking(move || tokenize(&tokenizer, &prompts))
+                // Up to tens of microseconds' work runs here; more goes to the blocking
+                // pool, off the threads that serve every connection.
+                let tokenized = match tokenizer.tokenize_in_place(&prompts) {
+                    Some(done) => done,
+                    None => {
+                        let tokenizer = tokenizer.clone();
+                        tokio::task::spawn_blocking(move || {
+                            prompts
+                                .iter()
+                                .map(|p| tokenizer.tokenize(p))
+                                .collect::<anyhow::Result<Vec<_>>>()
+                        })
                         .await
                         .map_err(|e| internal("tokenizer task", &e))?
+                    }
                 }
                 .map_err(|e| internal("tokenizing", &e))?;
                 if let Some(field) = refuse_truncation

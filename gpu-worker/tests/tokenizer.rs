@@ -1,8 +1,9 @@
-//! The serving tokenizer's fast path for ASCII prompts against the Hugging Face library it
+//! The serving tokenizer's fast path against the Hugging Face library it
 //! stands in for: the same ids and the same "cut" flag on the demo sentences, on tens of
 //! thousands of generated prompts (words of the vocabulary in any case, punctuation,
 //! control characters, the tokenizer's own special tokens, words too long or with no
-//! matching piece, prompts past the truncation length, non-ASCII text), and on variants of
+//! matching piece, prompts past the truncation length, text beyond ASCII that the
+//! normalizer treats specially, random code points), and on variants of
 //! the pipeline it models; and no fast path for a pipeline it does not model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,6 +38,22 @@ impl Rng {
     }
 }
 
+/// Text the BERT normalizer treats specially: accents precomposed and combining, letters
+/// whose lowercase or decomposition is longer (İ, ẞ, Å as the ångström sign), Chinese
+/// characters (spaced) and their compatibility forms, kana and Hangul (not spaced),
+/// typographic punctuation, whitespace and format characters beyond ASCII, a spacing
+/// combining mark that accent stripping keeps (U+1D165, which the fast path leaves to the
+/// library; two of them in the order the library's decomposition reverses), an Indic
+/// cluster with a vowel sign, emoji, a ligature.
+#[rustfmt::skip]
+const UNICODE: &[&str] = &[
+    "café", "naïve", "Ünïcödé", "a\u{301}", "e\u{301}\u{327}", "İstanbul", "ΣΟΦΟΣ", "straße",
+    "ẞ", "\u{212b}", "\u{2126}", "Привет", "東京", "\u{f900}", "日本語です", "한국어",
+    "“quoted”", "it’s", "—", "…", "¿qué?", "«»", "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}",
+    "\u{200b}", "\u{feff}", "\u{fffd}", "\u{e000}", "\u{1d165}", "\u{1d16d}\u{1d165}",
+    "क्षि", "😀", "👍🏽", "ﬁ",
+];
+
 /// `count` prompts built from the vocabulary, punctuation, whitespace and control
 /// characters, special tokens and odd pieces.
 fn generated(json: &Value, count: usize, seed: u64) -> Vec<String> {
@@ -56,6 +73,8 @@ fn generated(json: &Value, count: usize, seed: u64) -> Vec<String> {
     (0..count)
         .map(|_| {
             let mut prompt = String::new();
+            // Half the prompts draw on text beyond ASCII.
+            let unicode = rng.below(2) == 0;
             for _ in 0..rng.below(40) {
                 match rng.below(20) {
                     0..=7 => {
@@ -83,9 +102,18 @@ fn generated(json: &Value, count: usize, seed: u64) -> Vec<String> {
                     }
                     13 => prompt.push_str(&"x".repeat(95 + rng.below(10))),
                     14 => prompt.push_str(["qzxv", "zzqj", "xkcdq", "jjjjjjz"][rng.below(4)]),
-                    15 => prompt.push_str(
-                        ["café", "naïve", "東京", "😀", "Ünïcödé", "\u{a0}"][rng.below(6)],
-                    ),
+                    15 if unicode => prompt.push_str(UNICODE[rng.below(UNICODE.len())]),
+                    16 if unicode => {
+                        // Any scalar value: unassigned, private use, surrogates skipped.
+                        if let Some(c) = char::from_u32(rng.below(0x11_0000) as u32) {
+                            prompt.push(c);
+                        }
+                    }
+                    17 if unicode => {
+                        // Latin, Greek, Cyrillic, and the general punctuation block.
+                        let c = [0x80 + rng.below(0x580), 0x2000 + rng.below(0x70)][rng.below(2)];
+                        prompt.push(char::from_u32(c as u32).unwrap());
+                    }
                     _ => {}
                 }
                 if rng.below(3) > 0 {
@@ -97,29 +125,35 @@ fn generated(json: &Value, count: usize, seed: u64) -> Vec<String> {
         .collect()
 }
 
-fn demo_sentences() -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/data/sentiment.tsv");
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
-        .collect()
+/// What [`agree`] saw: prompts the fast path answered (and of them, how many were not
+/// ASCII), and prompts the library cut.
+#[derive(Debug, Default)]
+struct Seen {
+    fast: usize,
+    fast_unicode: usize,
+    cut: usize,
 }
 
-/// Asserts the fast path and the library agree on every prompt; returns how many prompts
-/// the fast path answered itself and how many were cut.
-fn agree(tokenizer: &PromptTokenizer, prompts: &[String]) -> (usize, usize) {
+/// Asserts the fast path and the library agree on every prompt the fast path answers, and
+/// that the served ids are the library's for every prompt.
+fn agree(tokenizer: &PromptTokenizer, prompts: &[String]) -> Seen {
     assert!(tokenizer.has_fast_path());
-    let (mut fast, mut cut) = (0, 0);
+    let mut seen = Seen::default();
     for prompt in prompts {
         let library = tokenizer.library_tokenize(prompt).unwrap();
-        let served = tokenizer.tokenize(prompt).unwrap();
-        assert_eq!(served, library, "prompt {prompt:?}");
-        fast += usize::from(prompt.is_ascii());
-        cut += usize::from(library.1);
+        if let Some(fast) = tokenizer.fast_tokenize(prompt) {
+            assert_eq!(fast, library, "prompt {prompt:?}");
+            seen.fast += 1;
+            seen.fast_unicode += usize::from(!prompt.is_ascii());
+        }
+        assert_eq!(
+            tokenizer.tokenize(prompt).unwrap(),
+            library,
+            "prompt {prompt:?}"
+        );
+        seen.cut += usize::from(library.1);
     }
-    (fast, cut)
+    seen
 }
 
 #[test]
@@ -127,19 +161,20 @@ fn the_fast_path_gives_the_librarys_ids_for_the_demo_tokenizers() {
     for model in ["sentiment", "minilm"] {
         let json = tokenizer_json(model);
         let tokenizer = serving(&json, 128);
-        let sentences = demo_sentences();
-        let (fast, _) = agree(&tokenizer, &sentences);
-        assert!(
-            fast * 10 >= sentences.len() * 9,
-            "{fast} of {}",
-            sentences.len()
-        );
+        let sentences = inferencehub_devkit::demo_sentences();
+        let seen = agree(&tokenizer, &sentences);
+        assert_eq!(seen.fast, sentences.len(), "{seen:?}");
         let prompts = generated(&json, 6_000, 0x5eed_0001 + model.len() as u64);
-        let (fast, cut) = agree(&tokenizer, &prompts);
-        // The generator reaches the cases that matter: ASCII prompts, and prompts cut.
+        let seen = agree(&tokenizer, &prompts);
+        // The generator reaches the cases that matter: the fast path on ASCII and on other
+        // text, the library for what the fast path leaves it, and prompts cut.
         assert!(
-            fast > 1_000 && cut > 100,
-            "{model}: {fast} ASCII, {cut} cut"
+            seen.fast - seen.fast_unicode > 1_000
+                && seen.fast_unicode > 1_000
+                && seen.fast < prompts.len()
+                && seen.cut > 100,
+            "{model}: {seen:?} of {}",
+            prompts.len()
         );
     }
 }
@@ -157,10 +192,10 @@ fn every_vocabulary_entry_tokenizes_as_the_library_does() {
     // The longest first, so that the longest entries are surely among them.
     words.sort_by_key(|w| std::cmp::Reverse(w.len()));
     let prompts: Vec<String> = words.chunks(8).map(|c| c.join(" ")).collect();
-    let (fast, _) = agree(&tokenizer, &prompts);
+    let seen = agree(&tokenizer, &prompts);
     assert!(
-        fast * 10 >= prompts.len() * 9,
-        "{fast} of {}",
+        seen.fast * 10 >= prompts.len() * 9,
+        "{seen:?} of {}",
         prompts.len()
     );
 }
@@ -173,6 +208,24 @@ fn the_fast_path_follows_the_pipelines_settings() {
     let mut cased = base.clone();
     cased["normalizer"]["lowercase"] = Value::Bool(false);
     variants.push(("cased", cased, 128));
+    // Lowercased with accents kept, cased with accents stripped, Chinese not spaced.
+    let mut accents_kept = base.clone();
+    accents_kept["normalizer"]["strip_accents"] = Value::Bool(false);
+    variants.push(("accents kept", accents_kept, 128));
+    let mut cased_stripped = base.clone();
+    cased_stripped["normalizer"]["lowercase"] = Value::Bool(false);
+    cased_stripped["normalizer"]["strip_accents"] = Value::Bool(true);
+    variants.push(("cased, accents stripped", cased_stripped, 128));
+    let mut unspaced = base.clone();
+    unspaced["normalizer"]["handle_chinese_chars"] = Value::Bool(false);
+    variants.push(("Chinese not spaced", unspaced, 128));
+    // A piece of two spacing combining marks, which the library's decomposition puts in
+    // canonical order (U+1D16D after U+1D165): a prompt with them in the other order is
+    // the library's, not the fast path's.
+    let mut marks = base.clone();
+    let vocab = marks["model"]["vocab"].as_object_mut().unwrap();
+    vocab.insert("\u{1d165}\u{1d16d}".into(), serde_json::json!(vocab.len()));
+    variants.push(("two kept marks in a piece", marks, 128));
     // BERT's own post-processor instead of the template.
     let mut bert = base.clone();
     bert["post_processor"] = serde_json::json!({
@@ -196,7 +249,13 @@ fn the_fast_path_follows_the_pipelines_settings() {
     for (i, (name, json, max_tokens)) in variants.iter().enumerate() {
         let tokenizer = serving(json, *max_tokens);
         assert!(tokenizer.has_fast_path(), "{name}");
-        let mut prompts = demo_sentences();
+        let mut prompts = inferencehub_devkit::demo_sentences();
+        // Each special text as a word of its own, in both cases.
+        prompts.extend(
+            UNICODE
+                .iter()
+                .map(|u| format!("{u} a {u}, {}.", u.to_uppercase())),
+        );
         prompts.extend(generated(json, 2_000, 0xfeed + i as u64));
         agree(&tokenizer, &prompts);
     }
@@ -212,7 +271,6 @@ fn a_pipeline_it_does_not_model_has_no_fast_path_and_still_tokenizes() {
     let mut unclean = base.clone();
     unclean["normalizer"]["clean_text"] = Value::Bool(false);
     others.push(unclean);
-    // Without a post-processor the library cuts a long prompt but reports no overflow.
     let mut bare = base.clone();
     bare["post_processor"] = Value::Null;
     others.push(bare);
@@ -230,6 +288,29 @@ fn a_pipeline_it_does_not_model_has_no_fast_path_and_still_tokenizes() {
     }
 }
 
+/// `tokenizers` 0.23 cuts a long prompt for a tokenizer without a post-processor but
+/// reports no overflow; the worker's "cut" flag (which a caller's refusal of truncation
+/// rests on) must still say so, and must not say so for a prompt that fits exactly.
+#[test]
+fn a_prompt_cut_without_a_post_processor_is_reported_cut() {
+    let mut bare = tokenizer_json("sentiment");
+    bare["post_processor"] = Value::Null;
+    let whole = serving(&bare, 512);
+    let window = serving(&bare, 8);
+    for words in [1, 7, 8, 9, 40] {
+        let prompt = vec!["good"; words].join(" ");
+        let (all, all_cut) = whole.tokenize(&prompt).unwrap();
+        assert_eq!((all.len(), all_cut), (words, false), "{prompt}");
+        let (ids, cut) = window.tokenize(&prompt).unwrap();
+        assert_eq!(ids, all[..words.min(8)], "{prompt}");
+        assert_eq!(cut, words > 8, "{prompt}");
+    }
+    // With the post-processor the library's own report stands: [CLS] and [SEP] count.
+    let full = serving(&tokenizer_json("sentiment"), 8);
+    assert!(!full.tokenize(&["good"; 6].join(" ")).unwrap().1);
+    assert!(full.tokenize(&["good"; 7].join(" ")).unwrap().1);
+}
+
 #[test]
 fn a_call_is_tokenized_in_place_only_when_quick() {
     let json = tokenizer_json("sentiment");
@@ -237,15 +318,30 @@ fn a_call_is_tokenized_in_place_only_when_quick() {
     let mut whitespace = json.clone();
     whitespace["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
     let library = serving(&whitespace, 128);
-    let ascii = |n: usize| vec!["word ".repeat(n / 5)];
-    let accented = |n: usize| vec!["é".repeat(n / 2)];
-    // The fast path: up to 1 KiB of ASCII, in one prompt or spread over several.
-    assert!(fast.is_quick(&ascii(1020)));
-    assert!(fast.is_quick(&vec!["word ".repeat(20); 10]));
-    assert!(!fast.is_quick(&ascii(1030)));
+    let words = |word: &str, bytes: usize| vec![word.repeat(bytes / word.len())];
+    let in_place = |tokenizer: &PromptTokenizer, prompts: &[String]| {
+        let done = tokenizer.tokenize_in_place(prompts)?.unwrap();
+        // What is done in place is what the blocking pool would have done.
+        for (prompt, tokens) in prompts.iter().zip(&done) {
+            assert_eq!(
+                *tokens,
+                tokenizer.library_tokenize(prompt).unwrap(),
+                "{prompt}"
+            );
+        }
+        Some(done.len())
+    };
+    // The fast path: up to 1 KiB, ASCII or not, in one prompt or spread over several.
+    assert_eq!(in_place(&fast, &words("word ", 1020)), Some(1));
+    assert_eq!(in_place(&fast, &words("thé “ok” ", 1020)), Some(1));
+    assert_eq!(in_place(&fast, &vec!["word ".repeat(20); 10]), Some(10));
+    assert_eq!(in_place(&fast, &words("word ", 1030)), None);
+    // Not what the fast path leaves to the library (an added token, a kept combining
+    // mark), beyond 128 bytes.
+    assert_eq!(in_place(&fast, &words("[SEP] ", 600)), None);
+    assert_eq!(in_place(&fast, &words("x\u{1d165} ", 600)), None);
+    assert_eq!(in_place(&fast, &words("[SEP] ", 120)), Some(1));
     // The library: up to 128 bytes.
-    assert!(fast.is_quick(&accented(128)));
-    assert!(!fast.is_quick(&accented(130)));
-    assert!(library.is_quick(&ascii(125)));
-    assert!(!library.is_quick(&ascii(300)));
+    assert_eq!(in_place(&library, &words("word ", 125)), Some(1));
+    assert_eq!(in_place(&library, &words("word ", 300)), None);
 }

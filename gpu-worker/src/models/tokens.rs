@@ -7,15 +7,24 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::wordpiece::AsciiWordPiece;
+use super::wordpiece::FastWordPiece;
+
+/// A prompt's token ids (special tokens included, cut at the model's window) and whether it
+/// was cut.
+pub type Tokens = (Vec<u32>, bool);
 
 /// A text model's tokenizer as the worker serves it: `tokenizer.json` with no padding (the
 /// batcher pads to the longest input of each batch) and truncation at the model's limit,
-/// and, where that tokenizer is BERT's WordPiece pipeline, its fast path for ASCII prompts
-/// ([`AsciiWordPiece`]: the same ids).
+/// and, where that tokenizer is BERT's WordPiece pipeline, its fast path ([`FastWordPiece`]:
+/// the same ids).
 pub struct PromptTokenizer {
     library: Tokenizer,
-    fast: Option<AsciiWordPiece>,
+    fast: Option<FastWordPiece>,
+    /// The window, where the worker cuts the library's ids itself: tokenizers without a
+    /// post-processor, for which `tokenizers` 0.23 cuts a long prompt but reports no
+    /// overflow (nothing is added around the ids then, so cutting them is all truncation
+    /// does).
+    cut_here: Option<usize>,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -36,45 +45,81 @@ impl PromptTokenizer {
                 ..Default::default()
             }))
             .map_err(|e| anyhow::anyhow!("configuring truncation: {e}"))?;
-        let fast = AsciiWordPiece::for_tokenizer(&tokenizer)
+        let fast = FastWordPiece::for_tokenizer(&tokenizer)
             .inspect_err(|why| tracing::debug!(why, "no fast tokenizer path"))
             .ok();
+        let cut_here = tokenizer
+            .get_post_processor()
+            .is_none()
+            .then_some(max_tokens);
+        if cut_here.is_some() {
+            tokenizer
+                .with_truncation(None)
+                .map_err(|e| anyhow::anyhow!("configuring truncation: {e}"))?;
+        }
         Ok(Self {
             library: tokenizer,
             fast,
+            cut_here,
         })
     }
 
     /// The token ids of `prompt` (special tokens included, cut at the truncation length)
     /// and whether anything was cut.
-    pub fn tokenize(&self, prompt: &str) -> anyhow::Result<(Vec<u32>, bool)> {
-        if let Some(done) = self.fast.as_ref().and_then(|f| f.tokenize(prompt)) {
-            return Ok(done);
+    pub fn tokenize(&self, prompt: &str) -> anyhow::Result<Tokens> {
+        match self.fast_tokenize(prompt) {
+            Some(done) => Ok(done),
+            None => self.library_tokenize(prompt),
         }
-        self.library_tokenize(prompt)
+    }
+
+    /// [`Self::tokenize`] by the fast path alone: `None` where the tokenizer has none, or
+    /// the prompt is the library's (it holds an added token, or a combining mark that
+    /// stripping accents would keep).
+    pub fn fast_tokenize(&self, prompt: &str) -> Option<Tokens> {
+        self.fast.as_ref()?.tokenize(prompt)
     }
 
     /// [`Self::tokenize`] by the library alone (what the fast path is checked against).
-    pub fn library_tokenize(&self, prompt: &str) -> anyhow::Result<(Vec<u32>, bool)> {
+    pub fn library_tokenize(&self, prompt: &str) -> anyhow::Result<Tokens> {
         let encoding = self
             .library
             .encode_fast(prompt, true)
             .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        let truncated = !encoding.get_overflowing().is_empty();
-        Ok((encoding.get_ids().to_vec(), truncated))
+        let mut ids = encoding.get_ids().to_vec();
+        let truncated = match self.cut_here {
+            Some(window) if ids.len() > window => {
+                ids.truncate(window);
+                true
+            }
+            Some(_) => false,
+            None => !encoding.get_overflowing().is_empty(),
+        };
+        Ok((ids, truncated))
     }
 
-    /// Whether tokenizing `prompts` is quick enough for an async task to do it without
-    /// holding up the others on its thread: at most 1 KiB in all, all ASCII, on the fast
-    /// path (≈ 20 ns a byte; at worst — long words that end unknown — 65 ns, so ≤ 65 µs),
-    /// or at most 128 bytes through the library (≈ 0.4 µs a byte, 1.8 µs at worst).
-    pub fn is_quick(&self, prompts: &[String]) -> bool {
+    /// The token ids and "cut" flags of `prompts` ([`Self::tokenize`] each) where that is
+    /// quick enough for an async task to do without holding up the others on its thread;
+    /// `None` where it is not (the caller hands it to the blocking pool). Quick: at most 128
+    /// bytes in all (the library takes ≈ 0.4 µs a byte, 1.8 µs a byte at worst), or at most
+    /// 1 KiB that the fast path takes whole (≈ 15–60 ns a byte; at worst — long words that
+    /// end on a missing piece — 60 µs a KiB).
+    pub fn tokenize_in_place(&self, prompts: &[String]) -> Option<anyhow::Result<Vec<Tokens>>> {
         let bytes: usize = prompts.iter().map(String::len).sum();
-        bytes <= 128
-            || (bytes <= 1024 && self.fast.is_some() && prompts.iter().all(|p| p.is_ascii()))
+        if bytes <= 128 {
+            return Some(prompts.iter().map(|p| self.tokenize(p)).collect());
+        }
+        if bytes > 1024 {
+            return None;
+        }
+        prompts
+            .iter()
+            .map(|p| self.fast_tokenize(p))
+            .collect::<Option<_>>()
+            .map(Ok)
     }
 
-    /// Whether ASCII prompts take the fast path.
+    /// Whether the tokenizer has the fast path ([`FastWordPiece`]).
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
     }

@@ -1,6 +1,6 @@
-//! A fast path for the BERT tokenizer on ASCII prompts: the same ids as the Hugging Face
-//! pipeline it is built from (`BertNormalizer` → `BertPreTokenizer` → `WordPiece` → the
-//! special tokens around the sequence → truncation), without its per-character bookkeeping.
+//! A fast path for the BERT tokenizer: the same ids as the Hugging Face pipeline it is
+//! built from (`BertNormalizer` → `BertPreTokenizer` → `WordPiece` → the special tokens
+//! around the sequence → truncation), without its per-character bookkeeping.
 //!
 //! The library keeps, for every character, where it came from (offsets through
 //! normalization and splitting) and allocates a string for each piece it looks up; the
@@ -11,20 +11,31 @@
 //!
 //! It applies only where the result is provably the library's: the tokenizer must be that
 //! exact pipeline (anything else, or any setting it does not model, leaves the library to
-//! do all the work), and the prompt must be ASCII and hold none of the tokenizer's added
-//! tokens (in any case), so that normalization reduces to dropping control characters,
-//! turning tabs and line breaks into spaces and lowercasing, and splitting to spaces and
-//! ASCII punctuation. Every other prompt goes to the library.
+//! do all the work), and the prompt must hold none of the tokenizer's added tokens (in any
+//! case). Each character is normalized on its own, with the library's own tables (the
+//! `unicode_categories` and `unicode-normalization-alignments` crates it uses, and std's
+//! whitespace and lowercasing): control and format characters dropped, whitespace made a
+//! space, spaces around Chinese characters, accents stripped (canonical decomposition, the
+//! non-spacing marks dropped), lowercasing. The one step that is not per character —
+//! the decomposition's reordering of combining marks — cannot change the result when every
+//! mark it could move is dropped; a prompt with a kept combining mark (a spacing one, as in
+//! some Indic scripts and musical symbols) goes to the library. ASCII prompts skip the
+//! tables altogether.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{Model, PostProcessor, Tokenizer, TruncationDirection, TruncationStrategy};
+use tokenizers::{
+    Model, NormalizedString, Normalizer, PostProcessor, Tokenizer, TruncationDirection,
+    TruncationStrategy,
+};
+use unicode_categories::UnicodeCategories;
+use unicode_normalization_alignments::char::{canonical_combining_class, decompose_canonical};
 
-/// The BERT pipeline of one tokenizer, for ASCII prompts.
-pub struct AsciiWordPiece {
+/// The BERT pipeline of one tokenizer.
+pub struct FastWordPiece {
     /// The vocabulary, for a word's first piece.
     first: HashMap<Box<str>, u32>,
     /// The continuation pieces, keyed without their prefix (`##ing` as `ing`).
@@ -36,20 +47,27 @@ pub struct AsciiWordPiece {
     /// Longer words are one unknown token.
     max_word: usize,
     lowercase: bool,
+    /// Spaces put around Chinese characters.
+    chinese: bool,
+    /// Accents stripped (by default, when lowercasing).
+    strip_accents: bool,
     /// The special tokens before and after the sequence.
     before: Vec<u32>,
     after: Vec<u32>,
     /// Most sequence tokens kept (the truncation length less the special tokens).
     keep: usize,
-    /// The added tokens' contents, lowercased: a prompt holding one is the library's.
+    /// The added tokens' contents, as written and normalized, ASCII-lowercased: a prompt
+    /// holding one (in any case) is the library's.
     added: Vec<String>,
 }
 
-impl std::fmt::Debug for AsciiWordPiece {
+impl std::fmt::Debug for FastWordPiece {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsciiWordPiece")
+        f.debug_struct("FastWordPiece")
             .field("vocabulary", &self.first.len())
             .field("lowercase", &self.lowercase)
+            .field("chinese", &self.chinese)
+            .field("strip_accents", &self.strip_accents)
             .field("before", &self.before)
             .field("after", &self.after)
             .field("keep", &self.keep)
@@ -57,12 +75,17 @@ impl std::fmt::Debug for AsciiWordPiece {
     }
 }
 
-impl AsciiWordPiece {
+impl FastWordPiece {
     /// The fast path for `tokenizer`, or why it has none (its pipeline is not the one
     /// modelled here).
     pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<Self, String> {
-        let lowercase = match tokenizer.get_normalizer() {
-            Some(NormalizerWrapper::BertNormalizer(n)) if n.clean_text => n.lowercase,
+        let (normalizer, lowercase, chinese, strip_accents) = match tokenizer.get_normalizer() {
+            Some(NormalizerWrapper::BertNormalizer(n)) if n.clean_text => (
+                n,
+                n.lowercase,
+                n.handle_chinese_chars,
+                n.strip_accents.unwrap_or(n.lowercase),
+            ),
             other => return Err(format!("normalizer {other:?}")),
         };
         if !matches!(
@@ -111,11 +134,19 @@ impl AsciiWordPiece {
                 keep
             }
         };
-        let added = tokenizer
-            .get_added_tokens_decoder()
-            .into_values()
-            .map(|t| t.content.to_ascii_lowercase())
-            .collect();
+        // Each added token as written and as the normalizer makes it (the library matches
+        // tokens marked `normalized` in the normalized text).
+        let mut added = Vec::new();
+        for token in tokenizer.get_added_tokens_decoder().into_values() {
+            let mut normalized = NormalizedString::from(token.content.as_str());
+            normalizer
+                .normalize(&mut normalized)
+                .map_err(|e| format!("normalizing {:?}: {e}", token.content))?;
+            added.push(normalized.get().to_ascii_lowercase());
+            added.push(token.content.to_ascii_lowercase());
+        }
+        added.sort();
+        added.dedup();
         Ok(Self {
             first_longest: longest(&first).unwrap_or(0),
             rest_longest: longest(&rest).unwrap_or(0),
@@ -124,6 +155,8 @@ impl AsciiWordPiece {
             unk,
             max_word: model.max_input_chars_per_word,
             lowercase,
+            chinese,
+            strip_accents,
             before,
             after,
             keep,
@@ -132,23 +165,10 @@ impl AsciiWordPiece {
     }
 
     /// The ids of `prompt` with the special tokens, cut at the truncation length, and
-    /// whether it was cut; `None` when the prompt is not for the fast path (not ASCII, or
-    /// holding an added token).
+    /// whether it was cut; `None` when the prompt is not for the fast path (holding an
+    /// added token, or a combining mark the normalizer would keep).
     pub fn tokenize(&self, prompt: &str) -> Option<(Vec<u32>, bool)> {
-        if !prompt.is_ascii() {
-            return None;
-        }
-        // The normalizer on ASCII: control characters dropped, tabs and line breaks made
-        // spaces, letters lowercased (Chinese characters and accents cannot occur).
-        let text: String = prompt
-            .chars()
-            .filter_map(|c| match c {
-                '\t' | '\n' | '\r' => Some(' '),
-                '\0'..='\x1f' | '\x7f' => None,
-                _ if self.lowercase => Some(c.to_ascii_lowercase()),
-                _ => Some(c),
-            })
-            .collect();
+        let text = self.normalize(prompt)?;
         let folded = prompt.to_ascii_lowercase();
         // The normalized text is lowercase already when the normalizer lowercases.
         let lowered = if self.lowercase {
@@ -166,26 +186,27 @@ impl AsciiWordPiece {
         let sequence = (text.len() / 2).min(self.keep.saturating_add(self.max_word));
         let mut ids = Vec::with_capacity(self.before.len() + sequence + self.after.len() + 2);
         ids.extend_from_slice(&self.before);
-        // The pre-tokenizer: words end at spaces (dropped) and around each punctuation
+        // The pre-tokenizer: words end at whitespace (dropped) and around each punctuation
         // character (a word of its own). Once a word ends past the truncation length the
         // rest cannot change the result (a word's pieces are kept or replaced together).
         let past = |ids: &Vec<u32>| ids.len() - self.before.len() > self.keep;
-        'text: for chunk in text.split(' ') {
-            let mut word_start = 0;
-            for (i, b) in chunk.bytes().enumerate() {
-                if b.is_ascii_punctuation() {
-                    self.word(&chunk[word_start..i], &mut ids);
-                    self.word(&chunk[i..=i], &mut ids);
-                    word_start = i + 1;
-                    if past(&ids) {
-                        break 'text;
-                    }
+        let mut word_start = 0;
+        for (i, c) in text.char_indices() {
+            let punctuation = c.is_ascii_punctuation() || (!c.is_ascii() && c.is_punctuation());
+            if punctuation || c.is_whitespace() {
+                self.word(&text[word_start..i], &mut ids);
+                let next = i + c.len_utf8();
+                if punctuation {
+                    self.word(&text[i..next], &mut ids);
+                }
+                word_start = next;
+                if past(&ids) {
+                    break;
                 }
             }
-            self.word(&chunk[word_start..], &mut ids);
-            if past(&ids) {
-                break;
-            }
+        }
+        if !past(&ids) {
+            self.word(&text[word_start..], &mut ids);
         }
         let cut = past(&ids);
         if cut {
@@ -193,6 +214,61 @@ impl AsciiWordPiece {
         }
         ids.extend_from_slice(&self.after);
         Some((ids, cut))
+    }
+
+    /// The normalizer's text for `prompt`, character by character; `None` for a prompt
+    /// with a combining mark that the accent stripping would keep (where the library's
+    /// reordering of marks could matter).
+    fn normalize(&self, prompt: &str) -> Option<String> {
+        let mut text = String::with_capacity(prompt.len() + 2);
+        for c in prompt.chars() {
+            if c.is_ascii() {
+                // Nothing to decompose; control characters are C0 and DEL.
+                match c {
+                    '\t' | '\n' | '\r' => text.push(' '),
+                    '\0'..='\x1f' | '\x7f' => {}
+                    _ if self.lowercase => text.push(c.to_ascii_lowercase()),
+                    _ => text.push(c),
+                }
+            } else if c == '\u{fffd}' || c.is_other() {
+                // Control, format and private-use characters (and the replacement one).
+            } else if c.is_whitespace() {
+                text.push(' ');
+            } else if self.chinese && is_chinese(c) {
+                text.push(' ');
+                self.fold(c, &mut text)?;
+                text.push(' ');
+            } else {
+                self.fold(c, &mut text)?;
+            }
+        }
+        Some(text)
+    }
+
+    /// `c` with its accents stripped and lowercased, as the normalizer has them, onto
+    /// `text`.
+    fn fold(&self, c: char, text: &mut String) -> Option<()> {
+        if !self.strip_accents {
+            self.lower(c, text);
+            return Some(());
+        }
+        let mut kept_mark = false;
+        decompose_canonical(c, |d| {
+            if d.is_mark_nonspacing() {
+                return;
+            }
+            kept_mark |= canonical_combining_class(d) != 0;
+            self.lower(d, text);
+        });
+        (!kept_mark).then_some(())
+    }
+
+    fn lower(&self, c: char, text: &mut String) {
+        if self.lowercase {
+            text.extend(c.to_lowercase());
+        } else {
+            text.push(c);
+        }
     }
 
     /// WordPiece on one word, onto `ids`: the longest vocabulary piece from its start, then
@@ -204,7 +280,9 @@ impl AsciiWordPiece {
         }
         let mark = ids.len();
         let mut start = 0;
-        while start < word.len() && word.len() <= self.max_word {
+        // The limit counts characters; a word no longer in bytes is within it.
+        let short = word.len() <= self.max_word || word.chars().count() <= self.max_word;
+        while start < word.len() && short {
             let (table, longest) = if start == 0 {
                 (&self.first, self.first_longest)
             } else {
@@ -212,6 +290,7 @@ impl AsciiWordPiece {
             };
             let Some((end, id)) = (start + 1..=word.len().min(start + longest))
                 .rev()
+                .filter(|&end| word.is_char_boundary(end))
                 .find_map(|end| table.get(&word[start..end]).map(|&id| (end, id)))
             else {
                 break;
@@ -224,6 +303,22 @@ impl AsciiWordPiece {
             ids.push(self.unk);
         }
     }
+}
+
+/// The normalizer's Chinese characters: the CJK Unified Ideographs blocks and their
+/// compatibility forms (not Japanese kana or Korean Hangul, which are written with spaces).
+fn is_chinese(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x4E00..=0x9FFF
+            | 0x3400..=0x4DBF
+            | 0x20000..=0x2A6DF
+            | 0x2A700..=0x2B73F
+            | 0x2B740..=0x2B81F
+            | 0x2B920..=0x2CEAF
+            | 0xF900..=0xFAFF
+            | 0x2F800..=0x2FA1F
+    )
 }
 
 /// The ids of the special tokens a post-processor puts before and after a single

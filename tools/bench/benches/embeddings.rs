@@ -44,12 +44,7 @@ fn main() {
         own.info.architecture, onnx.info.architecture
     );
 
-    let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
-    let sentences: Vec<String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
-        .collect();
+    let sentences = inferencehub_devkit::demo_sentences();
     let prepare = |s: &str| own.prepare(s, &[]).unwrap();
     let short: Vec<ModelInput> = sentences
         .iter()

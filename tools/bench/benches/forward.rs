@@ -171,12 +171,7 @@ fn calibrate(one: f64) -> usize {
 /// Token ids of the benchmark's inputs: sentences of 10-25 tokens, and 128-token texts.
 fn token_sets(model_dir: &Path) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let tokenizer = load_tokenizer(model_dir, 128).unwrap();
-    let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
-    let sentences: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('\t').map(|(_, s)| s))
-        .collect();
+    let sentences = inferencehub_devkit::demo_sentences();
     let encode = |s: &str| -> Vec<u32> { tokenizer.tokenize(s).unwrap().0 };
     let short: Vec<Vec<u32>> = sentences
         .iter()
@@ -191,7 +186,7 @@ fn token_sets(model_dir: &Path) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
                 .cycle()
                 .skip(i * 7)
                 .take(20)
-                .copied()
+                .map(String::as_str)
                 .collect();
             encode(&text.join(" "))
         })
@@ -503,12 +498,7 @@ async fn main() {
     let pid = process.child.id().unwrap();
     let target = Arc::new(target);
     let rss_loaded = rss_mb(pid);
-    let text = std::fs::read_to_string(root().join("tools/data/sentiment.tsv")).unwrap();
-    let prompts: Vec<String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
-        .collect();
+    let prompts = inferencehub_devkit::demo_sentences();
     eprintln!("gRPC: 1 caller, then 32");
     let inputs: Vec<Input> = prompts.iter().map(|p| Input::Text(p.clone())).collect();
     let load = |callers, requests| {

@@ -2,8 +2,9 @@
 //! mTLS certificates ([`certs`]), development JWT signing keys and tokens ([`keys`]), a
 //! local DynamoDB-compatible server and its table ([`dynamo`]), a local Secrets Manager
 //! ([`secrets`]), a fault-injecting TCP proxy ([`proxy`]), and an in-process HTTP
-//! server in front of the Lambda handlers ([`http`]); and [`largest_error`], for the checks
-//! that compare an engine's numbers with a reference's.
+//! server in front of the Lambda handlers ([`http`]); [`largest_error`], for the checks
+//! that compare an engine's numbers with a reference's; and [`demo_sentences`], the demo
+//! text.
 //!
 //! It depends on neither serving crate, so their own tests can use it without compiling
 //! the other half (the functions' tests build no candle).
@@ -23,6 +24,18 @@ pub fn largest_error(errors: impl IntoIterator<Item = f32>) -> f32 {
         .into_iter()
         .map(|e| if e.is_nan() { f32::INFINITY } else { e })
         .fold(0.0, f32::max)
+}
+
+/// The demo `sentiment` model's sentences (`tools/data/sentiment.tsv`, labels left off), in
+/// the file's order: what the benchmarks and the tokenizer's tests feed text models.
+pub fn demo_sentences() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sentiment.tsv");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t').map(|(_, s)| s.to_string()))
+        .collect()
 }
 
 /// A free loopback TCP port (bound, then released for a server to take).

@@ -211,7 +211,7 @@ impl Drop for PyBridge {
 }
 
 /// A bar plot of ratios against a baseline drawn at 1.0: one group per `(label, ratios)`,
-/// one bar per series (`(name, colour)`), gridlines every 0.25.
+/// one bar per series (`(name, colour)`), gridlines every 0.25 (or wider, up to 16 lines).
 pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &str)]) -> String {
     let (w, h, left, bottom, top) = (760.0, 360.0, 60.0, 90.0, 40.0);
     let max = groups
@@ -227,6 +227,11 @@ pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &s
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
     );
+    // At most 16 gridlines.
+    let step = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .find(|s| max / s <= 16.0)
+        .unwrap_or(max / 16.0);
     let mut tick = 0.0;
     while tick <= max + 1e-9 {
         out += &format!(
@@ -236,7 +241,7 @@ pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &s
             y(tick) + 4.0,
             y = y(tick)
         );
-        tick += if max > 4.0 { 0.5 } else { 0.25 };
+        tick += step;
     }
     out += &format!(
         "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>\n",
@@ -278,7 +283,6 @@ pub fn ratio_svg(title: &str, groups: &[(String, Vec<f64>)], series: &[(&str, &s
     out
 }
 
-/// The repository's root.
 /// The CPU's model name (`/proc/cpuinfo`), for the tables: the machines vary.
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -291,6 +295,7 @@ pub fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// The repository's root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
