@@ -44,6 +44,12 @@ const CHINESE_JAPANESE: &[&str] = &[
     "配達は予定どおりに届きました。とても満足です。",
     "アプリが起動するたびに落ちてしまいます。",
 ];
+/// Hangul, which the uncased tokenizer's accent stripping decomposes into its letters.
+const KOREAN: &[&str] = &[
+    "배송이 빨라서 정말 좋았어요.",
+    "앱이 자꾸 멈춰서 너무 불편합니다.",
+    "고객센터 답변이 친절하고 빨랐어요.",
+];
 const HINDI: &[&str] = &[
     "सेवा बहुत अच्छी थी, धन्यवाद।",
     "ऐप बार-बार बंद हो जाता है।",
@@ -108,6 +114,12 @@ fn main() {
             label: "Chinese and Japanese",
             short: "CJK",
             prompts: owned(CHINESE_JAPANESE),
+            tokenizer: 0,
+        },
+        Set {
+            label: "Korean",
+            short: "Korean",
+            prompts: owned(KOREAN),
             tokenizer: 0,
         },
         Set {
