@@ -1,5 +1,5 @@
-//! The serving tokenizer's fast path against the Hugging Face library it
-//! stands in for: the same ids and the same "cut" flag on the demo sentences, on tens of
+//! The serving tokenizer's fast path against the Hugging Face library it stands in for:
+//! the same ids and the same "cut" flag on the demo sentences, on tens of
 //! thousands of generated prompts (words of the vocabulary in any case, punctuation,
 //! control characters, the tokenizer's own special tokens, words too long or with no
 //! matching piece, prompts past the truncation length, text beyond ASCII that the
@@ -44,7 +44,7 @@ impl Rng {
 /// typographic punctuation, whitespace and format characters beyond ASCII, a spacing
 /// combining mark that accent stripping keeps (U+1D165, which the fast path leaves to the
 /// library; two of them in the order the library's decomposition reverses), an Indic
-/// cluster with a vowel sign, emoji, a ligature.
+/// cluster with a vowel sign, emoji, a ligature; long words of two-byte letters.
 #[rustfmt::skip]
 const UNICODE: &[&str] = &[
     "café", "naïve", "Ünïcödé", "a\u{301}", "e\u{301}\u{327}", "İstanbul", "ΣΟΦΟΣ", "straße",
@@ -52,6 +52,10 @@ const UNICODE: &[&str] = &[
     "“quoted”", "it’s", "—", "…", "¿qué?", "«»", "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}",
     "\u{200b}", "\u{feff}", "\u{fffd}", "\u{e000}", "\u{1d165}", "\u{1d16d}\u{1d165}",
     "क्षि", "😀", "👍🏽", "ﬁ",
+    // Words within the length limit in characters but not in bytes, and past it.
+    "приветприветприветприветприветприветприветприветприветпривет",
+    "дддддддддддддддддддддддддддддддддддддддддддддддддддддддддддд",
+    "ддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддддд",
 ];
 
 /// `count` prompts built from the vocabulary, punctuation, whitespace and control
@@ -226,6 +230,18 @@ fn the_fast_path_follows_the_pipelines_settings() {
     let vocab = marks["model"]["vocab"].as_object_mut().unwrap();
     vocab.insert("\u{1d165}\u{1d16d}".into(), serde_json::json!(vocab.len()));
     variants.push(("two kept marks in a piece", marks, 128));
+    // An added token matched in the normalized text, which normalizing changes beyond
+    // ASCII case: "Ünï" is found as "uni" (so a prompt with "uni" in any form is the
+    // library's).
+    let mut normalized_token = base.clone();
+    normalized_token["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 30522, "content": "Ünï", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": true, "special": false
+        }));
+    variants.push(("an added token normalized", normalized_token, 128));
     // BERT's own post-processor instead of the template.
     let mut bert = base.clone();
     bert["post_processor"] = serde_json::json!({
@@ -250,6 +266,7 @@ fn the_fast_path_follows_the_pipelines_settings() {
         let tokenizer = serving(json, *max_tokens);
         assert!(tokenizer.has_fast_path(), "{name}");
         let mut prompts = inferencehub_devkit::demo_sentences();
+        prompts.extend(["uni", "a UNI b", "Ünï", "xuniy"].map(String::from));
         // Each special text as a word of its own, in both cases.
         prompts.extend(
             UNICODE

@@ -18,9 +18,9 @@
 //! space, spaces around Chinese characters, accents stripped (canonical decomposition, the
 //! non-spacing marks dropped), lowercasing. The one step that is not per character —
 //! the decomposition's reordering of combining marks — cannot change the result when every
-//! mark it could move is dropped; a prompt with a kept combining mark (a spacing one, as in
-//! some Indic scripts and musical symbols) goes to the library. ASCII prompts skip the
-//! tables altogether.
+//! mark it could move is dropped; a prompt with a combining mark that is kept (a spacing
+//! mark with a combining class, as the musical symbols' stems and dots; Indic vowel signs
+//! have none) goes to the library. ASCII prompts skip the tables altogether.
 
 use ahash::AHashMap as HashMap;
 
