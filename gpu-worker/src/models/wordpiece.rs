@@ -20,7 +20,9 @@
 //! the decomposition's reordering of combining marks — cannot change the result when every
 //! mark it could move is dropped; a prompt with a combining mark that is kept (a spacing
 //! mark with a combining class, as the musical symbols' stems and dots; Indic vowel signs
-//! have none) goes to the library. ASCII prompts skip the tables altogether.
+//! have none) goes to the library. ASCII prompts skip the tables altogether, and the
+//! two-byte characters (Latin beyond ASCII, Greek, Cyrillic, Hebrew, Arabic …) take their
+//! normalized forms from a table built at load by the same steps.
 
 use ahash::AHashMap as HashMap;
 
@@ -66,6 +68,11 @@ pub struct FastWordPiece {
     /// The added tokens' contents, as written and normalized, ASCII-lowercased: a prompt
     /// holding one (in any case) is the library's.
     added: Vec<String>,
+    /// The two-byte UTF-8 characters (U+0080 to U+07FF, index `c - 0x80`): each one's
+    /// normalized text (`None`: a kept combining mark), and which are punctuation — worked
+    /// out once from the same steps, instead of eight table searches a character.
+    two_byte: Vec<Option<Piece>>,
+    two_byte_punctuation: Vec<u64>,
 }
 
 impl std::fmt::Debug for FastWordPiece {
@@ -153,7 +160,7 @@ impl FastWordPiece {
         }
         added.sort();
         added.dedup();
-        Ok(Self {
+        let mut fast = Self {
             first_longest: longest(&first).unwrap_or(0),
             rest_longest: longest(&rest).unwrap_or(0),
             first,
@@ -167,7 +174,27 @@ impl FastWordPiece {
             after,
             keep,
             added,
-        })
+            two_byte: Vec::new(),
+            two_byte_punctuation: Vec::new(),
+        };
+        let two_byte: Vec<char> = (0x80..0x800).filter_map(char::from_u32).collect();
+        fast.two_byte = two_byte
+            .iter()
+            .map(|&c| {
+                let mut text = String::new();
+                fast.normalize_char(c, &mut text)
+                    .map(|()| Piece::from(text))
+            })
+            .collect();
+        fast.two_byte_punctuation = two_byte
+            .chunks(64)
+            .map(|chunk| {
+                (chunk.iter().enumerate())
+                    .filter(|(_, c)| c.is_punctuation())
+                    .fold(0u64, |bits, (i, _)| bits | 1 << i)
+            })
+            .collect();
+        Ok(fast)
     }
 
     /// The ids of `prompt` with the special tokens, cut at the truncation length, and
@@ -198,7 +225,7 @@ impl FastWordPiece {
         let past = |ids: &Vec<u32>| ids.len() - self.before.len() > self.keep;
         let mut word_start = 0;
         for (i, c) in text.char_indices() {
-            let punctuation = c.is_ascii_punctuation() || (!c.is_ascii() && c.is_punctuation());
+            let punctuation = c.is_ascii_punctuation() || (!c.is_ascii() && self.is_punctuation(c));
             if punctuation || c.is_whitespace() {
                 self.word(&text[word_start..i], &mut ids);
                 let next = i + c.len_utf8();
@@ -236,19 +263,41 @@ impl FastWordPiece {
                     _ if self.lowercase => text.push(c.to_ascii_lowercase()),
                     _ => text.push(c),
                 }
-            } else if c == '\u{fffd}' || c.is_other() {
-                // Control, format and private-use characters (and the replacement one).
-            } else if c.is_whitespace() {
-                text.push(' ');
-            } else if self.chinese && is_chinese(c) {
-                text.push(' ');
-                self.fold(c, &mut text)?;
-                text.push(' ');
+            } else if let Some(folded) = self.two_byte.get(c as usize - 0x80) {
+                // Latin, Greek, Cyrillic, Hebrew, Arabic …: the character's normalized
+                // form, worked out at load (`None`: the prompt is the library's).
+                text.push_str(folded.as_deref()?);
             } else {
-                self.fold(c, &mut text)?;
+                self.normalize_char(c, &mut text)?;
             }
         }
         Some(text)
+    }
+
+    /// The normalizer's text for non-ASCII `c`, onto `text`; `None` for a combining mark that
+    /// the accent stripping would keep.
+    fn normalize_char(&self, c: char, text: &mut String) -> Option<()> {
+        if c == '\u{fffd}' || c.is_other() {
+            // Control, format and private-use characters (and the replacement one).
+        } else if c.is_whitespace() {
+            text.push(' ');
+        } else if self.chinese && is_chinese(c) {
+            text.push(' ');
+            self.fold(c, text)?;
+            text.push(' ');
+        } else {
+            self.fold(c, text)?;
+        }
+        Some(())
+    }
+
+    /// Whether non-ASCII `c` is punctuation (a word of its own).
+    fn is_punctuation(&self, c: char) -> bool {
+        let i = c as usize - 0x80;
+        match self.two_byte_punctuation.get(i / 64) {
+            Some(bits) => bits >> (i % 64) & 1 == 1,
+            None => c.is_punctuation(),
+        }
     }
 
     /// `c` with its accents stripped and lowercased, as the normalizer has them, onto
