@@ -206,14 +206,9 @@ impl InferenceService {
                     Some(done) => done,
                     None => {
                         let tokenizer = tokenizer.clone();
-                        tokio::task::spawn_blocking(move || {
-                            prompts
-                                .iter()
-                                .map(|p| tokenizer.tokenize(p))
-                                .collect::<anyhow::Result<Vec<_>>>()
-                        })
-                        .await
-                        .map_err(|e| internal("tokenizer task", &e))?
+                        tokio::task::spawn_blocking(move || tokenizer.tokenize_all(&prompts))
+                            .await
+                            .map_err(|e| internal("tokenizer task", &e))?
                     }
                 }
                 .map_err(|e| internal("tokenizing", &e))?;

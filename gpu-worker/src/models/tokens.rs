@@ -73,6 +73,11 @@ impl PromptTokenizer {
         }
     }
 
+    /// [`Self::tokenize`] for each of `prompts`, in order.
+    pub fn tokenize_all(&self, prompts: &[String]) -> anyhow::Result<Vec<Tokens>> {
+        prompts.iter().map(|p| self.tokenize(p)).collect()
+    }
+
     /// [`Self::tokenize`] by the fast path alone: `None` where the tokenizer has none, or
     /// the prompt is the library's (it holds an added token, or a combining mark that
     /// stripping accents would keep).
@@ -107,7 +112,7 @@ impl PromptTokenizer {
     pub fn tokenize_in_place(&self, prompts: &[String]) -> Option<anyhow::Result<Vec<Tokens>>> {
         let bytes: usize = prompts.iter().map(String::len).sum();
         if bytes <= 128 {
-            return Some(prompts.iter().map(|p| self.tokenize(p)).collect());
+            return Some(self.tokenize_all(prompts));
         }
         if bytes > 1024 {
             return None;

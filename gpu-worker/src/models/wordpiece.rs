@@ -55,11 +55,8 @@ pub struct FastWordPiece {
     unk: u32,
     /// Longer words are one unknown token.
     max_word: usize,
-    lowercase: bool,
-    /// Spaces put around Chinese characters.
-    chinese: bool,
-    /// Accents stripped (by default, when lowercasing).
-    strip_accents: bool,
+    /// What the normalizer does to a character.
+    steps: Steps,
     /// The special tokens before and after the sequence.
     before: Vec<u32>,
     after: Vec<u32>,
@@ -79,9 +76,7 @@ impl std::fmt::Debug for FastWordPiece {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FastWordPiece")
             .field("vocabulary", &self.first.len())
-            .field("lowercase", &self.lowercase)
-            .field("chinese", &self.chinese)
-            .field("strip_accents", &self.strip_accents)
+            .field("steps", &self.steps)
             .field("before", &self.before)
             .field("after", &self.after)
             .field("keep", &self.keep)
@@ -93,12 +88,14 @@ impl FastWordPiece {
     /// The fast path for `tokenizer`, or why it has none (its pipeline is not the one
     /// modelled here).
     pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<Self, String> {
-        let (normalizer, lowercase, chinese, strip_accents) = match tokenizer.get_normalizer() {
+        let (normalizer, steps) = match tokenizer.get_normalizer() {
             Some(NormalizerWrapper::BertNormalizer(n)) if n.clean_text => (
                 n,
-                n.lowercase,
-                n.handle_chinese_chars,
-                n.strip_accents.unwrap_or(n.lowercase),
+                Steps {
+                    lowercase: n.lowercase,
+                    chinese: n.handle_chinese_chars,
+                    strip_accents: n.strip_accents.unwrap_or(n.lowercase),
+                },
             ),
             other => return Err(format!("normalizer {other:?}")),
         };
@@ -160,41 +157,38 @@ impl FastWordPiece {
         }
         added.sort();
         added.dedup();
-        let mut fast = Self {
+        // Every character is a scalar value in this range: index `c - 0x80` is `c`'s.
+        let two_byte: Vec<char> = (0x80..0x800).filter_map(char::from_u32).collect();
+        Ok(Self {
             first_longest: longest(&first).unwrap_or(0),
             rest_longest: longest(&rest).unwrap_or(0),
             first,
             rest,
             unk,
             max_word: model.max_input_chars_per_word,
-            lowercase,
-            chinese,
-            strip_accents,
+            steps,
             before,
             after,
             keep,
             added,
-            two_byte: Vec::new(),
-            two_byte_punctuation: Vec::new(),
-        };
-        let two_byte: Vec<char> = (0x80..0x800).filter_map(char::from_u32).collect();
-        fast.two_byte = two_byte
-            .iter()
-            .map(|&c| {
-                let mut text = String::new();
-                fast.normalize_char(c, &mut text)
-                    .map(|()| Piece::from(text))
-            })
-            .collect();
-        fast.two_byte_punctuation = two_byte
-            .chunks(64)
-            .map(|chunk| {
-                (chunk.iter().enumerate())
-                    .filter(|(_, c)| c.is_punctuation())
-                    .fold(0u64, |bits, (i, _)| bits | 1 << i)
-            })
-            .collect();
-        Ok(fast)
+            two_byte: two_byte
+                .iter()
+                .map(|&c| {
+                    let mut text = String::new();
+                    steps
+                        .normalize_char(c, &mut text)
+                        .map(|()| Piece::from(text))
+                })
+                .collect(),
+            two_byte_punctuation: two_byte
+                .chunks(64)
+                .map(|chunk| {
+                    (chunk.iter().enumerate())
+                        .filter(|(_, c)| c.is_punctuation())
+                        .fold(0u64, |bits, (i, _)| bits | 1 << i)
+                })
+                .collect(),
+        })
     }
 
     /// The ids of `prompt` with the special tokens, cut at the truncation length, and
@@ -204,7 +198,7 @@ impl FastWordPiece {
         let text = self.normalize(prompt)?;
         let folded = prompt.to_ascii_lowercase();
         // The normalized text is lowercase already when the normalizer lowercases.
-        let lowered = if self.lowercase {
+        let lowered = if self.steps.lowercase {
             std::borrow::Cow::Borrowed(&text)
         } else {
             std::borrow::Cow::Owned(text.to_ascii_lowercase())
@@ -260,7 +254,7 @@ impl FastWordPiece {
                 match c {
                     '\t' | '\n' | '\r' => text.push(' '),
                     '\0'..='\x1f' | '\x7f' => {}
-                    _ if self.lowercase => text.push(c.to_ascii_lowercase()),
+                    _ if self.steps.lowercase => text.push(c.to_ascii_lowercase()),
                     _ => text.push(c),
                 }
             } else if let Some(folded) = self.two_byte.get(c as usize - 0x80) {
@@ -268,27 +262,10 @@ impl FastWordPiece {
                 // form, worked out at load (`None`: the prompt is the library's).
                 text.push_str(folded.as_deref()?);
             } else {
-                self.normalize_char(c, &mut text)?;
+                self.steps.normalize_char(c, &mut text)?;
             }
         }
         Some(text)
-    }
-
-    /// The normalizer's text for non-ASCII `c`, onto `text`; `None` for a combining mark that
-    /// the accent stripping would keep.
-    fn normalize_char(&self, c: char, text: &mut String) -> Option<()> {
-        if c == '\u{fffd}' || c.is_other() {
-            // Control, format and private-use characters (and the replacement one).
-        } else if c.is_whitespace() {
-            text.push(' ');
-        } else if self.chinese && is_chinese(c) {
-            text.push(' ');
-            self.fold(c, text)?;
-            text.push(' ');
-        } else {
-            self.fold(c, text)?;
-        }
-        Some(())
     }
 
     /// Whether non-ASCII `c` is punctuation (a word of its own).
@@ -297,32 +274,6 @@ impl FastWordPiece {
         match self.two_byte_punctuation.get(i / 64) {
             Some(bits) => bits >> (i % 64) & 1 == 1,
             None => c.is_punctuation(),
-        }
-    }
-
-    /// `c` with its accents stripped and lowercased, as the normalizer has them, onto
-    /// `text`.
-    fn fold(&self, c: char, text: &mut String) -> Option<()> {
-        if !self.strip_accents {
-            self.lower(c, text);
-            return Some(());
-        }
-        let mut kept_mark = false;
-        decompose_canonical(c, |d| {
-            if d.is_mark_nonspacing() {
-                return;
-            }
-            kept_mark |= canonical_combining_class(d) != 0;
-            self.lower(d, text);
-        });
-        (!kept_mark).then_some(())
-    }
-
-    fn lower(&self, c: char, text: &mut String) {
-        if self.lowercase {
-            text.extend(c.to_lowercase());
-        } else {
-            text.push(c);
         }
     }
 
@@ -356,6 +307,61 @@ impl FastWordPiece {
         if start < word.len() {
             ids.truncate(mark);
             ids.push(self.unk);
+        }
+    }
+}
+
+/// The `BertNormalizer` settings that act on a character beyond ASCII.
+#[derive(Debug, Clone, Copy)]
+struct Steps {
+    lowercase: bool,
+    /// Spaces put around Chinese characters.
+    chinese: bool,
+    /// Accents stripped (by default, when lowercasing).
+    strip_accents: bool,
+}
+
+impl Steps {
+    /// The normalizer's text for non-ASCII `c`, onto `text`; `None` for a combining mark that
+    /// the accent stripping would keep.
+    fn normalize_char(&self, c: char, text: &mut String) -> Option<()> {
+        if c == '\u{fffd}' || c.is_other() {
+            // Control, format and private-use characters (and the replacement one).
+        } else if c.is_whitespace() {
+            text.push(' ');
+        } else if self.chinese && is_chinese(c) {
+            text.push(' ');
+            self.fold(c, text)?;
+            text.push(' ');
+        } else {
+            self.fold(c, text)?;
+        }
+        Some(())
+    }
+
+    /// `c` with its accents stripped and lowercased, as the normalizer has them, onto
+    /// `text`.
+    fn fold(&self, c: char, text: &mut String) -> Option<()> {
+        if !self.strip_accents {
+            self.lower(c, text);
+            return Some(());
+        }
+        let mut kept_mark = false;
+        decompose_canonical(c, |d| {
+            if d.is_mark_nonspacing() {
+                return;
+            }
+            kept_mark |= canonical_combining_class(d) != 0;
+            self.lower(d, text);
+        });
+        (!kept_mark).then_some(())
+    }
+
+    fn lower(&self, c: char, text: &mut String) {
+        if self.lowercase {
+            text.extend(c.to_lowercase());
+        } else {
+            text.push(c);
         }
     }
 }
