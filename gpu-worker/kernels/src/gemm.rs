@@ -24,13 +24,13 @@
 //!   into chunks of [`ROW_CHUNK`], and on AVX-512 each chunk goes through every panel one
 //!   block of rows at a time (the block's inputs stay in L1 while the panels stream past;
 //!   panel by panel, each block's inputs were read again from L2 for every panel).
-//! - **Weights fetched ahead (AVX2; AVX-512 on Intel).** While the first block of rows
+//! - **Weights fetched ahead.** While the first block of rows
 //!   multiplies a panel, the next panel's rows (after a task's last, the next task's first)
 //!   are prefetched into L2, one line a step: with few rows (a batch of one short sentence)
 //!   the weights stream from memory once a pass and are what the tiles wait for (12 rows on
-//!   one AVX2 core: 26.6 → 31.6 GFLOP/s over a model's products). The AVX-512 tiles on
-//!   AMD's Zen 4 do not: there it was measured to cost ([`FETCH_AHEAD_LANES`]); on an Intel
-//!   Xeon it pays from 6 rows ([`WIDE_FETCH_MIN_ROWS`]).
+//!   one AVX2 core: 26.6 → 31.6 GFLOP/s over a model's products). The AVX-512 tiles fetch
+//!   from 6 rows ([`WIDE_FETCH_MIN_ROWS`]: measured to pay on an Intel Xeon and on AMD's
+//!   Zen 5), except on AMD's Zen 4, where it was measured to cost ([`FETCH_AHEAD_LANES`]).
 //!
 //! - **Weights on huge pages (Linux).** Each packed matrix starts on a 2 MB boundary and
 //!   asks the kernel for transparent huge pages ([`weight_storage`]): a pass reads every
@@ -209,48 +209,70 @@ pub enum Epilogue<'a> {
     BiasScaleRows(&'a [f32]),
 }
 
-/// The widest vectors (in f32 lanes) whose tiles prefetch their next weight panel. Measured
-/// with `make bench-kernels` (MiniLM-L6's six layers, 42 MB of weights, streamed from memory
-/// by small batches), both paths on one Zen 4 EPYC, two rounds each way: the AVX2 tiles gain
-/// from it (6 rows 61–62 → 80–93 GFLOP/s, 12 rows 89–96 → 105–126, 24 rows 123–131 →
-/// 138–154; on an AVX2-only first-generation Zen, 12 rows 26.6 → 31.6 on one core), the
-/// AVX-512 tiles lose (6 rows 102–114 → 92–99, 12 rows 142–145 → 114–132, 24 rows 162–164
-/// → 141–152): their two-line panel rows already keep the hardware's stream prefetcher
-/// ahead, and the hints only add loads. On Intel cores the AVX-512 tiles fetch too, from
-/// [`WIDE_FETCH_MIN_ROWS`] rows (measured to pay there).
+/// The widest vectors (in f32 lanes) whose tiles prefetch their next weight panel on every
+/// CPU. Measured with `make bench-kernels` (MiniLM-L6's six layers, 42 MB of weights,
+/// streamed from memory by small batches), both paths on one Zen 4 EPYC, two rounds each
+/// way: the AVX2 tiles gain from it (6 rows 61–62 → 80–93 GFLOP/s, 12 rows 89–96 → 105–126,
+/// 24 rows 123–131 → 138–154; on an AVX2-only first-generation Zen, 12 rows 26.6 → 31.6 on
+/// one core), the AVX-512 tiles lose (6 rows 102–114 → 92–99, 12 rows 142–145 → 114–132, 24
+/// rows 162–164 → 141–152): Zen 4 runs each 512-bit operation as two halves, its two-line
+/// panel rows already keep the hardware's stream prefetcher ahead, and the hints only add
+/// loads. Everywhere else measured the AVX-512 tiles fetch too, from [`WIDE_FETCH_MIN_ROWS`]
+/// rows ([`wide_fetch_pays`]).
 const FETCH_AHEAD_LANES: usize = 8;
 
-/// Rows from which AVX-512 tiles on an Intel core prefetch a packed weight matrix's next
-/// panel. Measured on a 2-core Emerald Rapids Xeon (MiniLM-L6's six layers' products, with
-/// and without in turn in one process, best of 9 rounds, two runs each; GFLOP/s without →
-/// with): one thread, 6 rows 17–19 → 31–32, 12 rows 27 → 32–33, 16 rows 25 → 30–31, 24
-/// rows 31 → 34–35, 128 rows 34–38 → 35–39, 1,024 rows level; two threads 4–11 % more from
-/// 6 to 48 rows, above that level (128 rows +0 % and −8 %, 1,024 +2 %). With 1 or 3 rows it
-/// cost 6–12 % (each step is too short for the extra loads to hide), so smaller products do
-/// without. AMD's Zen 4 lost with it at every size ([`FETCH_AHEAD_LANES`]): its AVX-512
-/// tiles stay as they were.
+/// Rows from which AVX-512 tiles prefetch a packed weight matrix's next panel, where that
+/// pays ([`wide_fetch_pays`]). Measured on a 2-core Emerald Rapids Xeon (MiniLM-L6's six
+/// layers' products, with and without in turn in one process, best of 9 rounds, two runs
+/// each; GFLOP/s without → with): one thread, 6 rows 17–19 → 31–32, 12 rows 27 → 32–33, 16
+/// rows 25 → 30–31, 24 rows 31 → 34–35, 128 rows 34–38 → 35–39, 1,024 rows level; two
+/// threads 4–11 % more from 6 to 48 rows, above that level (128 rows +0 % and −8 %, 1,024
+/// +2 %). With 1 or 3 rows it cost 6–12 % (each step is too short for the extra loads to
+/// hide), so smaller products do without. On a 2-core Zen 5 EPYC (family 26, full-width
+/// 512-bit units), two threads, the builds with and without in turn, three rounds each,
+/// GFLOP/s: 6 rows 179–250 → 227–240, 12 rows 279–316 → 367–396, 24 rows 341–346 →
+/// 419–438, 128 rows 459–469 → 471–491, 1,024 rows 463–476 → 469–484 (fetching from one row
+/// there: 1 row 45–46 → 49, the rest no better than from 6).
 const WIDE_FETCH_MIN_ROWS: usize = 6;
 
 /// Whether the tiles of an instruction set of `lanes` f32 lanes prefetch their next panel,
 /// in a product of `rows` rows; `streamed`: the weights are a [`PackedMatrix`] (streamed
 /// from memory by small batches), not the attention's keys or values packed on the fly.
 fn fetches_ahead(lanes: usize, rows: usize, streamed: bool) -> bool {
-    lanes <= FETCH_AHEAD_LANES || (streamed && rows >= WIDE_FETCH_MIN_ROWS && intel_cpu())
+    lanes <= FETCH_AHEAD_LANES || (streamed && rows >= WIDE_FETCH_MIN_ROWS && wide_fetch_pays())
 }
 
-/// Whether the CPU is Intel's (CPUID's vendor string), asked once.
-fn intel_cpu() -> bool {
-    static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *INTEL.get_or_init(|| {
+/// Whether this CPU's AVX-512 tiles fetch ahead: on every CPU but AMD's family 19h, whose
+/// one AVX-512 core (Zen 4) lost with it at every size ([`FETCH_AHEAD_LANES`]). Asked of
+/// CPUID once.
+fn wide_fetch_pays() -> bool {
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAYS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let id = std::arch::x86_64::__cpuid(0);
-            // "GenuineIntel", in EBX, EDX, ECX order.
-            (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+            let vendor = std::arch::x86_64::__cpuid(0);
+            let version = std::arch::x86_64::__cpuid(1);
+            !zen4_family((vendor.ebx, vendor.edx, vendor.ecx), version.eax)
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
     })
+}
+
+/// Whether CPUID's vendor string (`EBX`, `EDX`, `ECX` of leaf 0) and leaf 1's `EAX` name
+/// AMD's family 19h (Zen 3 and Zen 4; of the two only Zen 4 has AVX-512).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn zen4_family(vendor: (u32, u32, u32), version: u32) -> bool {
+    // "AuthenticAMD".
+    const AMD: (u32, u32, u32) = (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    // The family: bits 8–11, plus the extended family (bits 20–27) when those read 0xF.
+    let base = (version >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((version >> 20) & 0xff)
+    } else {
+        base
+    };
+    vendor == AMD && family == 0x19
 }
 
 /// Tiles of up to this many rows (every AVX2 tile), except those fetching the next panel,
@@ -1093,4 +1115,36 @@ fn prefetch(at: *const f32) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zen4_family;
+
+    const AMD: (u32, u32, u32) = (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    const INTEL: (u32, u32, u32) = (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
+
+    #[test]
+    fn only_amds_family_19h_is_taken_for_zen4() {
+        // Leaf 1's EAX: stepping, model, family 0xF, extended model, extended family.
+        assert!(
+            zen4_family(AMD, 0x00A1_0F11),
+            "Zen 4 EPYC (family 19h, model 11h)"
+        );
+        assert!(
+            zen4_family(AMD, 0x00A6_0F12),
+            "Zen 4 desktop (family 19h, model 61h)"
+        );
+        assert!(
+            !zen4_family(AMD, 0x00B0_0F21),
+            "Zen 5 EPYC (family 1Ah, model 02h)"
+        );
+        assert!(!zen4_family(AMD, 0x0083_0F10), "Zen 2 (family 17h)");
+        assert!(
+            !zen4_family(INTEL, 0x000C_06F2),
+            "Emerald Rapids (family 6)"
+        );
+        // The same family bits from another vendor are not AMD's family 19h.
+        assert!(!zen4_family(INTEL, 0x00A1_0F11));
+    }
 }

@@ -10,7 +10,7 @@
 //! cold start: milliseconds to ready, to the first answer, the function's CPU time up to
 //! that answer, and the median warm invocation (event handed out to answer back).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -181,6 +181,7 @@ pub async fn run(mut args: ColdStartArgs) -> anyhow::Result<()> {
         Some(_) => anyhow::bail!("--dynamodb-tls takes CA CERT KEY"),
         None => None,
     };
+    let terminal = std::io::stderr().is_terminal();
     let mut summaries = Vec::new();
     for &mb in &args.memory {
         let share = (f64::from(mb) / MB_PER_CORE).min(cores);
@@ -191,16 +192,25 @@ pub async fn run(mut args: ColdStartArgs) -> anyhow::Result<()> {
         let applied = quota.is_some();
         let mut runs = Vec::new();
         for i in 0..args.runs {
-            eprint!(
-                "\r{mb} MB ({share:.3} core{}): cold start {} of {}",
+            let progress = format!(
+                "{mb} MB ({share:.3} core{}): cold start {} of {}",
                 if applied { "" } else { ", no quota" },
                 i + 1,
                 args.runs
             );
+            // One line rewritten on a terminal; a line each where stderr is a file (a log
+            // holds no carriage returns).
+            if terminal {
+                eprint!("\r{progress}");
+            } else {
+                eprintln!("{progress}");
+            }
             let run = cold_start(&args, &event, mb, quota.as_ref(), &log).await?;
             runs.push(run);
         }
-        eprintln!();
+        if terminal {
+            eprintln!();
+        }
         drop(quota);
         let mut summary = summarise(mb, share, applied, &runs);
         if let Some(p) = prices {
