@@ -42,6 +42,7 @@
 
 use rayon::prelude::*;
 
+use super::cpu::Cpu;
 use super::isa::Isa;
 use super::math::gelu_simd;
 
@@ -218,11 +219,11 @@ pub enum Epilogue<'a> {
 /// rows 162–164 → 141–152): Zen 4 runs each 512-bit operation as two halves, its two-line
 /// panel rows already keep the hardware's stream prefetcher ahead, and the hints only add
 /// loads. Everywhere else measured the AVX-512 tiles fetch too, from [`WIDE_FETCH_MIN_ROWS`]
-/// rows ([`wide_fetch_pays`]).
+/// rows ([`Cpu::wide_fetch_pays`]).
 const FETCH_AHEAD_LANES: usize = 8;
 
 /// Rows from which AVX-512 tiles prefetch a packed weight matrix's next panel, where that
-/// pays ([`wide_fetch_pays`]). Measured on a 2-core Emerald Rapids Xeon (MiniLM-L6's six
+/// pays ([`Cpu::wide_fetch_pays`]). Measured on a 2-core Emerald Rapids Xeon (MiniLM-L6's six
 /// layers' products, with and without in turn in one process, best of 9 rounds, two runs
 /// each; GFLOP/s without → with): one thread, 6 rows 17–19 → 31–32, 12 rows 27 → 32–33, 16
 /// rows 25 → 30–31, 24 rows 31 → 34–35, 128 rows 34–38 → 35–39, 1,024 rows level; two
@@ -239,40 +240,8 @@ const WIDE_FETCH_MIN_ROWS: usize = 6;
 /// in a product of `rows` rows; `streamed`: the weights are a [`PackedMatrix`] (streamed
 /// from memory by small batches), not the attention's keys or values packed on the fly.
 fn fetches_ahead(lanes: usize, rows: usize, streamed: bool) -> bool {
-    lanes <= FETCH_AHEAD_LANES || (streamed && rows >= WIDE_FETCH_MIN_ROWS && wide_fetch_pays())
-}
-
-/// Whether this CPU's AVX-512 tiles fetch ahead: on every CPU but AMD's family 19h, whose
-/// one AVX-512 core (Zen 4) lost with it at every size ([`FETCH_AHEAD_LANES`]). Asked of
-/// CPUID once.
-fn wide_fetch_pays() -> bool {
-    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PAYS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let vendor = std::arch::x86_64::__cpuid(0);
-            let version = std::arch::x86_64::__cpuid(1);
-            !zen4_family((vendor.ebx, vendor.edx, vendor.ecx), version.eax)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
-}
-
-/// Whether CPUID's vendor string (`EBX`, `EDX`, `ECX` of leaf 0) and leaf 1's `EAX` name
-/// AMD's family 19h (Zen 3 and Zen 4; of the two only Zen 4 has AVX-512).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn zen4_family(vendor: (u32, u32, u32), version: u32) -> bool {
-    // "AuthenticAMD".
-    const AMD: (u32, u32, u32) = (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-    // The family: bits 8–11, plus the extended family (bits 20–27) when those read 0xF.
-    let base = (version >> 8) & 0xf;
-    let family = if base == 0xf {
-        base + ((version >> 20) & 0xff)
-    } else {
-        base
-    };
-    vendor == AMD && family == 0x19
+    lanes <= FETCH_AHEAD_LANES
+        || (streamed && rows >= WIDE_FETCH_MIN_ROWS && Cpu::this().wide_fetch_pays())
 }
 
 /// Tiles of up to this many rows (every AVX2 tile), except those fetching the next panel,
@@ -1115,36 +1084,4 @@ fn prefetch(at: *const f32) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::zen4_family;
-
-    const AMD: (u32, u32, u32) = (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-    const INTEL: (u32, u32, u32) = (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
-
-    #[test]
-    fn only_amds_family_19h_is_taken_for_zen4() {
-        // Leaf 1's EAX: stepping, model, family 0xF, extended model, extended family.
-        assert!(
-            zen4_family(AMD, 0x00A1_0F11),
-            "Zen 4 EPYC (family 19h, model 11h)"
-        );
-        assert!(
-            zen4_family(AMD, 0x00A6_0F12),
-            "Zen 4 desktop (family 19h, model 61h)"
-        );
-        assert!(
-            !zen4_family(AMD, 0x00B0_0F21),
-            "Zen 5 EPYC (family 1Ah, model 02h)"
-        );
-        assert!(!zen4_family(AMD, 0x0083_0F10), "Zen 2 (family 17h)");
-        assert!(
-            !zen4_family(INTEL, 0x000C_06F2),
-            "Emerald Rapids (family 6)"
-        );
-        // The same family bits from another vendor are not AMD's family 19h.
-        assert!(!zen4_family(INTEL, 0x00A1_0F11));
-    }
 }

@@ -9,6 +9,7 @@
 //! (a `pulp::WithSimd`) whose `with_simd` is `#[inline(always)]`, as is everything its loops
 //! call, so the whole body is compiled inside pulp's target-feature function.
 
+mod cpu;
 mod gemm;
 mod isa;
 mod math;
@@ -16,6 +17,7 @@ mod ops;
 mod pool;
 pub mod reference;
 
+pub use cpu::{Cpu, Vendor};
 pub use gemm::{Epilogue, PackedMatrix, matmul};
 pub use isa::Isa;
 pub use math::{erf, exp, exp_simd, exp2_nonpositive, exp2_nonpositive_simd, gelu, gelu_simd};

@@ -540,3 +540,44 @@ fn a_pinned_thread_runs_on_its_cpu_only() {
     assert_eq!(allowed_cpus(), allowed);
     assert!(!pin_current_thread(1 << 20));
 }
+
+#[test]
+fn cpuid_signatures_name_the_cpu_and_only_zen4_skips_the_wide_fetch() {
+    use inferencehub_kernels::{Cpu, Vendor};
+    const AMD: [u32; 3] = [0x6874_7541, 0x6974_6e65, 0x444d_4163];
+    const INTEL: [u32; 3] = [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
+    // Leaf 1's EAX: stepping, model, base family, extended model, extended family.
+    let cases = [
+        (AMD, 0x00A1_0F11, Vendor::Amd, 0x19, false), // Zen 4 EPYC (family 19h, model 11h)
+        (AMD, 0x00A6_0F12, Vendor::Amd, 0x19, false), // Zen 4 desktop (model 61h)
+        (AMD, 0x00B0_0F21, Vendor::Amd, 0x1A, true),  // Zen 5 EPYC (family 1Ah, model 02h)
+        (AMD, 0x0083_0F10, Vendor::Amd, 0x17, true),  // Zen 2 (family 17h)
+        (INTEL, 0x000C_06F2, Vendor::Intel, 6, true), // Emerald Rapids (family 6)
+        (INTEL, 0x00A1_0F11, Vendor::Intel, 0x19, true), // family 19h, not AMD's
+        ([0; 3], 0x00A1_0F11, Vendor::Other, 0x19, true),
+    ];
+    for (vendor, version, maker, family, fetches) in cases {
+        let cpu = Cpu::from_cpuid(vendor, version);
+        assert_eq!((cpu.vendor, cpu.family), (maker, family), "{version:#x}");
+        assert_eq!(cpu.wide_fetch_pays(), fetches, "{cpu:?}");
+    }
+    // This machine's own CPUID, decoded, agrees with the kernel's reading of it.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap()
+        };
+        let this = Cpu::this();
+        assert_eq!(this.family.to_string(), field("cpu family"));
+        let vendor = match field("vendor_id").as_str() {
+            "GenuineIntel" => Vendor::Intel,
+            "AuthenticAMD" => Vendor::Amd,
+            _ => Vendor::Other,
+        };
+        assert_eq!(this.vendor, vendor);
+    }
+}
