@@ -78,7 +78,7 @@ impl Isa {
 
     /// The instruction set of half its width that this CPU also runs: AVX2 for AVX-512,
     /// else itself.
-    pub fn half_width(self) -> Self {
+    pub(crate) fn half_width(self) -> Self {
         match self {
             #[cfg(target_arch = "x86_64")]
             Self::Avx512(v4) => Self::Avx2(*v4),
